@@ -1,0 +1,43 @@
+# The two commands of the README:
+#   make run    set up .venv and run the main job on the embedded default (examples/quickstart.yaml)
+#   make test   set up .venv and run the whole test suite (lint, types, tests)
+# Setup installs the CPU torch wheel first (pip install torch==2.13.0), so the project's torch
+# range is already satisfied and pip never pulls a multi-GB CUDA build.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.isoflop-installed
+TORCH ?= torch==2.13.0
+PIP := $(BIN)/python -m pip --disable-pip-version-check -q
+
+.PHONY: setup run test lint typecheck unit crd clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install "$(TORCH)"
+	$(PIP) install -e '.[trainer,operator,dev]'
+	touch $@
+
+run: $(STAMP)
+	$(BIN)/isoflop plan examples/quickstart.yaml
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest
+
+test: lint typecheck unit
+
+crd: $(STAMP)
+	$(BIN)/isoflop crd
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,518 @@
+"""The ScalingSweep API: the one definition of spec and status (the CRD is generated from it)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from isoflop_trainer.config import Family, FlopsAccounting, TimestepConditioning
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+GROUP = "isoflop.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "ScalingSweep"
+PLURAL = "scalingsweeps"
+SINGULAR = "scalingsweep"
+SHORT_NAMES = ["sweep"]
+
+# Kubernetes quantity ("8", "500m", "64Gi") and DNS-1123 label patterns.
+QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
+DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DATA_URI_PATTERN = r"^(procedural|s3|file)://.*$"
+
+# A CEL transition rule: the API server refuses changes to fields that define the sweep.
+Immutable: dict[str, JsonValue] = {
+    "x-kubernetes-validations": [{"rule": "self == oldSelf", "message": "is immutable"}]
+}
+
+
+class ManifestError(ValueError):
+    """A manifest the user wrote is invalid; the message is one sentence naming the field."""
+
+
+class Model(BaseModel):
+    """Base: camelCase on the wire, snake_case in Python, unknown fields rejected."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+    def to_wire(self) -> dict[str, Any]:
+        """JSON-ready dict with camelCase keys, unset optionals left out."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# spec
+
+
+class RungSpec(Model):
+    """An explicit ladder rung: one model size."""
+
+    name: str = Field(
+        pattern=DNS_LABEL_PATTERN, max_length=20, description="Rung name, used in trial IDs."
+    )
+    depth: int = Field(ge=1, le=128)
+    width: int = Field(ge=8, le=16384)
+    heads: int | None = Field(default=None, ge=1, description="Default: width / headDim.")
+
+
+class ModelSpec(Model):
+    """The model family and the ladder of sizes every budget is swept over."""
+
+    family: Family = Field(
+        default="in-context",
+        description="in-context: text and image tokens share self-attention; "
+        "cross-attention: text enters each block through cross-attention.",
+        json_schema_extra=Immutable,
+    )
+    depths: list[Annotated[int, Field(ge=1, le=128)]] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Depth ladder; width = widthPerDepth x depth.",
+    )
+    width_per_depth: int = Field(
+        default=64, ge=1, le=1024, description="The width rule: width = widthPerDepth x depth."
+    )
+    head_dim: int = Field(default=64, ge=8, le=512)
+    mlp_ratio: float = Field(default=4.0, gt=0, le=16)
+    patch_size: int = Field(default=2, ge=1, le=16)
+    timestep_conditioning: TimestepConditioning = Field(
+        default="adaln-zero", description="adaln-zero, or the timestep as an in-context token."
+    )
+    qk_norm: bool = False
+    configs: list[RungSpec] = Field(
+        default_factory=list, max_length=64, description="Explicit rungs, instead of depths."
+    )
+
+    @field_validator("depths")
+    @classmethod
+    def _depths(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v):
+            raise ValueError("depths must not repeat")
+        return v
+
+    @model_validator(mode="after")
+    def _ladder(self) -> ModelSpec:
+        if bool(self.depths) == bool(self.configs):
+            raise ValueError("give exactly one of depths or configs")
+        names = [c.name for c in self.configs]
+        if len(set(names)) != len(names):
+            raise ValueError("configs names must be unique")
+        for depth in self.depths:
+            width = self.width_per_depth * depth
+            if width % self.head_dim:
+                raise ValueError(
+                    f"depth {depth} gives width {width} (widthPerDepth x depth), "
+                    f"not a multiple of headDim {self.head_dim}"
+                )
+        for c in self.configs:
+            heads = c.heads or c.width // self.head_dim
+            if heads < 1 or c.width % heads:
+                raise ValueError(
+                    f"configs '{c.name}': width {c.width} does not split into {heads} heads"
+                )
+        return self
+
+
+def _check_shape(v: list[int]) -> list[int]:
+    if len(v) != 3 or any(x < 1 for x in v):
+        raise ValueError("latentShape must be three positive integers [channels, height, width]")
+    return v
+
+
+class DataSpec(Model):
+    """Where training and validation data come from, and their shapes."""
+
+    model_config = ConfigDict(json_schema_extra=Immutable)
+
+    source: str = Field(
+        default="procedural://shapes",
+        pattern=DATA_URI_PATTERN,
+        max_length=2048,
+        description="procedural://NAME (generated), s3://bucket/prefix or file:///path "
+        "(pre-encoded shards).",
+    )
+    validation_source: str | None = Field(
+        default=None,
+        pattern=DATA_URI_PATTERN,
+        max_length=2048,
+        description="Default: the held-out split of source.",
+    )
+    latent_shape: Annotated[list[int], AfterValidator(_check_shape)] = Field(
+        default_factory=lambda: [4, 32, 32],
+        min_length=3,
+        max_length=3,
+        description="[channels, height, width] of the image latents.",
+    )
+    text_length: int = Field(default=77, ge=1, le=1024, description="Text tokens per caption.")
+    text_dim: int = Field(default=768, ge=1, le=16384, description="Text embedding width.")
+
+
+def _unique(v: list[float]) -> list[float]:
+    if len(set(v)) != len(v):
+        raise ValueError("must not repeat a value")
+    return v
+
+
+Flops = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
+class TrainingSpec(Model):
+    """Optimisation settings shared by every trial."""
+
+    global_batch_size: int = Field(default=1024, ge=1, le=1 << 20)
+    micro_batch_size: int | None = Field(
+        default=None,
+        ge=1,
+        description="Per-GPU micro-batch; the rest is gradient accumulation. Default: automatic.",
+    )
+    learning_rate: float = Field(default=1e-4, gt=0, le=1)
+    betas: list[float] = Field(default_factory=lambda: [0.9, 0.95], min_length=2, max_length=2)
+    weight_decay: float = Field(default=0.0, ge=0, le=1)
+    warmup_fraction: float = Field(
+        default=0.05, ge=0, le=0.5, description="Warmup as a fraction of a trial's steps."
+    )
+    schedule: Literal["constant", "cosine", "wsd"] = "constant"
+    decay_fraction: float = Field(default=0.2, ge=0, le=1, description="Cooldown fraction for wsd.")
+    precision: Literal["bf16", "fp16", "fp32"] = "bf16"
+    compile: bool = Field(default=True, description="torch.compile the model (GPU).")
+    seed: int = Field(default=0, ge=0)
+    timestep_sampling: Literal["uniform", "logit-normal"] = "uniform"
+    text_dropout: float = Field(
+        default=0.1, ge=0, lt=1, description="Caption dropout for guidance."
+    )
+    grad_clip: float = Field(default=1.0, ge=0)
+    eval_samples: int = Field(
+        default=512, ge=1, le=1 << 20, description="Validation samples at the end."
+    )
+    min_steps: int = Field(default=100, ge=1, description="Trials with fewer steps are infeasible.")
+
+    @field_validator("betas")
+    @classmethod
+    def _betas(cls, v: list[float]) -> list[float]:
+        if not all(0 <= b < 1 for b in v):
+            raise ValueError("betas must lie in [0, 1)")
+        return v
+
+
+class Toleration(Model):
+    key: str | None = None
+    operator: Literal["Exists", "Equal"] = "Equal"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = None
+
+
+class ResourcesSpec(Model):
+    """What one trial gets on Kubernetes (the local runner uses GPUs it finds)."""
+
+    image: str = Field(default="ghcr.io/isoflop/trainer:0.1.0", min_length=1)
+    gpus_per_node: int = Field(default=1, ge=0, le=64)
+    nodes: int = Field(default=1, ge=1, le=1024)
+    cpu: str = Field(default="8", pattern=QUANTITY_PATTERN)
+    memory: str = Field(default="64Gi", pattern=QUANTITY_PATTERN)
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list)
+    affinity: dict[str, Any] = Field(
+        default_factory=dict, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}
+    )
+    priority_class_name: str | None = None
+    image_pull_secrets: list[str] = Field(default_factory=list)
+    service_account_name: str | None = None
+    s3_credentials_secret: str | None = Field(
+        default=None,
+        description="Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY for s3:// data.",
+    )
+
+
+class RetrySpec(Model):
+    per_trial: int = Field(default=2, ge=0, le=100, description="Retries of one failed trial.")
+    max_failed_trials: int = Field(
+        default=3, ge=0, description="Trials that may fail for good before the sweep fails."
+    )
+
+
+class MetricsSpec(Model):
+    prometheus_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://.+",
+        description="Unset: results come from the termination message.",
+    )
+    query_timeout_seconds: float = Field(default=10, gt=0, le=300)
+    lookback: str = Field(
+        default="1h",
+        pattern=r"^[0-9]+[smhd]$",
+        description="Range searched for a trial's last sample.",
+    )
+
+
+class FitSpec(Model):
+    method: Literal["parabola", "parametric", "both"] = "both"
+    bootstrap: int = Field(
+        default=1000, ge=0, le=100000, description="Bootstrap resamples for intervals."
+    )
+    seed: int = Field(default=0, ge=0)
+    predict: list[Flops] = Field(
+        default_factory=list, max_length=32, description="Budgets (FLOPs) to predict."
+    )
+    hold_out_budget: float | None = Field(
+        default=None, gt=0, description="A budget to leave out of the fit and predict, as a check."
+    )
+
+
+class ScalingSweepSpec(Model):
+    """What to sweep and how to train it."""
+
+    model: ModelSpec
+    data: DataSpec = Field(default_factory=DataSpec)
+    budgets: Annotated[list[Flops], AfterValidator(_unique)] = Field(
+        min_length=1, max_length=64, description="Compute budgets in FLOPs."
+    )
+    flops_accounting: FlopsAccounting = Field(
+        default="exact",
+        description="exact: per-architecture FLOPs; 6ND: the paper's C = 6 N D.",
+        json_schema_extra=Immutable,
+    )
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    parallelism: int = Field(default=4, ge=1, le=10000, description="Trials running at once.")
+    retries: RetrySpec = Field(default_factory=RetrySpec)
+    metrics: MetricsSpec = Field(default_factory=MetricsSpec)
+    fit: FitSpec = Field(default_factory=FitSpec)
+
+    @model_validator(mode="after")
+    def _cross_fields(self) -> ScalingSweepSpec:
+        _, height, width = self.data.latent_shape
+        p = self.model.patch_size
+        if height % p or width % p:
+            raise ValueError(
+                f"data.latentShape {height}x{width} is not divisible by model.patchSize {p}"
+            )
+        held = self.fit.hold_out_budget
+        if held is not None and held not in self.budgets:
+            raise ValueError(f"fit.holdOutBudget {held:g} is not one of budgets")
+        return self
+
+
+# ------------------------------------------------------------------------------------------------
+# status
+
+Phase = Literal["Pending", "Running", "Fitting", "Succeeded", "Failed"]
+TrialPhase = Literal["Pending", "Running", "Succeeded", "Failed", "Cancelled", "Infeasible"]
+
+
+class Condition(Model):
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str = ""
+    message: str = ""
+    last_transition_time: str = ""
+
+
+class TrialRecord(Model):
+    """A compact per-trial record (hundreds of trials must fit far under etcd's object limit)."""
+
+    id: str
+    phase: TrialPhase
+    params: int
+    tokens: int
+    attempts: int = 0
+    loss: float | None = None
+    source: Literal["prometheus", "termination-message", "results-file", "simulated"] | None = None
+
+
+class TrialCounts(Model):
+    total: int = 0
+    pending: int = 0
+    running: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    infeasible: int = 0
+
+
+class Interval(Model):
+    low: float
+    high: float
+
+
+class BudgetFit(Model):
+    """The isoFLOP parabola of one budget: loss = a*x^2 + b*x + c with x = log10(N)."""
+
+    budget: float
+    points: int
+    a: float
+    b: float
+    c: float
+    params_opt: float
+    tokens_opt: float
+    loss_opt: float
+    bracketed: bool
+    params_opt_interval: Interval | None = None
+    loss_opt_interval: Interval | None = None
+
+
+class PowerLaw(Model):
+    """y = coefficient * C^exponent (+ irreducible, when fitted)."""
+
+    coefficient: float
+    exponent: float
+    irreducible: float | None = None
+    coefficient_interval: Interval | None = None
+    exponent_interval: Interval | None = None
+
+
+class Laws(Model):
+    params: PowerLaw | None = None
+    tokens: PowerLaw | None = None
+    loss: PowerLaw | None = None
+
+
+class Prediction(Model):
+    budget: float
+    params: float
+    tokens: float
+    loss: float
+    params_interval: Interval | None = None
+    loss_interval: Interval | None = None
+
+
+class ScalingSweepStatus(Model):
+    """The status both the operator and the local runner write."""
+
+    phase: Phase = "Pending"
+    observed_generation: int | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    flops_accounting: FlopsAccounting | None = None
+    progress: str = Field(default="0/0", description="Trials done / total, for kubectl get.")
+    counts: TrialCounts = Field(default_factory=TrialCounts)
+    trials: list[TrialRecord] = Field(default_factory=list)
+    budget_fits: list[BudgetFit] = Field(default_factory=list)
+    laws: Laws = Field(default_factory=Laws)
+    predictions: list[Prediction] = Field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------------------
+# manifests
+
+
+class ObjectMeta(Model):
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(pattern=DNS_LABEL_PATTERN, max_length=40)
+    namespace: str | None = None
+
+
+class ScalingSweep(Model):
+    """A whole ScalingSweep object, as in a manifest file or the cluster."""
+
+    api_version: Literal["isoflop.dev/v1alpha1"] = "isoflop.dev/v1alpha1"
+    kind: Literal["ScalingSweep"] = "ScalingSweep"
+    metadata: ObjectMeta
+    spec: ScalingSweepSpec
+    status: ScalingSweepStatus | None = None
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads 1e17 as a float (YAML 1.2, as Kubernetes does), not a string."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"^[-+]?(\d[\d_]*(\.[\d_]*)?|\.\d[\d_]*)([eE][-+]?\d+)?$|^[-+]?\.(inf|Inf|INF)$|^\.(nan|NaN|NAN)$"
+    ),
+    list("-+0123456789."),
+)
+
+
+def yaml_load(text: str) -> Any:
+    """Parse YAML the way Kubernetes does for numbers (1e17 is a float)."""
+    return yaml.load(text, Loader=_Loader)
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif not part.startswith("function-"):  # pydantic's names for validator wrappers
+            path += f".{part}" if path else part
+    return path
+
+
+def describe_validation_error(err: ValidationError, prefix: str = "") -> str:
+    """One sentence naming the first offending field."""
+    first = err.errors()[0]
+    path = _field_path(tuple(first["loc"]))
+    if prefix:
+        path = f"{prefix}.{path}" if path else prefix
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        msg = "is not a known field"
+    elif first["type"] == "missing":
+        msg = "is required"
+    more = len(err.errors()) - 1
+    tail = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+    return f"{path}: {msg}{tail}" if path else f"{msg}{tail}"
+
+
+def parse_sweep(obj: Mapping[str, Any]) -> ScalingSweep:
+    """Validate a manifest dict; raises ManifestError with one sentence naming the field."""
+    if not isinstance(obj, Mapping):
+        raise ManifestError(
+            "the manifest must be a mapping with apiVersion, kind, metadata and spec"
+        )
+    if obj.get("kind") != KIND or obj.get("apiVersion") != API_VERSION:
+        raise ManifestError(
+            f"expected apiVersion {API_VERSION} and kind {KIND}, "
+            f"got {obj.get('apiVersion')!r} and {obj.get('kind')!r}"
+        )
+    try:
+        return ScalingSweep.model_validate(obj)
+    except ValidationError as err:
+        raise ManifestError(describe_validation_error(err)) from None
+
+
+def parse_spec(spec: Mapping[str, Any]) -> ScalingSweepSpec:
+    """Validate a spec alone (as the operator receives it)."""
+    try:
+        return ScalingSweepSpec.model_validate(spec)
+    except ValidationError as err:
+        raise ManifestError(describe_validation_error(err, prefix="spec")) from None
+
+
+def load_sweep(path: str | Path) -> ScalingSweep:
+    """Read and validate a manifest file; every failure is a ManifestError naming the problem."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as err:
+        raise ManifestError(f"cannot read {p}: {err.strerror or err}") from None
+    try:
+        docs = [d for d in yaml.load_all(text, Loader=_Loader) if d is not None]
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ManifestError(f"{p} is not valid YAML{where}") from None
+    sweeps = [d for d in docs if isinstance(d, dict) and d.get("kind") == KIND]
+    if len(sweeps) != 1:
+        raise ManifestError(f"{p} must hold exactly one {KIND}, found {len(sweeps)}")
+    return parse_sweep(sweeps[0])

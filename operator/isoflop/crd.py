@@ -1,0 +1,173 @@
+"""Generate the ScalingSweep CustomResourceDefinition from the pydantic models in `isoflop.api`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
+from pydantic_core import core_schema, to_jsonable_python
+
+from isoflop import api
+
+CRD_PATH = Path("crds") / "scalingsweep.yaml"
+
+# Keys of JSON Schema that mean the same in Kubernetes' OpenAPI v3 subset and are kept as they are.
+_KEPT = (
+    "type",
+    "description",
+    "enum",
+    "minimum",
+    "maximum",
+    "minLength",
+    "maxLength",
+    "pattern",
+    "minItems",
+    "maxItems",
+    "format",
+    "default",
+)
+
+
+class _DefaultsSchema(GenerateJsonSchema):
+    """Emit defaults of `default_factory` fields too, so the API server fills them in."""
+
+    def default_schema(self, schema: core_schema.WithDefaultSchema) -> JsonSchemaValue:
+        factory = schema.get("default_factory")
+        if factory is None or schema.get("default_factory_takes_data"):
+            return super().default_schema(schema)
+        value = factory()  # type: ignore[call-arg]
+        inner = self.generate_inner(schema["schema"])
+        # A nested object defaults to {}: its own fields carry their defaults.
+        inner["default"] = {} if isinstance(value, BaseModel) else to_jsonable_python(value)
+        return inner
+
+
+def _structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    """Translate one pydantic JSON-schema node into a structural OpenAPI v3 schema node."""
+    if "$ref" in node:
+        target = defs[node["$ref"].rsplit("/", 1)[-1]]
+        merged = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+        return _structural(merged, defs)
+    if "anyOf" in node:
+        options = [o for o in node["anyOf"] if o.get("type") != "null"]
+        if len(options) != 1:
+            raise ValueError(f"cannot express a union in a structural schema: {node}")
+        rest = {k: v for k, v in node.items() if k != "anyOf"}
+        nullable = _structural({**options[0], **rest}, defs)
+        nullable["nullable"] = True
+        if "default" in nullable and nullable["default"] is None:
+            del nullable["default"]  # absent and null mean the same; a null default is not allowed
+        return nullable
+
+    out: dict[str, Any] = {k: node[k] for k in _KEPT if k in node}
+    if "const" in node:
+        out["enum"] = [node["const"]]
+    if "exclusiveMinimum" in node:
+        out["minimum"], out["exclusiveMinimum"] = node["exclusiveMinimum"], True
+    if "exclusiveMaximum" in node:
+        out["maximum"], out["exclusiveMaximum"] = node["exclusiveMaximum"], True
+    if "properties" in node:
+        out["type"] = "object"
+        out["properties"] = {k: _structural(v, defs) for k, v in node["properties"].items()}
+        if node.get("required"):
+            out["required"] = sorted(node["required"])
+    elif node.get("type") == "object":
+        extra = node.get("additionalProperties", True)
+        if extra is True or node.get("x-kubernetes-preserve-unknown-fields"):
+            out["x-kubernetes-preserve-unknown-fields"] = True
+        else:
+            out["additionalProperties"] = _structural(extra, defs)
+    if node.get("type") == "array":
+        out["items"] = _structural(node["items"], defs)
+    for key, value in node.items():
+        if key.startswith("x-kubernetes-"):
+            out[key] = value
+    if "type" not in out and not out.get("x-kubernetes-preserve-unknown-fields"):
+        raise ValueError(f"schema node without a type: {node}")
+    return out
+
+
+def _schema_of(model: type[BaseModel]) -> dict[str, Any]:
+    schema = model.model_json_schema(by_alias=True, schema_generator=_DefaultsSchema)
+    return _structural(schema, schema.get("$defs", {}))
+
+
+def openapi_schema() -> dict[str, Any]:
+    """The openAPIV3Schema of ScalingSweep: spec and status from the API models."""
+    return {
+        "type": "object",
+        "description": "A scaling-law sweep: isoFLOP trials of a DiT ladder and the fitted laws.",
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"type": "object"},
+            "spec": _schema_of(api.ScalingSweepSpec),
+            "status": _schema_of(api.ScalingSweepStatus),
+        },
+        "required": ["spec"],
+    }
+
+
+def crd() -> dict[str, Any]:
+    """The whole CustomResourceDefinition object."""
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": f"{api.PLURAL}.{api.GROUP}",
+            "labels": {"app.kubernetes.io/name": "isoflop", "app.kubernetes.io/part-of": "isoflop"},
+        },
+        "spec": {
+            "group": api.GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": api.KIND,
+                "listKind": f"{api.KIND}List",
+                "plural": api.PLURAL,
+                "singular": api.SINGULAR,
+                "shortNames": list(api.SHORT_NAMES),
+                "categories": ["isoflop"],
+            },
+            "versions": [
+                {
+                    "name": api.VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": [
+                        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+                        {
+                            "name": "Trials",
+                            "type": "string",
+                            "jsonPath": ".status.progress",
+                            "description": "Trials done / total",
+                        },
+                        {
+                            "name": "Model-Exp",
+                            "type": "number",
+                            "jsonPath": ".status.laws.params.exponent",
+                            "description": "Fitted exponent of N*(C)",
+                        },
+                        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+                    ],
+                    "schema": {"openAPIV3Schema": openapi_schema()},
+                }
+            ],
+        },
+    }
+
+
+HEADER = "# Generated by `isoflop crd` from isoflop.api. Do not edit; a test fails on drift.\n"
+
+
+def render() -> str:
+    return HEADER + yaml.safe_dump(crd(), sort_keys=False, width=100)
+
+
+def write(path: Path = CRD_PATH) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render())
+    return path

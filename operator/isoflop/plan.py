@@ -1,0 +1,198 @@
+"""The isoFLOP planner: budgets x ladder -> trials with steps, samples, tokens and exact FLOPs."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from isoflop_trainer.config import DiTConfig
+
+from isoflop.api import ScalingSweepSpec
+
+H100_BF16_PEAK_FLOPS = 989.4e12  # dense bf16, SXM
+DEFAULT_MFU = 0.40
+
+
+@dataclass(frozen=True)
+class Rung:
+    """One model size of the ladder."""
+
+    name: str
+    config: DiTConfig
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One (budget, rung) training run, sized to spend the budget."""
+
+    id: str
+    budget: float
+    rung: str
+    depth: int
+    width: int
+    heads: int
+    params: int
+    non_embedding_params: int
+    tokens_per_sample: int
+    flops_per_sample: int  # under the sweep's accounting
+    batch_size: int
+    steps: int
+    samples: int
+    tokens: int
+    flops: int  # spent, under the sweep's accounting (what the budget is compared with)
+    flops_exact: int
+    flops_6nd: int
+
+    @property
+    def rounding(self) -> float:
+        """Relative difference between the FLOPs spent and the budget (steps are whole)."""
+        return self.flops / self.budget - 1.0
+
+    def gpu_hours(
+        self, mfu: float = DEFAULT_MFU, peak_flops: float = H100_BF16_PEAK_FLOPS
+    ) -> float:
+        """Estimated GPU-hours for the exact FLOPs at a model-FLOPs utilisation and GPU peak."""
+        return self.flops_exact / (mfu * peak_flops) / 3600.0
+
+
+@dataclass(frozen=True)
+class Infeasible:
+    """A (budget, rung) pair that cannot be trained as asked, and why."""
+
+    id: str
+    budget: float
+    rung: str
+    params: int
+    steps: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    accounting: str
+    trials: tuple[Trial, ...]
+    infeasible: tuple[Infeasible, ...]
+
+    def trial(self, trial_id: str) -> Trial:
+        for t in self.trials:
+            if t.id == trial_id:
+                return t
+        raise KeyError(trial_id)
+
+    def to_json(
+        self, mfu: float = DEFAULT_MFU, peak_flops: float = H100_BF16_PEAK_FLOPS
+    ) -> dict[str, Any]:
+        return {
+            "accounting": self.accounting,
+            "mfu": mfu,
+            "peakFlops": peak_flops,
+            "trials": [
+                {**asdict(t), "rounding": t.rounding, "gpu_hours": t.gpu_hours(mfu, peak_flops)}
+                for t in self.trials
+            ],
+            "infeasible": [asdict(i) for i in self.infeasible],
+        }
+
+
+def budget_tag(budget: float) -> str:
+    """A short, DNS-safe, stable name for a budget: 1e17 -> '1e17', 1.5e21 -> '1p5e21'."""
+    mantissa, exponent = f"{budget:.5e}".split("e")
+    mantissa = mantissa.rstrip("0").rstrip(".").replace(".", "p")
+    return f"{mantissa}e{int(exponent)}".replace("-", "m")
+
+
+def trial_id(budget: float, rung: str) -> str:
+    """Deterministic: depends only on the budget and the rung, so adding either keeps old IDs."""
+    return f"{budget_tag(budget)}-{rung}"
+
+
+def rung_config(spec: ScalingSweepSpec, depth: int, width: int, heads: int) -> DiTConfig:
+    """The DiT of one rung: its size from the ladder, everything else from the spec."""
+    m, d = spec.model, spec.data
+    channels, height, side = d.latent_shape
+    return DiTConfig(
+        family=m.family,
+        depth=depth,
+        width=width,
+        heads=heads,
+        mlp_ratio=m.mlp_ratio,
+        patch_size=m.patch_size,
+        latent_channels=channels,
+        latent_height=height,
+        latent_width=side,
+        text_length=d.text_length,
+        text_dim=d.text_dim,
+        timestep_conditioning=m.timestep_conditioning,
+        qk_norm=m.qk_norm,
+    )
+
+
+def ladder(spec: ScalingSweepSpec) -> list[Rung]:
+    """The model sizes of the sweep, smallest first."""
+    m = spec.model
+    rungs = [
+        Rung(f"d{depth:02d}", rung_config(spec, depth, w, w // m.head_dim))
+        for depth in m.depths
+        for w in [m.width_per_depth * depth]
+    ]
+    rungs += [
+        Rung(c.name, rung_config(spec, c.depth, c.width, c.heads or c.width // m.head_dim))
+        for c in m.configs
+    ]
+    return sorted(rungs, key=lambda r: (r.config.params().total, r.name))
+
+
+def plan(spec: ScalingSweepSpec) -> Plan:
+    """Size every (budget, rung) trial; list the infeasible ones with the reason."""
+    accounting = spec.flops_accounting
+    batch = spec.training.global_batch_size
+    min_steps = spec.training.min_steps
+    tags = {budget_tag(b) for b in spec.budgets}
+    if len(tags) != len(spec.budgets):
+        raise ValueError(
+            "spec.budgets: two budgets are too close to tell apart (6 significant digits)"
+        )
+    trials: list[Trial] = []
+    infeasible: list[Infeasible] = []
+    rungs = ladder(spec)
+    for budget in sorted(spec.budgets):
+        for rung in rungs:
+            cfg = rung.config
+            params = cfg.params()
+            per_sample = cfg.training_flops_per_sample(accounting)
+            steps = round(budget / (per_sample * batch))
+            tid = trial_id(budget, rung.name)
+            if steps < 1:
+                reason = (
+                    f"the budget buys {budget / per_sample:.3g} samples, "
+                    f"less than one batch of {batch}"
+                )
+                infeasible.append(Infeasible(tid, budget, rung.name, params.total, steps, reason))
+                continue
+            if steps < min_steps:
+                reason = f"{steps} steps of batch {batch}, fewer than minSteps {min_steps}"
+                infeasible.append(Infeasible(tid, budget, rung.name, params.total, steps, reason))
+                continue
+            samples = steps * batch
+            trials.append(
+                Trial(
+                    id=tid,
+                    budget=budget,
+                    rung=rung.name,
+                    depth=cfg.depth,
+                    width=cfg.width,
+                    heads=cfg.heads,
+                    params=params.total,
+                    non_embedding_params=params.non_embedding,
+                    tokens_per_sample=cfg.tokens_per_sample,
+                    flops_per_sample=per_sample,
+                    batch_size=batch,
+                    steps=steps,
+                    samples=samples,
+                    tokens=samples * cfg.tokens_per_sample,
+                    flops=samples * per_sample,
+                    flops_exact=samples * cfg.flops_per_sample().total,
+                    flops_6nd=samples * cfg.flops_per_sample_6nd(),
+                )
+            )
+    return Plan(accounting, tuple(trials), tuple(infeasible))

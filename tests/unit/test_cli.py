@@ -1,0 +1,106 @@
+"""The `isoflop` and `isoflop-train` command lines."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from isoflop import cli
+from isoflop_trainer import cli as train_cli
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_plan_table(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["plan", str(ROOT / "examples/paper-in-context.yaml")]) == 0
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if "-d" in line and line.strip()[0].isdigit()]
+    assert len(lines) == 84
+    assert "84 trials over 6 budgets, FLOPs counted as 6ND" in out
+    row = next(line for line in lines if "6e18-d15" in line).split()
+    assert row[:4] == ["6e18", "6e18-d15", "15", "960"]
+    assert float(row[10]) == pytest.approx(6e18, rel=1e-3)  # the 6ND column is the budget
+
+
+def test_plan_json_matches_the_table(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["plan", str(ROOT / "examples/quickstart.yaml"), "--json", "--mfu", "0.5"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["accounting"] == "exact"
+    assert data["mfu"] == 0.5
+    assert len(data["trials"]) == 11
+    assert [i["id"] for i in data["infeasible"]] == ["3e10-d04"]
+    for t in data["trials"]:
+        assert t["flops"] == t["samples"] * t["flops_per_sample"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["plan", "/nonexistent.yaml"],
+            "isoflop: error: cannot read /nonexistent.yaml: No such file",
+        ),
+        (
+            ["plan", "examples/quickstart.yaml", "--mfu", "2"],
+            "isoflop: error: --mfu must lie in (0, 1]",
+        ),
+    ],
+)
+def test_errors_are_one_sentence_and_exit_2(
+    argv: list[str],
+    message: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(ROOT)
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message)
+    assert err.count("\n") == 1
+
+
+def test_invalid_manifest_exit_code_from_a_real_process(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        (ROOT / "examples/quickstart.yaml")
+        .read_text()
+        .replace("family: in-context", "family: unet")
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "isoflop.cli", "validate", str(bad)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 2
+    assert out.stderr.strip() == (
+        "isoflop: error: spec.model.family: Input should be 'in-context' or 'cross-attention'"
+    )
+    assert "Traceback" not in out.stderr
+
+
+def test_validate_ok(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["validate", str(ROOT / "examples/quickstart.yaml")]) == 0
+    assert "ScalingSweep 'quickstart' is valid" in capsys.readouterr().out
+
+
+def test_crd_write_and_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    target = tmp_path / "crd.yaml"
+    assert cli.main(["crd", "--check", "-o", str(target)]) == 2  # missing
+    assert cli.main(["crd", "-o", str(target)]) == 0
+    assert cli.main(["crd", "--check", "-o", str(target)]) == 0
+    target.write_text(target.read_text().replace("sweep", "swoop"))
+    assert cli.main(["crd", "--check", "-o", str(target)]) == 2
+    assert "is out of date" in capsys.readouterr().err
+
+
+def test_train_count_reports_exact_counts(capsys: pytest.CaptureFixture[str]) -> None:
+    assert train_cli.main(["count", "--depth", "2", "--width", "128", "--heads", "2"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["params"]["total"] == sum(data["params"]["by_module"].values())
+    assert data["flopsPerSample6ND"] == 6 * data["params"]["total"] * data["tokensPerSample"]
+    assert train_cli.main(["count", "--depth", "2", "--width", "100", "--heads", "3"]) == 2
+    assert "not divisible by 3 heads" in capsys.readouterr().err

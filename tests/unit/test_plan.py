@@ -1,0 +1,137 @@
+"""The isoFLOP planner: feasibility, deterministic IDs, FLOPs conservation, the paper's grid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from isoflop import api
+from isoflop.plan import budget_tag, ladder, plan, trial_id
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def spec(**kw: Any) -> api.ScalingSweepSpec:
+    base: dict[str, Any] = {"model": {"depths": [2, 3, 4]}, "budgets": [1e17, 1e18]}
+    base.update(kw)
+    return api.parse_spec(base)
+
+
+@pytest.mark.parametrize(
+    ("budget", "tag"),
+    [
+        (1e17, "1e17"),
+        (3e17, "3e17"),
+        (1.5e21, "1p5e21"),
+        (6e18, "6e18"),
+        (2.5e9, "2p5e9"),
+        (123456.0, "1p23456e5"),
+    ],
+)
+def test_budget_tags_are_short_and_dns_safe(budget: float, tag: str) -> None:
+    assert budget_tag(budget) == tag
+
+
+def test_paper_grid_is_6_budgets_by_14_depths() -> None:
+    sweep = api.load_sweep(EXAMPLES / "paper-in-context.yaml")
+    p = plan(sweep.spec)
+    assert not p.infeasible
+    assert len(p.trials) == 84
+    assert sorted({t.budget for t in p.trials}) == [1e17, 3e17, 6e17, 1e18, 3e18, 6e18]
+    assert sorted({t.depth for t in p.trials}) == list(range(2, 16))
+    for t in p.trials:
+        assert t.width == 64 * t.depth
+        # the paper's convention: the spent FLOPs are 6 N D, and they match the budget to a step
+        assert t.flops == t.flops_6nd == 6 * t.params * t.tokens
+        assert abs(t.flops - t.budget) <= t.flops_per_sample * t.batch_size / 2
+        # exact accounting counts fewer FLOPs than 6ND here: embeddings act on few tokens
+        assert t.flops_exact < t.flops_6nd
+
+
+def test_exact_accounting_spends_the_budget() -> None:
+    p = plan(spec())
+    assert p.accounting == "exact"
+    for t in p.trials:
+        assert t.flops == t.flops_exact == t.samples * t.flops_per_sample
+        assert t.samples == t.steps * t.batch_size
+        assert t.tokens == t.samples * t.tokens_per_sample
+        assert abs(t.rounding) <= t.flops_per_sample * t.batch_size / 2 / t.budget
+        assert t.rounding == pytest.approx(t.flops / t.budget - 1)
+
+
+def test_bigger_models_get_fewer_steps_at_equal_budget() -> None:
+    p = plan(spec(budgets=[1e18]))
+    steps = [t.steps for t in sorted(p.trials, key=lambda t: t.params)]
+    assert steps == sorted(steps, reverse=True)
+
+
+def test_infeasible_trials_are_listed_with_the_reason() -> None:
+    # 1e13 FLOPs buy depth 2 about 8 steps of 1024 but depth 4 only about 2 (< minSteps 5).
+    p = plan(spec(budgets=[1e13, 1e17], training={"minSteps": 5}))
+    bad = {i.id: i for i in p.infeasible}
+    assert "1e13-d04" in bad
+    assert "1e13-d02" in {t.id for t in p.trials}
+    assert (
+        bad["1e13-d04"].reason
+        == f"{bad['1e13-d04'].steps} steps of batch 1024, fewer than minSteps 5"
+    )
+    everything = {trial_id(b, f"d{d:02d}") for b in (1e13, 1e17) for d in (2, 3, 4)}
+    assert {t.id for t in p.trials} | set(bad) == everything
+    assert not {t.id for t in p.trials} & set(bad)
+    huge = plan(spec(budgets=[1e12], training={"globalBatchSize": 4096}))
+    assert not huge.trials
+    assert all("less than one batch of 4096" in i.reason for i in huge.infeasible)
+    assert all(i.steps == 0 for i in huge.infeasible)
+
+
+def test_trial_ids_are_deterministic_and_stable_when_the_grid_grows() -> None:
+    small = plan(spec())
+    again = plan(spec())
+    assert [t.id for t in small.trials] == [t.id for t in again.trials]
+    grown = plan(spec(model={"depths": [1, 2, 3, 4, 5]}, budgets=[3e16, 1e17, 1e18, 1e19]))
+    old = {t.id: t for t in small.trials}
+    new = {t.id: t for t in grown.trials}
+    assert set(old) <= set(new)
+    for tid, t in old.items():
+        assert new[tid] == t  # same trial, same size: a finished result stays valid
+    ids = [t.id for t in grown.trials] + [i.id for i in grown.infeasible]
+    assert len(ids) == len(set(ids))
+    for tid in ids:
+        assert len(tid) <= 20
+        assert tid == tid.lower()
+
+
+def test_explicit_configs_and_ordering() -> None:
+    s = spec(
+        model={
+            "configs": [
+                {"name": "big", "depth": 4, "width": 512, "heads": 8},
+                {"name": "small", "depth": 2, "width": 128},
+            ]
+        }
+    )
+    rungs = ladder(s)
+    assert [r.name for r in rungs] == ["small", "big"]
+    assert rungs[0].config.heads == 2  # width / headDim
+    assert {t.id for t in plan(s).trials} >= {"1e17-small", "1e18-big"}
+
+
+def test_too_close_budgets_are_rejected() -> None:
+    with pytest.raises(ValueError, match="too close to tell apart"):
+        plan(spec(budgets=[1e17, 1.0000001e17]))
+
+
+def test_gpu_hours_scale_with_mfu() -> None:
+    t = plan(spec()).trials[0]
+    assert t.gpu_hours(mfu=0.2) == pytest.approx(2 * t.gpu_hours(mfu=0.4))
+    assert t.gpu_hours(mfu=1.0, peak_flops=1e15) == pytest.approx(t.flops_exact / 1e15 / 3600)
+
+
+def test_quickstart_plans_every_budget_with_at_least_three_sizes() -> None:
+    p = plan(api.load_sweep(EXAMPLES / "quickstart.yaml").spec)
+    per_budget: dict[float, int] = {}
+    for t in p.trials:
+        per_budget[t.budget] = per_budget.get(t.budget, 0) + 1
+    assert len(per_budget) == 3
+    assert min(per_budget.values()) >= 3  # a parabola needs three points

@@ -1,0 +1,199 @@
+"""DiT configuration with exact parameter counts and training FLOPs (torch-free).
+
+This module is the single description of the architecture that `model.py` builds; the planner
+imports it to size trials. The formulas below are exact for that model, term by term:
+
+Inputs per sample: a latent (C, H, W), a timestep t, text embeddings (L, d_txt) from a frozen
+encoder (they carry their own positions). p = patch size, d = width, m = MLP hidden width,
+d_h = head dim, T = (H/p)(W/p) image tokens, k = 1 with an in-context timestep token, else 0.
+
+    x_embedder  Conv2d(C, d, p, stride=p) + bias; fixed 2-D sin-cos positions (a buffer)
+    t_embedder  sinusoid(t, 256) -> Linear(256, d) -> SiLU -> Linear(d, d)          -> c (d,)
+    y_embedder  Linear(d_txt, d) on every text token; no-caption (CFG) = zero embeddings
+    block, in-context    on [t?, text, image] (S = k + L + T tokens):
+        x += g1 * Attn(mod(LN(x)))      qkv Linear(d, 3d), out Linear(d, d), qk RMSNorm(d_h)?
+        x += g2 * MLP(mod(LN(x)))       Linear(d, m) -> GELU(tanh) -> Linear(m, d)
+    block, cross-attention  on [t?, image] (S = k + T tokens), text only as keys/values:
+        x += g1 * Attn(mod(LN(x)))
+        x += CrossAttn(LN(x), text)     q Linear(d, d), kv Linear(d, 2d) on text, out Linear(d, d)
+        x += g2 * MLP(mod(LN(x)))
+    adaLN-Zero (default): per block SiLU(c) -> Linear(d, 6d) gives shift/scale/gate, once per
+        sample; LayerNorms have no affine. In-context timestep token instead: c is prepended as a
+        token, no modulation, LayerNorms carry weight and bias.
+    final layer on image tokens only: LN, mod (adaLN Linear(d, 2d)), Linear(d, p*p*C) -> velocity
+
+FLOPs are matmul FLOPs (2 per multiply-add), the quantity `torch.utils.flop_counter` counts;
+attention is 4*S_q*S_k*d forward. Backward is 2x forward for every matmul whose input needs a
+gradient and 1x (weight gradient only) where it does not: the patch embedding, the timestep MLP's
+first layer and the text projection, whose inputs are data. Norms, activations and softmax are not
+counted. Attention backward is counted as 2x forward (model FLOPs, no recomputation), which is what
+the counter reports for the math SDPA kernel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Family = Literal["in-context", "cross-attention"]
+TimestepConditioning = Literal["adaln-zero", "in-context"]
+FlopsAccounting = Literal["exact", "6ND"]
+
+FAMILIES: tuple[Family, ...] = ("in-context", "cross-attention")
+FREQUENCY_DIM = 256  # sinusoidal timestep features fed to the timestep MLP
+
+
+@dataclass(frozen=True)
+class ParamCount:
+    """Exact parameter count, total and per module."""
+
+    total: int
+    non_embedding: int  # transformer blocks only: no embedders, no final layer
+    by_module: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FlopCount:
+    """Training FLOPs for one sample (forward + backward), with the attention share."""
+
+    forward: int
+    backward: int
+    attention: int  # forward + backward FLOPs of the attention score/value products
+
+    @property
+    def total(self) -> int:
+        return self.forward + self.backward
+
+
+@dataclass(frozen=True)
+class DiTConfig:
+    """One DiT: architecture, input shapes, and the derived exact counts."""
+
+    family: Family
+    depth: int
+    width: int
+    heads: int
+    mlp_ratio: float = 4.0
+    patch_size: int = 2
+    latent_channels: int = 4
+    latent_height: int = 32
+    latent_width: int = 32
+    text_length: int = 77
+    text_dim: int = 768
+    timestep_conditioning: TimestepConditioning = "adaln-zero"
+    qk_norm: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("depth", "width", "heads", "patch_size", "latent_channels", "text_length"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.text_dim < 1:
+            raise ValueError(f"text_dim must be at least 1, got {self.text_dim}")
+        if self.family not in FAMILIES:
+            raise ValueError(f"family must be one of {FAMILIES}, got {self.family!r}")
+        if self.width % self.heads:
+            raise ValueError(f"width {self.width} is not divisible by {self.heads} heads")
+        for side in (self.latent_height, self.latent_width):
+            if side % self.patch_size:
+                raise ValueError(f"latent side {side} is not divisible by patch {self.patch_size}")
+        if self.mlp_hidden < 1:
+            raise ValueError(f"mlp_ratio {self.mlp_ratio} gives an empty MLP")
+
+    # -- shapes -------------------------------------------------------------------------------
+
+    @property
+    def head_dim(self) -> int:
+        return self.width // self.heads
+
+    @property
+    def mlp_hidden(self) -> int:
+        return round(self.mlp_ratio * self.width)
+
+    @property
+    def adaln(self) -> bool:
+        return self.timestep_conditioning == "adaln-zero"
+
+    @property
+    def image_tokens(self) -> int:
+        p = self.patch_size
+        return (self.latent_height // p) * (self.latent_width // p)
+
+    @property
+    def patch_dim(self) -> int:
+        """Values per patch, in and out: p * p * C."""
+        return self.patch_size * self.patch_size * self.latent_channels
+
+    @property
+    def sequence_length(self) -> int:
+        """Tokens in the self-attention sequence of every block."""
+        time_token = 0 if self.adaln else 1
+        text = self.text_length if self.family == "in-context" else 0
+        return time_token + text + self.image_tokens
+
+    @property
+    def tokens_per_sample(self) -> int:
+        """D per sample for C = 6ND: tokens that pass through every block weight."""
+        return self.sequence_length
+
+    # -- parameters ---------------------------------------------------------------------------
+
+    def params(self) -> ParamCount:
+        d, m, dh = self.width, self.mlp_hidden, self.head_dim
+        attn = 4 * d * d + 4 * d + (2 * dh if self.qk_norm else 0)
+        mlp = 2 * d * m + m + d
+        if self.adaln:
+            cond = 6 * d * d + 6 * d  # adaLN modulation
+        else:
+            norms = 2 if self.family == "in-context" else 3
+            cond = norms * 2 * d  # affine LayerNorms
+        block = attn + mlp + cond + (attn if self.family == "cross-attention" else 0)
+        by_module = {
+            "x_embedder": self.patch_dim * d + d,
+            "t_embedder": FREQUENCY_DIM * d + d + d * d + d,
+            "y_embedder": self.text_dim * d + d,
+            "blocks": self.depth * block,
+            "final_layer": (2 * d * d + 2 * d if self.adaln else 2 * d)
+            + d * self.patch_dim
+            + self.patch_dim,
+        }
+        return ParamCount(sum(by_module.values()), by_module["blocks"], by_module)
+
+    # -- FLOPs --------------------------------------------------------------------------------
+
+    def flops_per_sample(self) -> FlopCount:
+        """Exact training FLOPs (forward + backward) of one sample; see the module docstring."""
+        d, m, T, L = self.width, self.mlp_hidden, self.image_tokens, self.text_length
+        S = self.sequence_length
+        # (forward FLOPs, whether the matmul's input needs a gradient)
+        mm: list[tuple[int, bool]] = [
+            (2 * T * self.patch_dim * d, False),  # patch embedding
+            (2 * FREQUENCY_DIM * d, False),  # timestep MLP, layer 1
+            (2 * d * d, True),  # timestep MLP, layer 2
+            (2 * L * self.text_dim * d, False),  # text projection
+            (2 * T * d * self.patch_dim, True),  # final linear
+        ]
+        if self.adaln:
+            mm.append((2 * d * 2 * d, True))  # final adaLN
+        attention_fwd = 0
+        for _ in range(self.depth):
+            mm.append((2 * S * d * 3 * d + 2 * S * d * d, True))  # qkv + out projection
+            mm.append((2 * 2 * S * d * m, True))  # MLP
+            attention_fwd += 4 * S * S * d
+            if self.adaln:
+                mm.append((2 * d * 6 * d, True))  # adaLN, once per sample
+            if self.family == "cross-attention":
+                mm.append((2 * S * d * d + 2 * S * d * d, True))  # q + out projection
+                mm.append((2 * L * d * 2 * d, True))  # k, v on text tokens only
+                attention_fwd += 4 * S * L * d
+        forward = sum(f for f, _ in mm) + attention_fwd
+        backward = sum(2 * f if grad else f for f, grad in mm) + 2 * attention_fwd
+        return FlopCount(forward=forward, backward=backward, attention=3 * attention_fwd)
+
+    def flops_per_sample_6nd(self) -> int:
+        """The paper's convention: 6 * N (all parameters) * tokens per sample."""
+        return 6 * self.params().total * self.tokens_per_sample
+
+    def training_flops_per_sample(self, accounting: FlopsAccounting) -> int:
+        if accounting == "exact":
+            return self.flops_per_sample().total
+        return self.flops_per_sample_6nd()
