@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from isoflop_trainer.config import Family, FlopsAccounting, TimestepConditioning
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -20,6 +19,8 @@ from pydantic import (
     model_validator,
 )
 from pydantic.alias_generators import to_camel
+
+from isoflop_trainer.config import Family, FlopsAccounting, TimestepConditioning
 
 GROUP = "isoflop.dev"
 VERSION = "v1alpha1"
@@ -358,37 +359,95 @@ class BudgetFit(Model):
     a: float
     b: float
     c: float
-    params_opt: float
-    tokens_opt: float
-    loss_opt: float
+    params_opt: float | None = None  # None when the loss does not curve upward
+    tokens_opt: float | None = None
+    loss_opt: float | None = None
     bracketed: bool
+    advice: str | None = None
     params_opt_interval: Interval | None = None
     loss_opt_interval: Interval | None = None
 
 
 class PowerLaw(Model):
-    """y = coefficient * C^exponent (+ irreducible, when fitted)."""
+    """y = coefficient * x^exponent, x the budget C (or the loss, for metric-vs-loss laws)."""
 
     coefficient: float
     exponent: float
-    irreducible: float | None = None
+    points: int
     coefficient_interval: Interval | None = None
     exponent_interval: Interval | None = None
+
+
+class SaturatingLaw(Model):
+    """y = irreducible + coefficient * C^-decay."""
+
+    irreducible: float
+    coefficient: float
+    decay: float
+    irreducible_interval: Interval | None = None
+    decay_interval: Interval | None = None
 
 
 class Laws(Model):
     params: PowerLaw | None = None
     tokens: PowerLaw | None = None
     loss: PowerLaw | None = None
+    loss_saturating: SaturatingLaw | None = None
+    metrics: dict[str, PowerLaw] = Field(default_factory=dict, description="Metric at N* vs C.")
+    metrics_vs_loss: dict[str, PowerLaw] = Field(default_factory=dict)
+
+
+class ParametricLaw(Model):
+    """Chinchilla Approach 3: L(N, D) = E + A / N^alpha + B / D^beta."""
+
+    E: float = Field(alias="E")
+    A: float = Field(alias="A")
+    B: float = Field(alias="B")
+    alpha: float
+    beta: float
+    params_exponent: float
+    tokens_exponent: float
+    params_exponent_interval: Interval | None = None
+    tokens_exponent_interval: Interval | None = None
+
+
+class Estimate(Model):
+    """A prediction: the confidence interval says where the law lies, the prediction interval
+    where a new measurement would fall."""
+
+    value: float
+    confidence: Interval | None = None
+    prediction: Interval | None = None
 
 
 class Prediction(Model):
     budget: float
-    params: float
-    tokens: float
-    loss: float
-    params_interval: Interval | None = None
-    loss_interval: Interval | None = None
+    params: Estimate | None = None
+    tokens: Estimate | None = None
+    loss: Estimate | None = None
+    metrics: dict[str, Estimate] = Field(default_factory=dict)
+    parametric_params: float | None = None
+    parametric_loss: float | None = None
+
+
+class HoldOutCheck(Model):
+    """The largest (or chosen) budget left out of the fit, predicted, and compared."""
+
+    budget: float
+    params_error: float
+    loss_error: float
+    within_prediction_interval: bool
+
+
+class FitResult(Model):
+    """Everything fitted from a sweep's results: the same on the resource and in `isoflop fit`."""
+
+    budget_fits: list[BudgetFit] = Field(default_factory=list)
+    laws: Laws = Field(default_factory=Laws)
+    parametric: ParametricLaw | None = None
+    predictions: list[Prediction] = Field(default_factory=list)
+    hold_out: HoldOutCheck | None = None
+    warnings: list[str] = Field(default_factory=list)
 
 
 class ScalingSweepStatus(Model):
@@ -401,9 +460,7 @@ class ScalingSweepStatus(Model):
     progress: str = Field(default="0/0", description="Trials done / total, for kubectl get.")
     counts: TrialCounts = Field(default_factory=TrialCounts)
     trials: list[TrialRecord] = Field(default_factory=list)
-    budget_fits: list[BudgetFit] = Field(default_factory=list)
-    laws: Laws = Field(default_factory=Laws)
-    predictions: list[Prediction] = Field(default_factory=list)
+    fit: FitResult | None = None
 
 
 # ------------------------------------------------------------------------------------------------

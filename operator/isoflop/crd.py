@@ -148,7 +148,7 @@ def crd() -> dict[str, Any]:
                         {
                             "name": "Model-Exp",
                             "type": "number",
-                            "jsonPath": ".status.laws.params.exponent",
+                            "jsonPath": ".status.fit.laws.params.exponent",
                             "description": "Fitted exponent of N*(C)",
                         },
                         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},

@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from isoflop_trainer.config import DiTConfig
-
 from isoflop.api import ScalingSweepSpec
+from isoflop_trainer.config import DiTConfig
 
 H100_BF16_PEAK_FLOPS = 989.4e12  # dense bf16, SXM
 DEFAULT_MFU = 0.40
@@ -92,6 +91,11 @@ class Plan:
             ],
             "infeasible": [asdict(i) for i in self.infeasible],
         }
+
+
+def format_flops(x: float) -> str:
+    """3e+17 -> '3e17', for tables."""
+    return f"{x:.3g}".replace("e+", "e")
 
 
 def budget_tag(budget: float) -> str:

@@ -10,6 +10,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+
 from isoflop import api, crd
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -82,7 +83,7 @@ def test_crd_names_columns_and_rules() -> None:
     assert columns == {
         "Phase": ".status.phase",
         "Trials": ".status.progress",
-        "Model-Exp": ".status.laws.params.exponent",
+        "Model-Exp": ".status.fit.laws.params.exponent",
         "Age": ".metadata.creationTimestamp",
     }
     props = version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]

@@ -10,6 +10,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # The pure core: no kopf, kubernetes, torch or boto3, so it runs and is tested anywhere.
 PURE_MODULES = [
+    "isoflop.fit",
+    "isoflop.fit.report",
     "isoflop.api",
     "isoflop.plan",
     "isoflop.crd",

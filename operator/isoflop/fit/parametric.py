@@ -1,0 +1,185 @@
+"""Chinchilla "Approach 3": L(N, D) = E + A / N^alpha + B / D^beta over all trials at once.
+
+Fitted as in Hoffmann et al. (2022) and Epoch AI's replication (Besiroglu et al., 2024): a Huber
+loss (delta 1e-3) on log L, with log L(N, D) = LSE(a - alpha ln N, b - beta ln D, e), A = e^a,
+B = e^b, E = e^e; L-BFGS-B started from the best points of a grid; bootstrap over trials.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.optimize import minimize
+
+from isoflop.fit.data import Array, Points
+from isoflop.fit.stats import Interval, percentile_interval
+
+HUBER_DELTA = 1e-3
+GRID = {
+    "a": np.arange(0.0, 30.0, 5.0),
+    "b": np.arange(0.0, 30.0, 5.0),
+    "e": np.arange(-1.0, 1.5, 0.5),
+    "alpha": np.arange(0.0, 2.5, 0.5),
+    "beta": np.arange(0.0, 2.5, 0.5),
+}
+BOUNDS = [(-20.0, 60.0), (-20.0, 60.0), (-10.0, 10.0), (1e-3, 4.0), (1e-3, 4.0)]
+STARTS = 8  # L-BFGS-B runs from the best grid points
+FTOL, GTOL = 1e-10, 1e-8
+
+
+@dataclass(frozen=True)
+class ParametricFit:
+    """L(N, D) = E + A / N^alpha + B / D^beta and the compute-optimal allocation it implies."""
+
+    E: float
+    A: float
+    B: float
+    alpha: float
+    beta: float
+    flops_per_param_token: float  # k in C = k N D (6 under the paper's counting)
+    objective: float
+    points: int
+    intervals: dict[str, Interval | None] = field(default_factory=dict)
+    samples: Array | None = field(default=None, repr=False, compare=False)  # (R, 5) bootstrap
+
+    @property
+    def params_exponent(self) -> float:
+        """a in N*(C) ~ C^a: beta / (alpha + beta)."""
+        return self.beta / (self.alpha + self.beta)
+
+    @property
+    def tokens_exponent(self) -> float:
+        """b in D*(C) ~ C^b: alpha / (alpha + beta)."""
+        return self.alpha / (self.alpha + self.beta)
+
+    def loss(self, params: float | Array, tokens: float | Array) -> Array:
+        n, d = np.asarray(params, dtype=np.float64), np.asarray(tokens, dtype=np.float64)
+        return np.asarray(self.E + self.A / n**self.alpha + self.B / d**self.beta, dtype=np.float64)
+
+    def optimum(self, compute: float | Array) -> tuple[Array, Array, Array]:
+        """Compute-optimal (N*, D*, L*) at budget C under C = k N D."""
+        return optimum(
+            np.array([self.E, self.A, self.B, self.alpha, self.beta]),
+            compute,
+            self.flops_per_param_token,
+        )
+
+
+def optimum(theta: Array, compute: float | Array, k: float) -> tuple[Array, Array, Array]:
+    """(N*, D*, L*) for parameter rows theta (..., 5) = (E, A, B, alpha, beta)."""
+    e, a, b, alpha, beta = (theta[..., i] for i in range(5))
+    c = np.asarray(compute, dtype=np.float64) / k
+    g = (alpha * a / (beta * b)) ** (1.0 / (alpha + beta))
+    n = g * c ** (beta / (alpha + beta))
+    d = c / n
+    return n, d, e + a / n**alpha + b / d**beta
+
+
+def _objective(
+    theta: Array, ln_n: Array, ln_d: Array, ln_l: Array, w: Array, scale: float = 1.0
+) -> tuple[float, Array]:
+    """Weighted mean Huber loss of log L (times scale), and its gradient in a, b, e, alpha, beta."""
+    a, b, e, alpha, beta = theta
+    terms = np.stack([a - alpha * ln_n, b - beta * ln_d, np.full_like(ln_n, e)])  # (3, n)
+    top = terms.max(axis=0)
+    ex = np.exp(terms - top)
+    total = ex.sum(axis=0)
+    r = top + np.log(total) - ln_l
+    share = ex / total  # d LSE / d term
+    absr = np.abs(r)
+    huber = np.where(absr <= HUBER_DELTA, 0.5 * r * r, HUBER_DELTA * (absr - 0.5 * HUBER_DELTA))
+    wn = w / w.sum()
+    g = wn * np.clip(r, -HUBER_DELTA, HUBER_DELTA)
+    grad = np.array(
+        [
+            (g * share[0]).sum(),
+            (g * share[1]).sum(),
+            (g * share[2]).sum(),
+            -(g * share[0] * ln_n).sum(),
+            -(g * share[1] * ln_d).sum(),
+        ]
+    )
+    return float((wn * huber).sum()) * scale, grad * scale
+
+
+def _grid_objective(ln_n: Array, ln_d: Array, ln_l: Array) -> tuple[Array, Array]:
+    grid = np.array(list(itertools.product(*GRID.values())))  # (G, 5): a, b, e, alpha, beta
+    a, b, e, alpha, beta = (grid[:, i : i + 1] for i in range(5))
+    terms = np.stack(
+        [a - alpha * ln_n, b - beta * ln_d, np.broadcast_to(e, (len(grid), len(ln_n)))]
+    )
+    r = np.logaddexp(np.logaddexp(terms[0], terms[1]), terms[2]) - ln_l
+    absr = np.abs(r)
+    huber = np.where(absr <= HUBER_DELTA, 0.5 * r * r, HUBER_DELTA * (absr - 0.5 * HUBER_DELTA))
+    return grid, huber.mean(axis=1)
+
+
+def _minimize(start: Array, ln_n: Array, ln_d: Array, ln_l: Array, w: Array) -> tuple[Array, float]:
+    # L-BFGS-B's ftol is relative to max(|f|, 1) and this objective is ~1e-5: scale it to ~1 at
+    # the start so the tolerance is truly relative (else fits stop at a warm start).
+    scale = 1.0 / max(_objective(start, ln_n, ln_d, ln_l, w)[0], 1e-300)
+    res = minimize(
+        _objective,
+        start,
+        args=(ln_n, ln_d, ln_l, w, scale),
+        jac=True,
+        method="L-BFGS-B",
+        bounds=BOUNDS,
+        options={"maxiter": 2000, "ftol": FTOL, "gtol": GTOL},
+    )
+    return np.asarray(res.x, dtype=np.float64), float(res.fun) / scale
+
+
+def _to_natural(theta: Array) -> Array:
+    """(a, b, e, alpha, beta) -> (E, A, B, alpha, beta)."""
+    a, b, e, alpha, beta = (theta[..., i] for i in range(5))
+    return np.stack([np.exp(e), np.exp(a), np.exp(b), alpha, beta], axis=-1)
+
+
+def fit_parametric(
+    points: Points,
+    bootstrap: int = 0,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> ParametricFit:
+    """Fit L(N, D) to every trial; `bootstrap` resamples of the trials give the intervals."""
+    if len(points) < 6:
+        raise ValueError(f"the parametric fit needs at least 6 trials, got {len(points)}")
+    if len(np.unique(points.params)) < 3 or len(np.unique(points.tokens)) < 3:
+        raise ValueError("the parametric fit needs at least 3 distinct model sizes and data sizes")
+    ln_n, ln_d, ln_l = np.log(points.params), np.log(points.tokens), np.log(points.loss)
+    ones = np.ones(len(points))
+    grid, values = _grid_objective(ln_n, ln_d, ln_l)
+    best, best_value = grid[0], np.inf
+    for start in grid[np.argsort(values)[:STARTS]]:
+        theta, value = _minimize(start, ln_n, ln_d, ln_l, ones)
+        if value < best_value:
+            best, best_value = theta, value
+    natural = _to_natural(best)
+    k = float(np.median(points.budget / (points.params * points.tokens)))
+    intervals: dict[str, Interval | None] = {}
+    samples = None
+    if bootstrap > 0:
+        rng = np.random.default_rng(seed)
+        weights = rng.multinomial(len(points), ones / len(points), size=bootstrap).astype(float)
+        rows = [_minimize(best, ln_n, ln_d, ln_l, w)[0] for w in weights]
+        samples = _to_natural(np.array(rows))
+        names = ("E", "A", "B", "alpha", "beta")
+        intervals = {n: percentile_interval(samples[:, i], confidence) for i, n in enumerate(names)}
+        alpha, beta = samples[:, 3], samples[:, 4]
+        intervals["params_exponent"] = percentile_interval(beta / (alpha + beta), confidence)
+        intervals["tokens_exponent"] = percentile_interval(alpha / (alpha + beta), confidence)
+    return ParametricFit(
+        E=float(natural[0]),
+        A=float(natural[1]),
+        B=float(natural[2]),
+        alpha=float(natural[3]),
+        beta=float(natural[4]),
+        flops_per_param_token=k,
+        objective=best_value,
+        points=len(points),
+        intervals=intervals,
+        samples=samples,
+    )

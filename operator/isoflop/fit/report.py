@@ -1,0 +1,279 @@
+"""An Analysis as the status document (`api.FitResult`) and as readable text."""
+
+from __future__ import annotations
+
+import math
+
+from isoflop import api
+from isoflop.fit.analysis import Analysis, Comparison, Prediction
+from isoflop.fit.powerlaw import PowerLaw
+from isoflop.fit.stats import Interval, Predicted
+from isoflop.plan import format_flops
+
+
+def _interval(i: Interval | None) -> api.Interval | None:
+    return None if i is None else api.Interval(low=i.low, high=i.high)
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+def _law(law: PowerLaw) -> api.PowerLaw:
+    return api.PowerLaw(
+        coefficient=law.coefficient,
+        exponent=law.exponent,
+        points=law.points,
+        coefficient_interval=_interval(law.coefficient_ci),
+        exponent_interval=_interval(law.exponent_ci),
+    )
+
+
+def _estimate(p: Predicted | None) -> api.Estimate | None:
+    if p is None:
+        return None
+    return api.Estimate(value=p.value, confidence=_interval(p.ci), prediction=_interval(p.pi))
+
+
+def _prediction(p: Prediction) -> api.Prediction:
+    return api.Prediction(
+        budget=p.budget,
+        params=_estimate(p.params),
+        tokens=_estimate(p.tokens),
+        loss=_estimate(p.loss),
+        metrics={k: e for k, v in p.metrics.items() if (e := _estimate(v)) is not None},
+        parametric_params=p.parametric_params,
+        parametric_loss=p.parametric_loss,
+    )
+
+
+def to_result(a: Analysis) -> api.FitResult:
+    """The fit part of a ScalingSweep status."""
+    laws = api.Laws(
+        params=_law(a.laws["params"]) if a.laws else None,
+        tokens=_law(a.laws["tokens"]) if a.laws else None,
+        loss=_law(a.laws["loss"]) if a.laws else None,
+        metrics={k: _law(v) for k, v in a.metric_laws.items()},
+        metrics_vs_loss={k: _law(v) for k, v in a.metric_vs_loss.items()},
+    )
+    if a.loss_saturating is not None:
+        s = a.loss_saturating
+        laws = laws.model_copy(
+            update={
+                "loss_saturating": api.SaturatingLaw(
+                    irreducible=s.irreducible,
+                    coefficient=s.coefficient,
+                    decay=s.decay,
+                    irreducible_interval=_interval(s.irreducible_ci),
+                    decay_interval=_interval(s.decay_ci),
+                )
+            }
+        )
+    parametric = None
+    if a.parametric is not None:
+        f = a.parametric
+        parametric = api.ParametricLaw(
+            E=f.E,
+            A=f.A,
+            B=f.B,
+            alpha=f.alpha,
+            beta=f.beta,
+            params_exponent=f.params_exponent,
+            tokens_exponent=f.tokens_exponent,
+            params_exponent_interval=_interval(f.intervals.get("params_exponent")),
+            tokens_exponent_interval=_interval(f.intervals.get("tokens_exponent")),
+        )
+    hold_out = None
+    if a.holdout is not None:
+        h = a.holdout
+        hold_out = api.HoldOutCheck(
+            budget=h.budget,
+            params_error=h.params_error,
+            loss_error=h.loss_error,
+            within_prediction_interval=h.within_prediction_interval,
+        )
+    return api.FitResult(
+        budget_fits=[
+            api.BudgetFit(
+                budget=f.budget,
+                points=f.points,
+                a=f.a,
+                b=f.b,
+                c=f.c,
+                params_opt=_finite(f.params_opt),
+                tokens_opt=_finite(f.tokens_opt),
+                loss_opt=_finite(f.loss_opt),
+                bracketed=f.bracketed,
+                advice=f.advice or None,
+                params_opt_interval=_interval(f.params_opt_ci),
+                loss_opt_interval=_interval(f.loss_opt_ci),
+            )
+            for f in a.budget_fits
+        ],
+        laws=laws,
+        parametric=parametric,
+        predictions=[_prediction(p) for p in a.predictions],
+        hold_out=hold_out,
+        warnings=list(a.warnings),
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# text
+
+
+def g(x: float | None, digits: int = 4) -> str:
+    if x is None or not math.isfinite(x):
+        return "-"
+    return f"{x:.{digits}g}"
+
+
+def ci(i: Interval | None, digits: int = 4) -> str:
+    return "" if i is None else f"[{g(i.low, digits)}, {g(i.high, digits)}]"
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+    out = ["  " + "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    out += [
+        "  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    ]
+    return out
+
+
+def format_text(a: Analysis) -> str:
+    level = f"{a.confidence:.0%}"
+    lines: list[str] = []
+    if a.budget_fits:
+        lines.append("isoFLOP parabolas (loss against log10 N, one per budget)")
+        lines += _table(
+            ["budget", "trials", "N*", f"{level} CI", "D*", "L*", f"{level} CI", "bracketed"],
+            [
+                [
+                    format_flops(f.budget),
+                    str(f.points),
+                    g(f.params_opt),
+                    ci(f.params_opt_ci),
+                    g(f.tokens_opt),
+                    g(f.loss_opt),
+                    ci(f.loss_opt_ci),
+                    "yes" if f.bracketed else "NO",
+                ]
+                for f in a.budget_fits
+            ],
+        )
+        lines.append("")
+        lines.append(f"Power laws ({level} bootstrap intervals, {a.bootstrap} resamples)")
+        symbols = {"params": "N*(C)", "tokens": "D*(C)", "loss": "L*(C)"}
+        rows = [
+            [
+                symbols[k],
+                f"{law.coefficient:.4e} * C^{law.exponent:.4f}",
+                ci(law.exponent_ci),
+                ci(law.coefficient_ci),
+            ]
+            for k, law in a.laws.items()
+        ]
+        rows += [
+            [
+                f"{k}*(C)",
+                f"{law.coefficient:.4e} * C^{law.exponent:.4f}",
+                ci(law.exponent_ci),
+                ci(law.coefficient_ci),
+            ]
+            for k, law in a.metric_laws.items()
+        ]
+        rows += [
+            [
+                f"{k}(L)",
+                f"{law.coefficient:.4e} * L^{law.exponent:.4f}",
+                ci(law.exponent_ci),
+                ci(law.coefficient_ci),
+            ]
+            for k, law in a.metric_vs_loss.items()
+        ]
+        lines += _table(["law", "fit", "exponent CI", "coefficient CI"], rows)
+        if a.loss_saturating is not None:
+            s = a.loss_saturating
+            lines.append(
+                f"  L*(C) with a floor: {g(s.irreducible)} {ci(s.irreducible_ci)} + "
+                f"{s.coefficient:.4e} * C^-{s.decay:.4f} {ci(s.decay_ci)}"
+            )
+    if a.parametric is not None:
+        f = a.parametric
+        iv = f.intervals
+        lines.append("")
+        lines.append("Parametric fit: L(N, D) = E + A / N^alpha + B / D^beta (Huber on log L)")
+        lines.append(
+            f"  E = {g(f.E)} {ci(iv.get('E'))}   A = {g(f.A)} {ci(iv.get('A'))}   "
+            f"B = {g(f.B)} {ci(iv.get('B'))}"
+        )
+        lines.append(
+            f"  alpha = {g(f.alpha)} {ci(iv.get('alpha'))}   "
+            f"beta = {g(f.beta)} {ci(iv.get('beta'))}"
+        )
+        lines.append(
+            f"  implied N* ~ C^{f.params_exponent:.4f} {ci(iv.get('params_exponent'))}, "
+            f"D* ~ C^{f.tokens_exponent:.4f} {ci(iv.get('tokens_exponent'))}"
+        )
+    if a.predictions:
+        lines.append("")
+        lines.append(f"Predictions ({level} confidence interval [..], prediction interval {{..}})")
+        rows = []
+        for p in a.predictions:
+            rows.append(
+                [
+                    format_flops(p.budget),
+                    _pred(p.params),
+                    _pred(p.tokens),
+                    _pred(p.loss),
+                    g(p.parametric_params),
+                    g(p.parametric_loss),
+                ]
+            )
+        lines += _table(["budget", "N*", "D*", "L*", "N* (parametric)", "L* (parametric)"], rows)
+    if a.holdout is not None:
+        h = a.holdout
+        inside = "inside" if h.within_prediction_interval else "OUTSIDE"
+        lines.append("")
+        lines.append(
+            f"Hold-out check: fitted without {format_flops(h.budget)}, its N* predicted within "
+            f"{h.params_error:+.1%} and L* within {h.loss_error:+.2%}; the observed optimum is "
+            f"{inside} the prediction interval."
+        )
+    if a.warnings:
+        lines.append("")
+        lines += [f"warning: {w}" for w in a.warnings]
+    return "\n".join(lines)
+
+
+def _pred(p: Predicted | None) -> str:
+    if p is None:
+        return "-"
+    pi = "" if p.pi is None else f" {{{g(p.pi.low, 3)}, {g(p.pi.high, 3)}}}"
+    return f"{g(p.value)} {ci(p.ci, 3)}{pi}".strip()
+
+
+def format_comparison(c: Comparison, first: str, second: str) -> str:
+    lines = [f"Exponents: {first} vs {second} (difference with its interval)"]
+    names = {"params": "N*", "tokens": "D*", "loss": "L*"}
+    lines += _table(
+        ["law", first, second, "difference", "interval", "significant"],
+        [
+            [
+                names[d.law],
+                f"{d.first:.4f}",
+                f"{d.second:.4f}",
+                f"{d.difference:+.4f}",
+                ci(d.ci),
+                "yes" if d.significant else "no",
+            ]
+            for d in c.differences
+        ],
+    )
+    who = {"first": first, "second": second}.get(c.more_data)
+    if who is None:
+        lines.append("Both put the same share of extra compute into data.")
+    else:
+        lines.append(f"{who} allocates more of extra compute to data (larger D* exponent).")
+    return "\n".join(lines)
