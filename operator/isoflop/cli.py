@@ -1,4 +1,4 @@
-"""The `isoflop` command line: validate, plan, crd."""
+"""The `isoflop` command line: validate, plan, fit, crd."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from isoflop import __version__, api, crd
-from isoflop.plan import DEFAULT_MFU, H100_BF16_PEAK_FLOPS, Plan, plan
+from isoflop.plan import DEFAULT_MFU, H100_BF16_PEAK_FLOPS, Plan, format_flops, plan
 
 
 class UsageError(Exception):
@@ -52,7 +53,7 @@ def format_plan(p: Plan, mfu: float, peak: float) -> str:
     ]
     rows = [
         [
-            f"{t.budget:.3g}".replace("e+", "e"),
+            format_flops(t.budget),
             t.id,
             str(t.depth),
             str(t.width),
@@ -105,6 +106,86 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fit(args: argparse.Namespace) -> int:
+    from isoflop import fit
+    from isoflop.fit.report import format_comparison, format_text, to_result
+
+    if args.bootstrap < 0:
+        raise UsageError(f"--bootstrap must be 0 or more, got {args.bootstrap}")
+    points = fit.read_table(args.table)
+    hold_out: float | str | None = None
+    if args.hold_out == "largest":
+        hold_out = "largest" if len(points.budgets) >= 3 else None
+    elif args.hold_out != "none":
+        try:
+            hold_out = float(args.hold_out)
+        except ValueError:
+            raise UsageError(
+                f"--hold-out must be a budget, largest or none, got {args.hold_out!r}"
+            ) from None
+
+    def analyze(table: fit.Points, **extra: Any) -> fit.Analysis:
+        return fit.analyze(
+            table,
+            method=args.method,
+            bootstrap=args.bootstrap,
+            seed=args.seed,
+            confidence=args.confidence,
+            irreducible=args.irreducible,
+            **extra,
+        )
+
+    analysis = analyze(points, predict=args.predict, hold_out=hold_out)
+    comparison = None
+    if args.compare:
+        other = analyze(fit.read_table(args.compare))
+        comparison = fit.compare(analysis, other, args.confidence)
+    plots = []
+    if args.plot:
+        from isoflop.plots import plot_all
+
+        try:
+            plots = plot_all(points, analysis, args.plot)
+        except OSError as err:
+            raise UsageError(f"cannot write plots to {args.plot}: {err.strerror or err}") from None
+    if args.json:
+        out = to_result(analysis).to_wire()
+        if comparison is not None:
+            out["comparison"] = {
+                "differences": [
+                    {
+                        "law": d.law,
+                        "first": d.first,
+                        "second": d.second,
+                        "difference": d.difference,
+                        "interval": None if d.ci is None else [d.ci.low, d.ci.high],
+                        "significant": d.significant,
+                    }
+                    for d in comparison.differences
+                ],
+                "moreData": comparison.more_data,
+            }
+        print(json.dumps(out, indent=2))
+        return 0
+    print(format_text(analysis))
+    if comparison is not None:
+        print()
+        print(format_comparison(comparison, Path(args.table).stem, Path(args.compare).stem))
+    for p in plots:
+        print(f"wrote {p}")
+    return 0
+
+
+def _budgets(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of FLOPs") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of FLOPs")
+    return value
+
+
 def cmd_crd(args: argparse.Namespace) -> int:
     path = Path(args.output)
     if args.check:
@@ -144,6 +225,32 @@ def parser() -> argparse.ArgumentParser:
         help="GPU peak TFLOP/s for the estimate (default: H100 bf16 dense)",
     )
     p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("fit", help="fit scaling laws to a table of trial results (CSV or JSON)")
+    p.add_argument("table", help="rows of budget, params, tokens (or data), loss, optional metrics")
+    p.add_argument("--method", choices=["parabola", "parametric", "both"], default="both")
+    p.add_argument("--bootstrap", type=int, default=1000, help="resamples for intervals (0: none)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--confidence", type=float, default=0.95)
+    p.add_argument(
+        "--predict",
+        type=_budgets,
+        nargs="+",
+        default=[],
+        metavar="C",
+        help="budgets (FLOPs) to predict N*, D*, L* at",
+    )
+    p.add_argument(
+        "--hold-out",
+        default="largest",
+        metavar="C|largest|none",
+        help="budget to leave out and predict as a check (default: largest)",
+    )
+    p.add_argument("--irreducible", action="store_true", help="also fit L*(C) = E + A C^-g")
+    p.add_argument("--compare", metavar="OTHER", help="a second table to compare exponents with")
+    p.add_argument("--plot", metavar="DIR", help="write isoflop.png and laws.png here")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser("crd", help="write the CustomResourceDefinition generated from the API")
     p.add_argument("--output", "-o", default=str(crd.CRD_PATH), help="path, or - for stdout")

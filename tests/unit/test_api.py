@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from isoflop import api
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

@@ -8,8 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from isoflop import cli
 from isoflop_trainer import cli as train_cli
+from tests.unit.synthetic import paper_rows
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -104,3 +106,92 @@ def test_train_count_reports_exact_counts(capsys: pytest.CaptureFixture[str]) ->
     assert data["flopsPerSample6ND"] == 6 * data["params"]["total"] * data["tokensPerSample"]
     assert train_cli.main(["count", "--depth", "2", "--width", "100", "--heads", "3"]) == 2
     assert "not divisible by 3 heads" in capsys.readouterr().err
+
+
+def write_csv(path: Path, rows: list[dict[str, float]]) -> Path:
+    keys = list(rows[0])
+    path.write_text(
+        ",".join(keys)
+        + "\n"
+        + "\n".join(",".join(str(float(r[k])) for k in keys) for r in rows)
+        + "\n"
+    )
+    return path
+
+
+def test_fit_json_reports_the_paper_exponents(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    table = write_csv(tmp_path / "ic.csv", paper_rows())
+    argv = [
+        "fit",
+        str(table),
+        "--json",
+        "--method",
+        "parabola",
+        "--bootstrap",
+        "50",
+        "--predict",
+        "1.5e21",
+    ]
+    assert cli.main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert round(out["laws"]["params"]["exponent"], 4) == 0.5681
+    assert round(out["laws"]["tokens"]["exponent"], 4) == 0.4319
+    assert round(out["laws"]["loss"]["exponent"], 4) == -0.0273
+    assert out["predictions"][0]["budget"] == 1.5e21
+    # the paper checked its laws on a 958.3M model at 1.5e21; its rounded coefficients give ~965M
+    assert out["predictions"][0]["params"]["value"] == pytest.approx(958.3e6, rel=0.01)
+    assert out["holdOut"]["budget"] == 6e18
+
+
+def test_fit_text_plots_and_comparison(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    first = write_csv(tmp_path / "in-context.csv", paper_rows(noise=3e-4, seed=1))
+    second = write_csv(
+        tmp_path / "cross-attention.csv",
+        paper_rows(n_coef=0.003, n_exp=0.54, l_exp=-0.0385, noise=3e-4, seed=2),
+    )
+    argv = [
+        "fit",
+        str(first),
+        "--method",
+        "parabola",
+        "--bootstrap",
+        "100",
+        "--compare",
+        str(second),
+        "--plot",
+        str(tmp_path / "plots"),
+        "--predict",
+        "1e21",
+    ]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "N*(C)" in out
+    assert "cross-attention allocates more of extra compute to data" in out
+    for name in ("isoflop.png", "laws.png"):
+        png = (tmp_path / "plots" / name).read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+        assert len(png) > 20_000
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (
+            "budget,params,tokens,loss\n1e17,1e6,1e10,0.5\n1e17,2e6,5e9,0.49\n1e17,4e6,2.5e9,0.5\n",
+            "isoflop: error: scaling laws need at least 2 budgets, got 1 (1e+17)",
+        ),
+        ("budget,params,tokens,loss\n1e17,1e6,1e10,nan\n", "isoflop: error: row 1: loss is nan"),
+        ("budget,params,loss\n1e17,1e6,0.5\n", "isoflop: error: missing column 'tokens'"),
+    ],
+)
+def test_fit_errors_are_one_sentence(
+    tmp_path: Path, content: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    table = tmp_path / "t.csv"
+    table.write_text(content)
+    assert cli.main(["fit", str(table), "--bootstrap", "10"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message)
+    assert err.count("\n") == 1

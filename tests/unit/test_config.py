@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from isoflop_trainer.config import FREQUENCY_DIM, DiTConfig
 
 

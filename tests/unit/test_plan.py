@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from isoflop import api
 from isoflop.plan import budget_tag, ladder, plan, trial_id
 

@@ -1,0 +1,134 @@
+"""PNG plots of a sweep's analysis: isoFLOP curves and power laws (matplotlib, headless)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from isoflop.fit.analysis import Analysis
+from isoflop.fit.data import Points
+
+
+def plot_isoflops(points: Points, analysis: Analysis, path: Path) -> Path:
+    """Loss against N per budget, each with its fitted parabola and its minimum."""
+    fig, ax = plt.subplots(figsize=(7, 5), dpi=120)
+    colors = plt.get_cmap("viridis")(np.linspace(0.0, 0.9, max(len(analysis.budget_fits), 1)))
+    for fit, color in zip(analysis.budget_fits, colors, strict=False):
+        sel = points.budget == fit.budget
+        n = points.params[sel]
+        ax.scatter(n, points.loss[sel], color=color, s=18, zorder=3)
+        x = np.linspace(np.log10(n.min()) - 0.1, np.log10(n.max()) + 0.1, 100)
+        ax.plot(
+            10**x,
+            fit.a * x * x + fit.b * x + fit.c,
+            color=color,
+            lw=1.2,
+            label=f"C = {fit.budget:.3g}",
+        )
+        if np.isfinite(fit.loss_opt):
+            ax.scatter(
+                [fit.params_opt],
+                [fit.loss_opt],
+                color=color,
+                marker="*",
+                s=120,
+                edgecolor="black",
+                zorder=4,
+            )
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters N")
+    ax.set_ylabel("loss")
+    ax.set_title("isoFLOP curves (stars: fitted optima)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_laws(analysis: Analysis, path: Path) -> Path:
+    """N*, D*, L* against C: optima, fitted law, its confidence band, and predictions."""
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5), dpi=120)
+    fits = [f for f in analysis.budget_fits if np.isfinite(f.loss_opt)]
+    c_obs = np.array([f.budget for f in fits])
+    c_pred = np.array([p.budget for p in analysis.predictions])
+    c_all = np.concatenate([c_obs, c_pred])
+    grid = np.logspace(np.log10(c_all.min()) - 0.1, np.log10(c_all.max()) + 0.1, 100)
+    observed = {
+        "params": [f.params_opt for f in fits],
+        "tokens": [f.tokens_opt for f in fits],
+        "loss": [f.loss_opt for f in fits],
+    }
+    labels = {"params": "N*", "tokens": "D*", "loss": "L*"}
+    for ax, (name, law) in zip(axes, analysis.laws.items(), strict=False):
+        ax.scatter(c_obs, observed[name], color="black", s=20, zorder=3, label="isoFLOP optima")
+        ax.plot(
+            grid,
+            law(grid),
+            color="C0",
+            label=f"{labels[name]} = {law.coefficient:.3g} C^{law.exponent:.4f}",
+        )
+        if law.samples is not None and len(law.samples[0]):
+            curves = 10 ** (law.samples[0][:, None] + law.samples[1][:, None] * np.log10(grid))
+            tail = (1 - analysis.confidence) / 2 * 100
+            low, high = np.percentile(curves, [tail, 100 - tail], axis=0)
+            ax.fill_between(
+                grid,
+                low,
+                high,
+                color="C0",
+                alpha=0.2,
+                label=f"{analysis.confidence:.0%} confidence",
+            )
+        if name == "loss" and analysis.loss_saturating is not None:
+            s = analysis.loss_saturating
+            ax.plot(
+                grid,
+                s(grid),
+                color="C1",
+                ls="--",
+                label=f"L* = {s.irreducible:.3g} + {s.coefficient:.3g} C^-{s.decay:.3f}",
+            )
+        for p in analysis.predictions:
+            est = getattr(p, name)
+            if est is None:
+                continue
+            err = None
+            if est.pi is not None:
+                err = [[est.value - est.pi.low], [est.pi.high - est.value]]
+            ax.errorbar(
+                [p.budget],
+                [est.value],
+                yerr=err,
+                fmt="o",
+                color="C3",
+                capsize=3,
+                label="prediction" if p is analysis.predictions[0] else None,
+            )
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("compute C (FLOPs)")
+        ax.set_ylabel(labels[name])
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_all(points: Points, analysis: Analysis, directory: str | Path) -> list[Path]:
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    if analysis.budget_fits:
+        paths.append(plot_isoflops(points, analysis, out / "isoflop.png"))
+        paths.append(plot_laws(analysis, out / "laws.png"))
+    return paths
