@@ -7,9 +7,10 @@ import json
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
+from pathlib import Path
 
 from isoflop_trainer import __version__
-from isoflop_trainer.config import FAMILIES, DiTConfig
+from isoflop_trainer.config import FAMILIES, DiTConfig, TrainConfig
 
 
 def cmd_count(args: argparse.Namespace) -> int:
@@ -42,6 +43,49 @@ def cmd_count(args: argparse.Namespace) -> int:
     return 0
 
 
+def load_config(args: argparse.Namespace) -> TrainConfig:
+    if (args.config is None) == (args.config_json is None):
+        raise ValueError("give exactly one of --config FILE or --config-json TEXT")
+    try:
+        text = args.config_json if args.config is None else Path(args.config).read_text()
+        data = json.loads(text)
+    except OSError as err:
+        raise ValueError(f"cannot read {args.config}: {err.strerror or err}") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"the training config is not valid JSON (line {err.lineno})") from None
+    for override in args.set or []:
+        key, _, value = override.partition("=")
+        data[key] = json.loads(value) if value[:1] in '[{0123456789-tfn"' else value
+    try:
+        return TrainConfig.from_dict(data)
+    except TypeError as err:
+        raise ValueError(f"invalid training config: {err}") from None
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train one trial (under torchrun for several processes); exit 0, 1 failed, 143 preempted."""
+    from isoflop_trainer.train import train
+
+    result, code = train(load_config(args))
+    if result.get("status") != "succeeded":
+        print(
+            f"isoflop-train: trial {result.get('status')}: {result.get('error')}", file=sys.stderr
+        )
+    return code
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    """Write pre-encoded shards of the procedural dataset (the format a real encoder job writes)."""
+    from isoflop_trainer.data import TRAIN, VALIDATION, ProceduralShapes, write_shards
+
+    split = VALIDATION if args.split == "validation" else TRAIN
+    c, h, w = args.latent_shape
+    source = ProceduralShapes((c, h, w), args.text_length, args.text_dim, args.seed, split)
+    index = write_shards(args.output, source, args.samples, args.shard_size, args.dtype)
+    print(f"wrote {len(index['shards'])} shards, {args.samples} samples, to {args.output}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="isoflop-train", description=__doc__)
     ap.add_argument("--version", action="version", version=f"isoflop-train {__version__}")
@@ -63,6 +107,26 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--qk-norm", action="store_true")
     p.set_defaults(func=cmd_count)
+
+    p = sub.add_parser("train", help="train one trial (launched by torchrun)")
+    p.add_argument("--config", help="a TrainConfig JSON file")
+    p.add_argument("--config-json", help="the TrainConfig as JSON text")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one setting")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("prepare", help="write pre-encoded shards of the procedural dataset")
+    p.add_argument("--output", required=True, help="folder, file:// or s3:// prefix")
+    p.add_argument("--samples", type=int, required=True)
+    p.add_argument("--shard-size", type=int, default=1024)
+    p.add_argument("--split", choices=["train", "validation"], default="train")
+    p.add_argument(
+        "--latent-shape", type=int, nargs=3, default=[4, 32, 32], metavar=("C", "H", "W")
+    )
+    p.add_argument("--text-length", type=int, default=77)
+    p.add_argument("--text-dim", type=int, default=768)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", choices=["float16", "float32"], default="float16")
+    p.set_defaults(func=cmd_prepare)
     return ap
 
 
@@ -70,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         code: int = args.func(args)
-    except ValueError as err:
+    except (ValueError, FileNotFoundError) as err:
         print(f"isoflop-train: error: {err}", file=sys.stderr)
         return 2
     return code

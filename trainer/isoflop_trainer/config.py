@@ -32,8 +32,9 @@ the counter reports for the math SDPA kernel.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
 
 Family = Literal["in-context", "cross-attention"]
 TimestepConditioning = Literal["adaln-zero", "in-context"]
@@ -197,3 +198,89 @@ class DiTConfig:
         if accounting == "exact":
             return self.flops_per_sample().total
         return self.flops_per_sample_6nd()
+
+
+Schedule = Literal["constant", "cosine", "wsd"]
+Precision = Literal["bf16", "fp16", "fp32"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything one trial's trainer needs; saved, resolved, in every checkpoint and result."""
+
+    model: DiTConfig
+    steps: int
+    global_batch_size: int
+    micro_batch_size: int | None = None  # per process; None: the whole per-process share
+    learning_rate: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    schedule: Schedule = "constant"
+    decay_fraction: float = 0.2  # the cooldown of wsd
+    grad_clip: float = 1.0
+    precision: Precision = "bf16"  # on GPU; CPU runs in fp32
+    compile: bool = False
+    fsdp: bool = False
+    seed: int = 0
+    timestep_sampling: Literal["uniform", "logit-normal"] = "uniform"
+    text_dropout: float = 0.1
+    data: str = "procedural://shapes"
+    validation_data: str | None = None
+    eval_samples: int = 256
+    eval_timesteps: int = 4  # fixed (t, noise) pairs per validation sample
+    likelihood_samples: int = 0
+    fid_samples: int = 0
+    fid_extractor: str = "random-conv"  # or a TorchScript file of a feature network
+    checkpoint: str | None = None  # folder, file:// or s3:// prefix
+    checkpoint_every: int = 0  # steps; 0: only on SIGTERM
+    results: str | None = None  # result JSON path
+    termination_log: str | None = "/dev/termination-log"
+    metrics_port: int | None = None
+    metrics_linger_seconds: float = 0.0
+    sweep: str = ""
+    trial: str = ""
+    budget: float = 0.0
+    divergence_factor: float = 10.0  # loss above this many times its best EMA: diverged
+    log_every: int = 10
+    num_workers: int = 0
+    peak_flops: float | None = None  # per device, for MFU; None: known GPUs, else unreported
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"steps must be at least 1, got {self.steps}")
+        if self.global_batch_size < 1:
+            raise ValueError(f"global_batch_size must be at least 1, got {self.global_batch_size}")
+        if self.micro_batch_size is not None and self.micro_batch_size < 1:
+            raise ValueError(f"micro_batch_size must be at least 1, got {self.micro_batch_size}")
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        fields = dict(data)
+        fields["model"] = DiTConfig(**fields["model"])
+        if "betas" in fields:
+            fields["betas"] = tuple(fields["betas"])
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(fields) - known)
+        if unknown:
+            raise ValueError(f"unknown training settings: {', '.join(unknown)}")
+        return cls(**fields)
+
+    def lr_multiplier(self, step: int) -> float:
+        """Learning-rate factor at a step: linear warmup, then constant, cosine or WSD."""
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        if self.schedule == "constant":
+            return 1.0
+        if self.schedule == "cosine":
+            span = max(self.steps - self.warmup_steps, 1)
+            progress = min((step - self.warmup_steps) / span, 1.0)
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        decay_steps = max(round(self.decay_fraction * self.steps), 1)
+        decay_start = self.steps - decay_steps
+        if step < decay_start:
+            return 1.0
+        return max(0.0, 1.0 - (step - decay_start + 1) / decay_steps)

@@ -1,0 +1,204 @@
+"""The training loop: it learns, is deterministic across world sizes and restarts, fails cleanly."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+
+from isoflop_trainer.component import trial
+from isoflop_trainer.config import TrainConfig
+from isoflop_trainer.data import ProceduralShapes, write_shards
+from isoflop_trainer.evaluate import validation_loss
+from isoflop_trainer.model import DiT
+from isoflop_trainer.train import train
+from tests.trainer.helpers import env, free_port, run_trial, tiny, train_command
+
+
+def test_a_tiny_trial_lowers_validation_loss(tmp_path: Path) -> None:
+    cfg = tiny(tmp_path, steps=150, eval_samples=64)
+    before = validation_loss(DiT(cfg.model), ProceduralShapes((3, 16, 16), 8, 16, split=1), 64)
+    result, code = train(cfg)
+    assert code == 0
+    assert result["status"] == "succeeded"
+    assert result["eval_loss"] < 0.6 * before
+    assert result["losses"][-1] < result["losses"][0]
+    assert result["samples"] == 150 * 8
+    assert result["tokens"] == 150 * 8 * cfg.model.tokens_per_sample
+    assert result["flops"] == 150 * 8 * cfg.model.flops_per_sample().total
+    assert result["params"] == cfg.model.params().total
+    assert json.loads(Path(cfg.results or "").read_text())["eval_loss"] == result["eval_loss"]
+
+
+def test_gradient_accumulation_matches_the_full_batch() -> None:
+    full, _ = train(tiny(steps=8))
+    accumulated, _ = train(tiny(steps=8, micro_batch_size=3))  # 8 = 3 + 3 + 2
+    assert accumulated["losses"] == pytest.approx(full["losses"], rel=1e-4)
+
+
+def test_two_gloo_processes_match_one_at_the_same_global_batch(tmp_path: Path) -> None:
+    one_code, one = run_trial(tiny(tmp_path / "one", steps=12))
+    two_code, two = run_trial(tiny(tmp_path / "two", steps=12), procs=2)
+    assert (one_code, two_code) == (0, 0)
+    assert two["status"] == "succeeded"
+    assert two["samples"] == one["samples"]
+    assert two["losses"] == pytest.approx(one["losses"], rel=2e-4)
+    assert two["eval_loss"] == pytest.approx(one["eval_loss"], rel=2e-3)
+
+
+def test_sigterm_checkpoints_and_a_restart_resumes_exactly(tmp_path: Path) -> None:
+    steps = 1500
+    reference = tiny(tmp_path / "ref", steps=steps, eval_samples=8)
+    _, uninterrupted = run_trial(reference)
+    cfg = tiny(
+        tmp_path / "run",
+        steps=steps,
+        eval_samples=8,
+        checkpoint=str(tmp_path / "ckpt"),
+        checkpoint_every=100,
+    )
+    proc = subprocess.Popen(train_command(cfg), env=env(), stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (tmp_path / "ckpt" / "checkpoint.pt").exists():  # training is under way
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        assert time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 143  # preempted: the Job retries
+    stopped = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert stopped["status"] == "preempted"
+    assert 0 < stopped["step"] < steps
+    code, resumed = run_trial(cfg)
+    assert code == 0
+    assert resumed["losses"] == uninterrupted["losses"]  # the same sequence, bit for bit
+    assert resumed["eval_loss"] == uninterrupted["eval_loss"]
+
+
+def test_a_nan_run_fails_cleanly(tmp_path: Path) -> None:
+    result, code = train(tiny(tmp_path, steps=200, learning_rate=1e6, grad_clip=0.0))
+    assert code == 1
+    assert result["status"] == "failed"
+    assert re.match(
+        r"training (loss became (nan|inf) at step \d+|diverged at step \d+)", result["error"]
+    )
+    on_disk = json.loads((tmp_path / "result.json").read_text())
+    assert on_disk["error"] == result["error"]
+
+
+def test_metrics_endpoint_and_termination_message_carry_the_final_values(tmp_path: Path) -> None:
+    port = free_port()
+    log = tmp_path / "termination-log"
+    log.touch()  # Kubernetes mounts this file; the trainer writes it only when it exists
+    cfg = tiny(
+        tmp_path, steps=20, metrics_port=port, metrics_linger_seconds=20, termination_log=str(log)
+    )
+    proc = subprocess.Popen(train_command(cfg), env=env(), stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, text = time.time() + 120, ""
+        while time.time() < deadline:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            try:
+                text = (
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2)
+                    .read()
+                    .decode()
+                )
+            except OSError:
+                text = ""
+            if re.search(r"^isoflop_done\{.*\} 1\.0$", text, re.M):
+                break
+            time.sleep(0.2)
+        result = json.loads((tmp_path / "result.json").read_text())
+        labels = 'budget="1e+09",sweep="s",trial="t1"'
+        assert f"isoflop_eval_loss{{{labels}}} {result['eval_loss']!r}" in text
+        assert f"isoflop_step{{{labels}}} 20.0" in text
+        assert f"isoflop_samples{{{labels}}} 160.0" in text
+        message = log.read_text()
+        assert len(message.encode()) <= 4096
+        compact = json.loads(message)
+        assert compact["eval_loss"] == result["eval_loss"]
+        assert "losses" not in compact  # the long curve stays in the results file
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_data_and_checkpoints_through_a_real_s3_endpoint(tmp_path: Path, bucket: str) -> None:
+    write_shards(
+        f"s3://{bucket}/train", ProceduralShapes((3, 16, 16), 8, 16), samples=64, shard_size=32
+    )
+    cfg = tiny(
+        tmp_path,
+        steps=10,
+        data=f"s3://{bucket}/train",
+        validation_data="procedural://shapes",
+        checkpoint=f"s3://{bucket}/ckpt/t1",
+    )
+    result, code = train(cfg)
+    assert code == 0
+    assert result["epochs"] == pytest.approx(10 * 8 / 64)
+    import boto3
+
+    head = boto3.client("s3").head_object(Bucket=bucket, Key="ckpt/t1/checkpoint.pt")
+    assert head["ContentLength"] > 10_000
+    again, code = train(cfg)  # finished trial: resumes at the end, trains nothing
+    assert code == 0
+    assert again["losses"] == result["losses"]
+    assert again["train_seconds"] == pytest.approx(result["train_seconds"])
+
+
+def test_bad_data_source_is_a_clear_failure(tmp_path: Path) -> None:
+    result, code = train(tiny(tmp_path, data=str(tmp_path / "no-such-shards")))
+    assert code == 1
+    assert result["error"].startswith("FileNotFoundError: no shard index at")
+
+
+def test_config_round_trips_and_validates() -> None:
+    cfg = tiny(steps=5)
+    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    with pytest.raises(ValueError, match="unknown training settings: colour"):
+        TrainConfig.from_dict({**cfg.to_dict(), "colour": "red"})
+    with pytest.raises(ValueError, match="steps must be at least 1"):
+        tiny(steps=0)
+    wsd = tiny(steps=100, warmup_steps=10, schedule="wsd", decay_fraction=0.2)
+    assert [wsd.lr_multiplier(s) for s in (0, 9, 10, 79, 80, 99)] == [0.1, 1.0, 1.0, 1.0, 0.95, 0.0]
+    cos = tiny(steps=100, schedule="cosine")
+    assert cos.lr_multiplier(0) == 1.0
+    assert cos.lr_multiplier(50) == pytest.approx(0.5)
+
+
+def test_component_describes_a_torchrun_trial() -> None:
+    cfg = tiny(steps=5)
+    one = trial(cfg.to_dict(), image="img:1", gpus_per_node=8, cpu=32, memMB=256_000)
+    role = one.roles[0]
+    assert role.entrypoint == "torchrun"
+    assert role.args[:5] == ["--nnodes", "1", "--nproc-per-node", "8", "--standalone"]
+    assert role.args[5:9] == ["-m", "isoflop_trainer.cli", "train", "--config-json"]
+    assert TrainConfig.from_dict(json.loads(role.args[9])) == cfg
+    assert (role.resource.gpu, role.resource.cpu, role.num_replicas) == (8, 32, 1)
+    multi = trial(cfg.to_dict(), image="img:1", nodes=4, gpus_per_node=8).roles[0]
+    assert multi.num_replicas == 4
+    assert "--standalone" not in multi.args
+    assert multi.args[4:6] == ["--master-port", "29500"]
+    cpu = trial(cfg.to_dict(), image="img:1").roles[0]
+    assert cpu.args[3] == "1"  # one process on CPU
+    with pytest.raises(ValueError, match="nodes must be at least 1"):
+        trial(cfg.to_dict(), image="img:1", nodes=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_bf16_compiled_trial_on_gpu(tmp_path: Path) -> None:
+    """GPU sibling of test_a_tiny_trial_lowers_validation_loss: bf16 autocast and torch.compile."""
+    cfg = tiny(tmp_path, steps=80, eval_samples=64, precision="bf16", compile=True)
+    result, code = train(cfg)
+    assert code == 0
+    assert result["eval_loss"] < 0.7
+    assert result["mfu"] is None or 0 < result["mfu"] < 1

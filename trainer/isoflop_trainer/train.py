@@ -1,0 +1,395 @@
+"""One trial's training loop, launched by torchrun (DDP or FSDP2; NCCL on GPU, gloo on CPU).
+
+Determinism across world sizes: every random draw of a step (noise, timesteps, caption dropout) is
+made for the whole global batch from a generator seeded by (seed, step), and each rank takes its
+slice; sample i of the data is a pure function of i. So 1 process and N processes at the same
+global batch see the same samples with the same noise, and a resumed run continues exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import os
+import signal
+import time
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from isoflop_trainer.config import TrainConfig
+from isoflop_trainer.data import TRAIN, VALIDATION, Batch, Dataset, Store, open_dataset
+from isoflop_trainer.evaluate import fid, likelihood_bpd, load_extractor, validation_loss
+from isoflop_trainer.flow import flow_loss, sample_timesteps
+from isoflop_trainer.model import DiT
+from isoflop_trainer.telemetry import Telemetry, write_result
+
+CHECKPOINT = "checkpoint.pt"
+PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: the Job retries, the trial resumes from its checkpoint
+PEAK_BF16_FLOPS = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12, "L40S": 362e12}
+
+
+class TrialFailed(Exception):
+    """The trial cannot succeed (NaN, divergence, bad data): a clear failure result, not a retry."""
+
+
+@dataclass
+class Runtime:
+    rank: int
+    world: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup() -> Runtime:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return Runtime(rank, world, local, device)
+
+
+@dataclass
+class State:
+    """Everything of the loop that a checkpoint must restore besides model and optimizer."""
+
+    step: int = 0
+    samples: int = 0
+    loss_ema: float | None = None
+    best_ema: float = math.inf
+    losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def chunks(per_rank: int, micro: int) -> list[tuple[int, int]]:
+    """Split a rank's share of the global batch into micro-batches (offsets within the share)."""
+    return [(lo, min(lo + micro, per_rank)) for lo in range(0, per_rank, micro)]
+
+
+class RankBatches(IterableDataset[tuple[int, int, Batch]]):
+    """This rank's micro-batches from a starting step on; loader workers take turns."""
+
+    def __init__(self, data: Dataset, cfg: TrainConfig, rt: Runtime, start: int) -> None:
+        self.data, self.start, self.steps = data, start, cfg.steps
+        self.batch_size = cfg.global_batch_size
+        self.per_rank = cfg.global_batch_size // rt.world
+        self.offset = rt.rank * self.per_rank
+        self.parts = chunks(self.per_rank, cfg.micro_batch_size or self.per_rank)
+
+    def __iter__(self) -> Iterator[tuple[int, int, Batch]]:
+        info = get_worker_info()
+        workers, me = (info.num_workers, info.id) if info else (1, 0)
+        item = 0
+        for step in range(self.start, self.steps):
+            base = step * self.batch_size + self.offset
+            for k, (lo, hi) in enumerate(self.parts):
+                if item % workers == me:
+                    yield step, k, self.data.batch(list(range(base + lo, base + hi)))
+                item += 1
+
+
+def _worker_init(_: int) -> None:
+    info = get_worker_info()
+    if info is not None:
+        reset = getattr(getattr(info.dataset, "data", None), "reset", None)
+        if reset is not None:
+            reset()  # no S3 client or cache shared with the parent process
+
+
+def peak_flops(cfg: TrainConfig, device: torch.device) -> float | None:
+    if cfg.peak_flops:
+        return cfg.peak_flops
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+    return None
+
+
+class Checkpointer:
+    """Atomic checkpoints in a folder or an S3 prefix (a local rename; a single S3 PUT)."""
+
+    def __init__(self, uri: str) -> None:
+        self.store = Store(uri)
+
+    def load(self) -> dict[str, Any] | None:
+        if not self.store.exists(CHECKPOINT):
+            return None
+        raw = self.store.read(CHECKPOINT)
+        loaded: dict[str, Any] = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=False)
+        return loaded
+
+    def save(self, payload: dict[str, Any]) -> None:
+        buf = io.BytesIO()
+        torch.save(payload, buf)
+        self.store.write(CHECKPOINT, buf.getvalue())
+
+
+def train(cfg: TrainConfig) -> tuple[dict[str, Any], int]:
+    """Run a trial; returns its result and the process exit code (0, 1 failed, 143 preempted)."""
+    rt = setup()
+    telemetry = None
+    if rt.main:
+        telemetry = Telemetry(cfg.sweep, cfg.trial, cfg.budget, cfg.metrics_port)
+    start = time.time()
+    try:
+        result, code = _train(cfg, rt, telemetry)
+    except TrialFailed as err:
+        result, code = {"status": "failed", "error": str(err)}, 1
+    except Exception as err:  # anything else still ends in a readable failure result
+        tail = traceback.format_exc(limit=3)
+        result, code = (
+            {"status": "failed", "error": f"{type(err).__name__}: {err}", "trace": tail},
+            1,
+        )
+    result = {
+        "sweep": cfg.sweep,
+        "trial": cfg.trial,
+        "budget": cfg.budget,
+        **result,
+        "wall_seconds": round(time.time() - start, 3),
+    }
+    if rt.main:
+        write_result(result, cfg.results, cfg.termination_log)
+        if telemetry is not None:
+            telemetry.set(done=1, failed=1 if result["status"] == "failed" else 0)
+            telemetry.linger(cfg.metrics_linger_seconds)
+            telemetry.close()
+    if rt.world > 1 and dist.is_initialized():
+        dist.destroy_process_group()
+    return result, code
+
+
+def _train(
+    cfg: TrainConfig, rt: Runtime, telemetry: Telemetry | None
+) -> tuple[dict[str, Any], int]:
+    B = cfg.global_batch_size
+    if B % rt.world:
+        raise TrialFailed(f"global batch {B} does not split evenly over {rt.world} processes")
+    per_rank = B // rt.world
+    cuda = rt.device.type == "cuda"
+    autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision) if cuda else None
+
+    torch.manual_seed(cfg.seed)
+    model = DiT(cfg.model).to(rt.device)
+    n_params = sum(p.numel() for p in model.parameters())
+    if n_params != cfg.model.params().total:
+        raise TrialFailed(
+            f"model has {n_params} parameters, the planner counted {cfg.model.params().total}"
+        )
+    opt = torch.optim.AdamW(
+        model.parameters(),
+        lr=cfg.learning_rate,
+        betas=cfg.betas,
+        weight_decay=cfg.weight_decay,
+        fused=cuda,
+    )
+    state = State()
+    ckpt = Checkpointer(cfg.checkpoint) if cfg.checkpoint else None
+    if ckpt is not None and (saved := ckpt.load()) is not None:
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        state = State(**saved["state"])
+        torch.set_rng_state(saved["rng"])
+
+    wrapped: Any = model
+    ddp = None
+    if cfg.fsdp and rt.world > 1:
+        from torch.distributed.fsdp import fully_shard
+
+        for block in model.blocks:
+            fully_shard(block)
+        fully_shard(model)
+    elif rt.world > 1:
+        ddp = DistributedDataParallel(model, device_ids=[rt.local_rank] if cuda else None)
+        wrapped = ddp
+    if cfg.compile:
+        wrapped = torch.compile(wrapped)
+
+    shape = (cfg.model.latent_channels, cfg.model.latent_height, cfg.model.latent_width)
+    data = open_dataset(cfg.data, shape, cfg.model.text_length, cfg.model.text_dim, cfg.seed, TRAIN)
+    loader = DataLoader(
+        RankBatches(data, cfg, rt, state.step),
+        batch_size=None,
+        num_workers=cfg.num_workers,
+        worker_init_fn=_worker_init,
+        persistent_workers=False,
+    )
+    parts = chunks(per_rank, cfg.micro_batch_size or per_rank)
+    flops_per_sample = cfg.model.flops_per_sample().total
+    tokens_per_sample = cfg.model.tokens_per_sample
+    peak = peak_flops(cfg, rt.device)
+
+    preempted = False
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        nonlocal preempted
+        preempted = True
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+
+    def checkpoint() -> None:
+        if ckpt is not None and rt.main:
+            ckpt.save(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "state": state.__dict__,
+                    "rng": torch.get_rng_state(),
+                    "config": cfg.to_dict(),
+                }
+            )
+
+    batches = iter(loader)
+    window_start, window_samples = time.perf_counter(), 0
+    try:
+        for step in range(state.step, cfg.steps):
+            lr = cfg.learning_rate * cfg.lr_multiplier(step)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            g = torch.Generator(device=rt.device).manual_seed(cfg.seed * 1_000_003 + step)
+            noise_all = torch.randn((B, *shape), generator=g, device=rt.device)
+            t_all = sample_timesteps(B, cfg.timestep_sampling, g, str(rt.device))
+            keep_all = torch.rand(B, generator=g, device=rt.device) >= cfg.text_dropout
+            opt.zero_grad(set_to_none=True)
+            step_loss = torch.zeros((), device=rt.device)
+            for k, (lo, hi) in enumerate(parts):
+                got_step, got_k, batch = next(batches)
+                assert (got_step, got_k) == (step, k), "data loader out of order"
+                rows = slice(rt.rank * per_rank + lo, rt.rank * per_rank + hi)
+                x0 = batch.latents.to(rt.device, non_blocking=True)
+                text = batch.text.to(rt.device, non_blocking=True) * keep_all[rows, None, None]
+                weight = (hi - lo) / per_rank
+                sync = (
+                    ddp.no_sync()
+                    if ddp is not None and k < len(parts) - 1
+                    else contextlib.nullcontext()
+                )
+                with sync, torch.autocast(rt.device.type, autocast, enabled=autocast is not None):
+                    loss = flow_loss(wrapped, x0, text, t_all[rows], noise_all[rows])
+                    (loss * weight).backward()
+                step_loss += loss.detach() * weight
+            if rt.world > 1:
+                dist.all_reduce(step_loss)
+                step_loss /= rt.world
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            value = float(step_loss)
+            if not math.isfinite(value):
+                raise TrialFailed(f"training loss became {value} at step {step}")
+            opt.step()
+            state.step, state.samples = step + 1, state.samples + B
+            state.loss_ema = value if state.loss_ema is None else 0.9 * state.loss_ema + 0.1 * value
+            state.losses.append(value)
+            if step >= cfg.warmup_steps:
+                state.best_ema = min(state.best_ema, state.loss_ema)
+                if state.loss_ema > cfg.divergence_factor * state.best_ema:
+                    raise TrialFailed(
+                        f"training diverged at step {step}: loss EMA {state.loss_ema:.4g} is over "
+                        f"{cfg.divergence_factor:g}x its best, {state.best_ema:.4g}"
+                    )
+            window_samples += B
+            if telemetry is not None and (step % cfg.log_every == 0 or step == cfg.steps - 1):
+                if cuda:
+                    torch.cuda.synchronize()
+                elapsed = time.perf_counter() - window_start
+                rate = window_samples / max(elapsed, 1e-9)
+                telemetry.set(
+                    train_loss=value,
+                    train_loss_ema=state.loss_ema,
+                    step=state.step,
+                    steps_total=cfg.steps,
+                    samples=state.samples,
+                    tokens=state.samples * tokens_per_sample,
+                    flops=state.samples * flops_per_sample,
+                    tokens_per_second=rate * tokens_per_sample,
+                    learning_rate=lr,
+                    mfu=rate * flops_per_sample / (peak * rt.world) if peak else None,
+                    epochs=state.samples / len(data),
+                )
+                state.seconds += elapsed
+                window_start, window_samples = time.perf_counter(), 0
+            if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
+                checkpoint()
+            if preempted:
+                checkpoint()
+                note = f"SIGTERM at step {state.step}; checkpoint saved"
+                return {
+                    "status": "preempted",
+                    "step": state.step,
+                    "error": note,
+                }, PREEMPTED_EXIT_CODE
+        state.seconds += time.perf_counter() - window_start
+        checkpoint()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+    metrics = evaluate(cfg, model, rt, autocast)
+    if telemetry is not None:
+        telemetry.set(
+            eval_loss=metrics.get("eval_loss"),
+            eval_bpd=metrics.get("eval_bpd"),
+            eval_fid=metrics.get("eval_fid"),
+        )
+    rate = cfg.steps * B / max(state.seconds, 1e-9) if state.seconds else 0.0
+    result = {
+        "status": "succeeded",
+        "steps": state.step,
+        "samples": state.samples,
+        "tokens": state.samples * tokens_per_sample,
+        "flops": state.samples * flops_per_sample,
+        "params": n_params,
+        "train_loss_ema": state.loss_ema,
+        **metrics,
+        "epochs": state.samples / len(data),
+        "train_seconds": round(state.seconds, 3),
+        "tokens_per_second": rate * tokens_per_sample,
+        "mfu": rate * flops_per_sample / (peak * rt.world) if peak else None,
+        "losses": state.losses,
+    }
+    return result, 0
+
+
+def evaluate(
+    cfg: TrainConfig, model: Any, rt: Runtime, autocast: torch.dtype | None
+) -> dict[str, float]:
+    """Validation loss (fixed pairs), bits/dim and FID on rank 0 (every rank under FSDP)."""
+    if not rt.main and not cfg.fsdp:
+        return {}
+    shape = (cfg.model.latent_channels, cfg.model.latent_height, cfg.model.latent_width)
+    val = open_dataset(
+        cfg.validation_data or cfg.data,
+        shape,
+        cfg.model.text_length,
+        cfg.model.text_dim,
+        cfg.seed,
+        VALIDATION,
+    )
+    model.eval()
+    out: dict[str, float] = {}
+    if cfg.eval_samples:
+        out["eval_loss"] = validation_loss(
+            model, val, cfg.eval_samples, cfg.eval_timesteps, device=rt.device, autocast=autocast
+        )
+    if cfg.likelihood_samples:
+        out["eval_bpd"] = likelihood_bpd(model, val, cfg.likelihood_samples, device=rt.device)
+    if cfg.fid_samples:
+        extractor = load_extractor(cfg.fid_extractor, cfg.model.latent_channels)
+        out["eval_fid"] = fid(model, val, cfg.fid_samples, extractor, device=rt.device)
+    return out
