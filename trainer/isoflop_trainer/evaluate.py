@@ -114,22 +114,26 @@ class RandomConvFeatures(nn.Module):
 
 
 def load_extractor(spec: str, channels: int) -> nn.Module:
-    """'random-conv' (or 'random-conv:SEED'), or the path of a TorchScript feature network."""
+    """'random-conv' (or 'random-conv:SEED'), or a feature network from a file: a torch.export
+    program (.pt2, preferred) or a TorchScript file (older CLIP and Inception exports)."""
     if spec.startswith("random-conv"):
         seed = int(spec.split(":", 1)[1]) if ":" in spec else 0
         return RandomConvFeatures(channels, seed).eval()
     path = Path(spec)
     if not path.exists():
         raise FileNotFoundError(f"FID feature extractor {spec} does not exist")
-    extractor: nn.Module = torch.jit.load(str(path), map_location="cpu")
-    return extractor.eval()
+    if path.suffix == ".pt2":
+        exported: nn.Module = torch.export.load(str(path)).module()
+        return exported
+    scripted: nn.Module = torch.jit.load(str(path), map_location="cpu")
+    return scripted.eval()
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     """FID between two feature sets (n, d): |mu_a - mu_b|^2 + Tr(S_a + S_b - 2 (S_a S_b)^1/2)."""
     mu_a, mu_b = a.mean(0), b.mean(0)
     s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean, _ = linalg.sqrtm(s_a @ s_b, disp=False)
+    covmean = linalg.sqrtm(s_a @ s_b)
     if not np.isfinite(covmean).all():  # near-singular: regularise, as the reference code does
         eye = np.eye(s_a.shape[0]) * 1e-6
         covmean = linalg.sqrtm((s_a + eye) @ (s_b + eye))

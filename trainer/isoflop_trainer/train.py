@@ -21,6 +21,13 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
@@ -193,21 +200,7 @@ def _train(
         raise TrialFailed(
             f"model has {n_params} parameters, the planner counted {cfg.model.params().total}"
         )
-    opt = torch.optim.AdamW(
-        model.parameters(),
-        lr=cfg.learning_rate,
-        betas=cfg.betas,
-        weight_decay=cfg.weight_decay,
-        fused=cuda,
-    )
-    state = State()
-    ckpt = Checkpointer(cfg.checkpoint) if cfg.checkpoint else None
-    if ckpt is not None and (saved := ckpt.load()) is not None:
-        model.load_state_dict(saved["model"])
-        opt.load_state_dict(saved["optimizer"])
-        state = State(**saved["state"])
-        torch.set_rng_state(saved["rng"])
-
+    # Shard or wrap first, then build the optimizer: fully_shard replaces the parameters.
     wrapped: Any = model
     ddp = None
     if cfg.fsdp and rt.world > 1:
@@ -219,6 +212,23 @@ def _train(
     elif rt.world > 1:
         ddp = DistributedDataParallel(model, device_ids=[rt.local_rank] if cuda else None)
         wrapped = ddp
+    opt = torch.optim.AdamW(
+        model.parameters(),
+        lr=cfg.learning_rate,
+        betas=cfg.betas,
+        weight_decay=cfg.weight_decay,
+        fused=cuda,
+    )
+    # Full (unsharded) state dicts: one checkpoint format for 1 process, DDP and FSDP alike.
+    full = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    state = State()
+    ckpt = Checkpointer(cfg.checkpoint) if cfg.checkpoint else None
+    if ckpt is not None and (saved := ckpt.load()) is not None:
+        load = StateDictOptions(full_state_dict=True)
+        set_model_state_dict(model, saved["model"], options=load)
+        set_optimizer_state_dict(model, opt, saved["optimizer"], options=load)
+        state = State(**saved["state"])
+        torch.set_rng_state(saved["rng"])
     if cfg.compile:
         wrapped = torch.compile(wrapped)
 
@@ -245,11 +255,16 @@ def _train(
     previous = signal.signal(signal.SIGTERM, on_sigterm)
 
     def checkpoint() -> None:
-        if ckpt is not None and rt.main:
+        if ckpt is None:
+            return
+        # collective under FSDP (every rank gathers), written by rank 0 alone
+        weights = get_model_state_dict(model, options=full)
+        moments = get_optimizer_state_dict(model, opt, options=full)
+        if rt.main:
             ckpt.save(
                 {
-                    "model": model.state_dict(),
-                    "optimizer": opt.state_dict(),
+                    "model": weights,
+                    "optimizer": moments,
                     "state": state.__dict__,
                     "rng": torch.get_rng_state(),
                     "config": cfg.to_dict(),
@@ -285,9 +300,11 @@ def _train(
                     loss = flow_loss(wrapped, x0, text, t_all[rows], noise_all[rows])
                     (loss * weight).backward()
                 step_loss += loss.detach() * weight
-            if rt.world > 1:
-                dist.all_reduce(step_loss)
-                step_loss /= rt.world
+            stop = preempted
+            if rt.world > 1:  # the mean loss, and whether any rank was told to stop
+                both = torch.stack([step_loss.float(), torch.tensor(float(stop), device=rt.device)])
+                dist.all_reduce(both)
+                step_loss, stop = both[0] / rt.world, bool(both[1] > 0)
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             value = float(step_loss)
@@ -327,7 +344,7 @@ def _train(
                 window_start, window_samples = time.perf_counter(), 0
             if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
                 checkpoint()
-            if preempted:
+            if stop:  # every rank agrees, so the collective checkpoint cannot hang
                 checkpoint()
                 note = f"SIGTERM at step {state.step}; checkpoint saved"
                 return {
