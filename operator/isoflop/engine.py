@@ -1,0 +1,241 @@
+"""The sweep engine: spec + plan + the observed state of every trial -> what to do next.
+
+Pure and deterministic: the same observations give the same decision, so the local runner and the
+operator can call it after any restart. It never performs I/O; drivers apply its decisions.
+
+Trial life cycle, as drivers report it:
+    Pending (never launched) -> Starting (launched, not yet running) -> Running -> Succeeded | Failed
+A failed attempt is relaunched until it has had 1 + retries.perTrial attempts; after that the trial
+has failed for good, and when more than retries.maxFailedTrials trials have, the sweep fails.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+from isoflop import api
+from isoflop.plan import Plan, Trial
+
+TrialPhase = Literal["Pending", "Starting", "Running", "Succeeded", "Failed"]
+ACTIVE: tuple[TrialPhase, ...] = ("Starting", "Running")
+MIN_POINTS = 3  # trials a budget needs for its parabola
+
+
+@dataclass(frozen=True)
+class TrialState:
+    """What a driver knows about one trial."""
+
+    phase: TrialPhase = "Pending"
+    attempts: int = 0  # launches so far
+    loss: float | None = None
+    metrics: tuple[tuple[str, float], ...] = ()
+    source: str | None = None
+    error: str | None = None
+
+    def finish(self, loss: float, metrics: Mapping[str, float], source: str) -> TrialState:
+        return replace(self, phase="Succeeded", loss=loss, metrics=tuple(sorted(metrics.items())),
+                       source=source, error=None)  # fmt: skip
+
+    def fail(self, error: str) -> TrialState:
+        return replace(self, phase="Failed", error=error)
+
+
+@dataclass(frozen=True)
+class Launch:
+    trial: Trial
+    attempt: int  # 1 for the first launch; drivers name their processes or Jobs by it
+
+
+@dataclass(frozen=True)
+class Cancel:
+    trial_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    phase: api.Phase
+    launches: tuple[Launch, ...] = ()
+    cancels: tuple[Cancel, ...] = ()
+    gave_up: tuple[str, ...] = ()  # trials that failed for good
+    complete_budgets: tuple[float, ...] = ()  # budgets with every trial finished
+    fit_due: bool = False  # complete budgets changed since the last fit
+    reason: str = ""
+    message: str = ""
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def decide(
+    spec: api.ScalingSweepSpec,
+    plan: Plan,
+    states: Mapping[str, TrialState],
+    fitted: tuple[float, ...] = (),
+) -> Decision:
+    """The next actions and the sweep's phase."""
+    limit = 1 + spec.retries.per_trial
+
+    def state(trial_id: str) -> TrialState:
+        return states.get(trial_id, TrialState())
+
+    planned = {t.id for t in plan.trials}
+    cancels = tuple(
+        Cancel(tid, "its budget or rung was removed from the spec")
+        for tid, s in sorted(states.items())
+        if tid not in planned and s.phase == "Starting"
+    )
+    gave_up = tuple(
+        t.id for t in plan.trials if state(t.id).phase == "Failed" and state(t.id).attempts >= limit
+    )
+    active = [t.id for t in plan.trials if state(t.id).phase in ACTIVE]
+    active += [tid for tid, s in states.items() if tid not in planned and s.phase == "Running"]
+    succeeded = [t for t in plan.trials if state(t.id).phase == "Succeeded"]
+    counts = {
+        "total": len(plan.trials),
+        "pending": sum(state(t.id).phase == "Pending" for t in plan.trials),
+        "running": len(active),
+        "succeeded": len(succeeded),
+        "failed": len(gave_up),
+        "infeasible": len(plan.infeasible),
+    }
+    if len(gave_up) > spec.retries.max_failed_trials:
+        return Decision(
+            phase="Failed",
+            cancels=cancels + tuple(Cancel(tid, "the sweep failed") for tid in sorted(active)),
+            gave_up=gave_up,
+            reason="TooManyFailedTrials",
+            message=f"{len(gave_up)} trials failed after {limit} attempts each, more than "
+            f"retries.maxFailedTrials ({spec.retries.max_failed_trials}): {', '.join(gave_up[:5])}",
+            counts=counts,
+        )
+
+    # launch: retries and new trials, smallest budgets (then smallest models) first
+    slots = spec.parallelism - len(active)
+    candidates = [
+        t for t in plan.trials
+        if state(t.id).phase == "Pending"
+        or (state(t.id).phase == "Failed" and state(t.id).attempts < limit)
+    ]  # fmt: skip
+    candidates.sort(key=lambda t: (t.budget, t.params, t.id))
+    launches = tuple(Launch(t, state(t.id).attempts + 1) for t in candidates[: max(slots, 0)])
+
+    terminal = {t.id for t in succeeded} | set(gave_up)
+    complete = tuple(
+        b for b in sorted({t.budget for t in plan.trials})
+        if all(t.id in terminal for t in plan.trials if t.budget == b)
+    )  # fmt: skip
+    usable = tuple(
+        b for b in complete if sum(1 for t in succeeded if t.budget == b) >= MIN_POINTS
+    )
+    fit_due = len(usable) >= 2 and usable != tuple(fitted)
+    all_done = len(terminal) == len(plan.trials) and not active
+    done = f"{len(terminal)}/{len(plan.trials)} trials finished"
+    if all_done:
+        if len(usable) < 2:
+            return Decision(
+                phase="Failed", cancels=cancels, gave_up=gave_up, complete_budgets=complete,
+                reason="NotEnoughResults",
+                message=f"every trial finished, but only {len(usable)} budget(s) have "
+                f"{MIN_POINTS} or more successful trials; scaling laws need 2",
+                counts=counts,
+            )  # fmt: skip
+        phase: api.Phase = "Fitting" if fit_due else "Succeeded"
+        return Decision(phase=phase, cancels=cancels, gave_up=gave_up, complete_budgets=usable,
+                        fit_due=fit_due, reason="Fitted" if not fit_due else "Fitting",
+                        message=done, counts=counts)  # fmt: skip
+    started = any(state(t.id).attempts > 0 for t in plan.trials) or launches
+    return Decision(
+        phase="Running" if started else "Pending",
+        launches=launches,
+        cancels=cancels,
+        gave_up=gave_up,
+        complete_budgets=usable,
+        fit_due=fit_due,
+        reason="TrialsRunning" if started else "Planned",
+        message=done,
+        counts=counts,
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# status
+
+
+def trial_records(plan: Plan, states: Mapping[str, TrialState], limit: int) -> list[api.TrialRecord]:
+    """Compact per-trial records for the status (infeasible trials included)."""
+    records = []
+    for t in plan.trials:
+        s = states.get(t.id, TrialState())
+        phase: api.TrialPhase
+        if s.phase in ACTIVE:
+            phase = "Running"
+        elif s.phase == "Failed" and s.attempts < limit:
+            phase = "Pending"  # will be retried
+        else:
+            phase = "Failed" if s.phase == "Failed" else s.phase  # type: ignore[assignment]
+        records.append(api.TrialRecord(id=t.id, phase=phase, params=t.params, tokens=t.tokens,
+                                       attempts=s.attempts, loss=s.loss,
+                                       source=s.source))  # type: ignore[arg-type]
+    records += [api.TrialRecord(id=i.id, phase="Infeasible", params=i.params, tokens=0)
+                for i in plan.infeasible]  # fmt: skip
+    return records
+
+
+def results_table(plan: Plan, states: Mapping[str, TrialState]) -> list[dict[str, float]]:
+    """Rows for `isoflop.fit`: every succeeded trial of the plan with its metrics."""
+    rows = []
+    for t in plan.trials:
+        s = states.get(t.id)
+        if s is not None and s.phase == "Succeeded" and s.loss is not None:
+            rows.append({"budget": t.budget, "params": float(t.params), "tokens": float(t.tokens),
+                         "loss": s.loss, **dict(s.metrics)})  # fmt: skip
+    return rows
+
+
+def status(
+    spec: api.ScalingSweepSpec,
+    plan: Plan,
+    states: Mapping[str, TrialState],
+    decision: Decision,
+    fit: api.FitResult | None,
+    generation: int | None = None,
+    now: str = "",
+    previous: list[api.Condition] | None = None,
+) -> api.ScalingSweepStatus:
+    """The status document both drivers write (the resource's status, the run's status.json)."""
+    c = decision.counts
+    finished = c.get("succeeded", 0) + c.get("failed", 0)
+    ready = decision.phase == "Succeeded"
+    conditions = _conditions(previous or [], now, [
+        ("Ready", ready, decision.reason, decision.message),
+        ("Failed", decision.phase == "Failed", decision.reason, decision.message),
+        ("Fitted", fit is not None, "LawsFitted" if fit is not None else "WaitingForBudgets",
+         f"laws fitted on {len(decision.complete_budgets)} budgets" if fit is not None else
+         "fewer than 2 budgets are complete"),
+    ])  # fmt: skip
+    return api.ScalingSweepStatus(
+        phase=decision.phase,
+        observed_generation=generation,
+        conditions=conditions,
+        flops_accounting=spec.flops_accounting,
+        progress=f"{finished}/{c.get('total', 0)}",
+        counts=api.TrialCounts(**c),
+        trials=trial_records(plan, states, 1 + spec.retries.per_trial),
+        fit=fit,
+    )
+
+
+def _conditions(
+    previous: list[api.Condition], now: str, wanted: list[tuple[str, bool, str, str]]
+) -> list[api.Condition]:
+    """Conditions keep their lastTransitionTime unless their status changes."""
+    old = {c.type: c for c in previous}
+    out = []
+    for kind, value, reason, message in wanted:
+        status_value: Literal["True", "False"] = "True" if value else "False"
+        before = old.get(kind)
+        since = before.last_transition_time if before and before.status == status_value else now
+        out.append(api.Condition(type=kind, status=status_value, reason=reason or "None",
+                                 message=message, last_transition_time=since))  # fmt: skip
+    return out

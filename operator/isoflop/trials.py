@@ -1,0 +1,73 @@
+"""From the plan to the trainer: the TrainConfig of one trial, and the fit of finished trials."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from isoflop import api
+from isoflop.plan import Plan, Trial, ladder
+from isoflop_trainer.config import TrainConfig
+
+
+def train_config(spec: api.ScalingSweepSpec, sweep: str, trial: Trial, **paths: Any) -> TrainConfig:
+    """The trainer's settings for one trial: its rung, its steps, everything else from the spec."""
+    rung = next(r for r in ladder(spec) if r.name == trial.rung)
+    t = spec.training
+    return TrainConfig(
+        model=rung.config,
+        steps=trial.steps,
+        global_batch_size=trial.batch_size,
+        micro_batch_size=t.micro_batch_size,
+        learning_rate=t.learning_rate,
+        betas=(t.betas[0], t.betas[1]),
+        weight_decay=t.weight_decay,
+        warmup_steps=round(t.warmup_fraction * trial.steps),
+        schedule=t.schedule,
+        decay_fraction=t.decay_fraction,
+        grad_clip=t.grad_clip,
+        precision=t.precision,
+        compile=t.compile,
+        seed=t.seed,
+        timestep_sampling=t.timestep_sampling,
+        text_dropout=t.text_dropout,
+        data=spec.data.source,
+        validation_data=spec.data.validation_source,
+        eval_samples=t.eval_samples,
+        sweep=sweep,
+        trial=trial.id,
+        budget=trial.budget,
+        **paths,
+    )
+
+
+def fit(
+    spec: api.ScalingSweepSpec,
+    plan: Plan,
+    rows: list[dict[str, float]],
+    budgets: tuple[float, ...],
+) -> api.FitResult:
+    """Fit the laws on the trials of the complete budgets; a fit that cannot be made is a warning."""
+    from isoflop.fit import Points, analyze
+    from isoflop.fit.report import to_result
+
+    chosen = [r for r in rows if r["budget"] in budgets]
+    method = spec.fit.method
+    warnings: list[str] = []
+    if method != "parabola" and len(chosen) < 6:
+        method = "parabola"
+        warnings.append("the parametric fit needs 6 or more trials; fitted parabolas only")
+    hold_out = spec.fit.hold_out_budget
+    if hold_out is not None and (hold_out not in budgets or len(budgets) < 3):
+        warnings.append(f"hold-out budget {hold_out:g} is not complete yet; no hold-out check")
+        hold_out = None
+    try:
+        analysis = analyze(
+            Points.from_rows(chosen), method=method, bootstrap=spec.fit.bootstrap,
+            seed=spec.fit.seed, predict=spec.fit.predict, hold_out=hold_out,
+        )  # fmt: skip
+    except ValueError as err:
+        return api.FitResult(warnings=[*warnings, f"no laws yet: {err}"])
+    result = to_result(analysis)
+    return result.model_copy(update={"warnings": [*warnings, *result.warnings]})
+

@@ -1,0 +1,175 @@
+"""The engine: property tests over random trial outcomes, and the spec-edit rules."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from isoflop import api, engine
+from isoflop.engine import ACTIVE, TrialState, decide
+from isoflop.plan import Plan, plan
+
+
+def spec(**kw: Any) -> api.ScalingSweepSpec:
+    base: dict[str, Any] = {
+        "model": {"depths": [1, 2, 3, 4], "widthPerDepth": 32, "headDim": 32, "patchSize": 4},
+        "data": {"latentShape": [3, 16, 16], "textLength": 8, "textDim": 32},
+        "budgets": [3e10, 1e11, 3e11],
+        "training": {"globalBatchSize": 16, "minSteps": 10},
+    }
+    base.update(kw)
+    return api.parse_spec(base)
+
+
+OUTCOME = st.sampled_from(["succeed", "fail", "start", "succeed", "succeed"])
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    outcomes=st.lists(st.tuples(st.integers(0, 1000), OUTCOME), max_size=300),
+    parallelism=st.integers(1, 5),
+    per_trial=st.integers(0, 3),
+    max_failed=st.integers(0, 4),
+)
+def test_engine_invariants_over_random_outcomes(
+    outcomes: list[tuple[int, str]], parallelism: int, per_trial: int, max_failed: int
+) -> None:
+    s = spec(
+        parallelism=parallelism, retries={"perTrial": per_trial, "maxFailedTrials": max_failed}
+    )
+    p = plan(s)
+    states: dict[str, TrialState] = {}
+    fitted: tuple[float, ...] = ()
+    history: list[tuple[dict[str, TrialState], tuple[float, ...], engine.Decision]] = []
+    limit = len(p.trials) * (per_trial + 1) * 3 + 20
+    for i in range(limit):
+        d = decide(s, p, states, fitted)
+        history.append((dict(states), fitted, d))
+        active = [tid for tid, st_ in states.items() if st_.phase in ACTIVE]
+        assert len(active) + len(d.launches) <= parallelism  # parallelism is never exceeded
+        for launch in d.launches:
+            before = states.get(launch.trial.id, TrialState())
+            assert before.phase not in ACTIVE  # never launched twice while running
+            assert launch.attempt == before.attempts + 1 <= per_trial + 1  # retries stop
+        if d.fit_due:
+            fitted = d.complete_budgets
+        if d.phase in ("Succeeded", "Failed"):
+            break
+        for c in d.cancels:
+            states[c.trial_id] = replace(states[c.trial_id], phase="Failed", error=c.reason)
+        for launch in d.launches:
+            states[launch.trial.id] = TrialState(phase="Starting", attempts=launch.attempt)
+        active = sorted(tid for tid, st_ in states.items() if st_.phase in ACTIVE)
+        if active:
+            pick, what = outcomes[i] if i < len(outcomes) else (0, "succeed")
+            tid = active[pick % len(active)]
+            if what == "succeed":
+                states[tid] = states[tid].finish(1.0 + 0.01 * (pick % 7), {}, "simulated")
+            elif what == "fail":
+                states[tid] = states[tid].fail("boom")
+            else:
+                states[tid] = replace(states[tid], phase="Running")
+        else:
+            assert d.launches or d.fit_due, "the engine stalled"
+    else:
+        raise AssertionError("the sweep never ended")
+    assert d.phase in ("Succeeded", "Failed")  # every sweep ends
+    for snapshot, was_fitted, decision in history:  # replaying any prefix gives the same actions
+        assert decide(s, p, snapshot, was_fitted) == decision
+
+
+def run_all(s: api.ScalingSweepSpec, p: Plan, states: dict[str, TrialState]) -> None:
+    for t in p.trials:
+        states[t.id] = TrialState(phase="Succeeded", attempts=1, loss=1.0)
+
+
+def test_smallest_budgets_launch_first_and_fits_come_as_budgets_complete() -> None:
+    s = spec(parallelism=3)
+    p = plan(s)
+    d = decide(s, p, {})
+    assert d.phase == "Running"
+    assert [lc.trial.id for lc in d.launches] == ["3e10-d01", "3e10-d02", "3e10-d03"]
+    states = {t.id: TrialState("Succeeded", 1, 1.0) for t in p.trials if t.budget < 3e11}
+    d = decide(s, p, states)
+    assert d.complete_budgets == (3e10, 1e11)
+    assert d.fit_due
+    assert d.phase == "Running"
+    assert not decide(s, p, states, fitted=(3e10, 1e11)).fit_due  # idempotent once fitted
+    run_all(s, p, states)
+    assert decide(s, p, states, fitted=(3e10, 1e11)).phase == "Fitting"
+    assert decide(s, p, states, fitted=(3e10, 1e11, 3e11)).phase == "Succeeded"
+
+
+def test_too_many_failures_fail_the_sweep_and_cancel_running_trials() -> None:
+    s = spec(retries={"perTrial": 1, "maxFailedTrials": 1})
+    p = plan(s)
+    ids = [t.id for t in p.trials]
+    states = {
+        ids[0]: TrialState("Failed", 2),
+        ids[1]: TrialState("Failed", 1),
+        ids[2]: TrialState("Running", 1),
+    }
+    d = decide(s, p, states)
+    assert d.phase == "Running"
+    assert d.gave_up == (ids[0],)
+    assert any(lc.trial.id == ids[1] and lc.attempt == 2 for lc in d.launches)  # a retry
+    states[ids[1]] = TrialState("Failed", 2)
+    d = decide(s, p, states)
+    assert d.phase == "Failed"
+    assert d.reason == "TooManyFailedTrials"
+    assert [c.trial_id for c in d.cancels] == [ids[2]]
+    assert not d.launches
+
+
+def test_spec_edits_add_trials_and_cancel_only_unstarted_removed_ones() -> None:
+    s = spec()
+    p = plan(s)
+    states = {t.id: TrialState("Succeeded", 1, 2.0) for t in p.trials if t.budget == 3e10}
+    states["3e11-d01"] = TrialState("Starting", 1)
+    states["3e11-d02"] = TrialState("Running", 1)
+    grown = spec(budgets=[3e10, 1e11, 1e12])  # 3e11 removed, 1e12 added
+    gp = plan(grown)
+    d = decide(grown, gp, states)
+    assert [c.trial_id for c in d.cancels] == ["3e11-d01"]  # not started: cancelled
+    assert d.counts["running"] == 1  # 3e11-d02 runs to the end, its result is kept
+    assert "1e12-d01" in {t.id for t in gp.trials}
+    rows = engine.results_table(gp, states)
+    assert {r["budget"] for r in rows} == {3e10}  # the finished results still count
+
+
+def test_not_enough_results_is_a_clear_failure() -> None:
+    s = spec(retries={"perTrial": 0, "maxFailedTrials": 100})
+    p = plan(s)
+    states = {t.id: TrialState("Failed", 1, error="x") for t in p.trials}
+    d = decide(s, p, states)
+    assert d.phase == "Failed"
+    assert d.reason == "NotEnoughResults"
+
+
+def test_status_document_is_compact_and_counts_trials() -> None:
+    s = spec(training={"globalBatchSize": 16, "minSteps": 20})  # 3e10-d04 is infeasible
+    p = plan(s)
+    states = {
+        p.trials[0].id: TrialState("Succeeded", 1, 1.5, source="simulated"),
+        p.trials[1].id: TrialState("Running", 1),
+    }
+    d = decide(s, p, states)
+    st_ = engine.status(s, p, states, d, None, generation=3, now="2026-01-01T00:00:00Z")
+    assert st_.progress == f"1/{len(p.trials)}"
+    assert st_.observed_generation == 3
+    assert st_.counts.running == 1
+    assert {c.type: c.status for c in st_.conditions} == {
+        "Ready": "False",
+        "Failed": "False",
+        "Fitted": "False",
+    }
+    phases = {r.id: r.phase for r in st_.trials}
+    assert phases[p.trials[0].id] == "Succeeded"
+    assert phases[p.infeasible[0].id] == "Infeasible"
+    later = engine.status(
+        s, p, states, d, None, now="2026-01-02T00:00:00Z", previous=st_.conditions
+    )
+    assert later.conditions[0].last_transition_time == "2026-01-01T00:00:00Z"
