@@ -1,5 +1,5 @@
 # The two commands of the README:
-#   make run    set up .venv and run the main job on the embedded default (examples/quickstart.yaml)
+#   make run    set up .venv and run the quickstart sweep for real on this machine (CPU by default)
 #   make test   set up .venv and run the whole test suite (lint, types, tests)
 # Setup installs the CPU torch wheel first (pip install torch==2.13.0), so the project's torch
 # range is already satisfied and pip never pulls a multi-GB CUDA build.
@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 run: $(STAMP)
-	$(BIN)/isoflop plan examples/quickstart.yaml
+	$(BIN)/isoflop run examples/quickstart.yaml
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

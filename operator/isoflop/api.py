@@ -315,6 +315,7 @@ class ScalingSweepSpec(Model):
 
 Phase = Literal["Pending", "Running", "Fitting", "Succeeded", "Failed"]
 TrialPhase = Literal["Pending", "Running", "Succeeded", "Failed", "Cancelled", "Infeasible"]
+ResultSource = Literal["prometheus", "termination-message", "results-file", "simulated"]
 
 
 class Condition(Model):
@@ -334,7 +335,7 @@ class TrialRecord(Model):
     tokens: int
     attempts: int = 0
     loss: float | None = None
-    source: Literal["prometheus", "termination-message", "results-file", "simulated"] | None = None
+    source: ResultSource | None = None
 
 
 class TrialCounts(Model):

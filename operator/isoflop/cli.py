@@ -1,4 +1,4 @@
-"""The `isoflop` command line: validate, plan, fit, crd."""
+"""The `isoflop` command line: run, plan, fit, forecast, validate, crd."""
 
 from __future__ import annotations
 
@@ -176,6 +176,60 @@ def cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from isoflop.fit.report import format_text
+    from isoflop.forecast import Law
+    from isoflop.runner import Display, Run, RunError, make_backend
+
+    sweep = api.load_sweep(args.file)
+    if args.parallelism is not None:
+        if args.parallelism < 1:
+            raise UsageError(f"--parallelism must be at least 1, got {args.parallelism}")
+        spec = sweep.spec.model_copy(update={"parallelism": args.parallelism})
+        sweep = sweep.model_copy(update={"spec": spec})
+    law = Law.parse(args.law) if args.law else Law()
+    directory = Path(args.run_dir or Path("runs") / sweep.name)
+    backend = make_backend("simulated" if args.simulate else "local", sweep.spec, law, args.noise)
+    try:
+        run = Run(sweep, directory, backend)
+    except RunError as err:
+        raise UsageError(str(err)) from None
+    done = sum(s.phase == "Succeeded" for s in run.states.values())
+    kind = "simulated" if args.simulate else "local"
+    resumed = f", resuming with {done} finished" if run.states else ""
+    print(
+        f"isoflop: sweep '{sweep.name}': {len(run.plan.trials)} trials ({kind}), "
+        f"run directory {directory}{resumed}",
+        flush=True,
+    )
+    try:
+        decision = run.run(Display(live=False if args.plain else None))
+    except KeyboardInterrupt:
+        done = sum(s.phase == "Succeeded" for s in run.states.values())
+        print(
+            f"\nisoflop: interrupted with {done} trials finished; state saved in {directory}. "
+            "Run the same command again to resume.",
+            file=sys.stderr,
+        )
+        return 130
+    print()
+    if run.analysis is not None:
+        print(format_text(run.analysis))
+        print()
+    print(f"isoflop: {decision.phase}: {decision.message}. Report: {directory / 'report.md'}")
+    return 0 if decision.phase == "Succeeded" else 1
+
+
+def cmd_forecast(args: argparse.Namespace) -> int:
+    from isoflop.forecast import Law, forecast, format_forecast
+
+    sweep = api.load_sweep(args.file)
+    law = Law.parse(args.law) if args.law else Law()
+    result = forecast(sweep.spec, law, noise=args.noise, runs=args.runs, bootstrap=args.bootstrap)
+    print(format_forecast(result))
+    return 0
+
+
 def _budgets(text: str) -> float:
     try:
         value = float(text)
@@ -209,6 +263,25 @@ def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="isoflop", description=__doc__)
     ap.add_argument("--version", action="version", version=f"isoflop {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
+
+    law_help = "the simulated L(N,D) = E + A/N^alpha + B/D^beta as E,A,B,alpha,beta"
+    p = sub.add_parser("run", help="run a sweep on this machine (CPU or local GPUs), resumably")
+    p.add_argument("file")
+    p.add_argument("--run-dir", help="where state, logs and results go (default: runs/NAME)")
+    p.add_argument("--simulate", action="store_true", help="draw losses from a known law instead")
+    p.add_argument("--law", help=law_help)
+    p.add_argument("--noise", type=float, default=0.005, help="simulated multiplicative noise")
+    p.add_argument("--parallelism", type=int, help="trials at once (default: the spec's)")
+    p.add_argument("--plain", action="store_true", help="one line per event, no live display")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("forecast", help="how well would this sweep pin down the exponents?")
+    p.add_argument("file")
+    p.add_argument("--runs", type=int, default=20, help="simulated sweeps")
+    p.add_argument("--law", help=law_help)
+    p.add_argument("--noise", type=float, default=0.005, help="multiplicative loss noise")
+    p.add_argument("--bootstrap", type=int, default=200)
+    p.set_defaults(func=cmd_forecast)
 
     p = sub.add_parser("validate", help="check a ScalingSweep manifest")
     p.add_argument("file")

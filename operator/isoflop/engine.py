@@ -4,7 +4,7 @@ Pure and deterministic: the same observations give the same decision, so the loc
 operator can call it after any restart. It never performs I/O; drivers apply its decisions.
 
 Trial life cycle, as drivers report it:
-    Pending (never launched) -> Starting (launched, not yet running) -> Running -> Succeeded | Failed
+    Pending (never launched) -> Starting (launched, not running yet) -> Running -> Succeeded|Failed
 A failed attempt is relaunched until it has had 1 + retries.perTrial attempts; after that the trial
 has failed for good, and when more than retries.maxFailedTrials trials have, the sweep fails.
 """
@@ -31,12 +31,20 @@ class TrialState:
     attempts: int = 0  # launches so far
     loss: float | None = None
     metrics: tuple[tuple[str, float], ...] = ()
-    source: str | None = None
+    source: api.ResultSource | None = None
     error: str | None = None
 
-    def finish(self, loss: float, metrics: Mapping[str, float], source: str) -> TrialState:
-        return replace(self, phase="Succeeded", loss=loss, metrics=tuple(sorted(metrics.items())),
-                       source=source, error=None)  # fmt: skip
+    def finish(
+        self, loss: float, metrics: Mapping[str, float], source: api.ResultSource
+    ) -> TrialState:
+        return replace(
+            self,
+            phase="Succeeded",
+            loss=loss,
+            metrics=tuple(sorted(metrics.items())),
+            source=source,
+            error=None,
+        )
 
     def fail(self, error: str) -> TrialState:
         return replace(self, phase="Failed", error=error)
@@ -113,37 +121,47 @@ def decide(
     # launch: retries and new trials, smallest budgets (then smallest models) first
     slots = spec.parallelism - len(active)
     candidates = [
-        t for t in plan.trials
+        t
+        for t in plan.trials
         if state(t.id).phase == "Pending"
         or (state(t.id).phase == "Failed" and state(t.id).attempts < limit)
-    ]  # fmt: skip
+    ]
     candidates.sort(key=lambda t: (t.budget, t.params, t.id))
     launches = tuple(Launch(t, state(t.id).attempts + 1) for t in candidates[: max(slots, 0)])
 
     terminal = {t.id for t in succeeded} | set(gave_up)
     complete = tuple(
-        b for b in sorted({t.budget for t in plan.trials})
+        b
+        for b in sorted({t.budget for t in plan.trials})
         if all(t.id in terminal for t in plan.trials if t.budget == b)
-    )  # fmt: skip
-    usable = tuple(
-        b for b in complete if sum(1 for t in succeeded if t.budget == b) >= MIN_POINTS
     )
+    usable = tuple(b for b in complete if sum(1 for t in succeeded if t.budget == b) >= MIN_POINTS)
     fit_due = len(usable) >= 2 and usable != tuple(fitted)
     all_done = len(terminal) == len(plan.trials) and not active
     done = f"{len(terminal)}/{len(plan.trials)} trials finished"
     if all_done:
         if len(usable) < 2:
             return Decision(
-                phase="Failed", cancels=cancels, gave_up=gave_up, complete_budgets=complete,
+                phase="Failed",
+                cancels=cancels,
+                gave_up=gave_up,
+                complete_budgets=complete,
                 reason="NotEnoughResults",
                 message=f"every trial finished, but only {len(usable)} budget(s) have "
                 f"{MIN_POINTS} or more successful trials; scaling laws need 2",
                 counts=counts,
-            )  # fmt: skip
+            )
         phase: api.Phase = "Fitting" if fit_due else "Succeeded"
-        return Decision(phase=phase, cancels=cancels, gave_up=gave_up, complete_budgets=usable,
-                        fit_due=fit_due, reason="Fitted" if not fit_due else "Fitting",
-                        message=done, counts=counts)  # fmt: skip
+        return Decision(
+            phase=phase,
+            cancels=cancels,
+            gave_up=gave_up,
+            complete_budgets=usable,
+            fit_due=fit_due,
+            reason="Fitted" if not fit_due else "Fitting",
+            message=done,
+            counts=counts,
+        )
     started = any(state(t.id).attempts > 0 for t in plan.trials) or launches
     return Decision(
         phase="Running" if started else "Pending",
@@ -162,7 +180,9 @@ def decide(
 # status
 
 
-def trial_records(plan: Plan, states: Mapping[str, TrialState], limit: int) -> list[api.TrialRecord]:
+def trial_records(
+    plan: Plan, states: Mapping[str, TrialState], limit: int
+) -> list[api.TrialRecord]:
     """Compact per-trial records for the status (infeasible trials included)."""
     records = []
     for t in plan.trials:
@@ -174,11 +194,21 @@ def trial_records(plan: Plan, states: Mapping[str, TrialState], limit: int) -> l
             phase = "Pending"  # will be retried
         else:
             phase = "Failed" if s.phase == "Failed" else s.phase  # type: ignore[assignment]
-        records.append(api.TrialRecord(id=t.id, phase=phase, params=t.params, tokens=t.tokens,
-                                       attempts=s.attempts, loss=s.loss,
-                                       source=s.source))  # type: ignore[arg-type]
-    records += [api.TrialRecord(id=i.id, phase="Infeasible", params=i.params, tokens=0)
-                for i in plan.infeasible]  # fmt: skip
+        records.append(
+            api.TrialRecord(
+                id=t.id,
+                phase=phase,
+                params=t.params,
+                tokens=t.tokens,
+                attempts=s.attempts,
+                loss=s.loss,
+                source=s.source,
+            )
+        )
+    records += [
+        api.TrialRecord(id=i.id, phase="Infeasible", params=i.params, tokens=0)
+        for i in plan.infeasible
+    ]
     return records
 
 
@@ -188,8 +218,15 @@ def results_table(plan: Plan, states: Mapping[str, TrialState]) -> list[dict[str
     for t in plan.trials:
         s = states.get(t.id)
         if s is not None and s.phase == "Succeeded" and s.loss is not None:
-            rows.append({"budget": t.budget, "params": float(t.params), "tokens": float(t.tokens),
-                         "loss": s.loss, **dict(s.metrics)})  # fmt: skip
+            rows.append(
+                {
+                    "budget": t.budget,
+                    "params": float(t.params),
+                    "tokens": float(t.tokens),
+                    "loss": s.loss,
+                    **dict(s.metrics),
+                }
+            )
     return rows
 
 
@@ -207,13 +244,22 @@ def status(
     c = decision.counts
     finished = c.get("succeeded", 0) + c.get("failed", 0)
     ready = decision.phase == "Succeeded"
-    conditions = _conditions(previous or [], now, [
-        ("Ready", ready, decision.reason, decision.message),
-        ("Failed", decision.phase == "Failed", decision.reason, decision.message),
-        ("Fitted", fit is not None, "LawsFitted" if fit is not None else "WaitingForBudgets",
-         f"laws fitted on {len(decision.complete_budgets)} budgets" if fit is not None else
-         "fewer than 2 budgets are complete"),
-    ])  # fmt: skip
+    conditions = _conditions(
+        previous or [],
+        now,
+        [
+            ("Ready", ready, decision.reason, decision.message),
+            ("Failed", decision.phase == "Failed", decision.reason, decision.message),
+            (
+                "Fitted",
+                fit is not None,
+                "LawsFitted" if fit is not None else "WaitingForBudgets",
+                f"laws fitted on {len(decision.complete_budgets)} budgets"
+                if fit is not None
+                else "fewer than 2 budgets are complete",
+            ),
+        ],
+    )
     return api.ScalingSweepStatus(
         phase=decision.phase,
         observed_generation=generation,
@@ -236,6 +282,13 @@ def _conditions(
         status_value: Literal["True", "False"] = "True" if value else "False"
         before = old.get(kind)
         since = before.last_transition_time if before and before.status == status_value else now
-        out.append(api.Condition(type=kind, status=status_value, reason=reason or "None",
-                                 message=message, last_transition_time=since))  # fmt: skip
+        out.append(
+            api.Condition(
+                type=kind,
+                status=status_value,
+                reason=reason or "None",
+                message=message,
+                last_transition_time=since,
+            )
+        )
     return out

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from isoflop import api
@@ -46,13 +45,14 @@ def fit(
     plan: Plan,
     rows: list[dict[str, float]],
     budgets: tuple[float, ...],
+    final: bool = True,
 ) -> api.FitResult:
-    """Fit the laws on the trials of the complete budgets; a fit that cannot be made is a warning."""
+    """Fit the laws to the trials of complete budgets; a fit that can't be made is a warning."""
     from isoflop.fit import Points, analyze
     from isoflop.fit.report import to_result
 
     chosen = [r for r in rows if r["budget"] in budgets]
-    method = spec.fit.method
+    method = spec.fit.method if final else "parabola"  # interim refits: the fast method
     warnings: list[str] = []
     if method != "parabola" and len(chosen) < 6:
         method = "parabola"
@@ -63,11 +63,14 @@ def fit(
         hold_out = None
     try:
         analysis = analyze(
-            Points.from_rows(chosen), method=method, bootstrap=spec.fit.bootstrap,
-            seed=spec.fit.seed, predict=spec.fit.predict, hold_out=hold_out,
-        )  # fmt: skip
+            Points.from_rows(chosen),
+            method=method,
+            bootstrap=spec.fit.bootstrap,
+            seed=spec.fit.seed,
+            predict=spec.fit.predict,
+            hold_out=hold_out,
+        )
     except ValueError as err:
         return api.FitResult(warnings=[*warnings, f"no laws yet: {err}"])
     result = to_result(analysis)
     return result.model_copy(update={"warnings": [*warnings, *result.warnings]})
-

@@ -12,6 +12,9 @@ ROOT = Path(__file__).resolve().parents[2]
 PURE_MODULES = [
     "isoflop.fit",
     "isoflop.fit.report",
+    "isoflop.engine",
+    "isoflop.trials",
+    "isoflop.forecast",
     "isoflop.api",
     "isoflop.plan",
     "isoflop.crd",

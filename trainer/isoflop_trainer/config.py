@@ -235,6 +235,7 @@ class TrainConfig:
     checkpoint: str | None = None  # folder, file:// or s3:// prefix
     checkpoint_every: int = 0  # steps; 0: only on SIGTERM
     results: str | None = None  # result JSON path
+    progress: str | None = None  # a small JSON file (step, loss) rewritten as training goes
     termination_log: str | None = "/dev/termination-log"
     metrics_port: int | None = None
     metrics_linger_seconds: float = 0.0

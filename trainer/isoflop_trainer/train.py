@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import math
 import os
 import signal
@@ -17,6 +18,7 @@ import time
 import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -340,6 +342,8 @@ def _train(
                     mfu=rate * flops_per_sample / (peak * rt.world) if peak else None,
                     epochs=state.samples / len(data),
                 )
+                if cfg.progress:
+                    write_progress(cfg.progress, state, cfg.steps)
                 state.seconds += elapsed
                 window_start, window_samples = time.perf_counter(), 0
             if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
@@ -381,6 +385,14 @@ def _train(
         "losses": state.losses,
     }
     return result, 0
+
+
+def write_progress(path: str, state: State, steps: int) -> None:
+    """Step and loss for a watcher (the local runner's display), replaced atomically."""
+    target = Path(path)
+    tmp = target.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"step": state.step, "steps": steps, "loss": state.loss_ema}))
+    tmp.replace(target)
 
 
 def evaluate(

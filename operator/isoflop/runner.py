@@ -1,0 +1,618 @@
+"""`isoflop run`: a sweep on this machine, the engine's decisions applied by a backend.
+
+The run directory holds everything, and survives Ctrl-C, crashes and reboots:
+
+    state.json      every trial's state and the fitted budgets; rewritten after every change
+    status.json     the ScalingSweep status document (what the operator writes to the resource)
+    trials.csv      the trial table;  report.md  a short report;  plots/  isoFLOP curves and laws
+    trials/<id>/    config.json, log.txt, progress.json, result.json, checkpoint/ of each trial
+
+Running the same command again resumes: finished trials are never trained again, interrupted ones
+continue from their checkpoints.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal, Protocol, TextIO
+
+from isoflop import api, engine
+from isoflop.engine import TrialState
+from isoflop.forecast import Law, simulated_loss
+from isoflop.plan import Plan, Trial, format_flops, plan
+from isoflop.trials import fit, train_config
+from isoflop_trainer.config import TrainConfig
+
+ObservedPhase = Literal["Running", "Succeeded", "Failed", "Interrupted"]
+
+
+class RunError(Exception):
+    """A problem with the run itself (its directory, its state); one sentence."""
+
+
+@dataclass
+class Observation:
+    phase: ObservedPhase
+    loss: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+    step: int | None = None
+    steps: int | None = None
+    current_loss: float | None = None
+
+
+class Backend(Protocol):
+    def launch(self, trial: Trial, attempt: int, config: TrainConfig, workdir: Path) -> None: ...
+    def observe(self) -> dict[str, Observation]: ...
+    def cancel(self, trial_id: str) -> None: ...
+    def shutdown(self) -> None: ...
+
+
+# ------------------------------------------------------------------------------------------------
+# simulated backend
+
+
+class SimulatedBackend:
+    """Each trial's loss drawn from a known law with multiplicative noise; instant."""
+
+    def __init__(self, law: Law, noise: float = 0.005, seed: int = 0) -> None:
+        self.law, self.noise, self.seed = law, noise, seed
+        self.done: dict[str, Observation] = {}
+
+    def launch(self, trial: Trial, attempt: int, config: TrainConfig, workdir: Path) -> None:
+        loss = simulated_loss(self.law, trial.id, trial.params, trial.tokens, self.noise, self.seed)
+        self.done[trial.id] = Observation("Succeeded", loss=loss)
+
+    def observe(self) -> dict[str, Observation]:
+        out, self.done = self.done, {}
+        return out
+
+    def cancel(self, trial_id: str) -> None:
+        self.done.pop(trial_id, None)
+
+    def shutdown(self) -> None:
+        self.done.clear()
+
+
+# ------------------------------------------------------------------------------------------------
+# local backend
+
+
+class LocalBackend:
+    """Trials as local processes: the trainer's torchx launch description run with torchrun."""
+
+    def __init__(self, parallelism: int, gpus: int | None = None) -> None:
+        self.procs: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
+        self.gpus = detect_gpus() if gpus is None else gpus
+        self.threads = max(1, (os.cpu_count() or 1) // max(parallelism, 1))
+
+    def launch(self, trial: Trial, attempt: int, config: TrainConfig, workdir: Path) -> None:
+        from isoflop_trainer.component import trial as component
+
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "result.json").unlink(missing_ok=True)  # a stale result must not be read
+        (workdir / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
+        app = component(
+            config.to_dict(), image="local", name=trial.id, gpus_per_node=min(self.gpus, 1)
+        )
+        role = app.roles[0]
+        env = {**os.environ, **role.env, "OMP_NUM_THREADS": str(self.threads)}
+        if not self.gpus:
+            env["CUDA_VISIBLE_DEVICES"] = ""
+        cmd = [sys.executable, "-m", "torch.distributed.run", *role.args]
+        with open(workdir / "log.txt", "ab") as log:
+            log.write(f"--- attempt {attempt}: {' '.join(cmd[:8])} ...\n".encode())
+            proc = subprocess.Popen(
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=workdir,
+                start_new_session=True,
+            )
+        self.procs[trial.id] = (proc, workdir)
+
+    def observe(self) -> dict[str, Observation]:
+        out: dict[str, Observation] = {}
+        for tid, (proc, workdir) in list(self.procs.items()):
+            code = proc.poll()
+            if code is None:
+                progress = read_json(workdir / "progress.json")
+                out[tid] = Observation(
+                    "Running",
+                    step=progress.get("step"),
+                    steps=progress.get("steps"),
+                    current_loss=progress.get("loss"),
+                )
+                continue
+            del self.procs[tid]
+            out[tid] = result_observation(workdir)
+        return out
+
+    def cancel(self, trial_id: str) -> None:
+        entry = self.procs.pop(trial_id, None)
+        if entry is not None:
+            stop([entry[0]])
+
+    def shutdown(self) -> None:
+        stop([p for p, _ in self.procs.values()])
+        self.procs.clear()
+
+
+def detect_gpus() -> int:
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    return (
+        sum(line.startswith("GPU ") for line in out.stdout.splitlines())
+        if out.returncode == 0
+        else 0
+    )
+
+
+def stop(procs: list[subprocess.Popen[bytes]], grace: float = 60.0) -> None:
+    """SIGTERM (the trainers checkpoint), then SIGKILL whatever is left after `grace` seconds."""
+    for p in procs:
+        if p.poll() is None:
+            with _quiet():
+                os.killpg(p.pid, signal.SIGTERM)
+    deadline = time.time() + grace
+    for p in procs:
+        try:
+            p.wait(timeout=max(deadline - time.time(), 0.1))
+        except subprocess.TimeoutExpired:
+            with _quiet():
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
+class _quiet:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> bool:
+        return exc[0] is ProcessLookupError or exc[0] is PermissionError
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def result_observation(workdir: Path) -> Observation:
+    """What a finished trial process left behind."""
+    result = read_json(workdir / "result.json")
+    status = result.get("status")
+    if status == "succeeded" and isinstance(result.get("eval_loss"), int | float):
+        metrics = {
+            k.removeprefix("eval_"): float(v)
+            for k, v in result.items()
+            if k in ("eval_bpd", "eval_fid") and isinstance(v, int | float)
+        }
+        return Observation("Succeeded", loss=float(result["eval_loss"]), metrics=metrics)
+    if status == "preempted":
+        return Observation("Interrupted", error=result.get("error"))
+    if status == "failed":
+        return Observation("Failed", error=str(result.get("error")))
+    try:
+        log = (workdir / "log.txt").read_text(errors="replace").splitlines()
+    except OSError:
+        log = []
+    said = [
+        line for line in log if line.startswith(("isoflop-train:", "Traceback", "RuntimeError"))
+    ]
+    last = (said or [line for line in log if line.strip() and not line.startswith("---")] or [""])[
+        -1
+    ]
+    return Observation("Failed", error=f"the trainer exited without a result: {last.strip()}")
+
+
+# ------------------------------------------------------------------------------------------------
+# the run
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Run:
+    """One sweep in one run directory: load, step the engine, apply, persist, report."""
+
+    def __init__(self, sweep: api.ScalingSweep, directory: Path, backend: Backend) -> None:
+        self.sweep, self.spec, self.backend = sweep, sweep.spec, backend
+        self.dir = directory.resolve()  # trials run in their own folders: paths must be absolute
+        self.plan: Plan = plan(self.spec)
+        self.states: dict[str, TrialState] = {}
+        self.fitted: tuple[float, ...] = ()
+        self.fit: api.FitResult | None = None
+        self.conditions: list[api.Condition] = []
+        self.live: dict[str, Observation] = {}
+        self.elapsed_before = 0.0
+        self.started = time.time()
+        self.analysis: Any = None
+        self.plots: list[Path] = []
+        self.load()
+
+    # -- persistence ------------------------------------------------------------------------------
+
+    def load(self) -> None:
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            probe = self.dir / ".write-test"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as err:
+            raise RunError(
+                f"cannot write to the run directory {self.dir}: {err.strerror or err}"
+            ) from None
+        saved = read_json(self.dir / "state.json")
+        if not saved:
+            return
+        if saved.get("sweep") != self.sweep.name:
+            raise RunError(
+                f"{self.dir} holds the run of sweep {saved.get('sweep')!r}, "
+                f"not {self.sweep.name!r}; choose another --run-dir"
+            )
+        for tid, fields in saved.get("trials", {}).items():
+            fields["metrics"] = tuple(tuple(m) for m in fields.get("metrics", ()))
+            s = TrialState(**fields)
+            if s.phase in engine.ACTIVE:  # it was running when the runner stopped: resume it
+                s = TrialState(phase="Pending", attempts=max(s.attempts - 1, 0), loss=s.loss)
+            self.states[tid] = s
+        self.fitted = tuple(saved.get("fitted", ()))
+        if saved.get("fit"):
+            self.fit = api.FitResult.model_validate(saved["fit"])
+        self.conditions = [api.Condition.model_validate(c) for c in saved.get("conditions", [])]
+        self.elapsed_before = float(saved.get("elapsed_seconds", 0.0))
+
+    def save(self) -> None:
+        data = {
+            "sweep": self.sweep.name,
+            "trials": {tid: asdict(s) for tid, s in sorted(self.states.items())},
+            "fitted": list(self.fitted),
+            "fit": self.fit.to_wire() if self.fit else None,
+            "conditions": [c.to_wire() for c in self.conditions],
+            "elapsed_seconds": self.elapsed,
+        }
+        atomic_write(self.dir / "state.json", json.dumps(data, indent=1))
+
+    @property
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.time() - self.started
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    def step(self) -> engine.Decision:
+        """Observe, decide, apply; returns the decision it applied."""
+        changed = False
+        for tid, obs in self.backend.observe().items():
+            s = self.states.get(tid, TrialState())
+            if obs.phase == "Running":
+                self.live[tid] = obs
+                if s.phase != "Running":
+                    self.states[tid], changed = (
+                        TrialState(**{**asdict(s), "phase": "Running"}),
+                        True,
+                    )
+                continue
+            self.live.pop(tid, None)
+            changed = True
+            if obs.phase == "Succeeded" and obs.loss is not None:
+                source: api.ResultSource = (
+                    "simulated" if isinstance(self.backend, SimulatedBackend) else "results-file"
+                )
+                self.states[tid] = s.finish(obs.loss, obs.metrics, source)
+            elif obs.phase == "Interrupted":
+                self.states[tid] = TrialState(phase="Pending", attempts=max(s.attempts - 1, 0))
+            else:
+                self.states[tid] = s.fail(obs.error or "failed")
+        decision = engine.decide(self.spec, self.plan, self.states, self.fitted)
+        for c in decision.cancels:
+            self.backend.cancel(c.trial_id)
+            s = self.states.get(c.trial_id, TrialState())
+            self.states[c.trial_id] = s.fail(f"cancelled: {c.reason}")
+            changed = True
+        for launch in decision.launches:
+            t = launch.trial
+            workdir = self.dir / "trials" / t.id
+            cfg = train_config(
+                self.spec,
+                self.sweep.name,
+                t,
+                results=str(workdir / "result.json"),
+                progress=str(workdir / "progress.json"),
+                checkpoint=str(workdir / "checkpoint"),
+                termination_log=None,
+                checkpoint_every=max(t.steps // 10, 50),
+            )
+            self.backend.launch(t, launch.attempt, cfg, workdir)
+            self.states[t.id] = TrialState(phase="Starting", attempts=launch.attempt)
+            changed = True
+        if decision.fit_due:
+            self.fit = fit(
+                self.spec,
+                self.plan,
+                engine.results_table(self.plan, self.states),
+                decision.complete_budgets,
+                final=decision.phase == "Fitting",
+            )
+            self.fitted = decision.complete_budgets
+            changed = True
+            decision = engine.decide(self.spec, self.plan, self.states, self.fitted)
+        if changed:
+            self.write_status(decision)
+            self.save()
+        return decision
+
+    def write_status(self, decision: engine.Decision) -> api.ScalingSweepStatus:
+        status = engine.status(
+            self.spec,
+            self.plan,
+            self.states,
+            decision,
+            self.fit,
+            now=now(),
+            previous=self.conditions,
+        )
+        self.conditions = status.conditions
+        atomic_write(self.dir / "status.json", json.dumps(status.to_wire(), indent=1))
+        return status
+
+    def run(self, display: Display, poll: float = 0.5) -> engine.Decision:
+        """Until the sweep succeeds or fails; Ctrl-C or SIGTERM stops it resumably."""
+        interrupted: list[int] = []
+
+        def on_signal(signum: int, frame: Any) -> None:
+            interrupted.append(signum)
+
+        old = {n: signal.signal(n, on_signal) for n in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            while True:
+                decision = self.step()
+                display.update(self, decision)
+                if decision.phase in ("Succeeded", "Failed") or interrupted:
+                    break
+                if not isinstance(self.backend, SimulatedBackend):
+                    time.sleep(poll)
+        finally:
+            for signum, handler in old.items():
+                signal.signal(signum, handler)
+            if interrupted or decision.phase not in ("Succeeded", "Failed"):
+                display.note("stopping: running trials save checkpoints ...")
+                self.backend.shutdown()
+                for tid, s in self.states.items():
+                    if s.phase in engine.ACTIVE:
+                        self.states[tid] = TrialState(
+                            phase="Pending", attempts=max(s.attempts - 1, 0)
+                        )
+                self.save()
+        if interrupted:
+            raise KeyboardInterrupt
+        self.analysis = self.report(decision)
+        return decision
+
+    # -- report -----------------------------------------------------------------------------------
+
+    def report(self, decision: engine.Decision) -> Any:
+        """Write status, trial table, plots and report.md; returns the final Analysis or None."""
+        status = self.write_status(decision)
+        with open(self.dir / "trials.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(
+                [
+                    "id",
+                    "budget",
+                    "depth",
+                    "width",
+                    "params",
+                    "tokens",
+                    "steps",
+                    "phase",
+                    "attempts",
+                    "loss",
+                ]
+            )
+            for t in self.plan.trials:
+                s = self.states.get(t.id, TrialState())
+                w.writerow(
+                    [
+                        t.id,
+                        t.budget,
+                        t.depth,
+                        t.width,
+                        t.params,
+                        t.tokens,
+                        t.steps,
+                        s.phase,
+                        s.attempts,
+                        "" if s.loss is None else s.loss,
+                    ]
+                )
+        plots: list[Path] = []
+        analysis = None
+        rows = engine.results_table(self.plan, self.states)
+        rows = [r for r in rows if r["budget"] in self.fitted]
+        if len(self.fitted) >= 2:
+            from isoflop.fit import Points, analyze
+            from isoflop.plots import plot_all
+
+            try:
+                analysis = analyze(
+                    Points.from_rows(rows),
+                    method="parabola",
+                    bootstrap=self.spec.fit.bootstrap,
+                    seed=self.spec.fit.seed,
+                    predict=self.spec.fit.predict,
+                )
+                plots = plot_all(Points.from_rows(rows), analysis, self.dir / "plots")
+            except ValueError:
+                analysis = None
+        atomic_write(self.dir / "report.md", report_markdown(self, status, analysis))
+        self.plots = plots
+        return analysis
+
+
+def atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def report_markdown(run: Run, status: api.ScalingSweepStatus, analysis: Any) -> str:
+    from isoflop.fit.report import format_text
+
+    lines = [
+        f"# isoflop sweep `{run.sweep.name}`",
+        "",
+        f"- phase: **{status.phase}** ({status.progress} trials finished, "
+        f"{status.counts.failed} failed, {status.counts.infeasible} infeasible)",
+        f"- model family: {run.spec.model.family}; FLOPs counted as {run.spec.flops_accounting}",
+        f"- budgets: {', '.join(format_flops(b) for b in run.spec.budgets)}",
+        f"- wall time: {run.elapsed / 60:.1f} min",
+        "",
+    ]
+    if analysis is not None:
+        lines += [
+            "## Fitted laws",
+            "",
+            "```",
+            format_text(analysis),
+            "```",
+            "",
+            "![isoFLOP curves](plots/isoflop.png)",
+            "",
+            "![laws](plots/laws.png)",
+            "",
+        ]
+    lines += [
+        "## Trials",
+        "",
+        "| trial | params | tokens | phase | attempts | loss |",
+        "|---|---:|---:|---|---:|---:|",
+    ]
+    for r in status.trials:
+        loss = "" if r.loss is None else f"{r.loss:.4f}"
+        lines.append(
+            f"| {r.id} | {r.params:,} | {r.tokens:,} | {r.phase} | {r.attempts} | {loss} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------------------------
+# display
+
+
+class Display:
+    """Live progress on a terminal; one line per event otherwise."""
+
+    def __init__(self, stream: TextIO = sys.stdout, live: bool | None = None) -> None:
+        self.stream = stream
+        self.live = stream.isatty() if live is None else live
+        self.lines = 0
+        self.seen: dict[str, str] = {}
+
+    def note(self, text: str) -> None:
+        self.clear()
+        print(text, file=self.stream, flush=True)
+
+    def clear(self) -> None:
+        if self.live and self.lines:
+            self.stream.write(f"\x1b[{self.lines}F\x1b[J")
+            self.lines = 0
+
+    def update(self, run: Run, decision: engine.Decision) -> None:
+        c = decision.counts
+        head = (
+            f"{run.sweep.name}: {decision.phase}  done {c.get('succeeded', 0)}  running "
+            f"{c.get('running', 0)}  failed {c.get('failed', 0)}  total {c.get('total', 0)}  "
+            f"elapsed {fmt_time(run.elapsed)}  eta {fmt_time(eta(run))}"
+        )
+        if not self.live:
+            for tid, s in sorted(run.states.items()):
+                label = s.phase if s.phase != "Succeeded" else f"Succeeded loss {s.loss:.4f}"
+                if self.seen.get(tid) != label and s.phase != "Running":
+                    self.seen[tid] = label
+                    msg = f" ({s.error})" if s.phase == "Failed" and s.error else ""
+                    print(
+                        f"[{fmt_time(run.elapsed)}] {tid}: {label}{msg}",
+                        file=self.stream,
+                        flush=True,
+                    )
+            key = f"fit:{run.fitted}"
+            if run.fit is not None and self.seen.get("fit") != key:
+                self.seen["fit"] = key
+                print(
+                    f"[{fmt_time(run.elapsed)}] fitted laws on budgets "
+                    f"{', '.join(format_flops(b) for b in run.fitted)}: {law_line(run.fit)}",
+                    file=self.stream,
+                    flush=True,
+                )
+            return
+        lines = [head]
+        for tid, obs in sorted(run.live.items()):
+            if obs.step is not None and obs.steps:
+                bar = "#" * int(20 * obs.step / obs.steps)
+                loss = "" if obs.current_loss is None else f" loss {obs.current_loss:.4f}"
+                lines.append(f"  {tid:<14} [{bar:<20}] {obs.step}/{obs.steps}{loss}")
+            else:
+                lines.append(f"  {tid:<14} starting")
+        if run.fit is not None:
+            lines.append(f"  laws: {law_line(run.fit)}")
+        self.clear()
+        self.stream.write("\n".join(lines) + "\n")
+        self.stream.flush()
+        self.lines = len(lines)
+
+
+def law_line(fit_result: api.FitResult) -> str:
+    laws = fit_result.laws
+    parts = []
+    for name, law in (("N*", laws.params), ("D*", laws.tokens), ("L*", laws.loss)):
+        if law is not None:
+            parts.append(f"{name} ~ C^{law.exponent:.4f}")
+    return ", ".join(parts) or "; ".join(fit_result.warnings) or "no laws yet"
+
+
+def eta(run: Run) -> float | None:
+    """Seconds left, from the FLOPs done so far in this session."""
+    total = sum(t.flops for t in run.plan.trials)
+    done: float = sum(
+        t.flops
+        for t in run.plan.trials
+        if run.states.get(t.id, TrialState()).phase in ("Succeeded", "Failed")
+    )
+    for tid, obs in run.live.items():
+        t = next((t for t in run.plan.trials if t.id == tid), None)
+        if t is not None and obs.step and obs.steps:
+            done += t.flops * obs.step / obs.steps
+    spent = time.time() - run.started
+    if done <= 0 or spent < 1:
+        return None
+    return max(total - done, 0) * spent / done
+
+
+def fmt_time(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def make_backend(kind: str, spec: api.ScalingSweepSpec, law: Law, noise: float) -> Backend:
+    if kind == "simulated":
+        return SimulatedBackend(law, noise, spec.fit.seed)
+    return LocalBackend(spec.parallelism)

@@ -1,0 +1,173 @@
+"""`isoflop run` and `forecast`: simulated grids, a real local sweep, interrupt and resume."""
+
+from __future__ import annotations
+
+import io
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from isoflop import api
+from isoflop.forecast import Law, forecast
+from isoflop.runner import Display, Run, SimulatedBackend
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def paper(bootstrap: int = 200) -> api.ScalingSweep:
+    sweep = api.load_sweep(ROOT / "examples" / "paper-in-context.yaml")
+    spec = sweep.spec.model_copy(
+        update={
+            "fit": sweep.spec.fit.model_copy(update={"bootstrap": bootstrap, "method": "parabola"})
+        }
+    )
+    return sweep.model_copy(update={"spec": spec})
+
+
+def test_a_simulated_paper_grid_recovers_the_simulated_exponents(tmp_path: Path) -> None:
+    law = Law()
+    run = Run(paper(), tmp_path, SimulatedBackend(law, noise=0.005, seed=0))
+    decision = run.run(Display(stream=io.StringIO(), live=False))
+    assert decision.phase == "Succeeded"
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["phase"] == "Succeeded"
+    assert status["progress"] == "84/84"
+    laws = status["fit"]["laws"]
+    for name, true in (("params", law.params_exponent), ("tokens", 1 - law.params_exponent)):
+        interval = laws[name]["exponentInterval"]
+        assert interval["low"] <= true <= interval["high"], (name, true, interval)
+    assert all(t["source"] == "simulated" for t in status["trials"] if t["phase"] == "Succeeded")
+    assert len((tmp_path / "trials.csv").read_text().splitlines()) == 85
+    assert "## Fitted laws" in (tmp_path / "report.md").read_text()
+    assert (tmp_path / "plots" / "laws.png").stat().st_size > 10_000
+
+
+def test_forecast_reports_interval_widths_and_what_helps() -> None:
+    f = forecast(paper().spec, Law(), noise=0.01, runs=6, bootstrap=100)
+    params = f.exponents[0]
+    assert params.true == pytest.approx(Law().params_exponent)
+    assert params.interval_width > 0
+    assert abs(params.mean - params.true) < 0.05
+    labels = dict(f.variants)
+    assert "add budget 1.8e+19" in labels
+    assert labels["add budget 1.8e+19"] < 1.0  # a larger budget narrows the interval
+
+
+def write_tiny(path: Path) -> Path:
+    manifest = yaml.safe_load((ROOT / "examples" / "quickstart.yaml").read_text())
+    manifest["metadata"]["name"] = "tiny"
+    manifest["spec"]["model"]["depths"] = [1, 2, 3]
+    manifest["spec"]["budgets"] = [3e10, 1e11]  # small enough to be quick, big enough for a minimum
+    manifest["spec"]["training"].update({"minSteps": 20, "evalSamples": 64})
+    manifest["spec"]["parallelism"] = 2
+    manifest["spec"]["fit"] = {"bootstrap": 50, "method": "parabola"}
+    path.write_text(yaml.safe_dump(manifest))
+    return path
+
+
+def isoflop(*args: str) -> list[str]:
+    return [sys.executable, "-m", "isoflop.cli", *args]
+
+
+def test_a_local_sweep_survives_an_interrupt_and_never_retrains(tmp_path: Path) -> None:
+    manifest = write_tiny(tmp_path / "tiny.yaml")
+    run_dir = tmp_path / "run"
+    cmd = isoflop("run", str(manifest), "--run-dir", str(run_dir), "--plain")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    finished: dict[str, float] = {}
+    while time.time() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        state = (
+            json.loads((run_dir / "state.json").read_text())
+            if (run_dir / "state.json").exists()
+            else {}
+        )
+        finished = {
+            tid: s["loss"]
+            for tid, s in state.get("trials", {}).items()
+            if s["phase"] == "Succeeded"
+        }
+        if len(finished) >= 2:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert "Run the same command again to resume" in err
+    state = json.loads((run_dir / "state.json").read_text())
+    before = {tid: s["loss"] for tid, s in state["trials"].items() if s["phase"] == "Succeeded"}
+    assert len(before) >= 2
+    assert not [s for s in state["trials"].values() if s["phase"] in ("Starting", "Running")]
+
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "resuming with" in out.stdout
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["phase"] == "Succeeded"
+    assert status["progress"] == "6/6"
+    assert status["fit"]["laws"]["params"]["exponent"] > 0
+    state = json.loads((run_dir / "state.json").read_text())
+    for tid, loss in before.items():  # finished trials were not trained again
+        assert state["trials"][tid]["loss"] == loss
+        log = (run_dir / "trials" / tid / "log.txt").read_text()
+        assert log.count("--- attempt") == 1
+    assert (run_dir / "trials.csv").exists()
+    assert "isoFLOP parabolas" in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "/nonexistent.yaml"], "isoflop: error: cannot read /nonexistent.yaml"),
+        (
+            ["run", "examples/quickstart.yaml", "--run-dir", "/proc/isoflop-run"],
+            "isoflop: error: cannot write to the run directory /proc/isoflop-run",
+        ),
+        (
+            ["run", "examples/quickstart.yaml", "--simulate", "--law", "1,2,3"],
+            "isoflop: error: --law takes five positive numbers",
+        ),
+        (
+            ["forecast", "examples/quickstart.yaml", "--runs", "1"],
+            "isoflop: error: a forecast needs at least 2 simulated runs",
+        ),
+    ],
+)
+def test_bad_input_ends_in_one_sentence(args: list[str], message: str) -> None:
+    out = subprocess.run(
+        isoflop(*args), capture_output=True, text=True, cwd=ROOT, timeout=120, check=False
+    )
+    assert out.returncode == 2
+    assert out.stderr.startswith(message), out.stderr
+    assert out.stderr.count("\n") == 1
+
+
+def test_a_run_directory_of_another_sweep_is_refused(tmp_path: Path) -> None:
+    first = subprocess.run(
+        isoflop(
+            "run", "examples/quickstart.yaml", "--simulate", "--run-dir", str(tmp_path), "--plain"
+        ),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+        check=False,
+    )
+    assert first.returncode == 0, first.stderr
+    other = subprocess.run(
+        isoflop("run", "examples/paper-in-context.yaml", "--simulate", "--run-dir", str(tmp_path)),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+        check=False,
+    )
+    assert other.returncode == 2
+    assert "holds the run of sweep 'quickstart', not 'paper-in-context'" in other.stderr
