@@ -241,6 +241,23 @@ class ResourcesSpec(Model):
     )
 
 
+class StorageSpec(Model):
+    """Where trials keep checkpoints on a cluster (the local runner uses its run directory)."""
+
+    checkpoints: str | None = Field(
+        default=None,
+        pattern=r"^(s3|file)://.+",
+        max_length=2048,
+        description="s3://bucket/prefix (or file:// on a shared volume); each trial writes "
+        "PREFIX/SWEEP/TRIAL/. Unset: checkpoints live in the pod and are lost with it.",
+    )
+    shared_memory: str = Field(
+        default="16Gi",
+        pattern=QUANTITY_PATTERN,
+        description="Size of the memory-backed /dev/shm of trial pods.",
+    )
+
+
 class RetrySpec(Model):
     per_trial: int = Field(default=2, ge=0, le=100, description="Retries of one failed trial.")
     max_failed_trials: int = Field(
@@ -293,6 +310,7 @@ class ScalingSweepSpec(Model):
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     parallelism: int = Field(default=4, ge=1, le=10000, description="Trials running at once.")
     retries: RetrySpec = Field(default_factory=RetrySpec)
+    storage: StorageSpec = Field(default_factory=StorageSpec)
     metrics: MetricsSpec = Field(default_factory=MetricsSpec)
     fit: FitSpec = Field(default_factory=FitSpec)
 
@@ -461,6 +479,9 @@ class ScalingSweepStatus(Model):
     progress: str = Field(default="0/0", description="Trials done / total, for kubectl get.")
     counts: TrialCounts = Field(default_factory=TrialCounts)
     trials: list[TrialRecord] = Field(default_factory=list)
+    fitted_budgets: list[float] = Field(
+        default_factory=list, description="Budgets of the last fit."
+    )
     fit: FitResult | None = None
 
 

@@ -236,6 +236,7 @@ def status(
     states: Mapping[str, TrialState],
     decision: Decision,
     fit: api.FitResult | None,
+    fitted: tuple[float, ...] = (),
     generation: int | None = None,
     now: str = "",
     previous: list[api.Condition] | None = None,
@@ -261,6 +262,7 @@ def status(
         ],
     )
     return api.ScalingSweepStatus(
+        fitted_budgets=list(fitted),
         phase=decision.phase,
         observed_generation=generation,
         conditions=conditions,

@@ -364,6 +364,7 @@ class Run:
             self.states,
             decision,
             self.fit,
+            self.fitted,
             now=now(),
             previous=self.conditions,
         )

@@ -1,0 +1,211 @@
+"""Pure builders of the child objects of a ScalingSweep: one Job per trial (Indexed Job plus a
+headless Service when a trial spans nodes). No I/O and no Kubernetes client: dicts in, dicts out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from isoflop import api
+from isoflop.plan import Trial, budget_tag
+from isoflop_trainer.component import MASTER_PORT, METRICS_PORT
+from isoflop_trainer.component import trial as component
+from isoflop_trainer.config import TrainConfig
+
+MANAGED_BY = {"app.kubernetes.io/managed-by": "isoflop", "app.kubernetes.io/name": "isoflop-trial"}
+SWEEP_LABEL, TRIAL_LABEL, BUDGET_LABEL = (
+    "isoflop.dev/sweep",
+    "isoflop.dev/trial",
+    "isoflop.dev/budget",
+)
+PREEMPTED_EXIT_CODE = 143  # the trainer checkpointed on SIGTERM: retry without counting a failure
+METRICS_LINGER_SECONDS = 45.0  # long enough for a 15 s scrape interval to see the final values
+UID = 10001
+INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"  # set on Indexed Job pods
+
+
+def job_name(sweep: str, trial_id: str) -> str:
+    """Deterministic, DNS-safe, at most 52 characters (Indexed Job pods add '-N-xxxxx')."""
+    name = f"{sweep}-{trial_id}"
+    if len(name) <= 52:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{name[:43].rstrip('-')}-{digest}"
+
+
+def labels(sweep: str, trial: Trial) -> dict[str, str]:
+    return {
+        **MANAGED_BY,
+        SWEEP_LABEL: sweep,
+        TRIAL_LABEL: trial.id,
+        BUDGET_LABEL: budget_tag(trial.budget),
+    }
+
+
+def owner_reference(sweep: api.ScalingSweep, uid: str) -> dict[str, Any]:
+    return {
+        "apiVersion": api.API_VERSION,
+        "kind": api.KIND,
+        "name": sweep.name,
+        "uid": uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def trial_objects(
+    sweep: api.ScalingSweep, uid: str, namespace: str, trial: Trial, config: TrainConfig
+) -> list[dict[str, Any]]:
+    """The Job of one trial, preceded by its headless Service when it spans several nodes."""
+    spec, res = sweep.spec, sweep.spec.resources
+    name = job_name(sweep.name, trial.id)
+    app = component(
+        config.to_dict(),
+        image=res.image,
+        name=name,
+        nodes=res.nodes,
+        gpus_per_node=res.gpus_per_node,
+    )
+    role = app.roles[0]
+    meta = {
+        "name": name,
+        "namespace": namespace,
+        "labels": labels(sweep.name, trial),
+        "ownerReferences": [owner_reference(sweep, uid)],
+    }
+    env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in sorted(role.env.items())]
+    multi = res.nodes > 1
+    if multi:  # torchrun reads PET_* for the arguments the component leaves out
+        env += [
+            {
+                "name": "PET_NODE_RANK",
+                "valueFrom": {
+                    "fieldRef": {"fieldPath": f"metadata.annotations['{INDEX_ANNOTATION}']"}
+                },
+            },
+            {"name": "PET_MASTER_ADDR", "value": f"{name}-0.{name}.{namespace}.svc"},
+        ]
+    container: dict[str, Any] = {
+        "name": "trainer",
+        "image": res.image,
+        "command": [role.entrypoint],
+        "args": list(role.args),
+        "env": env,
+        "ports": [
+            {"name": "metrics", "containerPort": METRICS_PORT},
+            {"name": "c10d", "containerPort": MASTER_PORT},
+        ],
+        "resources": _resources(res),
+        "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
+        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }
+    if spec.resources.s3_credentials_secret:
+        container["envFrom"] = [{"secretRef": {"name": spec.resources.s3_credentials_secret}}]
+    pod: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "containers": [container],
+        "volumes": [
+            {
+                "name": "dshm",
+                "emptyDir": {"medium": "Memory", "sizeLimit": spec.storage.shared_memory},
+            }
+        ],
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": UID,
+            "runAsGroup": UID,
+            "fsGroup": UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "enableServiceLinks": False,
+    }
+    if res.node_selector:
+        pod["nodeSelector"] = dict(res.node_selector)
+    if res.tolerations:
+        pod["tolerations"] = [t.to_wire() for t in res.tolerations]
+    if res.affinity:
+        pod["affinity"] = dict(res.affinity)
+    if res.priority_class_name:
+        pod["priorityClassName"] = res.priority_class_name
+    if res.image_pull_secrets:
+        pod["imagePullSecrets"] = [{"name": n} for n in res.image_pull_secrets]
+    if res.service_account_name:
+        pod["serviceAccountName"] = res.service_account_name
+    if multi:
+        pod["subdomain"] = name
+    job_spec: dict[str, Any] = {
+        # failures are retried by the Job; a preempted pod (SIGTERM, checkpoint saved) or a
+        # disrupted one is retried without counting against the limit
+        "backoffLimit": spec.retries.per_trial if not multi else spec.retries.per_trial * res.nodes,
+        "podFailurePolicy": {
+            "rules": [
+                {
+                    "action": "Ignore",
+                    "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+                },
+                # an empty onPodConditions: 1.27's schema wants the field on every rule
+                {
+                    "action": "Ignore",
+                    "onPodConditions": [],
+                    "onExitCodes": {
+                        "containerName": "trainer",
+                        "operator": "In",
+                        "values": [PREEMPTED_EXIT_CODE],
+                    },
+                },
+            ]
+        },
+        "template": {"metadata": {"labels": labels(sweep.name, trial)}, "spec": pod},
+    }
+    if multi:
+        job_spec |= {
+            "completionMode": "Indexed",
+            "completions": res.nodes,
+            "parallelism": res.nodes,
+        }
+    objects: list[dict[str, Any]] = []
+    if multi:
+        objects.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": meta,
+                "spec": {
+                    "clusterIP": "None",
+                    "publishNotReadyAddresses": True,
+                    "selector": {SWEEP_LABEL: sweep.name, TRIAL_LABEL: trial.id},
+                    "ports": [{"name": "c10d", "port": MASTER_PORT}],
+                },
+            }
+        )
+    objects.append({"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": job_spec})
+    return objects
+
+
+def _resources(res: api.ResourcesSpec) -> dict[str, Any]:
+    amounts: dict[str, Any] = {"cpu": res.cpu, "memory": res.memory}
+    limits = dict(amounts)
+    if res.gpus_per_node:
+        limits["nvidia.com/gpu"] = str(res.gpus_per_node)
+    return {"requests": amounts, "limits": limits}
+
+
+def cluster_config(sweep: api.ScalingSweep, trial: Trial) -> dict[str, Any]:
+    """Paths and telemetry of a trial on a cluster, for `trials.train_config`."""
+    base = sweep.spec.storage.checkpoints
+    return {
+        "checkpoint": f"{base.rstrip('/')}/{sweep.name}/{trial.id}" if base else "/tmp/checkpoint",
+        "checkpoint_every": max(trial.steps // 20, 100),
+        "results": "/tmp/result.json",
+        "termination_log": "/dev/termination-log",
+        "metrics_port": METRICS_PORT,
+        "metrics_linger_seconds": METRICS_LINGER_SECONDS,
+    }

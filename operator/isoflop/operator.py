@@ -1,0 +1,343 @@
+"""The ScalingSweep operator: kopf glue around the engine.
+
+    kopf run -m isoflop.operator --all-namespaces     (add --peering=isoflop for several replicas)
+
+Every decision is the engine's. Each reconcile rebuilds the sweep's state from its status (where
+finished results live) and its child Jobs, so a restart at any point loses nothing and creates no
+duplicate (a 409 on create means the Job exists).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import kopf
+import kubernetes
+from kubernetes.client.rest import ApiException
+
+from isoflop import api, engine
+from isoflop.engine import TrialState
+from isoflop.manifests import SWEEP_LABEL, TRIAL_LABEL, cluster_config, job_name, trial_objects
+from isoflop.opmetrics import ERRORS, EXPONENT, LATENCY, TRIALS, forget
+from isoflop.plan import plan
+from isoflop.trials import fit, train_config
+
+RECONCILE_SECONDS = float(os.environ.get("ISOFLOP_RECONCILE_SECONDS", "10"))
+IMMUTABLE = (("model", "family"), ("data",), ("flopsAccounting",))
+
+
+@dataclass
+class Clients:
+    batch: Any
+    core: Any
+
+
+def make_clients() -> Clients:
+    try:
+        kubernetes.config.load_incluster_config()
+    except kubernetes.config.ConfigException:
+        # the kubernetes package snapshots $KUBECONFIG at import: pass the path explicitly
+        kubernetes.config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
+    client = kubernetes.client.ApiClient()
+    return Clients(kubernetes.client.BatchV1Api(client), kubernetes.client.CoreV1Api(client))
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 60
+    settings.peering.standalone = not os.environ.get("ISOFLOP_PEERING")
+    if os.environ.get("ISOFLOP_PEERING"):
+        settings.peering.name = os.environ["ISOFLOP_PEERING"]
+    memo.clients = make_clients()
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def invalid(patch: kopf.Patch, message: str) -> kopf.PermanentError:
+    """Mark the sweep Failed with an Invalid condition; the caller raises the returned error."""
+    patch.status["phase"] = "Failed"
+    patch.status["conditions"] = [
+        {
+            "type": "Ready",
+            "status": "False",
+            "reason": "InvalidSpec",
+            "message": message,
+            "lastTransitionTime": now(),
+        },
+        {
+            "type": "Failed",
+            "status": "True",
+            "reason": "InvalidSpec",
+            "message": message,
+            "lastTransitionTime": now(),
+        },
+    ]
+    return kopf.PermanentError(message)
+
+
+def _get(obj: Any, path: tuple[str, ...]) -> Any:
+    for key in path:
+        obj = obj.get(key) if isinstance(obj, dict) else None
+    return obj
+
+
+@kopf.on.create(api.GROUP, api.VERSION, api.PLURAL)
+@kopf.on.resume(api.GROUP, api.VERSION, api.PLURAL)
+def admit(spec: kopf.Spec, patch: kopf.Patch, **_: Any) -> None:
+    """Validate the spec; an invalid one ends here, with a condition naming the field."""
+    try:
+        api.parse_spec(dict(spec))
+    except api.ManifestError as err:
+        raise invalid(patch, str(err)) from None
+
+
+@kopf.on.update(api.GROUP, api.VERSION, api.PLURAL, field="spec")
+def update(old: Any, new: Any, patch: kopf.Patch, **_: Any) -> None:
+    """Refuse changes to what defines a sweep; anything else is picked up by the next reconcile."""
+    for path in IMMUTABLE:
+        if _get(old, path) != _get(new, path):
+            raise invalid(patch, f"spec.{'.'.join(path)} is immutable; create a new sweep instead")
+    try:
+        api.parse_spec(dict(new))
+    except api.ManifestError as err:
+        raise invalid(patch, str(err)) from None
+
+
+@kopf.on.delete(api.GROUP, api.VERSION, api.PLURAL, optional=True)
+def delete(name: str, namespace: str | None, **_: Any) -> None:
+    """Children go with their owner (ownerReferences); forget the sweep's metrics."""
+    forget(namespace or "", name)
+
+
+@kopf.timer(api.GROUP, api.VERSION, api.PLURAL, interval=RECONCILE_SECONDS, initial_delay=0.5)
+def reconcile(
+    name: str,
+    namespace: str | None,
+    uid: str,
+    spec: kopf.Spec,
+    status: kopf.Status,
+    meta: kopf.Meta,
+    body: kopf.Body,
+    patch: kopf.Patch,
+    memo: Any,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+    **_: Any,
+) -> None:
+    """Observe the children, ask the engine, apply its decision, record the status."""
+    start = time.monotonic()
+    namespace = namespace or "default"
+    try:
+        sweep = api.ScalingSweep(
+            metadata=api.ObjectMeta(name=name, namespace=namespace), spec=api.parse_spec(dict(spec))
+        )
+    except api.ManifestError:
+        return  # admit() has recorded why
+    try:
+        _reconcile(
+            sweep,
+            uid,
+            namespace,
+            dict(status),
+            meta.get("generation"),
+            body,
+            patch,
+            memo.clients,
+            logger,
+        )
+    except ApiException as err:
+        ERRORS.labels(namespace, name).inc()
+        raise kopf.TemporaryError(
+            f"Kubernetes API error {err.status}: {err.reason}", delay=15
+        ) from err
+    finally:
+        LATENCY.observe(time.monotonic() - start)
+
+
+def states_from_status(status: dict[str, Any]) -> dict[str, TrialState]:
+    """Finished results are kept in the status: they are the operator's memory."""
+    out = {}
+    for r in status.get("trials") or []:
+        if r.get("phase") == "Succeeded" and r.get("loss") is not None:
+            out[r["id"]] = TrialState(
+                "Succeeded", r.get("attempts", 1), r["loss"], source=r.get("source")
+            )
+        elif r.get("phase") == "Failed":
+            out[r["id"]] = TrialState("Failed", r.get("attempts", 1), error="failed")
+    return out
+
+
+def _reconcile(
+    sweep: api.ScalingSweep,
+    uid: str,
+    namespace: str,
+    status: dict[str, Any],
+    generation: int | None,
+    body: kopf.Body,
+    patch: kopf.Patch,
+    clients: Clients,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+) -> None:
+    spec = sweep.spec
+    p = plan(spec)
+    limit = 1 + spec.retries.per_trial
+    states = states_from_status(status)
+    jobs = [
+        j
+        for j in clients.batch.list_namespaced_job(
+            namespace, label_selector=f"{SWEEP_LABEL}={sweep.name}"
+        ).items
+        # the label selector may be ignored (test emulators): filter here too
+        if (j.metadata.labels or {}).get(SWEEP_LABEL) == sweep.name
+    ]
+    for job in jobs:
+        tid = (job.metadata.labels or {}).get(TRIAL_LABEL)
+        if tid is None or (tid in states and states[tid].phase in ("Succeeded", "Failed")):
+            continue
+        st = job.status or kubernetes.client.V1JobStatus()
+        completions = (job.spec.completions if job.spec else None) or 1
+        failed = any(c.type == "Failed" and c.status == "True" for c in (st.conditions or []))
+        if (st.succeeded or 0) >= completions:
+            result = read_result(clients, spec, sweep.name, namespace, tid, job.metadata.name)
+            if result is None:
+                states[tid] = TrialState("Running", 1)  # finished, result not readable yet
+            elif result[0] is None:
+                states[tid] = TrialState("Failed", limit, error=result[2])
+                kopf.warn(body, reason="TrialFailed", message=f"{tid}: {result[2]}")
+            else:
+                states[tid] = TrialState("Succeeded", 1, result[0], source=result[1])
+        elif failed:
+            states[tid] = TrialState("Failed", limit, error="the Job failed after its retries")
+            kopf.warn(
+                body, reason="TrialFailed", message=f"{tid}: the Job failed after {limit} attempts"
+            )
+        else:
+            states[tid] = TrialState("Running" if st.active else "Starting", 1)
+    fitted = tuple(status.get("fittedBudgets") or ())
+    previous_fit = status.get("fit")
+    fit_result = api.FitResult.model_validate(previous_fit) if previous_fit else None
+    decision = engine.decide(spec, p, states, fitted)
+    for cancel in decision.cancels:
+        try:
+            clients.batch.delete_namespaced_job(
+                job_name(sweep.name, cancel.trial_id), namespace, propagation_policy="Background"
+            )
+        except ApiException as err:
+            if err.status != 404:
+                raise
+    for launch in decision.launches:
+        t = launch.trial
+        cfg = train_config(spec, sweep.name, t, **cluster_config(sweep, t))
+        for obj in trial_objects(sweep, uid, namespace, t, cfg):
+            try:
+                if obj["kind"] == "Job":
+                    clients.batch.create_namespaced_job(namespace, obj)
+                else:
+                    clients.core.create_namespaced_service(namespace, obj)
+            except ApiException as err:
+                if err.status != 409:  # 409: it exists already (a restart, another replica)
+                    raise
+        states[t.id] = TrialState("Starting", launch.attempt)
+    if decision.fit_due:
+        fit_result = fit(
+            spec,
+            p,
+            engine.results_table(p, states),
+            decision.complete_budgets,
+            final=decision.phase == "Fitting",
+        )
+        fitted = decision.complete_budgets
+        kopf.info(body, reason="BudgetsFitted", message=f"laws fitted on {len(fitted)} budgets")
+        decision = engine.decide(spec, p, states, fitted)
+    previous = [api.Condition.model_validate(c) for c in status.get("conditions") or []]
+    new = engine.status(
+        spec, p, states, decision, fit_result, fitted, generation, now(), previous
+    ).to_wire()
+    if decision.phase in ("Succeeded", "Failed") and status.get("phase") != decision.phase:
+        kopf.info(body, reason=f"Sweep{decision.phase}", message=decision.message)
+    for key, value in new.items():
+        if status.get(key) != value:  # patch only what changed: no churn on quiet reconciles
+            patch.status[key] = value
+    for phase in ("pending", "running", "succeeded", "failed"):
+        TRIALS.labels(namespace, sweep.name, phase).set(decision.counts.get(phase, 0))
+    laws = fit_result.laws if fit_result else None
+    for law_name in ("params", "tokens", "loss"):
+        law = getattr(laws, law_name, None) if laws else None
+        if law is not None:
+            EXPONENT.labels(namespace, sweep.name, law_name).set(law.exponent)
+
+
+# ------------------------------------------------------------------------------------------------
+# results
+
+
+def read_result(
+    clients: Clients, spec: api.ScalingSweepSpec, sweep: str, namespace: str, trial: str, job: str
+) -> tuple[float | None, api.ResultSource, str] | None:
+    """(loss, source, note) of a finished trial; loss None means a failed trial (NaN); None means
+    not readable yet (try again on the next reconcile)."""
+    loss: float | None = None
+    source: api.ResultSource = "prometheus"
+    if spec.metrics.prometheus_url:
+        loss = query_prometheus(spec.metrics, sweep, trial)
+    if loss is None:
+        source = "termination-message"
+        message = termination_message(clients, namespace, job)
+        if message is None:
+            return None
+        value = message.get("eval_loss")
+        if message.get("status") != "succeeded":
+            return (
+                None,
+                source,
+                f"the trainer reported {message.get('status')}: {message.get('error')}",
+            )
+        loss = float(value) if isinstance(value, int | float) else math.nan
+    if not math.isfinite(loss):
+        return None, source, f"the final validation loss is {loss}, not a number to fit"
+    return loss, source, ""
+
+
+def query_prometheus(metrics: api.MetricsSpec, sweep: str, trial: str) -> float | None:
+    """The trial's last isoflop_eval_loss through the HTTP API; None if absent or unreachable."""
+    query = (
+        f'last_over_time(isoflop_eval_loss{{sweep="{sweep}",trial="{trial}"}}[{metrics.lookback}])'
+    )
+    url = f"{metrics.prometheus_url}/api/v1/query?{urllib.parse.urlencode({'query': query})}"
+    try:
+        with urllib.request.urlopen(url, timeout=metrics.query_timeout_seconds) as resp:
+            data = json.load(resp)
+    except (OSError, ValueError):
+        return None  # down or slow: the termination message, or the next reconcile, has it
+    results = data.get("data", {}).get("result", []) if data.get("status") == "success" else []
+    if not results:
+        return None
+    return float(results[0]["value"][1])
+
+
+def termination_message(clients: Clients, namespace: str, job: str) -> dict[str, Any] | None:
+    pods = clients.core.list_namespaced_pod(namespace, label_selector=f"job-name={job}").items
+    for pod in pods:
+        if (pod.metadata.labels or {}).get("job-name") != job or pod.status is None:
+            continue
+        for cs in pod.status.container_statuses or []:
+            term = cs.state.terminated if cs.state else None
+            if term is not None and term.message:
+                try:
+                    parsed = json.loads(term.message)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(parsed, dict):
+                    return parsed
+    return None

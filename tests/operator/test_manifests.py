@@ -1,0 +1,116 @@
+"""Child manifests: valid Kubernetes objects with the pod spec a GPU trial needs."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+
+from isoflop import api
+from isoflop.manifests import cluster_config, job_name, trial_objects
+from isoflop.plan import plan
+from isoflop.trials import train_config
+from isoflop_trainer.config import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def paper(**resources: Any) -> api.ScalingSweep:
+    sweep = api.load_sweep(ROOT / "examples" / "paper-in-context.yaml")
+    wire = sweep.to_wire()
+    wire["spec"]["resources"].update(resources)
+    wire["spec"]["storage"] = {"checkpoints": "s3://bucket/ckpt"}
+    return api.parse_sweep(wire)
+
+
+def objects(sweep: api.ScalingSweep) -> list[dict[str, Any]]:
+    trial = plan(sweep.spec).trials[0]
+    cfg = train_config(sweep.spec, sweep.name, trial, **cluster_config(sweep, trial))
+    return trial_objects(sweep, "uid-1", "ml", trial, cfg)
+
+
+@pytest.mark.parametrize("version", ["1.27", "1.33"])
+@pytest.mark.parametrize("nodes", [1, 4])
+def test_objects_validate_strictly(version: str, nodes: int) -> None:
+    for obj in objects(paper(nodes=nodes)):
+        kubernetes_validate.validate(copy.deepcopy(obj), version, strict=True)
+
+
+def test_single_node_job_pod_spec() -> None:
+    (job,) = objects(
+        paper(
+            priorityClassName="research", imagePullSecrets=["regcred"], serviceAccountName="trainer"
+        )
+    )
+    meta, spec = job["metadata"], job["spec"]
+    assert meta["name"] == "paper-in-context-1e17-d02"
+    assert meta["labels"]["isoflop.dev/sweep"] == "paper-in-context"
+    assert meta["labels"]["isoflop.dev/trial"] == "1e17-d02"
+    assert meta["labels"]["isoflop.dev/budget"] == "1e17"
+    assert meta["labels"]["app.kubernetes.io/managed-by"] == "isoflop"
+    (owner,) = meta["ownerReferences"]
+    assert (owner["kind"], owner["uid"], owner["controller"]) == ("ScalingSweep", "uid-1", True)
+    assert spec["backoffLimit"] == 2
+    assert spec["podFailurePolicy"]["rules"][1]["onExitCodes"]["values"] == [143]
+    pod = spec["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["command"] == ["torchrun"]
+    assert c["args"][:5] == ["--nnodes", "1", "--nproc-per-node", "8", "--standalone"]
+    cfg = TrainConfig.from_dict(json.loads(c["args"][c["args"].index("--config-json") + 1]))
+    assert cfg.checkpoint == "s3://bucket/ckpt/paper-in-context/1e17-d02"
+    assert cfg.metrics_port == 9400
+    assert cfg.termination_log == "/dev/termination-log"
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "8"
+    assert c["resources"]["requests"] == {"cpu": "64", "memory": "512Gi"}
+    assert c["envFrom"] == [{"secretRef": {"name": "isoflop-s3"}}]
+    assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    assert {"name": "metrics", "containerPort": 9400} in c["ports"]
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["volumes"] == [
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}}
+    ]
+    assert pod["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"}
+    assert pod["tolerations"] == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    ]
+    assert pod["priorityClassName"] == "research"
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+    assert pod["serviceAccountName"] == "trainer"
+    assert pod["restartPolicy"] == "Never"
+    assert spec["template"]["metadata"]["labels"]["isoflop.dev/trial"] == "1e17-d02"
+
+
+def test_multi_node_trials_are_indexed_jobs_with_a_headless_service() -> None:
+    service, job = objects(paper(nodes=4))
+    name = job["metadata"]["name"]
+    assert service["kind"] == "Service"
+    assert service["metadata"]["name"] == name
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["selector"] == {
+        "isoflop.dev/sweep": "paper-in-context",
+        "isoflop.dev/trial": "1e17-d02",
+    }
+    spec = job["spec"]
+    assert (spec["completionMode"], spec["completions"], spec["parallelism"]) == ("Indexed", 4, 4)
+    pod = spec["template"]["spec"]
+    assert pod["subdomain"] == name
+    env = {e["name"]: e for e in pod["containers"][0]["env"]}
+    assert env["PET_MASTER_ADDR"]["value"] == f"{name}-0.{name}.ml.svc"
+    assert "job-completion-index" in env["PET_NODE_RANK"]["valueFrom"]["fieldRef"]["fieldPath"]
+    args = pod["containers"][0]["args"]
+    assert args[:6] == ["--nnodes", "4", "--nproc-per-node", "8", "--master-port", "29500"]
+
+
+def test_job_names_are_deterministic_and_short() -> None:
+    assert job_name("s", "1e17-d02") == "s-1e17-d02"
+    long = job_name("a-very-long-sweep-name-for-the-paper-grid-x", "1p5e21-explicit-rung")
+    assert len(long) <= 52
+    assert long == job_name("a-very-long-sweep-name-for-the-paper-grid-x", "1p5e21-explicit-rung")
+    assert long != job_name("a-very-long-sweep-name-for-the-paper-grid-x", "1p5e21-explicit-rung2")

@@ -1,0 +1,194 @@
+"""The operator on the kmock emulator: Jobs within parallelism, results to laws, invalid specs."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import kmock
+
+from isoflop import api
+from isoflop.plan import plan
+from tests.operator.conftest import SWEEPS, running_operator, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+JOBS = kmock.resource("batch/v1/jobs")
+SWEEP_KEY = (kmock.resource(SWEEPS), "default", "qs")
+
+
+def manifest(**spec: Any) -> dict[str, Any]:
+    obj = api.yaml_load((ROOT / "examples" / "quickstart.yaml").read_text())
+    # kmock assigns no uid or resourceVersion: give what an API server would
+    obj["metadata"] = {
+        "name": "qs",
+        "namespace": "default",
+        "uid": "uid-qs",
+        "generation": 1,
+        "resourceVersion": "1",
+    }
+    obj["spec"].update(spec)
+    return obj
+
+
+def jobs(k8s: Any) -> dict[str, dict[str, Any]]:
+    return {key[2]: obj for key, obj in list(k8s.objects.items()) if key[0] == JOBS}
+
+
+def sweep_status(k8s: Any) -> dict[str, Any]:
+    return dict(k8s.objects[SWEEP_KEY].get("status") or {})
+
+
+def loss_of(trial: Any) -> float:
+    """A convex isoFLOP curve per budget whose minimum grows as C^0.5 (inside each ladder)."""
+    x_opt = 5.2 + 0.5 * (math.log10(trial.budget) - 10.5)
+    return 1.0 - 0.05 * math.log10(trial.budget) + 0.2 * (math.log10(trial.params) - x_opt) ** 2
+
+
+async def finish(k8s: Any, name: str, result: dict[str, Any]) -> None:
+    """Play the Job controller and the kubelet: the Job completes, its pod left a message."""
+    await k8s.patch(
+        f"/apis/batch/v1/namespaces/default/jobs/{name}/status",
+        json={"status": {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}},
+    )
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": f"{name}-x", "namespace": "default", "labels": {"job-name": name}},
+        "spec": {"containers": [{"name": "trainer", "image": "t"}]},
+        "status": {
+            "containerStatuses": [
+                {
+                    "name": "trainer",
+                    "image": "t",
+                    "imageID": "",
+                    "ready": False,
+                    "restartCount": 0,
+                    "state": {"terminated": {"exitCode": 0, "message": json.dumps(result)}},
+                }
+            ]
+        },
+    }
+    await k8s.post("/api/v1/namespaces/default/pods", json=pod)
+
+
+async def test_a_sweep_runs_its_trials_within_parallelism_to_fitted_laws(k8s: Any) -> None:
+    obj = manifest(parallelism=3)
+    sweep = api.parse_sweep(obj)
+    trials = {f"qs-{t.id}": t for t in plan(sweep.spec).trials}
+    async with running_operator(k8s):
+        resp = await k8s.post(
+            "/apis/isoflop.dev/v1alpha1/namespaces/default/scalingsweeps", json=obj
+        )
+        assert resp.status == 200
+        await wait_for(lambda: len(jobs(k8s)) == 3)
+        first = jobs(k8s)
+        assert sorted(first) == ["qs-3e10-d01", "qs-3e10-d02", "qs-3e10-d03"]  # smallest first
+        pod = first["qs-3e10-d01"]["spec"]["template"]["spec"]
+        assert pod["containers"][0]["command"] == ["torchrun"]
+        assert first["qs-3e10-d01"]["metadata"]["ownerReferences"][0]["uid"] == "uid-qs"
+        done: set[str] = set()
+        while len(done) < len(trials):
+            current = jobs(k8s)
+            running = [n for n in current if n not in done]
+            assert len(running) <= 3  # parallelism is never exceeded
+            for name in running:
+                await finish(k8s, name, {"status": "succeeded", "eval_loss": loss_of(trials[name])})
+                done.add(name)
+            await wait_for(
+                lambda: (
+                    len(jobs(k8s)) > len(done)
+                    or len(done) == len(trials)
+                    or sweep_status(k8s).get("phase") == "Failed"
+                )
+            )
+        await wait_for(lambda: sweep_status(k8s).get("phase") == "Succeeded")
+    status = sweep_status(k8s)
+    assert status["progress"] == f"{len(trials)}/{len(trials)}"
+    assert all(
+        t["source"] == "termination-message" for t in status["trials"] if t["phase"] == "Succeeded"
+    )
+    assert abs(status["fit"]["laws"]["params"]["exponent"] - 0.5) < 0.05
+    assert len(status["fit"]["budgetFits"]) == 3
+    conditions = {c["type"]: c["status"] for c in status["conditions"]}
+    assert conditions["Ready"] == "True"
+    creates = Counter(
+        r.data["metadata"]["name"]
+        for r in k8s
+        if r.action == kmock.action.CREATE and r.resource == JOBS
+    )
+    assert len(creates) == len(trials)
+    assert set(creates.values()) == {1}  # every Job created exactly once
+
+
+async def test_a_nan_result_is_a_failed_trial_not_a_fit_input(k8s: Any) -> None:
+    obj = manifest(parallelism=1, retries={"perTrial": 0, "maxFailedTrials": 0})
+    async with running_operator(k8s):
+        await k8s.post("/apis/isoflop.dev/v1alpha1/namespaces/default/scalingsweeps", json=obj)
+        await wait_for(lambda: "qs-3e10-d01" in jobs(k8s))
+        await finish(k8s, "qs-3e10-d01", {"status": "succeeded", "eval_loss": "nan"})
+        await wait_for(lambda: sweep_status(k8s).get("phase") == "Failed")
+    status = sweep_status(k8s)
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "TooManyFailedTrials"
+    assert "3e10-d01" in failed["message"]
+    assert len(jobs(k8s)) == 1  # nothing launched after the sweep failed
+
+
+INVALID = [
+    ("model.family", "unet", "spec.model.family"),
+    ("model.depths", [0, 1], "spec.model.depths[0]"),
+    ("model.depths", [2, 2], "spec.model.depths"),
+    ("model.depths", [], "spec.model"),
+    ("model.headDim", 48, "spec.model"),
+    ("model.patchSize", 0, "spec.model.patchSize"),
+    ("model.mlpRatio", -1, "spec.model.mlpRatio"),
+    ("model.typo", 1, "spec.model.typo"),
+    ("budgets", [], "spec.budgets"),
+    ("budgets", [-1.0], "spec.budgets[0]"),
+    ("budgets", [1e12, 1e12], "spec.budgets"),
+    ("flopsAccounting", "7ND", "spec.flopsAccounting"),
+    ("data.source", "http://x", "spec.data.source"),
+    ("data.latentShape", [3, 15, 16], "spec"),
+    ("data.textLength", 0, "spec.data.textLength"),
+    ("training.globalBatchSize", 0, "spec.training.globalBatchSize"),
+    ("training.learningRate", 0, "spec.training.learningRate"),
+    ("training.betas", [0.9, 1.2], "spec.training.betas"),
+    ("training.schedule", "linear", "spec.training.schedule"),
+    ("training.precision", "int4", "spec.training.precision"),
+    ("resources.memory", "lots", "spec.resources.memory"),
+    ("resources.gpusPerNode", -1, "spec.resources.gpusPerNode"),
+    ("parallelism", 0, "spec.parallelism"),
+    ("metrics.prometheusUrl", "prometheus:9090", "spec.metrics.prometheusUrl"),
+    ("fit.holdOutBudget", 7e10, "spec"),
+]
+
+
+async def test_invalid_specs_get_a_condition_naming_the_field_and_no_jobs(k8s: Any) -> None:
+    async with running_operator(k8s):
+        for i, (path, value, _) in enumerate(INVALID):
+            obj = manifest()
+            obj["metadata"] = {
+                "name": f"bad{i}",
+                "namespace": "default",
+                "uid": f"u{i}",
+                "resourceVersion": "1",
+            }
+            node = obj["spec"]
+            *parents, leaf = path.split(".")
+            for key in parents:
+                node = node.setdefault(key, {})
+            node[leaf] = copy.deepcopy(value)
+            await k8s.post("/apis/isoflop.dev/v1alpha1/namespaces/default/scalingsweeps", json=obj)
+        keys = [(kmock.resource(SWEEPS), "default", f"bad{i}") for i in range(len(INVALID))]
+        await wait_for(
+            lambda: all((k8s.objects[k].get("status") or {}).get("phase") == "Failed" for k in keys)
+        )
+    assert jobs(k8s) == {}
+    for key, (_, _, field) in zip(keys, INVALID, strict=True):
+        ready = next(c for c in k8s.objects[key]["status"]["conditions"] if c["type"] == "Ready")
+        assert ready["reason"] == "InvalidSpec"
+        assert ready["message"].startswith(field), (field, ready["message"])
