@@ -91,3 +91,30 @@ async def running_operator(k8s: Any) -> AsyncIterator[None]:
         task.cancel()  # cancelling skips kopf's 5 s grace period for the emulator's tasks
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait_for(task, 15)
+
+
+@contextlib.asynccontextmanager
+async def threaded_operator(k8s: Any) -> AsyncIterator[None]:
+    """The operator in its own thread and loop: stopping it cannot touch the emulator's tasks."""
+    from kopf.testing import KopfRunner
+
+    registry = kopf.OperatorRegistry()
+    kopf.on.login(registry=registry)(kopf.login_with_kubeconfig)
+    runner = KopfRunner(
+        ["run", "--standalone", "--all-namespaces", isoflop.operator.__file__],
+        registry=registry,
+        timeout=60,
+    )
+    runner.__enter__()
+    try:
+        sweeps = kmock.resource(SWEEPS)
+        watches = sum(r.action == kmock.action.WATCH and r.resource == sweeps for r in k8s)
+        await wait_for(
+            lambda: (
+                sum(r.action == kmock.action.WATCH and r.resource == sweeps for r in k8s) > watches
+            )
+        )
+        yield
+    finally:
+        # joins the thread: off the loop, so the emulator keeps serving while kopf stops
+        await asyncio.to_thread(runner.__exit__, None, None, None)

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import math
+import random
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import kmock
+import pytest
 
 from isoflop import api
 from isoflop.plan import plan
-from tests.operator.conftest import SWEEPS, running_operator, wait_for
+from tests.operator.conftest import SWEEPS, running_operator, threaded_operator, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 JOBS = kmock.resource("batch/v1/jobs")
@@ -35,7 +38,9 @@ def manifest(**spec: Any) -> dict[str, Any]:
 
 
 def jobs(k8s: Any) -> dict[str, dict[str, Any]]:
-    return {key[2]: obj for key, obj in list(k8s.objects.items()) if key[0] == JOBS}
+    return {
+        key[2]: obj for key, obj in list(k8s.objects.items()) if key[0] == JOBS and not obj.deleted
+    }
 
 
 def sweep_status(k8s: Any) -> dict[str, Any]:
@@ -192,3 +197,107 @@ async def test_invalid_specs_get_a_condition_naming_the_field_and_no_jobs(k8s: A
         ready = next(c for c in k8s.objects[key]["status"]["conditions"] if c["type"] == "Ready")
         assert ready["reason"] == "InvalidSpec"
         assert ready["message"].startswith(field), (field, ready["message"])
+
+
+async def run_to_end(k8s: Any, trials: dict[str, Any], done: set[str]) -> None:
+    """Finish every Job the operator creates until the sweep succeeds."""
+    while sweep_status(k8s).get("phase") != "Succeeded":
+        for name in [n for n in jobs(k8s) if n not in done]:
+            await finish(k8s, name, {"status": "succeeded", "eval_loss": loss_of(trials[name])})
+            done.add(name)
+        await asyncio.sleep(0.05)
+
+
+async def test_restarts_at_random_points_run_every_trial_once_and_lose_nothing(k8s: Any) -> None:
+    obj = manifest(parallelism=3)
+    trials = {f"qs-{t.id}": t for t in plan(api.parse_sweep(obj).spec).trials}
+    rng = random.Random(20261125)
+    done: set[str] = set()
+    posted = False
+    for _ in range(8):  # start, run a random while (finishing some Jobs), stop; again
+        async with threaded_operator(k8s):
+            if not posted:
+                await k8s.post(
+                    "/apis/isoflop.dev/v1alpha1/namespaces/default/scalingsweeps", json=obj
+                )
+                posted = True
+            deadline = asyncio.get_running_loop().time() + rng.uniform(0.1, 1.2)
+            while asyncio.get_running_loop().time() < deadline:
+                for name in [n for n in jobs(k8s) if n not in done]:
+                    if rng.random() < 0.3:
+                        await finish(
+                            k8s, name, {"status": "succeeded", "eval_loss": loss_of(trials[name])}
+                        )
+                        done.add(name)
+                await asyncio.sleep(0.05)
+    async with running_operator(k8s):
+        await asyncio.wait_for(run_to_end(k8s, trials, done), 60)
+    creates = Counter(
+        r.data["metadata"]["name"]
+        for r in k8s
+        if r.action == kmock.action.CREATE and r.resource == JOBS
+    )
+    assert set(creates) == set(trials)
+    assert set(creates.values()) == {1}  # no trial ran twice
+    status = sweep_status(k8s)
+    got = {f"qs-{t['id']}": t["loss"] for t in status["trials"] if t["phase"] == "Succeeded"}
+    assert got == pytest.approx({name: loss_of(t) for name, t in trials.items()})  # none lost
+
+
+async def fail_job(k8s: Any, name: str) -> None:
+    await k8s.patch(
+        f"/apis/batch/v1/namespaces/default/jobs/{name}/status",
+        json={
+            "status": {
+                "failed": 3,
+                "conditions": [
+                    {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}
+                ],
+            }
+        },
+    )
+
+
+async def test_failed_jobs_spend_the_failure_budget_then_fail_the_sweep(k8s: Any) -> None:
+    obj = manifest(parallelism=2, retries={"perTrial": 2, "maxFailedTrials": 1})
+    async with running_operator(k8s):
+        await k8s.post("/apis/isoflop.dev/v1alpha1/namespaces/default/scalingsweeps", json=obj)
+        await wait_for(lambda: len(jobs(k8s)) == 2)
+        assert jobs(k8s)["qs-3e10-d01"]["spec"]["backoffLimit"] == 2  # retries through the Job
+        await fail_job(k8s, "qs-3e10-d01")
+        await wait_for(lambda: len(jobs(k8s)) == 3)  # one failure is within budget: go on
+        assert sweep_status(k8s).get("phase") == "Running"
+        await fail_job(k8s, "qs-3e10-d02")
+        await wait_for(lambda: sweep_status(k8s).get("phase") == "Failed")
+        await asyncio.sleep(0.5)
+    status = sweep_status(k8s)
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "TooManyFailedTrials"
+    assert "3e10-d01" in failed["message"]
+    assert "qs-3e10-d03" not in jobs(k8s)  # the running trial was cancelled
+
+
+async def test_adding_a_budget_to_a_running_sweep_adds_only_its_trials(k8s: Any) -> None:
+    obj = manifest(parallelism=20)
+    trials = {f"qs-{t.id}": t for t in plan(api.parse_sweep(obj).spec).trials}
+    done: set[str] = set()
+    async with running_operator(k8s):
+        await k8s.post("/apis/isoflop.dev/v1alpha1/namespaces/default/scalingsweeps", json=obj)
+        await asyncio.wait_for(run_to_end(k8s, trials, done), 60)
+        before = set(jobs(k8s))
+        grown = copy.deepcopy(obj["spec"])
+        grown["budgets"] = [*grown["budgets"], 1e12]
+        await k8s.patch(
+            "/apis/isoflop.dev/v1alpha1/namespaces/default/scalingsweeps/qs",
+            json={"spec": grown, "metadata": {"generation": 2}},
+        )
+        await wait_for(lambda: len(jobs(k8s)) > len(before))
+        await asyncio.sleep(0.5)
+        added = set(jobs(k8s)) - before
+        assert added == {"qs-1e12-d01", "qs-1e12-d02", "qs-1e12-d03", "qs-1e12-d04"}
+        grown_plan = plan(api.parse_spec(grown))
+        trials.update({f"qs-{t.id}": t for t in grown_plan.trials})
+        await asyncio.wait_for(run_to_end(k8s, trials, done), 60)
+    status = sweep_status(k8s)
+    assert status["progress"] == f"{len(trials)}/{len(trials)}"
+    assert 1e12 in status["fittedBudgets"]
