@@ -1,6 +1,9 @@
 """The ScalingSweep operator: kopf glue around the engine.
 
-    kopf run -m isoflop.operator --all-namespaces     (add --peering=isoflop for several replicas)
+    kopf run -m isoflop.operator --all-namespaces
+
+Environment: ISOFLOP_PEERING=NAME for several replicas (kopf peering: one is active at a time),
+ISOFLOP_METRICS_PORT=8080 to serve the operator's Prometheus metrics, ISOFLOP_RECONCILE_SECONDS.
 
 Every decision is the engine's. Each reconcile rebuilds the sweep's state from its status (where
 finished results live) and its child Jobs, so a restart at any point loses nothing and creates no
@@ -23,6 +26,7 @@ from typing import Any
 import kopf
 import kubernetes
 from kubernetes.client.rest import ApiException
+from prometheus_client import start_http_server
 
 from isoflop import api, engine
 from isoflop.engine import TrialState
@@ -59,6 +63,9 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     if os.environ.get("ISOFLOP_PEERING"):
         settings.peering.name = os.environ["ISOFLOP_PEERING"]
     memo.clients = make_clients()
+    port = os.environ.get("ISOFLOP_METRICS_PORT")
+    if port:  # the operator's own metrics (trials by phase, exponents, errors, latency)
+        start_http_server(int(port))
 
 
 def now() -> str:

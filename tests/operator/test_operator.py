@@ -13,6 +13,7 @@ from typing import Any
 
 import kmock
 import pytest
+from prometheus_client import REGISTRY
 
 from isoflop import api
 from isoflop.plan import plan
@@ -127,6 +128,13 @@ async def test_a_sweep_runs_its_trials_within_parallelism_to_fitted_laws(k8s: An
     )
     assert len(creates) == len(trials)
     assert set(creates.values()) == {1}  # every Job created exactly once
+    labels = {"namespace": "default", "sweep": "qs"}
+    succeeded = REGISTRY.get_sample_value(
+        "isoflop_operator_trials", {**labels, "phase": "succeeded"}
+    )
+    assert succeeded == len(trials)
+    exponent = REGISTRY.get_sample_value("isoflop_operator_exponent", {**labels, "law": "params"})
+    assert exponent == status["fit"]["laws"]["params"]["exponent"]
 
 
 async def test_a_nan_result_is_a_failed_trial_not_a_fit_input(k8s: Any) -> None:
