@@ -165,32 +165,17 @@ def format_text(a: Analysis) -> str:
         lines.append("")
         lines.append(f"Power laws ({level} bootstrap intervals, {a.bootstrap} resamples)")
         symbols = {"params": "N*(C)", "tokens": "D*(C)", "loss": "L*(C)"}
+        named = [(symbols[k], "C", law) for k, law in a.laws.items()]
+        named += [(f"{k}*(C)", "C", law) for k, law in a.metric_laws.items()]
+        named += [(f"{k}(L)", "L", law) for k, law in a.metric_vs_loss.items()]
         rows = [
             [
-                symbols[k],
-                f"{law.coefficient:.4e} * C^{law.exponent:.4f}",
+                label,
+                f"{law.coefficient:.4e} * {x}^{law.exponent:.4f}",
                 ci(law.exponent_ci),
                 ci(law.coefficient_ci),
             ]
-            for k, law in a.laws.items()
-        ]
-        rows += [
-            [
-                f"{k}*(C)",
-                f"{law.coefficient:.4e} * C^{law.exponent:.4f}",
-                ci(law.exponent_ci),
-                ci(law.coefficient_ci),
-            ]
-            for k, law in a.metric_laws.items()
-        ]
-        rows += [
-            [
-                f"{k}(L)",
-                f"{law.coefficient:.4e} * L^{law.exponent:.4f}",
-                ci(law.exponent_ci),
-                ci(law.coefficient_ci),
-            ]
-            for k, law in a.metric_vs_loss.items()
+            for label, x, law in named
         ]
         lines += _table(["law", "fit", "exponent CI", "coefficient CI"], rows)
         if a.loss_saturating is not None:

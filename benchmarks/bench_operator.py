@@ -1,0 +1,196 @@
+"""Operator cost per trial: Kubernetes API requests and memory for sweeps of 100 and 1,000 trials.
+
+Real kopf and the real kubernetes client against the kmock emulator on 127.0.0.1, with this script
+playing the Job controller (each Job completes with a termination message as soon as it appears).
+One JSON line per sweep size; the 100-trial sweep, measured in the same run, is the baseline for
+the ratios. Target (shared/DESIGN.md): O(1) API calls per trial, flat operator memory.
+
+    .venv/bin/python benchmarks/bench_operator.py [--sizes 100 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import resource
+import tempfile
+import time
+from collections import Counter
+from typing import Any
+
+import kmock
+import kopf
+
+SWEEPS = "isoflop.dev/v1alpha1/scalingsweeps"
+BASE = "/apis/isoflop.dev/v1alpha1/namespaces/default/scalingsweeps"
+
+
+def manifest(name: str, trials: int) -> dict[str, Any]:
+    budgets = 10 if trials <= 100 else 20
+    rungs = trials // budgets
+    return {
+        "apiVersion": "isoflop.dev/v1alpha1",
+        "kind": "ScalingSweep",
+        "metadata": {
+            "name": name,
+            "namespace": "default",
+            "uid": f"uid-{name}",
+            "resourceVersion": "1",
+            "generation": 1,
+        },
+        "spec": {
+            "model": {
+                "configs": [
+                    {"name": f"r{i:03d}", "depth": 2, "width": 64 + 8 * i} for i in range(rungs)
+                ],
+                "headDim": 8,
+            },
+            "data": {"latentShape": [3, 16, 16], "textLength": 8, "textDim": 32},
+            "budgets": [1e15 * 1.5**b for b in range(budgets)],
+            "training": {"globalBatchSize": 16, "minSteps": 1},
+            "parallelism": 200,
+            "fit": {"method": "parabola", "bootstrap": 50},
+        },
+    }
+
+
+async def finish_jobs(k8s: Any, done: set[str]) -> None:
+    jobs = kmock.resource("batch/v1/jobs")
+    for key, obj in list(k8s.objects.items()):
+        if key[0] != jobs or obj.deleted or key[2] in done:
+            continue
+        name = key[2]
+        done.add(name)
+        await k8s.patch(
+            f"/apis/batch/v1/namespaces/default/jobs/{name}/status",
+            json={"status": {"succeeded": 1}},
+        )
+        message = json.dumps({"status": "succeeded", "eval_loss": 1.0 + (hash(name) % 97) / 1000})
+        await k8s.post(
+            "/api/v1/namespaces/default/pods",
+            json={
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "name": f"{name}-p",
+                    "namespace": "default",
+                    "labels": {"job-name": name},
+                },
+                "spec": {"containers": [{"name": "trainer", "image": "t"}]},
+                "status": {
+                    "containerStatuses": [
+                        {
+                            "name": "trainer",
+                            "image": "t",
+                            "imageID": "",
+                            "ready": False,
+                            "restartCount": 0,
+                            "state": {"terminated": {"exitCode": 0, "message": message}},
+                        }
+                    ]
+                },
+            },
+        )
+
+
+async def measure(trials: int) -> dict[str, Any]:
+    async with kmock.KubernetesEmulator() as k8s, kmock.Server(k8s):
+        k8s.resources.load_bundled()
+        k8s.resources[SWEEPS] = kmock.ResourceInfo(
+            kind="ScalingSweep",
+            singular="scalingsweep",
+            namespaced=True,
+            verbs={"get", "list", "watch", "create", "patch", "update", "delete"},
+            subresources={"status"},
+        )
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+            f.write(
+                "apiVersion: v1\nkind: Config\n"
+                f'clusters: [{{name: k, cluster: {{server: "{k8s.url}"}}}}]\n'
+                "users: [{name: k, user: {token: x}}]\n"
+                "contexts: [{name: k, context: {cluster: k, user: k, namespace: default}}]\n"
+                "current-context: k\n"
+            )
+        os.environ["KUBECONFIG"] = f.name
+        import importlib.util
+        import sys
+
+        import isoflop.operator
+
+        registry = kopf.OperatorRegistry()
+        kopf.on.login(registry=registry)(kopf.login_with_kubeconfig)
+        kopf.set_default_registry(registry)
+        spec = importlib.util.spec_from_file_location(f"op{trials}", isoflop.operator.__file__)
+        assert spec is not None
+        assert spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+        ready = asyncio.Event()
+        task = asyncio.create_task(
+            kopf.operator(registry=registry, clusterwide=True, standalone=True, ready_flag=ready)
+        )
+        await asyncio.wait_for(ready.wait(), 30)
+        await asyncio.sleep(1.0)
+        name = f"sweep{trials}"
+        rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        start = time.perf_counter()
+        await k8s.post(BASE, json=manifest(name, trials))
+        key = (kmock.resource(SWEEPS), "default", name)
+        done: set[str] = set()
+        while (k8s.objects[key].get("status") or {}).get("phase") not in ("Succeeded", "Failed"):
+            await finish_jobs(k8s, done)
+            await asyncio.sleep(0.2)
+        seconds = time.perf_counter() - start
+        rss_growth = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(task, 30)
+        # the operator's requests: everything but this script's own (pods and Job status)
+        ours = Counter()
+        for r in k8s:
+            if r.resource == kmock.resource("v1/pods") and r.action == kmock.action.CREATE:
+                continue
+            if r.resource == kmock.resource("batch/v1/jobs") and r.subresource == "status":
+                continue
+            ours[f"{r.action}:{r.resource.plural if r.resource else '-'}"] += 1
+        total = sum(ours.values())
+        status = k8s.objects[key]["status"]
+        return {
+            "bench": "operator",
+            "trials": trials,
+            "phase": status["phase"],
+            "api_requests": total,
+            "requests_per_trial": round(total / trials, 2),
+            "by_kind": dict(ours.most_common(8)),
+            "seconds": round(seconds, 2),
+            "maxrss_growth_mib": round(rss_growth / 1024, 1),
+            "maxrss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10, 1),
+        }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[100, 1000])
+    args = ap.parse_args()
+    os.environ.setdefault("ISOFLOP_RECONCILE_SECONDS", "1")
+    base = None
+    for n in args.sizes:
+        line = asyncio.run(measure(n))
+        if base is None:
+            base = line
+        else:
+            line["requests_per_trial_vs_baseline"] = round(
+                line["requests_per_trial"] / base["requests_per_trial"], 3
+            )
+            line["maxrss_growth_vs_baseline"] = round(
+                line["maxrss_growth_mib"] / max(base["maxrss_growth_mib"], 0.1), 2
+            )
+        print(json.dumps(line), flush=True)
+
+
+if __name__ == "__main__":
+    main()
