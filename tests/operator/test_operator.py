@@ -309,3 +309,23 @@ async def test_adding_a_budget_to_a_running_sweep_adds_only_its_trials(k8s: Any)
     status = sweep_status(k8s)
     assert status["progress"] == f"{len(trials)}/{len(trials)}"
     assert 1e12 in status["fittedBudgets"]
+
+
+async def test_changing_an_immutable_field_is_refused_with_a_condition(k8s: Any) -> None:
+    obj = manifest(parallelism=1)
+    async with running_operator(k8s):
+        await k8s.post("/apis/isoflop.dev/v1alpha1/namespaces/default/scalingsweeps", json=obj)
+        await wait_for(lambda: len(jobs(k8s)) == 1)
+        changed = copy.deepcopy(obj["spec"])
+        changed["model"]["family"] = "cross-attention"
+        await k8s.patch(
+            "/apis/isoflop.dev/v1alpha1/namespaces/default/scalingsweeps/qs",
+            json={"spec": changed, "metadata": {"generation": 2}},
+        )
+        await wait_for(
+            lambda: any(
+                c.get("reason") == "InvalidSpec" for c in sweep_status(k8s).get("conditions", [])
+            )
+        )
+    ready = next(c for c in sweep_status(k8s)["conditions"] if c["type"] == "Ready")
+    assert ready["message"] == "spec.model.family is immutable; create a new sweep instead"

@@ -1,0 +1,66 @@
+"""Reading a finished trial's result: Prometheus first, the termination message when it has none."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+from typing import Any
+
+from isoflop import api
+from isoflop.operator import Clients, read_result
+from tests.trainer.helpers import free_port
+
+
+def pod(job: str, message: str) -> Any:
+    terminated = SimpleNamespace(message=message)
+    status = SimpleNamespace(
+        container_statuses=[SimpleNamespace(state=SimpleNamespace(terminated=terminated))]
+    )
+    return SimpleNamespace(metadata=SimpleNamespace(labels={"job-name": job}), status=status)
+
+
+class Core:
+    def __init__(self, pods: list[Any]) -> None:
+        self.pods = pods
+
+    def list_namespaced_pod(self, namespace: str, label_selector: str) -> Any:
+        return SimpleNamespace(items=self.pods)
+
+
+def spec(prometheus: str | None) -> api.ScalingSweepSpec:
+    metrics = {"prometheusUrl": prometheus, "queryTimeoutSeconds": 1} if prometheus else {}
+    return api.parse_spec({"model": {"depths": [1, 2, 3]}, "budgets": [1e17], "metrics": metrics})
+
+
+def test_prometheus_down_falls_back_to_the_termination_message() -> None:
+    down = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    message = json.dumps({"status": "succeeded", "eval_loss": 0.4321})
+    clients = Clients(batch=None, core=Core([pod("s-t1", message)]))
+    assert read_result(clients, spec(down), "s", "default", "t1", "s-t1") == (
+        0.4321,
+        "termination-message",
+        "",
+    )
+
+
+def test_no_result_yet_is_retried_and_nan_or_failure_is_a_failed_trial() -> None:
+    nothing = Clients(batch=None, core=Core([]))
+    assert read_result(nothing, spec(None), "s", "default", "t1", "s-t1") is None  # try again later
+    nan = Clients(
+        batch=None,
+        core=Core([pod("s-t1", json.dumps({"status": "succeeded", "eval_loss": "nan"}))]),
+    )
+    loss, _, note = read_result(nan, spec(None), "s", "default", "t1", "s-t1")  # type: ignore[misc]
+    assert loss is None
+    assert "not a number to fit" in note
+    failed = Clients(
+        batch=None, core=Core([pod("s-t1", json.dumps({"status": "failed", "error": "boom"}))])
+    )
+    loss, _, note = read_result(failed, spec(None), "s", "default", "t1", "s-t1")  # type: ignore[misc]
+    assert loss is None
+    assert note == "the trainer reported failed: boom"
+    other = Clients(
+        batch=None,
+        core=Core([pod("other-job", json.dumps({"status": "succeeded", "eval_loss": 1}))]),
+    )
+    assert read_result(other, spec(None), "s", "default", "t1", "s-t1") is None  # label filtered
