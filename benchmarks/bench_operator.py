@@ -5,7 +5,7 @@ playing the Job controller (each Job completes with a termination message as soo
 One JSON line per sweep size; the 100-trial sweep, measured in the same run, is the baseline for
 the ratios. Target (shared/DESIGN.md): O(1) API calls per trial, flat operator memory.
 
-    .venv/bin/python benchmarks/bench_operator.py [--sizes 100 1000]
+    .venv/bin/python -m benchmarks.bench_operator [--sizes 100 1000]   (from the repository root)
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ import resource
 import tempfile
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import kmock
 import kopf
 
-SWEEPS = "isoflop.dev/v1alpha1/scalingsweeps"
-BASE = "/apis/isoflop.dev/v1alpha1/namespaces/default/scalingsweeps"
+from tests.operator.emulator import SWEEPS, SWEEPS_URL, finish, load_operator, prepare
 
 
 def manifest(name: str, trials: int) -> dict[str, Any]:
@@ -58,77 +58,21 @@ def manifest(name: str, trials: int) -> dict[str, Any]:
 
 
 async def finish_jobs(k8s: Any, done: set[str]) -> None:
+    """Complete every new Job at once, with a termination message."""
     jobs = kmock.resource("batch/v1/jobs")
     for key, obj in list(k8s.objects.items()):
-        if key[0] != jobs or obj.deleted or key[2] in done:
-            continue
-        name = key[2]
-        done.add(name)
-        await k8s.patch(
-            f"/apis/batch/v1/namespaces/default/jobs/{name}/status",
-            json={"status": {"succeeded": 1}},
-        )
-        message = json.dumps({"status": "succeeded", "eval_loss": 1.0 + (hash(name) % 97) / 1000})
-        await k8s.post(
-            "/api/v1/namespaces/default/pods",
-            json={
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {
-                    "name": f"{name}-p",
-                    "namespace": "default",
-                    "labels": {"job-name": name},
-                },
-                "spec": {"containers": [{"name": "trainer", "image": "t"}]},
-                "status": {
-                    "containerStatuses": [
-                        {
-                            "name": "trainer",
-                            "image": "t",
-                            "imageID": "",
-                            "ready": False,
-                            "restartCount": 0,
-                            "state": {"terminated": {"exitCode": 0, "message": message}},
-                        }
-                    ]
-                },
-            },
-        )
+        if key[0] == jobs and not obj.deleted and key[2] not in done:
+            done.add(key[2])
+            loss = 1.0 + (hash(key[2]) % 97) / 1000
+            await finish(k8s, key[2], {"status": "succeeded", "eval_loss": loss})
 
 
 async def measure(trials: int) -> dict[str, Any]:
     async with kmock.KubernetesEmulator() as k8s, kmock.Server(k8s):
-        k8s.resources.load_bundled()
-        k8s.resources[SWEEPS] = kmock.ResourceInfo(
-            kind="ScalingSweep",
-            singular="scalingsweep",
-            namespaced=True,
-            verbs={"get", "list", "watch", "create", "patch", "update", "delete"},
-            subresources={"status"},
-        )
-        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-            f.write(
-                "apiVersion: v1\nkind: Config\n"
-                f'clusters: [{{name: k, cluster: {{server: "{k8s.url}"}}}}]\n'
-                "users: [{name: k, user: {token: x}}]\n"
-                "contexts: [{name: k, context: {cluster: k, user: k, namespace: default}}]\n"
-                "current-context: k\n"
-            )
-        os.environ["KUBECONFIG"] = f.name
-        import importlib.util
-        import sys
-
-        import isoflop.operator
-
-        registry = kopf.OperatorRegistry()
-        kopf.on.login(registry=registry)(kopf.login_with_kubeconfig)
-        kopf.set_default_registry(registry)
-        spec = importlib.util.spec_from_file_location(f"op{trials}", isoflop.operator.__file__)
-        assert spec is not None
-        assert spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
+        kubeconfig = Path(tempfile.mkdtemp()) / "kubeconfig"
+        prepare(k8s, kubeconfig)
+        os.environ["KUBECONFIG"] = str(kubeconfig)
+        registry = load_operator(f"isoflop_operator_bench_{trials}")
         ready = asyncio.Event()
         task = asyncio.create_task(
             kopf.operator(registry=registry, clusterwide=True, standalone=True, ready_flag=ready)
@@ -138,7 +82,7 @@ async def measure(trials: int) -> dict[str, Any]:
         name = f"sweep{trials}"
         rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         start = time.perf_counter()
-        await k8s.post(BASE, json=manifest(name, trials))
+        await k8s.post(SWEEPS_URL, json=manifest(name, trials))
         key = (kmock.resource(SWEEPS), "default", name)
         done: set[str] = set()
         while (k8s.objects[key].get("status") or {}).get("phase") not in ("Succeeded", "Failed"):

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
-import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -21,30 +19,13 @@ import kopf
 import pytest
 
 import isoflop.operator
-
-SWEEPS = "isoflop.dev/v1alpha1/scalingsweeps"
+from tests.operator.emulator import SWEEPS, load_operator, prepare
 
 
 @pytest.fixture
 def k8s(kmock: kmock.KubernetesEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
-    kmock.resources.load_bundled()
-    kmock.resources[SWEEPS] = kmock.ResourceInfo(
-        kind="ScalingSweep",
-        singular="scalingsweep",
-        namespaced=True,
-        verbs={"get", "list", "watch", "create", "patch", "update", "delete"},
-        subresources={"status"},
-    )
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(f"""
-apiVersion: v1
-kind: Config
-clusters: [{{name: kmock, cluster: {{server: "{kmock.url}"}}}}]
-users: [{{name: kmock, user: {{token: dummy}}}}]
-contexts: [{{name: kmock, context: {{cluster: kmock, user: kmock, namespace: default}}}}]
-current-context: kmock
-""")
-    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    prepare(kmock, tmp_path / "kubeconfig")
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
     monkeypatch.setenv("ISOFLOP_RECONCILE_SECONDS", "0.2")
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     return kmock
@@ -59,23 +40,9 @@ async def wait_for(predicate: Callable[[], Any], timeout: float = 30.0) -> None:
     raise AssertionError("condition not reached in time")
 
 
-def fresh_registry() -> kopf.OperatorRegistry:
-    registry = kopf.OperatorRegistry()
-    kopf.on.login(registry=registry)(kopf.login_with_kubeconfig)
-    kopf.set_default_registry(registry)
-    path = Path(isoflop.operator.__file__)
-    spec = importlib.util.spec_from_file_location("isoflop_operator_under_test", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while executing it
-    spec.loader.exec_module(module)  # the handlers register into `registry`
-    return registry
-
-
 @contextlib.asynccontextmanager
 async def running_operator(k8s: Any) -> AsyncIterator[None]:
-    registry = fresh_registry()
+    registry = load_operator("isoflop_operator_under_test")
     ready = asyncio.Event()
     task = asyncio.create_task(
         kopf.operator(registry=registry, clusterwide=True, standalone=True, ready_flag=ready)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import json
 import math
 import random
 from collections import Counter
@@ -17,7 +16,8 @@ from prometheus_client import REGISTRY
 
 from isoflop import api
 from isoflop.plan import plan
-from tests.operator.conftest import SWEEPS, running_operator, threaded_operator, wait_for
+from tests.operator.conftest import running_operator, threaded_operator, wait_for
+from tests.operator.emulator import SWEEPS, finish
 
 ROOT = Path(__file__).resolve().parents[2]
 JOBS = kmock.resource("batch/v1/jobs")
@@ -52,33 +52,6 @@ def loss_of(trial: Any) -> float:
     """A convex isoFLOP curve per budget whose minimum grows as C^0.5 (inside each ladder)."""
     x_opt = 5.2 + 0.5 * (math.log10(trial.budget) - 10.5)
     return 1.0 - 0.05 * math.log10(trial.budget) + 0.2 * (math.log10(trial.params) - x_opt) ** 2
-
-
-async def finish(k8s: Any, name: str, result: dict[str, Any]) -> None:
-    """Play the Job controller and the kubelet: the Job completes, its pod left a message."""
-    await k8s.patch(
-        f"/apis/batch/v1/namespaces/default/jobs/{name}/status",
-        json={"status": {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}},
-    )
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": f"{name}-x", "namespace": "default", "labels": {"job-name": name}},
-        "spec": {"containers": [{"name": "trainer", "image": "t"}]},
-        "status": {
-            "containerStatuses": [
-                {
-                    "name": "trainer",
-                    "image": "t",
-                    "imageID": "",
-                    "ready": False,
-                    "restartCount": 0,
-                    "state": {"terminated": {"exitCode": 0, "message": json.dumps(result)}},
-                }
-            ]
-        },
-    }
-    await k8s.post("/api/v1/namespaces/default/pods", json=pod)
 
 
 async def test_a_sweep_runs_its_trials_within_parallelism_to_fitted_laws(k8s: Any) -> None:

@@ -1,0 +1,69 @@
+"""The kmock emulator as a Kubernetes for the operator: resources, kubeconfig, a Job controller.
+
+Shared by the operator tests and benchmarks/bench_operator.py.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import kmock
+import kopf
+
+import isoflop.operator
+
+SWEEPS = "isoflop.dev/v1alpha1/scalingsweeps"
+SWEEPS_URL = "/apis/isoflop.dev/v1alpha1/namespaces/default/scalingsweeps"
+
+
+def prepare(k8s: Any, kubeconfig: Path) -> None:
+    """Discovery for kopf (core resources and the CRD) and a kubeconfig pointing at the emulator."""
+    k8s.resources.load_bundled()
+    k8s.resources[SWEEPS] = kmock.ResourceInfo(
+        kind="ScalingSweep", singular="scalingsweep", namespaced=True,
+        verbs={"get", "list", "watch", "create", "patch", "update", "delete"},
+        subresources={"status"},
+    )  # fmt: skip
+    kubeconfig.write_text(f"""
+apiVersion: v1
+kind: Config
+clusters: [{{name: kmock, cluster: {{server: "{k8s.url}"}}}}]
+users: [{{name: kmock, user: {{token: dummy}}}}]
+contexts: [{{name: kmock, context: {{cluster: kmock, user: kmock, namespace: default}}}}]
+current-context: kmock
+""")
+
+
+def load_operator(name: str) -> kopf.OperatorRegistry:
+    """A fresh registry with the login handler and the operator's handlers loaded into it."""
+    registry = kopf.OperatorRegistry()
+    kopf.on.login(registry=registry)(kopf.login_with_kubeconfig)
+    kopf.set_default_registry(registry)
+    spec = importlib.util.spec_from_file_location(name, isoflop.operator.__file__)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while executing it
+    spec.loader.exec_module(module)
+    return registry
+
+
+async def finish(k8s: Any, name: str, result: dict[str, Any]) -> None:
+    """Play the Job controller and the kubelet: the Job completes, its pod left a message."""
+    await k8s.patch(
+        f"/apis/batch/v1/namespaces/default/jobs/{name}/status",
+        json={"status": {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}},
+    )
+    state = {"terminated": {"exitCode": 0, "message": json.dumps(result)}}
+    pod = {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": f"{name}-x", "namespace": "default", "labels": {"job-name": name}},
+        "spec": {"containers": [{"name": "trainer", "image": "t"}]},
+        "status": {"containerStatuses": [{"name": "trainer", "image": "t", "imageID": "",
+                                          "ready": False, "restartCount": 0, "state": state}]},
+    }  # fmt: skip
+    await k8s.post("/api/v1/namespaces/default/pods", json=pod)
