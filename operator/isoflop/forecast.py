@@ -74,6 +74,7 @@ class Forecast:
 def _simulate(
     spec: api.ScalingSweepSpec, law: Law, noise: float, runs: int, bootstrap: int
 ) -> tuple[list[dict[str, tuple[float, float, float]]], int]:
+    """Per fitted run: law -> (exponent, interval low, interval high); and the unfittable count."""
     p = plan(spec)
     out, failed = [], 0
     for r in range(runs):
@@ -91,14 +92,16 @@ def _simulate(
         except ValueError:
             failed += 1
             continue
-        laws = {}
-        for name, law_fit in a.laws.items():
-            ci = law_fit.exponent_ci
-            width = ci.width if ci else math.nan
-            low, high = (ci.low, ci.high) if ci else (math.nan, math.nan)
-            laws[name] = (law_fit.exponent, width, 0.0)
-            laws[name + ":ci"] = (low, high, 0.0)
-        out.append(laws)
+        nan = (math.nan, math.nan)
+        out.append(
+            {
+                name: (
+                    fit.exponent,
+                    *((fit.exponent_ci.low, fit.exponent_ci.high) if fit.exponent_ci else nan),
+                )
+                for name, fit in a.laws.items()
+            }
+        )
     return out, failed
 
 
@@ -121,12 +124,13 @@ def forecast(
     exps = []
     for name in ("params", "tokens", "loss"):
         est = np.array([r[name][0] for r in results])
-        widths = np.array([r[name][1] for r in results])
+        widths = np.array([r[name][2] - r[name][1] for r in results])
         true = truth[name]
         coverage = None
         if true is not None:
-            cis = [r[name + ":ci"] for r in results]
-            coverage = float(np.mean([lo <= true <= hi for lo, hi, _ in cis]))
+            coverage = float(
+                np.mean([lo <= true <= hi for _, lo, hi in (r[name] for r in results)])
+            )
         exps.append(
             ExponentForecast(
                 name,
@@ -146,7 +150,12 @@ def forecast(
             except ValueError:
                 continue
             if alt:
-                changes.append((label, float(np.nanmean([r["params"][1] for r in alt])) / base))
+                changes.append(
+                    (
+                        label,
+                        float(np.nanmean([r["params"][2] - r["params"][1] for r in alt])) / base,
+                    )
+                )
     return Forecast(runs, failed, tuple(exps), tuple(sorted(changes, key=lambda c: c[1])))
 
 

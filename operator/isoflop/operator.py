@@ -257,9 +257,8 @@ def _reconcile(
                     raise
         states[t.id] = TrialState("Starting", launch.attempt)
     if decision.fit_due:
-        fit_result = fit(
+        fit_result, _ = fit(
             spec,
-            p,
             engine.results_table(p, states),
             decision.complete_budgets,
             final=decision.phase == "Fitting",

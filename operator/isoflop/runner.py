@@ -13,6 +13,7 @@ continue from their checkpoints.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -164,24 +165,16 @@ def stop(procs: list[subprocess.Popen[bytes]], grace: float = 60.0) -> None:
     """SIGTERM (the trainers checkpoint), then SIGKILL whatever is left after `grace` seconds."""
     for p in procs:
         if p.poll() is None:
-            with _quiet():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(p.pid, signal.SIGTERM)
     deadline = time.time() + grace
     for p in procs:
         try:
             p.wait(timeout=max(deadline - time.time(), 0.1))
         except subprocess.TimeoutExpired:
-            with _quiet():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(p.pid, signal.SIGKILL)
             p.wait()
-
-
-class _quiet:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> bool:
-        return exc[0] is ProcessLookupError or exc[0] is PermissionError
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -342,9 +335,8 @@ class Run:
             self.states[t.id] = TrialState(phase="Starting", attempts=launch.attempt)
             changed = True
         if decision.fit_due:
-            self.fit = fit(
+            self.fit, self.analysis = fit(
                 self.spec,
-                self.plan,
                 engine.results_table(self.plan, self.states),
                 decision.complete_budgets,
                 final=decision.phase == "Fitting",
@@ -402,7 +394,7 @@ class Run:
                 self.save()
         if interrupted:
             raise KeyboardInterrupt
-        self.analysis = self.report(decision)
+        self.report(decision)
         return decision
 
     # -- report -----------------------------------------------------------------------------------
@@ -443,24 +435,21 @@ class Run:
                     ]
                 )
         plots: list[Path] = []
-        analysis = None
-        rows = engine.results_table(self.plan, self.states)
-        rows = [r for r in rows if r["budget"] in self.fitted]
-        if len(self.fitted) >= 2:
-            from isoflop.fit import Points, analyze
+        if self.analysis is None and len(self.fitted) >= 2:  # a finished run, resumed: fit once
+            _, self.analysis = fit(
+                self.spec, engine.results_table(self.plan, self.states), self.fitted
+            )
+        analysis = self.analysis
+        if analysis is not None:
+            from isoflop.fit import Points
             from isoflop.plots import plot_all
 
-            try:
-                analysis = analyze(
-                    Points.from_rows(rows),
-                    method="parabola",
-                    bootstrap=self.spec.fit.bootstrap,
-                    seed=self.spec.fit.seed,
-                    predict=self.spec.fit.predict,
-                )
-                plots = plot_all(Points.from_rows(rows), analysis, self.dir / "plots")
-            except ValueError:
-                analysis = None
+            rows = [
+                r
+                for r in engine.results_table(self.plan, self.states)
+                if r["budget"] in self.fitted
+            ]
+            plots = plot_all(Points.from_rows(rows), analysis, self.dir / "plots")
         atomic_write(self.dir / "report.md", report_markdown(self, status, analysis))
         self.plots = plots
         return analysis

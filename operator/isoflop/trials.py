@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from isoflop import api
-from isoflop.plan import Plan, Trial, ladder
+from isoflop.plan import Trial, ladder
 from isoflop_trainer.config import TrainConfig
+
+if TYPE_CHECKING:
+    from isoflop.fit import Analysis
 
 
 def train_config(spec: api.ScalingSweepSpec, sweep: str, trial: Trial, **paths: Any) -> TrainConfig:
@@ -42,12 +45,14 @@ def train_config(spec: api.ScalingSweepSpec, sweep: str, trial: Trial, **paths: 
 
 def fit(
     spec: api.ScalingSweepSpec,
-    plan: Plan,
     rows: list[dict[str, float]],
     budgets: tuple[float, ...],
     final: bool = True,
-) -> api.FitResult:
-    """Fit the laws to the trials of complete budgets; a fit that can't be made is a warning."""
+) -> tuple[api.FitResult, Analysis | None]:
+    """Fit the laws to the trials of complete budgets; a fit that can't be made is a warning.
+
+    Returns the status document's fit and the Analysis behind it (None when nothing was fitted).
+    """
     from isoflop.fit import Points, analyze
     from isoflop.fit.report import to_result
 
@@ -71,6 +76,6 @@ def fit(
             hold_out=hold_out,
         )
     except ValueError as err:
-        return api.FitResult(warnings=[*warnings, f"no laws yet: {err}"])
+        return api.FitResult(warnings=[*warnings, f"no laws yet: {err}"]), None
     result = to_result(analysis)
-    return result.model_copy(update={"warnings": [*warnings, *result.warnings]})
+    return result.model_copy(update={"warnings": [*warnings, *result.warnings]}), analysis

@@ -24,10 +24,12 @@ def prepare(k8s: Any, kubeconfig: Path) -> None:
     """Discovery for kopf (core resources and the CRD) and a kubeconfig pointing at the emulator."""
     k8s.resources.load_bundled()
     k8s.resources[SWEEPS] = kmock.ResourceInfo(
-        kind="ScalingSweep", singular="scalingsweep", namespaced=True,
+        kind="ScalingSweep",
+        singular="scalingsweep",
+        namespaced=True,
         verbs={"get", "list", "watch", "create", "patch", "update", "delete"},
         subresources={"status"},
-    )  # fmt: skip
+    )
     kubeconfig.write_text(f"""
 apiVersion: v1
 kind: Config
@@ -60,10 +62,21 @@ async def finish(k8s: Any, name: str, result: dict[str, Any]) -> None:
     )
     state = {"terminated": {"exitCode": 0, "message": json.dumps(result)}}
     pod = {
-        "apiVersion": "v1", "kind": "Pod",
+        "apiVersion": "v1",
+        "kind": "Pod",
         "metadata": {"name": f"{name}-x", "namespace": "default", "labels": {"job-name": name}},
         "spec": {"containers": [{"name": "trainer", "image": "t"}]},
-        "status": {"containerStatuses": [{"name": "trainer", "image": "t", "imageID": "",
-                                          "ready": False, "restartCount": 0, "state": state}]},
-    }  # fmt: skip
+        "status": {
+            "containerStatuses": [
+                {
+                    "name": "trainer",
+                    "image": "t",
+                    "imageID": "",
+                    "ready": False,
+                    "restartCount": 0,
+                    "state": state,
+                }
+            ]
+        },
+    }
     await k8s.post("/api/v1/namespaces/default/pods", json=pod)

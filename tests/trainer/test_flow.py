@@ -12,6 +12,7 @@ from isoflop_trainer.flow import (
     drop_text,
     flow_loss,
     interpolate,
+    keep_captions,
     log_likelihood,
     sample,
     sample_timesteps,
@@ -93,6 +94,6 @@ def test_timestep_samplers_and_caption_dropout() -> None:
     with pytest.raises(ValueError, match="unknown timestep sampling"):
         sample_timesteps(3, "beta", g)  # type: ignore[arg-type]
     text = torch.ones(10000, 2, 3)
-    dropped = drop_text(text, 0.1, g)
+    dropped = drop_text(text, keep_captions(10000, 0.1, g))
     share = float((dropped.flatten(1).abs().sum(1) == 0).float().mean())
     assert abs(share - 0.1) < 0.015

@@ -47,13 +47,17 @@ def flow_loss(
     return err.mean() if reduce else err
 
 
-def drop_text(
-    text: torch.Tensor, p: float, generator: torch.Generator | None = None
+def keep_captions(
+    n: int, p: float, generator: torch.Generator | None = None, device: str = "cpu"
 ) -> torch.Tensor:
-    """Caption dropout for guidance: replace a fraction p of captions by the empty (zero) one."""
-    if p <= 0:
-        return text
-    keep = torch.rand(text.shape[0], generator=generator, device=text.device) >= p
+    """Caption dropout for guidance: which of n captions to keep (a fraction p is dropped).
+
+    Drawn for a whole global batch so every rank slices the same decision."""
+    return torch.rand(n, generator=generator, device=device) >= p
+
+
+def drop_text(text: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Replace the captions not kept by the empty (zero) caption."""
     return text * keep.view(-1, 1, 1).to(text.dtype)
 
 

@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from isoflop_trainer.config import TrainConfig
 from isoflop_trainer.data import TRAIN, VALIDATION, Batch, Dataset, Store, open_dataset
 from isoflop_trainer.evaluate import fid, likelihood_bpd, load_extractor, validation_loss
-from isoflop_trainer.flow import flow_loss, sample_timesteps
+from isoflop_trainer.flow import drop_text, flow_loss, keep_captions, sample_timesteps
 from isoflop_trainer.model import DiT
 from isoflop_trainer.telemetry import Telemetry, write_result
 
@@ -283,7 +283,7 @@ def _train(
             g = torch.Generator(device=rt.device).manual_seed(cfg.seed * 1_000_003 + step)
             noise_all = torch.randn((B, *shape), generator=g, device=rt.device)
             t_all = sample_timesteps(B, cfg.timestep_sampling, g, str(rt.device))
-            keep_all = torch.rand(B, generator=g, device=rt.device) >= cfg.text_dropout
+            keep_all = keep_captions(B, cfg.text_dropout, g, str(rt.device))
             opt.zero_grad(set_to_none=True)
             step_loss = torch.zeros((), device=rt.device)
             for k, (lo, hi) in enumerate(parts):
@@ -291,7 +291,7 @@ def _train(
                 assert (got_step, got_k) == (step, k), "data loader out of order"
                 rows = slice(rt.rank * per_rank + lo, rt.rank * per_rank + hi)
                 x0 = batch.latents.to(rt.device, non_blocking=True)
-                text = batch.text.to(rt.device, non_blocking=True) * keep_all[rows, None, None]
+                text = drop_text(batch.text.to(rt.device, non_blocking=True), keep_all[rows])
                 weight = (hi - lo) / per_rank
                 sync = (
                     ddp.no_sync()
