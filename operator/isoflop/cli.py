@@ -241,21 +241,25 @@ def _budgets(text: str) -> float:
 
 
 def cmd_crd(args: argparse.Namespace) -> int:
-    path = Path(args.output)
+    # default: the repository's crds/ and the chart's copy, which must stay identical
+    paths = [Path(args.output)] if args.output else [crd.CRD_PATH, crd.CHART_CRD_PATH]
     if args.check:
-        current = path.read_text() if path.exists() else ""
-        if current != crd.render():
-            raise UsageError(f"{path} is out of date with isoflop.api; run `isoflop crd`")
-        print(f"{path} is up to date.")
+        stale = [p for p in paths if not p.exists() or p.read_text() != crd.render()]
+        if stale:
+            names = " and ".join(map(str, stale))
+            verb = "is" if len(stale) == 1 else "are"
+            raise UsageError(f"{names} {verb} out of date with isoflop.api; run `isoflop crd`")
+        print(f"{', '.join(map(str, paths))} up to date.")
         return 0
     if args.output == "-":
         sys.stdout.write(crd.render())
         return 0
-    try:
-        crd.write(path)
-    except OSError as err:
-        raise UsageError(f"cannot write {path}: {err.strerror or err}") from None
-    print(f"wrote {path}")
+    for path in paths:
+        try:
+            crd.write(path)
+        except OSError as err:
+            raise UsageError(f"cannot write {path}: {err.strerror or err}") from None
+        print(f"wrote {path}")
     return 0
 
 
@@ -326,7 +330,11 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser("crd", help="write the CustomResourceDefinition generated from the API")
-    p.add_argument("--output", "-o", default=str(crd.CRD_PATH), help="path, or - for stdout")
+    p.add_argument(
+        "--output",
+        "-o",
+        help=f"path, or - for stdout (default: {crd.CRD_PATH} and {crd.CHART_CRD_PATH})",
+    )
     p.add_argument("--check", action="store_true", help="fail if the file differs")
     p.set_defaults(func=cmd_crd)
     return ap

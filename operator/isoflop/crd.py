@@ -13,6 +13,8 @@ from pydantic_core import core_schema, to_jsonable_python
 from isoflop import api
 
 CRD_PATH = Path("crds") / "scalingsweep.yaml"
+# The Helm chart installs the same file (helm applies crds/ verbatim, before the templates).
+CHART_CRD_PATH = Path("helm") / "isoflop" / "crds" / "scalingsweep.yaml"
 
 # Keys of JSON Schema that mean the same in Kubernetes' OpenAPI v3 subset and are kept as they are.
 _KEPT = (

@@ -49,6 +49,16 @@ class TrialState:
     def fail(self, error: str) -> TrialState:
         return replace(self, phase="Failed", error=error)
 
+    @property
+    def failed_attempts(self) -> int:
+        """Attempts that ended in failure: all of a Failed trial's, the earlier ones of a trial
+        that is running again, none once it succeeded."""
+        if self.phase == "Failed":
+            return self.attempts
+        if self.phase in ACTIVE:
+            return max(self.attempts - 1, 0)
+        return 0
+
 
 @dataclass(frozen=True)
 class Launch:

@@ -2,8 +2,13 @@
 
     kopf run -m isoflop.operator --all-namespaces
 
-Environment: ISOFLOP_PEERING=NAME for several replicas (kopf peering: one is active at a time),
-ISOFLOP_METRICS_PORT=8080 to serve the operator's Prometheus metrics, ISOFLOP_RECONCILE_SECONDS.
+Environment:
+  ISOFLOP_PEERING=NAME       several replicas (kopf peering): the one with the highest
+                             ISOFLOP_PEERING_PRIORITY (random unless set) works, the others stand by
+  ISOFLOP_METRICS_PORT=8080  serve the operator's own Prometheus metrics (on
+                             ISOFLOP_METRICS_ADDRESS, all interfaces unless set)
+  ISOFLOP_PROMETHEUS_URL     Prometheus for sweeps that name no spec.metrics.prometheusUrl
+  ISOFLOP_RECONCILE_SECONDS  seconds between reconciles of a sweep
 
 Every decision is the engine's. Each reconcile rebuilds the sweep's state from its status (where
 finished results live) and its child Jobs, so a restart at any point loses nothing and creates no
@@ -16,6 +21,7 @@ import json
 import logging
 import math
 import os
+import random
 import time
 import urllib.parse
 import urllib.request
@@ -28,10 +34,10 @@ import kubernetes
 from kubernetes.client.rest import ApiException
 from prometheus_client import start_http_server
 
-from isoflop import api, engine
+from isoflop import api, engine, opmetrics
 from isoflop.engine import TrialState
 from isoflop.manifests import SWEEP_LABEL, TRIAL_LABEL, cluster_config, job_name, trial_objects
-from isoflop.opmetrics import ERRORS, EXPONENT, LATENCY, TRIALS, forget
+from isoflop.opmetrics import ERRORS, LATENCY, forget
 from isoflop.plan import plan
 from isoflop.trials import fit, train_config
 
@@ -62,10 +68,24 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.peering.standalone = not os.environ.get("ISOFLOP_PEERING")
     if os.environ.get("ISOFLOP_PEERING"):
         settings.peering.name = os.environ["ISOFLOP_PEERING"]
+        # kopf freezes every replica when two share a priority: distinct ones make one active
+        settings.peering.priority = int(
+            os.environ.get("ISOFLOP_PEERING_PRIORITY") or random.randrange(1, 2**31)
+        )
     memo.clients = make_clients()
     port = os.environ.get("ISOFLOP_METRICS_PORT")
     if port:  # the operator's own metrics (trials by phase, exponents, errors, latency)
-        start_http_server(int(port))
+        address = os.environ.get("ISOFLOP_METRICS_ADDRESS", "0.0.0.0")
+        server, _thread = start_http_server(int(port), addr=address)
+        memo.metrics_server = server
+
+
+@kopf.on.cleanup()
+def stop_metrics(memo: kopf.Memo, **_: Any) -> None:
+    server = getattr(memo, "metrics_server", None)
+    if server is not None:
+        server.shutdown()
+        server.server_close()
 
 
 def now() -> str:
@@ -230,7 +250,9 @@ def _reconcile(
                 body, reason="TrialFailed", message=f"{tid}: the Job failed after {limit} attempts"
             )
         else:
-            states[tid] = TrialState("Running" if st.active else "Starting", 1)
+            # pods that failed so far, retried by the Job's backoff (preemptions are not counted)
+            attempts = 1 + (st.failed or 0)
+            states[tid] = TrialState("Running" if st.active else "Starting", attempts)
     fitted = tuple(status.get("fittedBudgets") or ())
     previous_fit = status.get("fit")
     fit_result = api.FitResult.model_validate(previous_fit) if previous_fit else None
@@ -275,13 +297,13 @@ def _reconcile(
     for key, value in new.items():
         if status.get(key) != value:  # patch only what changed: no churn on quiet reconciles
             patch.status[key] = value
-    for phase in ("pending", "running", "succeeded", "failed"):
-        TRIALS.labels(namespace, sweep.name, phase).set(decision.counts.get(phase, 0))
-    laws = fit_result.laws if fit_result else None
-    for law_name in ("params", "tokens", "loss"):
-        law = getattr(laws, law_name, None) if laws else None
-        if law is not None:
-            EXPONENT.labels(namespace, sweep.name, law_name).set(law.exponent)
+    opmetrics.record(
+        namespace,
+        sweep.name,
+        decision.counts,
+        fit_result.laws if fit_result else None,
+        {tid: s.failed_attempts for tid, s in states.items()},
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -295,8 +317,9 @@ def read_result(
     not readable yet (try again on the next reconcile)."""
     loss: float | None = None
     source: api.ResultSource = "prometheus"
-    if spec.metrics.prometheus_url:
-        loss = query_prometheus(spec.metrics, sweep, trial)
+    prometheus = spec.metrics.prometheus_url or os.environ.get("ISOFLOP_PROMETHEUS_URL")
+    if prometheus:
+        loss = query_prometheus(prometheus, spec.metrics, namespace, sweep, trial)
     if loss is None:
         source = "termination-message"
         message = termination_message(clients, namespace, job)
@@ -315,12 +338,19 @@ def read_result(
     return loss, source, ""
 
 
-def query_prometheus(metrics: api.MetricsSpec, sweep: str, trial: str) -> float | None:
+def result_query(namespace: str, sweep: str, trial: str, lookback: str) -> str:
+    """PromQL for a trial's final validation loss. `namespace` is the label every Kubernetes scrape
+    (the chart's PodMonitor included) attaches: sweeps of the same name in two namespaces differ."""
+    selector = f'namespace="{namespace}",sweep="{sweep}",trial="{trial}"'
+    return f"last_over_time(isoflop_eval_loss{{{selector}}}[{lookback}])"
+
+
+def query_prometheus(
+    base_url: str, metrics: api.MetricsSpec, namespace: str, sweep: str, trial: str
+) -> float | None:
     """The trial's last isoflop_eval_loss through the HTTP API; None if absent or unreachable."""
-    query = (
-        f'last_over_time(isoflop_eval_loss{{sweep="{sweep}",trial="{trial}"}}[{metrics.lookback}])'
-    )
-    url = f"{metrics.prometheus_url}/api/v1/query?{urllib.parse.urlencode({'query': query})}"
+    query = result_query(namespace, sweep, trial, metrics.lookback)
+    url = f"{base_url.rstrip('/')}/api/v1/query?{urllib.parse.urlencode({'query': query})}"
     try:
         with urllib.request.urlopen(url, timeout=metrics.query_timeout_seconds) as resp:
             data = json.load(resp)

@@ -106,8 +106,15 @@ async def test_a_sweep_runs_its_trials_within_parallelism_to_fitted_laws(k8s: An
         "isoflop_operator_trials", {**labels, "phase": "succeeded"}
     )
     assert succeeded == len(trials)
-    exponent = REGISTRY.get_sample_value("isoflop_operator_exponent", {**labels, "law": "params"})
-    assert exponent == status["fit"]["laws"]["params"]["exponent"]
+    law = status["fit"]["laws"]["params"]
+    for bound, value in [
+        ("estimate", law["exponent"]),
+        ("low", law["exponentInterval"]["low"]),
+        ("high", law["exponentInterval"]["high"]),
+    ]:
+        sample = {**labels, "law": "params", "bound": bound}
+        assert REGISTRY.get_sample_value("isoflop_operator_exponent", sample) == value
+    assert REGISTRY.get_sample_value("isoflop_operator_reconcile_errors_total", labels) == 0
 
 
 async def test_a_nan_result_is_a_failed_trial_not_a_fit_input(k8s: Any) -> None:

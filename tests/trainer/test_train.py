@@ -96,7 +96,12 @@ def test_metrics_endpoint_and_termination_message_carry_the_final_values(tmp_pat
     log = tmp_path / "termination-log"
     log.touch()  # Kubernetes mounts this file; the trainer writes it only when it exists
     cfg = tiny(
-        tmp_path, steps=20, metrics_port=port, metrics_linger_seconds=20, termination_log=str(log)
+        tmp_path,
+        steps=20,
+        metrics_port=port,
+        metrics_address="127.0.0.1",
+        metrics_linger_seconds=20,
+        termination_log=str(log),
     )
     proc = subprocess.Popen(train_command(cfg), env=env(), stderr=subprocess.PIPE, text=True)
     try:

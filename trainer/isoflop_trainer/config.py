@@ -238,6 +238,7 @@ class TrainConfig:
     progress: str | None = None  # a small JSON file (step, loss) rewritten as training goes
     termination_log: str | None = "/dev/termination-log"
     metrics_port: int | None = None
+    metrics_address: str = "0.0.0.0"  # all interfaces in a pod, for the scraper; 127.0.0.1 in tests
     metrics_linger_seconds: float = 0.0
     sweep: str = ""
     trial: str = ""

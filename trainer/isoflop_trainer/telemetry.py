@@ -21,6 +21,7 @@ GAUGES = {
     "eval_fid": "Frechet distance of generated vs reference features",
     "step": "Optimizer steps done",
     "steps_total": "Optimizer steps planned",
+    "params": "Model parameters (exact count)",
     "samples": "Training samples consumed",
     "tokens": "Training tokens consumed",
     "flops": "Training FLOPs spent (exact accounting)",

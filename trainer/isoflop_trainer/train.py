@@ -155,7 +155,9 @@ def train(cfg: TrainConfig) -> tuple[dict[str, Any], int]:
     rt = setup()
     telemetry = None
     if rt.main:
-        telemetry = Telemetry(cfg.sweep, cfg.trial, cfg.budget, cfg.metrics_port)
+        telemetry = Telemetry(
+            cfg.sweep, cfg.trial, cfg.budget, cfg.metrics_port, cfg.metrics_address
+        )
     start = time.time()
     try:
         result, code = _train(cfg, rt, telemetry)
@@ -202,6 +204,8 @@ def _train(
         raise TrialFailed(
             f"model has {n_params} parameters, the planner counted {cfg.model.params().total}"
         )
+    if telemetry is not None:
+        telemetry.set(params=n_params, steps_total=cfg.steps)
     # Shard or wrap first, then build the optimizer: fully_shard replaces the parameters.
     wrapped: Any = model
     ddp = None
@@ -311,6 +315,8 @@ def _train(
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             value = float(step_loss)
             if not math.isfinite(value):
+                if telemetry is not None:  # the chart's alert on a non-finite loss sees it
+                    telemetry.set(train_loss=value)
                 raise TrialFailed(f"training loss became {value} at step {step}")
             opt.step()
             state.step, state.samples = step + 1, state.samples + B
@@ -319,6 +325,8 @@ def _train(
             if step >= cfg.warmup_steps:
                 state.best_ema = min(state.best_ema, state.loss_ema)
                 if state.loss_ema > cfg.divergence_factor * state.best_ema:
+                    if telemetry is not None:
+                        telemetry.set(train_loss=value, train_loss_ema=state.loss_ema)
                     raise TrialFailed(
                         f"training diverged at step {step}: loss EMA {state.loss_ema:.4g} is over "
                         f"{cfg.divergence_factor:g}x its best, {state.best_ema:.4g}"
