@@ -54,8 +54,10 @@ class Prometheus:
             body = json.load(err)
         return body
 
-    def query(self, expr: str) -> list[dict[str, Any]]:
-        body = self.api("query", query=expr)
+    def query(self, expr: str, at: float | None = None) -> list[dict[str, Any]]:
+        """An instant query, now or at a past time (before a scraped target went away)."""
+        params = {"query": expr} if at is None else {"query": expr, "time": f"{at:.3f}"}
+        body = self.api("query", **params)
         assert body["status"] == "success", f"{expr}: {body.get('error')}"
         return list(body["data"]["result"])
 
