@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.monitoring.conftest import RULES
+from tests.monitoring.conftest import ROOT, RULES
 
 TESTS = Path(__file__).with_name("alerts_test.yaml")
 
@@ -56,7 +56,7 @@ def test_every_alert_says_what_and_how_bad() -> None:
     for rule in alerts():
         assert rule["labels"]["severity"] in ("critical", "warning")  # type: ignore[index]
         assert set(rule["annotations"]) >= {"summary", "description"}  # type: ignore[arg-type]
-    readme = (RULES.parents[3] / "README.md").read_text()
+    readme = (ROOT / "README.md").read_text()
     missing = [name for name in names if name not in readme]
     assert not missing, f"the README does not explain {missing}"
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import math
 import re
 import subprocess
 import time
@@ -29,7 +28,7 @@ from isoflop.trials import train_config
 from tests.monitoring.conftest import DASHBOARD, RULES, Prometheus, start_prometheus
 from tests.operator.conftest import k8s, threaded_operator, wait_for  # noqa: F401
 from tests.operator.emulator import SWEEPS_URL, finish
-from tests.operator.test_operator import jobs
+from tests.operator.test_operator import jobs, loss_of
 from tests.trainer.helpers import env, free_port, train_command
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -139,14 +138,9 @@ async def test_prometheus_serves_results_dashboard_and_alerts(
         key = next(k for k in k8s.objects if k[2] == SWEEP and k[1] == NAMESPACE)
         return dict(k8s.objects[key].get("status") or {})
 
-    def curve(trial: Any) -> float:
-        """An isoFLOP parabola per budget, its minimum inside the ladder, growing as C^0.5."""
-        x_opt = 5.0 + 0.5 * (math.log10(trial.budget) - 11)
-        return -0.05 * math.log10(trial.budget) + 0.2 * (math.log10(trial.params) - x_opt) ** 2
-
     def synthetic(trial: Any) -> float:
-        """Other trials' losses: the curves, shifted through the trained trial's loss."""
-        return float(trained_loss + curve(trial) - curve(scraped))
+        """Other trials' losses: the operator tests' isoFLOP curves, through the trained loss."""
+        return float(trained_loss + loss_of(trial) - loss_of(scraped))
 
     names = {f"{SWEEP}-{t.id}": t for t in trials}
     flaky = f"{SWEEP}-{trials[1].id}"
