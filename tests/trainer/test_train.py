@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import json
+import math
+import os
 import re
 import signal
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 from isoflop_trainer.config import TrainConfig
-from isoflop_trainer.data import ProceduralShapes, write_shards
+from isoflop_trainer.data import FORMAT, Batch, ProceduralShapes, Shards, write_shards
 from isoflop_trainer.evaluate import validation_loss
 from isoflop_trainer.model import DiT
 from isoflop_trainer.train import train
@@ -89,6 +93,83 @@ def test_a_nan_run_fails_cleanly(tmp_path: Path) -> None:
     )
     on_disk = json.loads((tmp_path / "result.json").read_text())
     assert on_disk["error"] == result["error"]
+
+
+class OneNanSample:
+    """A procedural dataset whose sample `row` has a NaN latent (a corrupt record in a shard)."""
+
+    def __init__(self, row: int) -> None:
+        self.source, self.row = ProceduralShapes((3, 16, 16), 8, 16), row
+        self.latent_shape, self.text_length, self.text_dim = (3, 16, 16), 8, 16
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def batch(self, indices: list[int]) -> Batch:
+        b = self.source.batch(indices)
+        for j, i in enumerate(indices):
+            if i == self.row:
+                b.latents[j, 0, 0, 0] = math.nan
+        return b
+
+
+def test_a_nan_between_reads_fails_at_its_own_step_and_is_never_checkpointed(
+    tmp_path: Path,
+) -> None:
+    """Losses are read back from the device every few steps, not every step; a NaN in between
+    must still be reported at the step it happened, before any checkpoint could hold it."""
+    shards = tmp_path / "shards"
+    # 64 samples in one shard: steps 0-7 of batch 8 are its first epoch; the bad row is read
+    # at step 7, between the read-backs at the ends of steps 5 and 9 (log and checkpoint every 5)
+    bad_row = Shards(str(_empty_index(shards, 64)))._locate(7 * 8 + 3)[1]
+    write_shards(str(shards), OneNanSample(bad_row), samples=64, shard_size=64)
+    cfg = tiny(
+        tmp_path,
+        steps=12,
+        data=str(shards),
+        validation_data="procedural://shapes",
+        checkpoint=str(tmp_path / "ckpt"),
+        checkpoint_every=5,
+    )
+    result, code = train(cfg)
+    assert code == 1
+    assert result["error"] == "training loss became nan at step 7"
+    saved = torch.load(tmp_path / "ckpt" / "checkpoint.pt", weights_only=False)
+    assert saved["state"]["step"] == 5
+    assert len(saved["state"]["losses"]) == 5
+    assert all(torch.isfinite(w).all() for w in saved["model"].values())
+
+
+def _empty_index(folder: Path, samples: int) -> Path:
+    """A one-shard index, for working out the shuffled order before the shard is written."""
+    folder.mkdir(parents=True)
+    index = {"format": FORMAT, "latent_shape": [3, 16, 16], "text_length": 8, "text_dim": 16}
+    index["shards"] = [{"name": "shard-00000.npz", "samples": samples}]
+    (folder / "index.json").write_text(json.dumps(index))
+    return folder
+
+
+def test_the_loop_reads_the_device_only_at_log_and_checkpoint_steps(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A read of a device value from the loop waits for the GPU queue to drain; once a step
+    would cost the GPU idle time every step. Count the loop's reads (tensor -> Python)."""
+    reads: list[str] = []
+    for name in ("item", "tolist", "__float__", "__bool__", "__int__", "cpu", "numpy"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self: torch.Tensor, *a: object, _f: Any = original, _n: str = name) -> object:
+            caller = sys._getframe(1).f_code.co_filename
+            if caller.endswith(os.path.join("isoflop_trainer", "train.py")):
+                reads.append(_n)
+            return _f(self, *a)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    result, code = train(tiny(steps=23, log_every=10, eval_samples=0))
+    assert code == 0
+    assert len(result["losses"]) == 23
+    # after steps 0, 10, 20 (logged) and 22 (the last), one transfer each
+    assert reads == ["tolist"] * 4
 
 
 def test_metrics_endpoint_and_termination_message_carry_the_final_values(tmp_path: Path) -> None:

@@ -55,6 +55,10 @@ class Batch:
     text: torch.Tensor  # (B, L, E)
     mask: torch.Tensor  # (B, L) bool, True for real tokens
 
+    def pin_memory(self) -> Batch:
+        """Page-locked copies (the data loader calls this with pin_memory=True)."""
+        return Batch(self.latents.pin_memory(), self.text.pin_memory(), self.mask.pin_memory())
+
 
 class Dataset(Protocol):
     latent_shape: tuple[int, int, int]

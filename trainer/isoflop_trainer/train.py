@@ -71,7 +71,9 @@ def setup() -> Runtime:
     else:
         device = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        # gloo for CPU tensors too on GPU: the per-step preemption vote must not wait for the GPU
+        backend = "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend)
     return Runtime(rank, world, local, device)
 
 
@@ -246,6 +248,7 @@ def _train(
         num_workers=cfg.num_workers,
         worker_init_fn=_worker_init,
         persistent_workers=False,
+        pin_memory=cuda,  # page-locked batches: the copies to the GPU are truly asynchronous
     )
     parts = chunks(per_rank, cfg.micro_batch_size or per_rank)
     flops_per_sample = cfg.model.flops_per_sample().total
@@ -277,6 +280,49 @@ def _train(
                 }
             )
 
+    def vote(stop: bool) -> bool:
+        """Whether any rank was told to stop: a CPU collective, so the GPU queue keeps running."""
+        if rt.world == 1:
+            return stop
+        flag = torch.tensor([float(stop)])
+        dist.all_reduce(flag)
+        return bool(flag.item() > 0)
+
+    pending: list[torch.Tensor] = []  # losses of the steps since the last read-back, on device
+
+    def settle() -> float:
+        """Read the pending losses back in one transfer (the loop's only wait on the device) and
+        account for them step by step: loss EMA, curve, NaN and divergence checks. Reading every
+        step would drain the GPU queue each step. A NaN step's update is applied before it is
+        seen, but the trial then fails at that step and no checkpoint is written after it."""
+        losses = torch.stack(pending).float()
+        pending.clear()
+        if rt.world > 1:
+            dist.all_reduce(losses)  # the mean over ranks
+            losses /= rt.world
+        first = state.step - len(losses)
+        value = math.nan
+        for i, value in enumerate(losses.tolist()):
+            account(first + i, value)
+        return value
+
+    def account(step: int, value: float) -> None:
+        if not math.isfinite(value):
+            if telemetry is not None:  # the chart's alert on a non-finite loss sees it
+                telemetry.set(train_loss=value)
+            raise TrialFailed(f"training loss became {value} at step {step}")
+        state.loss_ema = value if state.loss_ema is None else 0.9 * state.loss_ema + 0.1 * value
+        state.losses.append(value)
+        if step >= cfg.warmup_steps:
+            state.best_ema = min(state.best_ema, state.loss_ema)
+            if state.loss_ema > cfg.divergence_factor * state.best_ema:
+                if telemetry is not None:
+                    telemetry.set(train_loss=value, train_loss_ema=state.loss_ema)
+                raise TrialFailed(
+                    f"training diverged at step {step}: loss EMA {state.loss_ema:.4g} is over "
+                    f"{cfg.divergence_factor:g}x its best, {state.best_ema:.4g}"
+                )
+
     batches = iter(loader)
     window_start, window_samples = time.perf_counter(), 0
     try:
@@ -306,33 +352,20 @@ def _train(
                     loss = flow_loss(wrapped, x0, text, t_all[rows], noise_all[rows])
                     (loss * weight).backward()
                 step_loss += loss.detach() * weight
-            stop = preempted
-            if rt.world > 1:  # the mean loss, and whether any rank was told to stop
-                both = torch.stack([step_loss.float(), torch.tensor(float(stop), device=rt.device)])
-                dist.all_reduce(both)
-                step_loss, stop = both[0] / rt.world, bool(both[1] > 0)
+            pending.append(step_loss)
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            value = float(step_loss)
-            if not math.isfinite(value):
-                if telemetry is not None:  # the chart's alert on a non-finite loss sees it
-                    telemetry.set(train_loss=value)
-                raise TrialFailed(f"training loss became {value} at step {step}")
             opt.step()
             state.step, state.samples = step + 1, state.samples + B
-            state.loss_ema = value if state.loss_ema is None else 0.9 * state.loss_ema + 0.1 * value
-            state.losses.append(value)
-            if step >= cfg.warmup_steps:
-                state.best_ema = min(state.best_ema, state.loss_ema)
-                if state.loss_ema > cfg.divergence_factor * state.best_ema:
-                    if telemetry is not None:
-                        telemetry.set(train_loss=value, train_loss_ema=state.loss_ema)
-                    raise TrialFailed(
-                        f"training diverged at step {step}: loss EMA {state.loss_ema:.4g} is over "
-                        f"{cfg.divergence_factor:g}x its best, {state.best_ema:.4g}"
-                    )
             window_samples += B
-            if telemetry is not None and (step % cfg.log_every == 0 or step == cfg.steps - 1):
+            stop = vote(preempted)
+            log = step % cfg.log_every == 0 or state.step == cfg.steps
+            save = bool(cfg.checkpoint_every) and state.step % cfg.checkpoint_every == 0
+            if not (log or save or stop):
+                continue
+            # the same steps on every rank (stop is agreed), so the collectives line up
+            value = settle()
+            if telemetry is not None and log:
                 if cuda:
                     torch.cuda.synchronize()
                 elapsed = time.perf_counter() - window_start
@@ -352,9 +385,10 @@ def _train(
                 )
                 if cfg.progress:
                     write_progress(cfg.progress, state, cfg.steps)
-                state.seconds += elapsed
+            if log:
+                state.seconds += time.perf_counter() - window_start
                 window_start, window_samples = time.perf_counter(), 0
-            if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
+            if save:
                 checkpoint()
             if stop:  # every rank agrees, so the collective checkpoint cannot hang
                 checkpoint()
