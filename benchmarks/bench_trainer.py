@@ -1,11 +1,20 @@
 """Trainer throughput per rung: tokens/s, achieved TFLOP/s, MFU, peak memory; eager vs compiled.
 
 One JSON line per (rung, mode). FLOPs are the exact training FLOPs of `isoflop_trainer.config`
-(the planner's numbers); data is pre-encoded latents already on the device, so the figures are
-the model's and the optimizer's. Eager, measured in the same run, is the baseline for compiled.
+(the planner's numbers).
 
-    python benchmarks/bench_trainer.py --ladder quickstart            # CPU
+- `eager`, `compiled`: the bare step (forward, backward, clipping, fused AdamW) on latents
+  already on the device: the model's and the optimizer's speed. Eager, measured in the same run,
+  is the baseline for compiled.
+- `loop-eager`, `loop-compiled`: the trainer's own loop (`train._train`) on procedural data:
+  data loading, per-step noise, schedule, bookkeeping and telemetry included, timed over its
+  last two logging windows. Its baseline is the bare step of the same compilation, so
+  `vs_bare_step` is what the loop around the model costs.
+
+    python benchmarks/bench_trainer.py --ladder quickstart --modes eager loop-eager      # CPU
     python benchmarks/bench_trainer.py --ladder paper --batch 64      # GPU: bf16, flash SDPA
+    python benchmarks/bench_trainer.py --ladder paper --rungs 22 --batch 128 \
+        --modes compiled loop-compiled --inductor coordinate_descent_tuning=1
 """
 
 from __future__ import annotations
@@ -13,14 +22,17 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import time
+from typing import Any
 
 import torch
 
-from isoflop_trainer.config import DiTConfig
+from isoflop_trainer.config import DiTConfig, TrainConfig
 from isoflop_trainer.flow import flow_loss
 from isoflop_trainer.model import DiT
-from isoflop_trainer.train import PEAK_BF16_FLOPS
+from isoflop_trainer.telemetry import Telemetry
+from isoflop_trainer.train import PEAK_BF16_FLOPS, _train, setup
 
 LADDERS = {
     # (depth, width, heads) on the quickstart's 3x16x16 images, patch 4, 8 x 32 text
@@ -109,6 +121,81 @@ def measure(
     return out
 
 
+class WindowRates(Telemetry):
+    """The trainer's telemetry (no HTTP server), keeping every logging window's throughput."""
+
+    def __init__(self) -> None:
+        super().__init__("bench", "bench", 0.0)
+        self.rates: list[float] = []
+
+    def set(self, **values: float | None) -> None:
+        super().set(**values)
+        rate = values.get("tokens_per_second")
+        if rate is not None:
+            self.rates.append(rate)
+
+
+def measure_loop(
+    cfg: DiTConfig, batch: int, steps: int, compiled: bool, device: torch.device, workers: int
+) -> dict[str, float]:
+    """The real training loop: windows {0}, {1..s}, {s+1..2s}, {2s+1..3s}; the last two count."""
+    train_cfg = TrainConfig(
+        model=cfg,
+        steps=1 + 3 * steps,
+        global_batch_size=batch,
+        learning_rate=1e-4,
+        precision="bf16",  # on GPU; CPU runs in fp32
+        compile=compiled,
+        eval_samples=0,
+        log_every=steps,
+        termination_log=None,
+        num_workers=workers,
+    )
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    rates = WindowRates()
+    start = time.perf_counter()
+    result, code = _train(train_cfg, setup(), rates)
+    if code != 0:
+        raise RuntimeError(f"the training loop failed: {result.get('error')}")
+    wall = time.perf_counter() - start
+    tokens_per_second = statistics.fmean(rates.rates[-2:])
+    seconds = batch * cfg.tokens_per_sample / tokens_per_second
+    out = {
+        "step_seconds": seconds,
+        "warmup_seconds": wall - 2 * steps * seconds,
+        "tokens_per_second": tokens_per_second,
+        "tflops": batch * cfg.flops_per_sample().total / seconds / 1e12,
+    }
+    if device.type == "cuda":
+        out["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    return out
+
+
+def inductor_settings(pairs: list[str]) -> dict[str, Any]:
+    """key=value pairs for torch._inductor.config (ints, floats and booleans parsed)."""
+    import torch._inductor.config as inductor
+
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not hasattr(inductor, key):
+            raise SystemExit(f"--inductor {pair!r}: expected KEY=VALUE with a known inductor KEY")
+        value: Any = raw
+        if raw.lower() in ("true", "false"):
+            value = raw.lower() == "true"
+        else:
+            for kind in (int, float):
+                try:
+                    value = kind(raw)
+                    break
+                except ValueError:
+                    pass
+        setattr(inductor, key, value)
+        out[key] = value
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--ladder", choices=sorted(LADDERS), default="quickstart")
@@ -117,9 +204,23 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--rungs", type=int, nargs="*", help="depths to run (default: all)")
-    ap.add_argument("--modes", nargs="+", default=["eager", "compiled"])
+    ap.add_argument(
+        "--modes",
+        nargs="+",
+        choices=["eager", "compiled", "loop-eager", "loop-compiled"],
+        default=["eager", "compiled"],
+    )
     ap.add_argument("--compile-mode", default=None, help="e.g. max-autotune-no-cudagraphs")
+    ap.add_argument("--workers", type=int, default=0, help="data loader workers (loop modes)")
+    ap.add_argument(
+        "--inductor",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="torch._inductor.config settings, e.g. coordinate_descent_tuning=1",
+    )
     args = ap.parse_args()
+    inductor = inductor_settings(args.inductor)
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     dtype = torch.bfloat16 if cuda else None
@@ -133,18 +234,22 @@ def main() -> None:
         if args.rungs and depth not in args.rungs:
             continue
         cfg = config(args.ladder, depth, width, heads, args.family)
-        baseline = None
+        bare: dict[str, float] = {}
         for mode in args.modes:
-            fig = measure(
-                cfg,
-                args.batch,
-                args.steps,
-                args.warmup,
-                mode == "compiled",
-                device,
-                dtype,
-                args.compile_mode,
-            )
+            compiled = mode.endswith("compiled")
+            if mode.startswith("loop"):
+                fig = measure_loop(cfg, args.batch, args.steps, compiled, device, args.workers)
+            else:
+                fig = measure(
+                    cfg,
+                    args.batch,
+                    args.steps,
+                    args.warmup,
+                    compiled,
+                    device,
+                    dtype,
+                    args.compile_mode,
+                )
             line = {
                 "bench": "trainer",
                 "ladder": args.ladder,
@@ -155,16 +260,20 @@ def main() -> None:
                 "batch": args.batch,
                 "mode": mode,
                 "compile_mode": args.compile_mode if mode == "compiled" else None,
+                "inductor": inductor if compiled else None,
+                "workers": args.workers if mode.startswith("loop") else None,
                 "device": name,
                 "precision": "bf16" if cuda else "fp32",
                 **{k: round(v, 6) for k, v in fig.items()},
             }
             if peak:
                 line["mfu"] = round(fig["tflops"] * 1e12 / peak, 4)
-            if mode == "eager":
-                baseline = fig["step_seconds"]
-            elif baseline:
-                line["speedup_vs_eager"] = round(baseline / fig["step_seconds"], 3)
+            if mode in ("eager", "compiled"):
+                bare[mode] = fig["step_seconds"]
+            if mode == "compiled" and "eager" in bare:
+                line["speedup_vs_eager"] = round(bare["eager"] / fig["step_seconds"], 3)
+            if mode.startswith("loop") and mode[5:] in bare:
+                line["vs_bare_step"] = round(bare[mode[5:]] / fig["step_seconds"], 3)
             print(json.dumps(line), flush=True)
             if cuda:
                 torch.cuda.empty_cache()
