@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from isoflop_trainer.config import DiTConfig, TrainConfig
+from isoflop_trainer.config import DiTConfig, Family, TrainConfig
 from isoflop_trainer.flow import flow_loss
 from isoflop_trainer.model import DiT
 from isoflop_trainer.telemetry import Telemetry
@@ -50,7 +50,7 @@ LADDERS = {
 }
 
 
-def config(ladder: str, depth: int, width: int, heads: int, family: str) -> DiTConfig:
+def config(ladder: str, depth: int, width: int, heads: int, family: Family) -> DiTConfig:
     if ladder == "quickstart":
         return DiTConfig(
             family,
@@ -58,13 +58,13 @@ def config(ladder: str, depth: int, width: int, heads: int, family: str) -> DiTC
             width,
             heads,
             patch_size=4,
-            latent_channels=3,  # type: ignore[arg-type]
+            latent_channels=3,
             latent_height=16,
             latent_width=16,
             text_length=8,
             text_dim=32,
         )
-    return DiTConfig(family, depth, width, heads)  # type: ignore[arg-type]
+    return DiTConfig(family, depth, width, heads)
 
 
 def measure(
@@ -76,7 +76,8 @@ def measure(
     device: torch.device,
     dtype: torch.dtype | None,
     compile_mode: str | None = None,
-) -> dict[str, float]:
+    profile: bool = False,
+) -> dict[str, Any]:
     torch.manual_seed(0)
     model = DiT(cfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
@@ -118,7 +119,57 @@ def measure(
     }
     if device.type == "cuda":
         out["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    if profile:
+        out.update(kernel_profile(step, sync, device, steps=3))
     return out
+
+
+KINDS = (  # (kind, name fragments), first match wins; names are lower-cased kernel or op names
+    ("attention", ("flash", "fmha", "attention", "sdpa", "cudnn")),
+    ("communication", ("nccl", "all_reduce", "allreduce")),
+    ("optimizer", ("adam", "multi_tensor", "foreach")),  # clipping's foreach norm included
+    ("matmul", ("gemm", "nvjet", "cutlass", "xmma", "triton_tem", "mm", "matmul", "conv")),
+)
+
+
+def kernel_kind(name: str) -> str:
+    low = name.lower()
+    if low.startswith("triton_") and not low.startswith("triton_tem"):
+        return "other"  # inductor's fused pointwise / reduction kernels (norms, modulation, GELU)
+    return next((kind for kind, parts in KINDS if any(p in low for p in parts)), "other")
+
+
+def kernel_profile(
+    step: Any, sync: Any, device: torch.device, steps: int, top: int = 8
+) -> dict[str, Any]:
+    """Where a step's time goes: GPU kernel time (CPU op self time on CPU) by kind, and the
+    largest kernels, in milliseconds per step."""
+    from torch.profiler import DeviceType, ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        sync()
+    times: dict[str, float] = {}
+    for evt in prof.key_averages():
+        if cuda and evt.device_type != DeviceType.CUDA:
+            continue
+        us = evt.self_device_time_total if cuda else evt.self_cpu_time_total
+        if us > 0:
+            times[evt.key] = times.get(evt.key, 0.0) + us / 1e3 / steps
+    total = sum(times.values()) or 1.0
+    share: dict[str, float] = {}
+    for name, ms in times.items():
+        kind = kernel_kind(name)
+        share[kind] = share.get(kind, 0.0) + ms / total
+    largest = sorted(times.items(), key=lambda kv: -kv[1])[:top]
+    return {
+        "kernel_ms_per_step": round(total, 3),
+        "time_share": {k: round(v, 4) for k, v in sorted(share.items())},
+        "top_kernels": [[name[:120], round(ms, 3)] for name, ms in largest],
+    }
 
 
 class WindowRates(Telemetry):
@@ -137,7 +188,7 @@ class WindowRates(Telemetry):
 
 def measure_loop(
     cfg: DiTConfig, batch: int, steps: int, compiled: bool, device: torch.device, workers: int
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """The real training loop: windows {0}, {1..s}, {s+1..2s}, {2s+1..3s}; the last two count."""
     train_cfg = TrainConfig(
         model=cfg,
@@ -213,6 +264,11 @@ def main() -> None:
     ap.add_argument("--compile-mode", default=None, help="e.g. max-autotune-no-cudagraphs")
     ap.add_argument("--workers", type=int, default=0, help="data loader workers (loop modes)")
     ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="bare-step modes: time share of matmul, attention, optimizer and other kernels",
+    )
+    ap.add_argument(
         "--inductor",
         nargs="*",
         default=[],
@@ -249,6 +305,7 @@ def main() -> None:
                     device,
                     dtype,
                     args.compile_mode,
+                    args.profile,
                 )
             line = {
                 "bench": "trainer",
@@ -264,7 +321,7 @@ def main() -> None:
                 "workers": args.workers if mode.startswith("loop") else None,
                 "device": name,
                 "precision": "bf16" if cuda else "fp32",
-                **{k: round(v, 6) for k, v in fig.items()},
+                **{k: round(v, 6) if isinstance(v, float) else v for k, v in fig.items()},
             }
             if peak:
                 line["mfu"] = round(fig["tflops"] * 1e12 / peak, 4)
