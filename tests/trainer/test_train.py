@@ -252,6 +252,10 @@ def test_config_round_trips_and_validates() -> None:
         TrainConfig.from_dict({**cfg.to_dict(), "colour": "red"})
     with pytest.raises(ValueError, match="steps must be at least 1"):
         tiny(steps=0)
+    with pytest.raises(ValueError, match="log_every must be at least 1, got 0"):
+        tiny(log_every=0)
+    with pytest.raises(ValueError, match="checkpoint_every must be 0 or more, got -5"):
+        tiny(checkpoint_every=-5)
     wsd = tiny(steps=100, warmup_steps=10, schedule="wsd", decay_fraction=0.2)
     assert [wsd.lr_multiplier(s) for s in (0, 9, 10, 79, 80, 99)] == [0.1, 1.0, 1.0, 1.0, 0.95, 0.0]
     cos = tiny(steps=100, schedule="cosine")

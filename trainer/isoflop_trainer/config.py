@@ -255,6 +255,10 @@ class TrainConfig:
             raise ValueError(f"global_batch_size must be at least 1, got {self.global_batch_size}")
         if self.micro_batch_size is not None and self.micro_batch_size < 1:
             raise ValueError(f"micro_batch_size must be at least 1, got {self.micro_batch_size}")
+        if self.log_every < 1:
+            raise ValueError(f"log_every must be at least 1, got {self.log_every}")
+        if self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be 0 or more, got {self.checkpoint_every}")
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
