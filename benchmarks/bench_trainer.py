@@ -224,7 +224,7 @@ def measure_loop(
 
 
 def inductor_settings(pairs: list[str]) -> dict[str, Any]:
-    """key=value pairs for torch._inductor.config (ints, floats and booleans parsed)."""
+    """KEY=VALUE pairs for torch._inductor.config, each parsed as the type of its default."""
     import torch._inductor.config as inductor
 
     out: dict[str, Any] = {}
@@ -232,16 +232,15 @@ def inductor_settings(pairs: list[str]) -> dict[str, Any]:
         key, sep, raw = pair.partition("=")
         if not sep or not hasattr(inductor, key):
             raise SystemExit(f"--inductor {pair!r}: expected KEY=VALUE with a known inductor KEY")
+        default = getattr(inductor, key)
         value: Any = raw
-        if raw.lower() in ("true", "false"):
-            value = raw.lower() == "true"
-        else:
-            for kind in (int, float):
-                try:
-                    value = kind(raw)
-                    break
-                except ValueError:
-                    pass
+        if isinstance(default, bool):
+            value = raw.lower() in ("1", "true", "yes", "on")
+        elif isinstance(default, int | float):
+            try:
+                value = type(default)(raw)
+            except ValueError:
+                raise SystemExit(f"--inductor {pair!r}: {key} takes a number") from None
         setattr(inductor, key, value)
         out[key] = value
     return out
