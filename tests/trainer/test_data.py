@@ -10,6 +10,7 @@ import torch
 
 from isoflop_trainer.data import (
     COLORS,
+    TOKEN,
     TRAIN,
     VALIDATION,
     ProceduralShapes,
@@ -64,6 +65,11 @@ def test_text_embeddings_come_from_a_frozen_table() -> None:
     batch = a.batch([0])
     assert batch.mask[0].sum() == 5  # five caption words
     assert torch.count_nonzero(batch.text[0, 5:]) == 0  # padding
+    ids = [TOKEN[word] for word in a.caption(0).split()]
+    assert torch.equal(batch.text[0, :5], a.table[ids] + a.positions[:5])  # embedding + position
+    short = ProceduralShapes(SHAPE, 3, 16).batch([0, 1])  # text_length under 5: truncated
+    assert short.text.shape == (2, 3, 16)
+    assert bool(short.mask.all())
 
 
 def test_local_shards_round_trip_and_stream_in_seeded_order(tmp_path: Path) -> None:
