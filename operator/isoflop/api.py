@@ -202,6 +202,13 @@ class TrainingSpec(Model):
         default=512, ge=1, le=1 << 20, description="Validation samples at the end."
     )
     min_steps: int = Field(default=100, ge=1, description="Trials with fewer steps are infeasible.")
+    data_workers: int = Field(
+        default=0,
+        ge=0,
+        le=64,
+        description="Data-loading worker processes per training process (0: load in the training "
+        "process). Results do not depend on it; on GPUs, 2-4 keep procedural or S3 data ahead.",
+    )
 
     @field_validator("betas")
     @classmethod

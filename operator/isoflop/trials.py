@@ -36,6 +36,7 @@ def train_config(spec: api.ScalingSweepSpec, sweep: str, trial: Trial, **paths: 
         data=spec.data.source,
         validation_data=spec.data.validation_source,
         eval_samples=t.eval_samples,
+        num_workers=t.data_workers,
         sweep=sweep,
         trial=trial.id,
         budget=trial.budget,
