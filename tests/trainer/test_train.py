@@ -20,6 +20,7 @@ import torch
 from isoflop_trainer.config import TrainConfig
 from isoflop_trainer.data import FORMAT, Batch, ProceduralShapes, Shards, write_shards
 from isoflop_trainer.evaluate import validation_loss
+from isoflop_trainer.flow import flow_loss
 from isoflop_trainer.model import DiT
 from isoflop_trainer.train import train
 from tests.trainer.helpers import env, free_port, run_trial, tiny, train_command
@@ -170,6 +171,30 @@ def test_the_loop_reads_the_device_only_at_log_and_checkpoint_steps(
     assert len(result["losses"]) == 23
     # after steps 0, 10, 20 (logged) and 22 (the last), one transfer each
     assert reads == ["tolist"] * 4
+
+
+def test_reported_throughput_leaves_out_the_warm_up_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch.compile makes a process's first step take tens of seconds on a GPU; a short trial's
+    tokens/s and MFU must not be averaged over it. Here the first step takes an extra second."""
+    import isoflop_trainer.train as train_module
+
+    calls = 0
+
+    def slow_first(*args: Any, **kwargs: Any) -> torch.Tensor:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            time.sleep(1.0)
+        return flow_loss(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "flow_loss", slow_first)
+    cfg = tiny(steps=21, log_every=10, eval_samples=0)
+    result, code = train(cfg)
+    assert code == 0
+    assert result["train_seconds"] >= 1.0  # the whole run, warm-up included
+    per_sample = cfg.model.tokens_per_sample
+    steady_seconds = 20 * 8 * per_sample / result["tokens_per_second"]  # steps 1-20
+    assert steady_seconds < result["train_seconds"] - 0.9
 
 
 def test_metrics_endpoint_and_termination_message_carry_the_final_values(tmp_path: Path) -> None:

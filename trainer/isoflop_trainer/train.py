@@ -87,6 +87,10 @@ class State:
     best_ema: float = math.inf
     losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    # throughput without each process's first logging window, which holds torch.compile's
+    # compilation and the warm-up of kernels and allocator (tens of seconds on a GPU)
+    steady_seconds: float = 0.0
+    steady_samples: int = 0
 
 
 def chunks(per_rank: int, micro: int) -> list[tuple[int, int]]:
@@ -325,6 +329,7 @@ def _train(
 
     batches = iter(loader)
     window_start, window_samples = time.perf_counter(), 0
+    first_step, warming = state.step, True
     try:
         for step in range(state.step, cfg.steps):
             lr = cfg.learning_rate * cfg.lr_multiplier(step)
@@ -359,35 +364,40 @@ def _train(
             state.step, state.samples = step + 1, state.samples + B
             window_samples += B
             stop = vote(preempted)
-            log = step % cfg.log_every == 0 or state.step == cfg.steps
+            # this process's first step is logged on its own: that window is the warm-up
+            log = step % cfg.log_every == 0 or step == first_step or state.step == cfg.steps
             save = bool(cfg.checkpoint_every) and state.step % cfg.checkpoint_every == 0
             if not (log or save or stop):
                 continue
             # the same steps on every rank (stop is agreed), so the collectives line up
             value = settle()
-            if telemetry is not None and log:
+            if log:
                 if cuda:
                     torch.cuda.synchronize()
                 elapsed = time.perf_counter() - window_start
                 rate = window_samples / max(elapsed, 1e-9)
-                telemetry.set(
-                    train_loss=value,
-                    train_loss_ema=state.loss_ema,
-                    step=state.step,
-                    steps_total=cfg.steps,
-                    samples=state.samples,
-                    tokens=state.samples * tokens_per_sample,
-                    flops=state.samples * flops_per_sample,
-                    tokens_per_second=rate * tokens_per_sample,
-                    learning_rate=lr,
-                    mfu=rate * flops_per_sample / (peak * rt.world) if peak else None,
-                    epochs=state.samples / len(data),
-                )
-                if cfg.progress:
-                    write_progress(cfg.progress, state, cfg.steps)
-            if log:
-                state.seconds += time.perf_counter() - window_start
+                state.seconds += elapsed
+                if not warming:
+                    state.steady_seconds += elapsed
+                    state.steady_samples += window_samples
+                warming = False
                 window_start, window_samples = time.perf_counter(), 0
+                if telemetry is not None:
+                    telemetry.set(
+                        train_loss=value,
+                        train_loss_ema=state.loss_ema,
+                        step=state.step,
+                        steps_total=cfg.steps,
+                        samples=state.samples,
+                        tokens=state.samples * tokens_per_sample,
+                        flops=state.samples * flops_per_sample,
+                        tokens_per_second=rate * tokens_per_sample,
+                        learning_rate=lr,
+                        mfu=rate * flops_per_sample / (peak * rt.world) if peak else None,
+                        epochs=state.samples / len(data),
+                    )
+                    if cfg.progress:
+                        write_progress(cfg.progress, state, cfg.steps)
             if save:
                 checkpoint()
             if stop:  # every rank agrees, so the collective checkpoint cannot hang
@@ -410,7 +420,10 @@ def _train(
             eval_bpd=metrics.get("eval_bpd"),
             eval_fid=metrics.get("eval_fid"),
         )
-    rate = cfg.steps * B / max(state.seconds, 1e-9) if state.seconds else 0.0
+    if state.steady_seconds > 0:
+        rate = state.steady_samples / state.steady_seconds
+    else:  # a run of a single window: all of it
+        rate = state.samples / state.seconds if state.seconds else 0.0
     result = {
         "status": "succeeded",
         "steps": state.step,
@@ -421,8 +434,8 @@ def _train(
         "train_loss_ema": state.loss_ema,
         **metrics,
         "epochs": state.samples / len(data),
-        "train_seconds": round(state.seconds, 3),
-        "tokens_per_second": rate * tokens_per_sample,
+        "train_seconds": round(state.seconds, 3),  # warm-up included
+        "tokens_per_second": rate * tokens_per_sample,  # steady: warm-up windows left out
         "mfu": rate * flops_per_sample / (peak * rt.world) if peak else None,
         "losses": state.losses,
     }
