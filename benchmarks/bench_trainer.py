@@ -77,9 +77,10 @@ def measure(
     dtype: torch.dtype | None,
     compile_mode: str | None = None,
     profile: bool = False,
+    low_precision_residual: bool = False,
 ) -> dict[str, Any]:
     torch.manual_seed(0)
-    model = DiT(cfg).to(device)
+    model = DiT(cfg, residual_dtype=dtype if low_precision_residual else None).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     fn = torch.compile(model, mode=compile_mode) if compiled else model
     x0 = torch.randn(batch, cfg.latent_channels, cfg.latent_height, cfg.latent_width, device=device)
@@ -187,7 +188,13 @@ class WindowRates(Telemetry):
 
 
 def measure_loop(
-    cfg: DiTConfig, batch: int, steps: int, compiled: bool, device: torch.device, workers: int
+    cfg: DiTConfig,
+    batch: int,
+    steps: int,
+    compiled: bool,
+    device: torch.device,
+    workers: int,
+    low_precision_residual: bool = False,
 ) -> dict[str, Any]:
     """The real training loop: windows {0}, {1..s}, {s+1..2s}, {2s+1..3s}; the last two count."""
     train_cfg = TrainConfig(
@@ -197,6 +204,7 @@ def measure_loop(
         learning_rate=1e-4,
         precision="bf16",  # on GPU; CPU runs in fp32
         compile=compiled,
+        low_precision_residual=low_precision_residual,
         eval_samples=0,
         log_every=steps,
         termination_log=None,
@@ -263,6 +271,11 @@ def main() -> None:
     ap.add_argument("--compile-mode", default=None, help="e.g. max-autotune-no-cudagraphs")
     ap.add_argument("--workers", type=int, default=0, help="data loader workers (loop modes)")
     ap.add_argument(
+        "--low-precision-residual",
+        action="store_true",
+        help="keep the residual stream in bf16 rather than fp32 (GPU; TrainConfig's option)",
+    )
+    ap.add_argument(
         "--profile",
         action="store_true",
         help="bare-step modes: time share of matmul, attention, optimizer and other kernels",
@@ -293,7 +306,15 @@ def main() -> None:
         for mode in args.modes:
             compiled = mode.endswith("compiled")
             if mode.startswith("loop"):
-                fig = measure_loop(cfg, args.batch, args.steps, compiled, device, args.workers)
+                fig = measure_loop(
+                    cfg,
+                    args.batch,
+                    args.steps,
+                    compiled,
+                    device,
+                    args.workers,
+                    args.low_precision_residual,
+                )
             else:
                 fig = measure(
                     cfg,
@@ -305,6 +326,7 @@ def main() -> None:
                     dtype,
                     args.compile_mode,
                     args.profile,
+                    args.low_precision_residual,
                 )
             line = {
                 "bench": "trainer",
@@ -318,6 +340,7 @@ def main() -> None:
                 "compile_mode": args.compile_mode if mode == "compiled" else None,
                 "inductor": inductor if compiled else None,
                 "workers": args.workers if mode.startswith("loop") else None,
+                "residual": "bf16" if args.low_precision_residual and cuda else "fp32",
                 "device": name,
                 "precision": "bf16" if cuda else "fp32",
                 **{k: round(v, 6) if isinstance(v, float) else v for k, v in fig.items()},

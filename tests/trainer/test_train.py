@@ -290,9 +290,18 @@ def test_config_round_trips_and_validates() -> None:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_bf16_compiled_trial_on_gpu(tmp_path: Path) -> None:
-    """GPU sibling of test_a_tiny_trial_lowers_validation_loss: bf16 autocast, torch.compile."""
-    cfg = tiny(tmp_path, steps=150, eval_samples=64, precision="bf16", compile=True)
+@pytest.mark.parametrize("low_precision_residual", [False, True])
+def test_bf16_compiled_trial_on_gpu(tmp_path: Path, low_precision_residual: bool) -> None:
+    """GPU sibling of test_a_tiny_trial_lowers_validation_loss: bf16 autocast, torch.compile,
+    with the residual stream in fp32 or bf16 (CPU sibling: test_model's residual test)."""
+    cfg = tiny(
+        tmp_path,
+        steps=150,
+        eval_samples=64,
+        precision="bf16",
+        compile=True,
+        low_precision_residual=low_precision_residual,
+    )
     val = ProceduralShapes((3, 16, 16), 8, 16, split=1)
     before = validation_loss(DiT(cfg.model).cuda(), val, 64, device="cuda")
     result, code = train(cfg)

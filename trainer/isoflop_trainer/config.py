@@ -221,6 +221,8 @@ class TrainConfig:
     grad_clip: float = 1.0
     precision: Precision = "bf16"  # on GPU; CPU runs in fp32
     compile: bool = False
+    # keep the residual stream in the autocast dtype (GPU) rather than fp32: faster, less exact
+    low_precision_residual: bool = False
     fsdp: bool = False
     seed: int = 0
     timestep_sampling: Literal["uniform", "logit-normal"] = "uniform"

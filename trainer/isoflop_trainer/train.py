@@ -204,7 +204,8 @@ def _train(
     autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision) if cuda else None
 
     torch.manual_seed(cfg.seed)
-    model = DiT(cfg.model).to(rt.device)
+    residual = autocast if cfg.low_precision_residual else None  # None on CPU: fp32 throughout
+    model = DiT(cfg.model, residual_dtype=residual).to(rt.device)
     n_params = sum(p.numel() for p in model.parameters())
     if n_params != cfg.model.params().total:
         raise TrialFailed(
