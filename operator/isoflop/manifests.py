@@ -203,6 +203,8 @@ def cluster_config(sweep: api.ScalingSweep, trial: Trial) -> dict[str, Any]:
     base = sweep.spec.storage.checkpoints
     return {
         "checkpoint": f"{base.rstrip('/')}/{sweep.name}/{trial.id}" if base else "/tmp/checkpoint",
+        # trials of one rung share compiled kernels; without storage each pod compiles its own
+        "compile_cache": f"{base.rstrip('/')}/{sweep.name}/compile-cache" if base else None,
         "checkpoint_every": max(trial.steps // 20, 100),
         "results": "/tmp/result.json",
         "termination_log": "/dev/termination-log",

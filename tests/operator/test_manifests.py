@@ -65,6 +65,7 @@ def test_single_node_job_pod_spec() -> None:
     assert cfg.metrics_port == 9400
     assert cfg.termination_log == "/dev/termination-log"
     assert cfg.num_workers == 4  # the example's training.dataWorkers
+    assert cfg.compile_cache == "s3://bucket/ckpt/paper-in-context/compile-cache"
     assert c["resources"]["limits"]["nvidia.com/gpu"] == "8"
     assert c["resources"]["requests"] == {"cpu": "64", "memory": "512Gi"}
     assert c["envFrom"] == [{"secretRef": {"name": "isoflop-s3"}}]

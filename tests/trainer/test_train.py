@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import torch
 
+from isoflop_trainer.compile_cache import ENV, CompileCache, cache_name
 from isoflop_trainer.config import TrainConfig
 from isoflop_trainer.data import FORMAT, Batch, ProceduralShapes, Shards, write_shards
 from isoflop_trainer.evaluate import validation_loss
@@ -195,6 +196,68 @@ def test_reported_throughput_leaves_out_the_warm_up_window(monkeypatch: pytest.M
     per_sample = cfg.model.tokens_per_sample
     steady_seconds = 20 * 8 * per_sample / result["tokens_per_second"]  # steps 1-20
     assert steady_seconds < result["train_seconds"] - 0.9
+
+
+def test_trials_of_one_shape_share_compiled_kernels(tmp_path: Path) -> None:
+    """The first trial of a shape saves torch.compile's caches after its first step; a later
+    trial of the same shape (another budget: other steps, another seed) compiles nothing anew."""
+    store = tmp_path / "compile-cache"
+    first = tiny(tmp_path / "a", steps=3, eval_samples=8, compile=True, compile_cache=str(store))
+    code, a = run_trial(first)
+    assert code == 0, a.get("error")
+    assert a["compile_cache"] == "saved"
+    assert a["compile_cache_misses"] > 0  # compiled from scratch, in a folder of its own
+    (tarball,) = store.iterdir()
+    assert tarball.name.startswith("in-context-d2-w32-")
+    assert tarball.name.endswith(".tar.gz")
+    later = tiny(
+        tmp_path / "b", steps=5, seed=1, eval_samples=8, compile=True, compile_cache=str(store)
+    )
+    code, b = run_trial(later)
+    assert code == 0, b.get("error")
+    assert b["compile_cache"] == "hit"
+    assert b["compile_cache_misses"] == 0
+    assert [p.name for p in store.iterdir()] == [tarball.name]
+    # what the key covers: another micro-batch, rung, world size or precision is another shape
+    name = cache_name(first, 1, "cpu")
+    assert name == tarball.name
+    assert cache_name(later, 1, "cpu") == name
+    assert cache_name(tiny(global_batch_size=16), 1, "cpu") != name
+    assert cache_name(tiny(model={"depth": 3}), 1, "cpu") != name
+    assert cache_name(first, 2, "cpu") != name
+    assert cache_name(tiny(low_precision_residual=True), 1, "cpu") != name
+
+
+def test_a_broken_compile_cache_never_fails_a_trial(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A truncated tarball means compiling cold (and saving a good one); a store that can't be
+    written is reported. The process's own cache folder comes back afterwards."""
+    before = os.environ.get(ENV)
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "shape.tar.gz").write_bytes(b"\x1f\x8b truncated")
+    cache = CompileCache(str(store), "shape.tar.gz")
+    assert cache.restore() is False
+    assert os.environ[ENV] == cache.folder
+    assert "compile cache shape.tar.gz not used" in capsys.readouterr().err
+    Path(cache.folder, "fxgraph").mkdir()
+    Path(cache.folder, "fxgraph", "entry").write_text("kernel")
+    Path(cache.folder, "locks").mkdir()
+    assert cache.save() is True
+    cache.close()
+    assert os.environ.get(ENV) == before
+    again = CompileCache(str(store), "shape.tar.gz")
+    assert again.restore() is True
+    assert Path(again.folder, "fxgraph", "entry").read_text() == "kernel"
+    assert not Path(again.folder, "locks").exists()
+    again.close()
+    (tmp_path / "file").write_text("")
+    unwritable = CompileCache(str(tmp_path / "file"), "shape.tar.gz")  # a file, not a folder
+    assert unwritable.restore() is False
+    assert unwritable.save() is False
+    assert "compile cache shape.tar.gz not saved" in capsys.readouterr().err
+    unwritable.close()
 
 
 def test_metrics_endpoint_and_termination_message_carry_the_final_values(tmp_path: Path) -> None:

@@ -221,6 +221,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     precision: Precision = "bf16"  # on GPU; CPU runs in fp32
     compile: bool = False
+    compile_cache: str | None = None  # folder or s3:// prefix: compiled kernels shared by trials
     # keep the residual stream in the autocast dtype (GPU) rather than fp32: faster, less exact
     low_precision_residual: bool = False
     fsdp: bool = False

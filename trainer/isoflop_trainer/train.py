@@ -33,6 +33,7 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from isoflop_trainer.compile_cache import CompileCache, cache_name, inductor_cache_misses
 from isoflop_trainer.config import TrainConfig
 from isoflop_trainer.data import TRAIN, VALIDATION, Batch, Dataset, Store, open_dataset
 from isoflop_trainer.evaluate import fid, likelihood_bpd, load_extractor, validation_loss
@@ -242,8 +243,14 @@ def _train(
         set_optimizer_state_dict(model, opt, saved["optimizer"], options=load)
         state = State(**saved["state"])
         torch.set_rng_state(saved["rng"])
+    cache = None
     if cfg.compile:
+        if cfg.compile_cache:
+            device = torch.cuda.get_device_name(rt.device) if cuda else "cpu"
+            cache = CompileCache(cfg.compile_cache, cache_name(cfg, rt.world, device))
+            cache.restore()
         wrapped = torch.compile(wrapped)
+    cache_status = None if cache is None else "hit" if cache.hit else "miss"
 
     shape = (cfg.model.latent_channels, cfg.model.latent_height, cfg.model.latent_width)
     data = open_dataset(cfg.data, shape, cfg.model.text_length, cfg.model.text_dim, cfg.seed, TRAIN)
@@ -399,6 +406,9 @@ def _train(
                     )
                     if cfg.progress:
                         write_progress(cfg.progress, state, cfg.steps)
+            if cache is not None and step == first_step and not cache.hit and rt.main:
+                # the first step compiled forward and backward: share the kernels
+                cache_status = "saved" if cache.save() else "miss"
             if save:
                 checkpoint()
             if stop:  # every rank agrees, so the collective checkpoint cannot hang
@@ -413,6 +423,8 @@ def _train(
         checkpoint()
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if cache is not None:
+            cache.close()
 
     metrics = evaluate(cfg, model, rt, autocast)
     if telemetry is not None:
@@ -438,6 +450,8 @@ def _train(
         "train_seconds": round(state.seconds, 3),  # warm-up included
         "tokens_per_second": rate * tokens_per_sample,  # steady: warm-up windows left out
         "mfu": rate * flops_per_sample / (peak * rt.world) if peak else None,
+        "compile_cache": cache_status,  # None (off), hit, miss, or saved (the first of its shape)
+        "compile_cache_misses": inductor_cache_misses() if cfg.compile else None,
         "losses": state.losses,
     }
     return result, 0
