@@ -154,8 +154,8 @@ def _empty_index(folder: Path, samples: int) -> Path:
 def test_the_loop_reads_the_device_only_at_log_and_checkpoint_steps(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A read of a device value from the loop waits for the GPU queue to drain; once a step
-    would cost the GPU idle time every step. Count the loop's reads (tensor -> Python)."""
+    """A read of a device value waits for the GPU queue to drain; one read per step would leave
+    the GPU idle every step. Count the loop's reads (tensor -> Python)."""
     reads: list[str] = []
     for name in ("item", "tolist", "__float__", "__bool__", "__int__", "cpu", "numpy"):
         original = getattr(torch.Tensor, name)
