@@ -28,11 +28,11 @@ from typing import Any
 
 import torch
 
-from isoflop_trainer.config import DiTConfig, Family, TrainConfig
+from isoflop_trainer.config import DiTConfig, Family, TrainConfig, peak_bf16_flops
 from isoflop_trainer.flow import flow_loss
 from isoflop_trainer.model import DiT
 from isoflop_trainer.telemetry import Telemetry
-from isoflop_trainer.train import PEAK_BF16_FLOPS, _train, setup
+from isoflop_trainer.train import _train, setup
 
 LADDERS = {
     # (depth, width, heads) on the quickstart's 3x16x16 images, patch 4, 8 x 32 text
@@ -297,7 +297,7 @@ def main() -> None:
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
         name = torch.cuda.get_device_name()
-        peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+        peak = peak_bf16_flops(name)
     for depth, width, heads in LADDERS[args.ladder]:
         if args.rungs and depth not in args.rungs:
             continue

@@ -201,10 +201,11 @@ def _resources(res: api.ResourcesSpec) -> dict[str, Any]:
 def cluster_config(sweep: api.ScalingSweep, trial: Trial) -> dict[str, Any]:
     """Paths and telemetry of a trial on a cluster, for `trials.train_config`."""
     base = sweep.spec.storage.checkpoints
+    root = f"{base.rstrip('/')}/{sweep.name}" if base else None
     return {
-        "checkpoint": f"{base.rstrip('/')}/{sweep.name}/{trial.id}" if base else "/tmp/checkpoint",
+        "checkpoint": f"{root}/{trial.id}" if root else "/tmp/checkpoint",
         # trials of one rung share compiled kernels; without storage each pod compiles its own
-        "compile_cache": f"{base.rstrip('/')}/{sweep.name}/compile-cache" if base else None,
+        "compile_cache": f"{root}/compile-cache" if root else None,
         "checkpoint_every": max(trial.steps // 20, 100),
         "results": "/tmp/result.json",
         "termination_log": "/dev/termination-log",

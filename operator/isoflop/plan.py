@@ -6,9 +6,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from isoflop.api import ScalingSweepSpec
-from isoflop_trainer.config import DiTConfig
+from isoflop_trainer.config import PEAK_BF16_FLOPS, DiTConfig
 
-H100_BF16_PEAK_FLOPS = 989.4e12  # dense bf16, SXM
+H100_BF16_PEAK_FLOPS = PEAK_BF16_FLOPS["H100"]
 DEFAULT_MFU = 0.40
 
 

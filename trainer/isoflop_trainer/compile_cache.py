@@ -58,7 +58,12 @@ class CompileCache:
         self.store, self.name = Store(uri), name
         self.folder = tempfile.mkdtemp(prefix="isoflop-inductor-")
         self.previous = os.environ.get(ENV)
-        self.hit = False
+        self.hit = self.saved = False
+
+    @property
+    def status(self) -> str:
+        """hit (unpacked), saved (the first of its shape) or miss (compiled cold, not saved)."""
+        return "hit" if self.hit else "saved" if self.saved else "miss"
 
     def restore(self) -> bool:
         """Before the first compilation: use the folder, filled from the tarball if there is a
@@ -96,6 +101,7 @@ class CompileCache:
         except Exception as err:
             print(f"isoflop: compile cache {self.name} not saved: {err}", file=sys.stderr)
             return False
+        self.saved = True
         return True
 
     def close(self) -> None:

@@ -37,6 +37,16 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 Family = Literal["in-context", "cross-attention"]
+
+# dense bf16 peak FLOP/s per GPU, by a fragment of the device name (H100/H200: SXM)
+PEAK_BF16_FLOPS = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12, "L40S": 362e12}
+
+
+def peak_bf16_flops(device_name: str) -> float | None:
+    """The dense bf16 peak of a GPU named like torch.cuda.get_device_name(); None if unknown."""
+    return next((v for k, v in PEAK_BF16_FLOPS.items() if k in device_name), None)
+
+
 TimestepConditioning = Literal["adaln-zero", "in-context"]
 FlopsAccounting = Literal["exact", "6ND"]
 

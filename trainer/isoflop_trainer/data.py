@@ -154,6 +154,14 @@ class ProceduralShapes:
 # shards
 
 
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write a file whole or not at all: readers never see half of it (a rename in one folder)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
 class Store:
     """Read and write objects under a local folder or an S3 prefix.
 
@@ -205,11 +213,7 @@ class Store:
         if self.s3:
             self.client.put_object(Bucket=self.bucket, Key=self.key(name), Body=data)
             return
-        path = self.root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_bytes(data)
-        tmp.replace(path)  # atomic: readers never see half a file
+        atomic_write(self.root / name, data)
 
     def exists(self, name: str) -> bool:
         if self.s3:

@@ -10,6 +10,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
+from isoflop_trainer.data import atomic_write
+
 LABELS = ("sweep", "trial", "budget")
 TERMINATION_MESSAGE_LIMIT = 4096  # bytes Kubernetes keeps of /dev/termination-log
 
@@ -86,11 +88,7 @@ def compact_result(result: dict[str, Any]) -> str:
 def write_result(result: dict[str, Any], path: str | None, termination_log: str | None) -> None:
     """The full result to the results file (atomically); a compact copy to the termination log."""
     if path:
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(target.suffix + ".tmp")
-        tmp.write_text(json.dumps(result, indent=2))
-        tmp.replace(target)
+        atomic_write(Path(path), json.dumps(result, indent=2).encode())
     # Kubernetes mounts the termination log into the container; elsewhere it does not exist and
     # nothing is written (never create files under /dev on a workstation).
     if termination_log and os.path.exists(termination_log):

@@ -34,8 +34,16 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from isoflop_trainer.compile_cache import CompileCache, cache_name, inductor_cache_misses
-from isoflop_trainer.config import TrainConfig
-from isoflop_trainer.data import TRAIN, VALIDATION, Batch, Dataset, Store, open_dataset
+from isoflop_trainer.config import TrainConfig, peak_bf16_flops
+from isoflop_trainer.data import (
+    TRAIN,
+    VALIDATION,
+    Batch,
+    Dataset,
+    Store,
+    atomic_write,
+    open_dataset,
+)
 from isoflop_trainer.evaluate import fid, likelihood_bpd, load_extractor, validation_loss
 from isoflop_trainer.flow import drop_text, flow_loss, keep_captions, sample_timesteps
 from isoflop_trainer.model import DiT
@@ -43,7 +51,6 @@ from isoflop_trainer.telemetry import Telemetry, write_result
 
 CHECKPOINT = "checkpoint.pt"
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: the Job retries, the trial resumes from its checkpoint
-PEAK_BF16_FLOPS = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12, "L40S": 362e12}
 
 
 class TrialFailed(Exception):
@@ -133,8 +140,7 @@ def peak_flops(cfg: TrainConfig, device: torch.device) -> float | None:
     if cfg.peak_flops:
         return cfg.peak_flops
     if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+        return peak_bf16_flops(torch.cuda.get_device_name(device))
     return None
 
 
@@ -250,7 +256,6 @@ def _train(
             cache = CompileCache(cfg.compile_cache, cache_name(cfg, rt.world, device))
             cache.restore()
         wrapped = torch.compile(wrapped)
-    cache_status = None if cache is None else "hit" if cache.hit else "miss"
 
     shape = (cfg.model.latent_channels, cfg.model.latent_height, cfg.model.latent_width)
     data = open_dataset(cfg.data, shape, cfg.model.text_length, cfg.model.text_dim, cfg.seed, TRAIN)
@@ -337,7 +342,7 @@ def _train(
 
     batches = iter(loader)
     window_start, window_samples = time.perf_counter(), 0
-    first_step, warming = state.step, True
+    first_step = state.step  # always logged: its window holds compilation and warm-up
     try:
         for step in range(state.step, cfg.steps):
             lr = cfg.learning_rate * cfg.lr_multiplier(step)
@@ -378,17 +383,14 @@ def _train(
             if not (log or save or stop):
                 continue
             # the same steps on every rank (stop is agreed), so the collectives line up
-            value = settle()
+            value = settle()  # its read-back waits for every step queued so far
             if log:
-                if cuda:
-                    torch.cuda.synchronize()
                 elapsed = time.perf_counter() - window_start
                 rate = window_samples / max(elapsed, 1e-9)
                 state.seconds += elapsed
-                if not warming:
+                if step != first_step:
                     state.steady_seconds += elapsed
                     state.steady_samples += window_samples
-                warming = False
                 window_start, window_samples = time.perf_counter(), 0
                 if telemetry is not None:
                     telemetry.set(
@@ -407,8 +409,7 @@ def _train(
                     if cfg.progress:
                         write_progress(cfg.progress, state, cfg.steps)
             if cache is not None and step == first_step and not cache.hit and rt.main:
-                # the first step compiled forward and backward: share the kernels
-                cache_status = "saved" if cache.save() else "miss"
+                cache.save()  # the first step compiled forward and backward: share the kernels
             if save:
                 checkpoint()
             if stop:  # every rank agrees, so the collective checkpoint cannot hang
@@ -450,7 +451,7 @@ def _train(
         "train_seconds": round(state.seconds, 3),  # warm-up included
         "tokens_per_second": rate * tokens_per_sample,  # steady: warm-up windows left out
         "mfu": rate * flops_per_sample / (peak * rt.world) if peak else None,
-        "compile_cache": cache_status,  # None (off), hit, miss, or saved (the first of its shape)
+        "compile_cache": cache.status if cache is not None else None,
         "compile_cache_misses": inductor_cache_misses() if cfg.compile else None,
         "losses": state.losses,
     }
@@ -459,10 +460,8 @@ def _train(
 
 def write_progress(path: str, state: State, steps: int) -> None:
     """Step and loss for a watcher (the local runner's display), replaced atomically."""
-    target = Path(path)
-    tmp = target.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"step": state.step, "steps": steps, "loss": state.loss_ema}))
-    tmp.replace(target)
+    progress = {"step": state.step, "steps": steps, "loss": state.loss_ema}
+    atomic_write(Path(path), json.dumps(progress).encode())
 
 
 def evaluate(
