@@ -286,10 +286,26 @@ class MetricsSpec(Model):
     )
 
 
+def _resamples(value: int) -> int:
+    if 0 < value < 100:
+        raise ValueError(f"{value} resamples are too few for an interval's tails; use 0 or 100+")
+    return value
+
+
 class FitSpec(Model):
     method: Literal["parabola", "parametric", "both"] = "both"
-    bootstrap: int = Field(
-        default=1000, ge=0, le=100000, description="Bootstrap resamples for intervals."
+    bootstrap: Annotated[int, AfterValidator(_resamples)] = Field(
+        default=1000,
+        ge=0,
+        le=100000,
+        description="Bootstrap resamples for intervals: 0 (none) or 100 or more.",
+    )
+    window: float | None = Field(
+        default=0.02,
+        gt=0,
+        le=1,
+        description="Each isoFLOP parabola is fitted on a kernel around its minimum that reaches "
+        "where the loss has risen this fraction above it; null fits every rung alike.",
     )
     seed: int = Field(default=0, ge=0)
     predict: list[Flops] = Field(
@@ -392,6 +408,9 @@ class BudgetFit(Model):
     advice: str | None = None
     params_opt_interval: Interval | None = None
     loss_opt_interval: Interval | None = None
+    bracketed_fraction: float | None = Field(
+        default=None, description="Share of resamples whose minimum stays inside the ladder."
+    )
 
 
 class PowerLaw(Model):
@@ -435,6 +454,12 @@ class ParametricLaw(Model):
     tokens_exponent: float
     params_exponent_interval: Interval | None = None
     tokens_exponent_interval: Interval | None = None
+    intervals: dict[str, Interval] = Field(
+        default_factory=dict, description="E, A, B, alpha, beta where identified."
+    )
+    at_bound: list[str] = Field(
+        default_factory=list, description="Parameters on an optimizer bound: not identified."
+    )
 
 
 class Estimate(Model):
@@ -462,12 +487,27 @@ class HoldOutCheck(Model):
     budget: float
     params_error: float
     loss_error: float
-    within_prediction_interval: bool
+    within_prediction_interval: bool | None = None  # None: no interval to compare with
+
+
+class NoiseEstimate(Model):
+    """How much one trial's loss scatters: the noise model behind every interval."""
+
+    relative: float | None = None  # sd of log loss; None: not identified
+    dof: float | None = None  # None: known exactly (given or measured)
+    source: Literal["given", "measured", "replicates", "residuals", "none"] = "none"
 
 
 class FitResult(Model):
     """Everything fitted from a sweep's results: the same on the resource and in `isoflop fit`."""
 
+    noise: NoiseEstimate | None = None
+    not_identified: list[str] = Field(
+        default_factory=list, description="Quantities whose interval the design cannot give."
+    )
+    methods_agree: bool | None = Field(
+        default=None, description="Parabola and parametric N* exponent intervals overlap."
+    )
     budget_fits: list[BudgetFit] = Field(default_factory=list)
     laws: Laws = Field(default_factory=Laws)
     parametric: ParametricLaw | None = None

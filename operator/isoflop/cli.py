@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from threadpoolctl import threadpool_limits
+
 from isoflop import __version__, api, crd
 from isoflop.plan import DEFAULT_MFU, H100_BF16_PEAK_FLOPS, Plan, format_flops, plan
 
@@ -112,10 +114,13 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
     if args.bootstrap < 0:
         raise UsageError(f"--bootstrap must be 0 or more, got {args.bootstrap}")
-    points = fit.read_table(args.table)
+    if args.bin is not None and not args.bin > 0:
+        raise UsageError(f"--bin must be a positive width in decades of C, got {args.bin}")
+    points = fit.read_table(args.table).grouped(args.bin)
     hold_out: float | str | None = None
+    uses_parabolas = args.method != "parametric"  # the hold-out check compares parabolas
     if args.hold_out == "largest":
-        hold_out = "largest" if len(points.budgets) >= 3 else None
+        hold_out = "largest" if len(points.budgets) >= 3 and uses_parabolas else None
     elif args.hold_out != "none":
         try:
             hold_out = float(args.hold_out)
@@ -123,22 +128,27 @@ def cmd_fit(args: argparse.Namespace) -> int:
             raise UsageError(
                 f"--hold-out must be a budget, largest or none, got {args.hold_out!r}"
             ) from None
+        if not uses_parabolas:
+            raise UsageError("--hold-out compares isoFLOP parabolas: use --method parabola or both")
 
     def analyze(table: fit.Points, **extra: Any) -> fit.Analysis:
-        return fit.analyze(
-            table,
-            method=args.method,
-            bootstrap=args.bootstrap,
-            seed=args.seed,
-            confidence=args.confidence,
-            irreducible=args.irreducible,
-            **extra,
-        )
+        with threadpool_limits(limits=1):  # many tiny solves: one BLAS thread is fastest
+            return fit.analyze(
+                table,
+                method=args.method,
+                bootstrap=args.bootstrap,
+                seed=args.seed,
+                confidence=args.confidence,
+                irreducible=args.irreducible,
+                window=None if args.window == 0 else args.window,
+                noise=args.noise,
+                **extra,
+            )
 
     analysis = analyze(points, predict=args.predict, hold_out=hold_out)
     comparison = None
     if args.compare:
-        other = analyze(fit.read_table(args.compare))
+        other = analyze(fit.read_table(args.compare).grouped(args.bin))
         comparison = fit.compare(analysis, other, args.confidence)
     plots = []
     if args.plot:
@@ -170,7 +180,11 @@ def cmd_fit(args: argparse.Namespace) -> int:
     print(format_text(analysis))
     if comparison is not None:
         print()
-        print(format_comparison(comparison, Path(args.table).stem, Path(args.compare).stem))
+        first, second = Path(args.table), Path(args.compare)
+        names = (first.stem, second.stem)
+        if names[0] == names[1]:  # runs/a/trials.csv vs runs/b/trials.csv: name them by folder
+            names = (first.parent.name or first.stem, second.parent.name or second.stem)
+        print(format_comparison(comparison, *names))
     for p in plots:
         print(f"wrote {p}")
     return 0
@@ -225,7 +239,19 @@ def cmd_forecast(args: argparse.Namespace) -> int:
 
     sweep = api.load_sweep(args.file)
     law = Law.parse(args.law) if args.law else Law()
-    result = forecast(sweep.spec, law, noise=args.noise, runs=args.runs, bootstrap=args.bootstrap)
+    window = sweep.spec.fit.window if args.window is None else (args.window or None)
+    with threadpool_limits(limits=1):
+        result = forecast(
+            sweep.spec,
+            law,
+            noise=args.noise,
+            runs=args.runs,
+            bootstrap=args.bootstrap,
+            method=args.method,
+            window=window,
+            target=args.target,
+            variants=not args.no_variants,
+        )
     print(format_forecast(result))
     return 0
 
@@ -264,12 +290,18 @@ def cmd_crd(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="isoflop", description=__doc__)
+    ap = argparse.ArgumentParser(
+        prog="isoflop", description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     ap.add_argument("--version", action="version", version=f"isoflop {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
 
     law_help = "the simulated L(N,D) = E + A/N^alpha + B/D^beta as E,A,B,alpha,beta"
-    p = sub.add_parser("run", help="run a sweep on this machine (CPU or local GPUs), resumably")
+    p = sub.add_parser(
+        "run",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="run a sweep on this machine (CPU or local GPUs), resumably",
+    )
     p.add_argument("file")
     p.add_argument("--run-dir", help="where state, logs and results go (default: runs/NAME)")
     p.add_argument("--simulate", action="store_true", help="draw losses from a known law instead")
@@ -279,19 +311,35 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--plain", action="store_true", help="one line per event, no live display")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("forecast", help="how well would this sweep pin down the exponents?")
+    p = sub.add_parser(
+        "forecast",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="how well would this sweep pin down the exponents?",
+    )
     p.add_argument("file")
-    p.add_argument("--runs", type=int, default=20, help="simulated sweeps")
-    p.add_argument("--law", help=law_help)
-    p.add_argument("--noise", type=float, default=0.005, help="multiplicative loss noise")
-    p.add_argument("--bootstrap", type=int, default=200)
+    p.add_argument("--runs", type=int, default=40, help="simulated sweeps")
+    p.add_argument("--law", help=law_help + "[,gamma] (default: reproduces the paper's laws)")
+    p.add_argument("--noise", type=float, default=0.005, help="relative noise of one loss")
+    p.add_argument("--bootstrap", type=int, default=200, help="resamples per simulated fit")
+    p.add_argument("--method", choices=["parabola", "parametric"], default="parabola")
+    p.add_argument("--window", type=float, help="local-fit loss rise (0: whole ladder)")
+    p.add_argument("--target", type=float, help="the N* exponent precision (+-) you need")
+    p.add_argument("--no-variants", action="store_true", help="skip the grid changes")
     p.set_defaults(func=cmd_forecast)
 
-    p = sub.add_parser("validate", help="check a ScalingSweep manifest")
+    p = sub.add_parser(
+        "validate",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="check a ScalingSweep manifest",
+    )
     p.add_argument("file")
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("plan", help="print the isoFLOP grid of a ScalingSweep manifest")
+    p = sub.add_parser(
+        "plan",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="print the isoFLOP grid of a ScalingSweep manifest",
+    )
     p.add_argument("file")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--mfu", type=float, default=DEFAULT_MFU, help="MFU for the GPU-hour estimate")
@@ -303,7 +351,11 @@ def parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_plan)
 
-    p = sub.add_parser("fit", help="fit scaling laws to a table of trial results (CSV or JSON)")
+    p = sub.add_parser(
+        "fit",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="fit scaling laws to a table of trial results (CSV or JSON)",
+    )
     p.add_argument("table", help="rows of budget, params, tokens (or data), loss, optional metrics")
     p.add_argument("--method", choices=["parabola", "parametric", "both"], default="both")
     p.add_argument("--bootstrap", type=int, default=1000, help="resamples for intervals (0: none)")
@@ -324,12 +376,33 @@ def parser() -> argparse.ArgumentParser:
         help="budget to leave out and predict as a check (default: largest)",
     )
     p.add_argument("--irreducible", action="store_true", help="also fit L*(C) = E + A C^-g")
+    p.add_argument(
+        "--bin",
+        type=float,
+        metavar="DECADES",
+        help="group measured budgets into bins this wide in log10 C (default: within 1%%)",
+    )
+    p.add_argument(
+        "--noise",
+        type=float,
+        help="relative noise of one loss, if known (default: measured, replicates or residuals)",
+    )
+    p.add_argument(
+        "--window",
+        type=float,
+        default=0.02,
+        help="fit each parabola around its minimum, to this relative loss rise (0: every rung)",
+    )
     p.add_argument("--compare", metavar="OTHER", help="a second table to compare exponents with")
     p.add_argument("--plot", metavar="DIR", help="write isoflop.png and laws.png here")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_fit)
 
-    p = sub.add_parser("crd", help="write the CustomResourceDefinition generated from the API")
+    p = sub.add_parser(
+        "crd",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="write the CustomResourceDefinition generated from the API",
+    )
     p.add_argument(
         "--output",
         "-o",

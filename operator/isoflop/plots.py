@@ -23,7 +23,13 @@ def plot_isoflops(points: Points, analysis: Analysis, path: Path) -> Path:
         sel = points.budget == fit.budget
         n = points.params[sel]
         ax.scatter(n, points.loss[sel], color=color, s=18, zorder=3)
-        x = np.linspace(np.log10(n.min()) - 0.1, np.log10(n.max()) + 0.1, 100)
+        lo, hi = np.log10(n.min()) - 0.1, np.log10(n.max()) + 0.1
+        if fit.window is not None and np.isfinite(fit.loss_opt) and fit.a > 0:
+            # a local parabola describes the curve near its minimum only: draw it there
+            reach = 2 * np.sqrt(fit.window * fit.loss_opt / fit.a)
+            x_opt = np.log10(fit.params_opt)
+            lo, hi = max(lo, x_opt - reach), min(hi, x_opt + reach)
+        x = np.linspace(lo, hi, 100)
         ax.plot(
             10**x,
             fit.a * x * x + fit.b * x + fit.c,
@@ -124,6 +130,61 @@ def plot_laws(analysis: Analysis, path: Path) -> Path:
     return path
 
 
+def plot_parametric(points: Points, analysis: Analysis, path: Path) -> Path:
+    """Loss against N per budget with the parametric surface along each isoFLOP line, and the
+    compute-optimal N*(C) it implies."""
+    f = analysis.parametric
+    assert f is not None
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), dpi=120)
+    budgets = np.unique(points.budget)
+    colors = plt.get_cmap("viridis")(np.linspace(0.0, 0.9, max(len(budgets), 1)))
+    for c, color in zip(budgets, colors, strict=False):
+        sel = points.budget == c
+        n = points.params[sel]
+        left.scatter(n, points.loss[sel], color=color, s=18, zorder=3)
+        grid = np.logspace(np.log10(n.min()) - 0.1, np.log10(n.max()) + 0.1, 100)
+        left.plot(
+            grid,
+            f.loss(grid, c / (f.flops_per_param_token * grid)),
+            color=color,
+            lw=1.2,
+            label=f"C = {c:.3g}",
+        )
+        n_opt, _, l_opt = f.optimum(c)
+        left.scatter([n_opt], [l_opt], color=color, marker="*", s=120, edgecolor="black", zorder=4)
+    left.set_xscale("log")
+    left.set_xlabel("parameters N")
+    left.set_ylabel("loss")
+    left.set_title("parametric L(N, D) along each isoFLOP line (stars: optima)")
+    left.legend(fontsize=7)
+    left.grid(alpha=0.3, which="both")
+    c_all = np.concatenate([budgets, [p.budget for p in analysis.predictions]])
+    grid = np.logspace(np.log10(c_all.min()) - 0.1, np.log10(c_all.max()) + 0.1, 100)
+    right.plot(
+        grid, f.optimum(grid)[0], color="C0", label=f"N* ~ C^{f.params_exponent:.4f} (parametric)"
+    )
+    if f.samples is not None and len(f.samples):
+        theta = f.samples
+        from isoflop.fit.parametric import optimum
+
+        curves = optimum(theta[:, None, :], grid[None, :], f.flops_per_param_token)[0]
+        tail = (1 - analysis.confidence) / 2 * 100
+        low, high = np.nanpercentile(curves, [tail, 100 - tail], axis=0)
+        right.fill_between(
+            grid, low, high, color="C0", alpha=0.2, label=f"{analysis.confidence:.0%} confidence"
+        )
+    right.set_xscale("log")
+    right.set_yscale("log")
+    right.set_xlabel("compute C (FLOPs)")
+    right.set_ylabel("N*")
+    right.grid(alpha=0.3, which="both")
+    right.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def plot_all(points: Points, analysis: Analysis, directory: str | Path) -> list[Path]:
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
@@ -131,4 +192,6 @@ def plot_all(points: Points, analysis: Analysis, directory: str | Path) -> list[
     if analysis.budget_fits:
         paths.append(plot_isoflops(points, analysis, out / "isoflop.png"))
         paths.append(plot_laws(analysis, out / "laws.png"))
+    if analysis.parametric is not None:
+        paths.append(plot_parametric(points, analysis, out / "parametric.png"))
     return paths

@@ -54,6 +54,8 @@ def fit(
 
     Returns the status document's fit and the Analysis behind it (None when nothing was fitted).
     """
+    from threadpoolctl import threadpool_limits
+
     from isoflop.fit import Points, analyze
     from isoflop.fit.report import to_result
 
@@ -67,15 +69,19 @@ def fit(
     if hold_out is not None and (hold_out not in budgets or len(budgets) < 3):
         warnings.append(f"hold-out budget {hold_out:g} is not complete yet; no hold-out check")
         hold_out = None
+    if method == "parametric":
+        hold_out = None  # the hold-out check compares parabolas
     try:
-        analysis = analyze(
-            Points.from_rows(chosen),
-            method=method,
-            bootstrap=spec.fit.bootstrap,
-            seed=spec.fit.seed,
-            predict=spec.fit.predict,
-            hold_out=hold_out,
-        )
+        with threadpool_limits(limits=1):  # many tiny solves: one BLAS thread is fastest
+            analysis = analyze(
+                Points.from_rows(chosen),
+                method=method,
+                bootstrap=spec.fit.bootstrap,
+                seed=spec.fit.seed,
+                predict=spec.fit.predict,
+                hold_out=hold_out,
+                window=spec.fit.window,
+            )
     except ValueError as err:
         return api.FitResult(warnings=[*warnings, f"no laws yet: {err}"]), None
     result = to_result(analysis)

@@ -51,12 +51,14 @@ def test_a_simulated_paper_grid_recovers_the_simulated_exponents(tmp_path: Path)
 def test_forecast_reports_interval_widths_and_what_helps() -> None:
     f = forecast(paper().spec, Law(), noise=0.01, runs=6, bootstrap=100)
     params = f.exponents[0]
-    assert params.true == pytest.approx(Law().params_exponent)
+    assert params.true == pytest.approx(Law().params_exponent, abs=2e-4)  # whole steps
     assert params.interval_width > 0
     assert abs(params.mean - params.true) < 0.05
-    labels = dict(f.variants)
-    assert "add budget 1.8e+19" in labels
-    assert labels["add budget 1.8e+19"] < 1.0  # a larger budget narrows the interval
+    variants = {v.label: v for v in f.variants}
+    assert "add budget 1.8e+19" in variants
+    bigger = variants["add budget 1.8e+19"]
+    assert bigger.width < 1.0  # a larger budget narrows the interval
+    assert bigger.compute == pytest.approx(1 + 1.8e19 * 14 / f.compute, rel=0.05)  # 14 rungs more
 
 
 def write_tiny(path: Path) -> Path:
@@ -66,7 +68,7 @@ def write_tiny(path: Path) -> Path:
     manifest["spec"]["budgets"] = [3e10, 1e11]  # small enough to be quick, big enough for a minimum
     manifest["spec"]["training"].update({"minSteps": 20, "evalSamples": 64})
     manifest["spec"]["parallelism"] = 2
-    manifest["spec"]["fit"] = {"bootstrap": 50, "method": "parabola"}
+    manifest["spec"]["fit"] = {"bootstrap": 100, "method": "parabola"}
     path.write_text(yaml.safe_dump(manifest))
     return path
 
@@ -132,7 +134,7 @@ def test_a_local_sweep_survives_an_interrupt_and_never_retrains(tmp_path: Path) 
         ),
         (
             ["run", "examples/quickstart.yaml", "--simulate", "--law", "1,2,3"],
-            "isoflop: error: --law takes five positive numbers",
+            "isoflop: error: --law takes five or six positive numbers",
         ),
         (
             ["forecast", "examples/quickstart.yaml", "--runs", "1"],

@@ -52,7 +52,7 @@ def manifest() -> dict[str, Any]:
     }
     obj["spec"]["parallelism"] = 4
     obj["spec"]["retries"] = {"perTrial": 2, "maxFailedTrials": 0}
-    obj["spec"]["fit"]["bootstrap"] = 50
+    obj["spec"]["fit"]["bootstrap"] = 100
     return obj
 
 

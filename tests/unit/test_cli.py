@@ -130,7 +130,7 @@ def test_fit_json_reports_the_paper_exponents(
         "--method",
         "parabola",
         "--bootstrap",
-        "50",
+        "100",
         "--predict",
         "1.5e21",
     ]
@@ -191,7 +191,7 @@ def test_fit_errors_are_one_sentence(
 ) -> None:
     table = tmp_path / "t.csv"
     table.write_text(content)
-    assert cli.main(["fit", str(table), "--bootstrap", "10"]) == 2
+    assert cli.main(["fit", str(table), "--bootstrap", "100"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(message)
     assert err.count("\n") == 1

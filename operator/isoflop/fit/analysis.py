@@ -8,18 +8,33 @@ from typing import Literal
 import numpy as np
 
 from isoflop.fit.data import Array, Points
+from isoflop.fit.noise import Noise, estimate_noise, smooth_curve
 from isoflop.fit.parabola import (
+    DEFAULT_WINDOW,
     BudgetFit,
     fit_budget,
     flops_per_param_token,
+    local_parabolas,
     metric_at,
     vertex,
-    vertex_limit,
-    weighted_quadratics,
 )
 from isoflop.fit.parametric import ParametricFit, fit_parametric
-from isoflop.fit.powerlaw import PowerLaw, SaturatingLaw, fit_power_law, fit_saturating_law
-from isoflop.fit.stats import Interval, Predicted, percentile_interval
+from isoflop.fit.powerlaw import (
+    MIN_PREDICTION_POINTS,
+    PowerLaw,
+    SaturatingLaw,
+    fit_power_law,
+    fit_saturating_law,
+    masked_lines,
+)
+from isoflop.fit.stats import (
+    MIN_RESAMPLES,
+    Interval,
+    Predicted,
+    censored_interval,
+    identified_share,
+    percentile_interval,
+)
 
 Method = Literal["parabola", "parametric", "both"]
 LAWS = ("params", "tokens", "loss")
@@ -41,7 +56,12 @@ class Prediction:
 
 @dataclass(frozen=True)
 class HoldOut:
-    """Fit without one budget, predict it, compare with that budget's own parabola."""
+    """Fit without one budget, predict it, compare with that budget's own parabola.
+
+    The prediction intervals come from the same resamples as the fit: each resample's law
+    fitted without the budget against that resample's own optimum of the budget, so they hold
+    the noise of both sides and nothing else.
+    """
 
     budget: float
     predicted: Prediction
@@ -60,16 +80,12 @@ class HoldOut:
         return self.predicted.loss.value / self.observed_loss - 1.0
 
     @property
-    def within_prediction_interval(self) -> bool:
+    def within_prediction_interval(self) -> bool | None:
+        """None when the intervals are not identified (no resamples, or no noise estimate)."""
         p, lo = self.predicted.params, self.predicted.loss
-        return bool(
-            p is not None
-            and p.pi is not None
-            and self.observed_params in p.pi
-            and lo is not None
-            and lo.pi is not None
-            and self.observed_loss in lo.pi
-        )
+        if p is None or p.pi is None or lo is None or lo.pi is None:
+            return None
+        return self.observed_params in p.pi and self.observed_loss in lo.pi
 
 
 @dataclass(frozen=True)
@@ -89,6 +105,10 @@ class Analysis:
     predictions: tuple[Prediction, ...] = ()
     holdout: HoldOut | None = None
     warnings: tuple[str, ...] = ()
+    noise: Noise = field(default_factory=lambda: Noise(None, 0.0, "none"))
+    window: float | None = DEFAULT_WINDOW
+    not_identified: tuple[str, ...] = ()  # quantities whose interval the design cannot give
+    disagreement: str | None = None  # the two methods' N* exponents disagree beyond intervals
 
 
 def analyze(
@@ -101,32 +121,103 @@ def analyze(
     predict: tuple[float, ...] | list[float] = (),
     hold_out: float | Literal["largest"] | None = None,
     irreducible: bool = False,
+    window: float | None = DEFAULT_WINDOW,
+    noise: float | None = None,
+    bin_decades: float | None = None,
 ) -> Analysis:
-    """Fit a sweep. Raises ValueError naming the problem for input no law can be fitted to."""
+    """Fit a sweep. Raises ValueError naming the problems for input no law can be fitted to.
+
+    Intervals come from a parametric bootstrap: each resample redraws every trial's loss around
+    a smooth curve through its budget with the noise model's scatter (`isoflop.fit.noise`).
+    `noise` fixes the relative noise instead of estimating it; `bin_decades` groups measured
+    budgets into bins of that width in log10 C (default: budgets within 1% are one).
+    """
     if method not in ("parabola", "parametric", "both"):
         raise ValueError(f"method must be parabola, parametric or both, got {method!r}")
     if bootstrap < 0:
         raise ValueError(f"bootstrap must be 0 or more, got {bootstrap}")
+    if 0 < bootstrap < MIN_RESAMPLES:
+        raise ValueError(
+            f"{bootstrap} resamples are too few for an interval's tails; use at least "
+            f"{MIN_RESAMPLES}, or 0 for no intervals"
+        )
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
+    if window is not None and not (np.isfinite(window) and 0 < window <= 1):
+        raise ValueError(f"the fit window must be a relative loss rise in (0, 1], got {window}")
     if any(not np.isfinite(c) or c <= 0 for c in predict):
         raise ValueError("budgets to predict must be positive FLOP counts")
+    points = points.grouped(bin_decades)
     budgets = points.budgets
     if len(budgets) < 2:
         raise ValueError(f"scaling laws need at least 2 budgets, got 1 ({budgets[0]:g})")
+    if hold_out is not None and hold_out != "largest" and float(hold_out) not in budgets:
+        raise ValueError(f"hold-out budget {float(hold_out):g} is not one of the budgets")
     rng = np.random.default_rng(seed)
-    result = Analysis(method=method, bootstrap=bootstrap, seed=seed, confidence=confidence)
+    noise_model = estimate_noise(points, noise)
+    result = Analysis(
+        method=method,
+        bootstrap=bootstrap,
+        seed=seed,
+        confidence=confidence,
+        noise=noise_model,
+        window=window,
+    )
     warnings: list[str] = []
-
+    missing: list[str] = []
+    if bootstrap and not noise_model.identified:
+        warnings.append(
+            "intervals are not identified: with 3 model sizes per budget, no replicates and no "
+            "measured standard errors nothing measures the noise of a loss; add rungs or "
+            "replicates, or give the noise (isoflop fit --noise)"
+        )
+        missing.append("all intervals")
+    boot: _Boot | None = None
     if method in ("parabola", "both"):
-        result = _parabola_method(points, result, rng, irreducible, warnings)
+        result, boot = _parabola_method(points, result, rng, irreducible, warnings, missing)
     if method in ("parametric", "both"):
-        result = replace(result, parametric=fit_parametric(points, bootstrap, seed, confidence))
+        parametric = fit_parametric(points, bootstrap, seed, confidence, noise_model)
+        result = replace(result, parametric=parametric)
+        for name, bound in parametric.at_bound.items():
+            warnings.append(
+                f"parametric fit: {name} ends on its optimizer bound ({bound}): it is not "
+                "identified by these trials"
+            )
+            missing.append(f"parametric {name}")
+        missing += [f"parametric {n} interval" for n in parametric.unidentified]
+    disagreement = _disagreement(result)
+    if disagreement:
+        warnings.append(disagreement)
     predictions = tuple(_predict(result, float(c), rng) for c in predict)
+    if predictions and result.laws and result.laws["params"].points < MIN_PREDICTION_POINTS:
+        warnings.append(
+            "predictions come from laws through 2 budgets: no prediction interval (a line "
+            "through 2 points says nothing of the scatter around it)"
+        )
     holdout = None
     if hold_out is not None:
-        holdout = _hold_out(points, result, hold_out)
-    return replace(result, predictions=predictions, holdout=holdout, warnings=tuple(warnings))
+        if boot is None:
+            warnings.append("the hold-out check compares parabolas; this fit has none")
+        else:
+            holdout = _hold_out(result, boot, hold_out, warnings)
+    return replace(
+        result,
+        predictions=predictions,
+        holdout=holdout,
+        warnings=tuple(warnings),
+        not_identified=tuple(missing),
+        disagreement=disagreement,
+    )
+
+
+@dataclass(frozen=True)
+class _Boot:
+    """Per (resample, budget) optima of the parabola method; NaN where a resample has none."""
+
+    budgets: Array  # (J,)
+    usable: np.ndarray  # (J,) the point estimate is bracketed
+    log_params: Array  # (R, J) log10 N*
+    loss: Array  # (R, J)
 
 
 def _parabola_method(
@@ -135,73 +226,119 @@ def _parabola_method(
     rng: np.random.Generator,
     irreducible: bool,
     warnings: list[str],
-) -> Analysis:
+    missing: list[str],
+) -> tuple[Analysis, _Boot]:
     budgets = points.budgets
-    reps = result.bootstrap
+    conf = result.confidence
+    reps = result.bootstrap if result.noise.identified else 0
     metric_names = sorted(points.metrics)
+    sigma = result.noise.sigma(points) * result.noise.inflation(conf) if reps else None
     fits: list[BudgetFit] = []
-    # bootstrap optima per (resample, budget)
+    problems: list[str] = []
     x_boot = np.full((reps, len(budgets)), np.nan)
     l_boot = np.full((reps, len(budgets)), np.nan)
     d_boot = np.full((reps, len(budgets)), np.nan)
     m_boot = {m: np.full((reps, len(budgets)), np.nan) for m in metric_names}
+    kept = np.zeros(len(budgets), dtype=bool)
     for j, budget in enumerate(budgets):
-        sel = points.select(points.budget == budget)
-        fit = fit_budget(float(budget), sel.params, sel.tokens, sel.loss, sel.metrics)
+        mask = points.budget == budget
+        sel = points.select(mask)
+        sizes = len(np.unique(sel.params))
+        if sizes < 3:
+            problems.append(f"{budget:g} ({sizes})")
+            continue
+        kept[j] = True
+        fit = fit_budget(
+            float(budget), sel.params, sel.tokens, sel.loss, sel.metrics, result.window
+        )
         if reps:
+            assert sigma is not None
             x = np.log10(sel.params)
             center = float(x.mean())
-            n = len(x)
-            w = rng.multinomial(n, np.full(n, 1.0 / n), size=reps).astype(np.float64)
-            coef, ok = weighted_quadratics(x - center, sel.loss, w)
-            u_opt, l_opt, convex = vertex(coef, vertex_limit(x - center))
-            valid = ok & convex
-            x_boot[:, j] = np.where(valid, u_opt + center, np.nan)
-            l_boot[:, j] = np.where(valid, l_opt, np.nan)
+            u = x - center
+            smooth, _ = smooth_curve(x, np.log(sel.loss))
+            draws = np.exp(smooth + sigma[mask] * rng.standard_normal((reps, len(x))))
+            coef, weights, convex = local_parabolas(u, draws, result.window)
+            u_opt, l_opt, _ = vertex(coef)
+            below = convex & (u_opt <= u.min())
+            above = convex & (u_opt >= u.max())
+            inside = convex & ~below & ~above
+            x_boot[:, j] = np.where(inside, u_opt + center, np.nan)
+            l_boot[:, j] = np.where(inside, l_opt, np.nan)
             k = flops_per_param_token(float(budget), sel.params, sel.tokens, x_boot[:, j])
             d_boot[:, j] = budget / (k * 10 ** x_boot[:, j])
             for m in metric_names:
-                log_m = metric_at(x - center, np.log10(sel.metrics[m]), np.nan_to_num(u_opt), w)
-                m_boot[m][:, j] = np.where(valid, 10**log_m, np.nan)
+                log_m = metric_at(u, np.log10(sel.metrics[m]), np.nan_to_num(u_opt), weights)
+                m_boot[m][:, j] = np.where(inside, 10**log_m, np.nan)
+            log_ci = censored_interval(x_boot[:, j], below, above, conf)
+            fraction = float(inside.mean())
             fit = replace(
                 fit,
-                params_opt_ci=percentile_interval(10 ** x_boot[:, j], result.confidence),
-                loss_opt_ci=percentile_interval(l_boot[:, j], result.confidence),
+                params_opt_ci=None if log_ci is None else Interval(10**log_ci.low, 10**log_ci.high),
+                loss_opt_ci=percentile_interval(l_boot[:, j], conf)
+                if fraction >= identified_share(conf)
+                else None,
+                bracketed_fraction=fraction,
             )
+            if fit.bracketed and log_ci is None:
+                warnings.append(
+                    f"budget {budget:g}: its minimum leaves the ladder in {1 - fraction:.0%} of "
+                    "resamples, so its N* interval is not identified: add rungs around the minimum"
+                )
+                missing.append(f"budget {budget:g} N* interval")
         if not fit.bracketed:
-            warnings.append(f"budget {budget:g}: {fit.advice}")
+            warnings.append(f"budget {budget:g}: {fit.advice}; left out of the laws")
         fits.append(fit)
-
-    usable = np.array([np.isfinite(f.loss_opt) for f in fits])
-    if usable.sum() < 2:
-        raise ValueError(
-            "scaling laws need at least 2 budgets whose loss curves upward across the ladder, "
-            f"got {int(usable.sum())}"
+    if problems:
+        plural = "s" if len(problems) > 1 else ""
+        warnings.append(
+            f"fewer than the 3 model sizes a parabola needs at budget{plural} "
+            f"{', '.join(problems)}; left out"
         )
-    c = budgets[usable]
+    usable_fits = np.array([f.bracketed for f in fits], dtype=bool)
+    if usable_fits.sum() < 2:
+        detail = [f"{f.budget:g}: {f.advice}" for f in fits if not f.bracketed]
+        if problems:
+            detail.append(f"fewer than the 3 model sizes a parabola needs at {', '.join(problems)}")
+        raise ValueError(
+            "scaling laws need at least 2 budgets with a minimum inside the ladder, got "
+            f"{int(usable_fits.sum())}" + (f": {'; '.join(detail)}" if detail else "")
+        )
+    x_boot, l_boot, d_boot = x_boot[:, kept], l_boot[:, kept], d_boot[:, kept]
+    m_boot = {m: v[:, kept] for m, v in m_boot.items()}
+    budgets = budgets[kept]
+    c = budgets[usable_fits]
     boot = reps > 0
 
     def law(name: str, values: Array, samples: Array) -> PowerLaw:
-        boot_y = samples[:, usable] if boot else None
-        return fit_power_law(name, c, values, boot_y, confidence=result.confidence)
+        boot_y = samples[:, usable_fits] if boot else None
+        fitted = fit_power_law(name, c, values, boot_y, confidence=conf)
+        if boot and not fitted.identified:
+            missing.append(f"{name} law intervals")
+        return fitted
 
     laws = {
-        "params": law("params", np.array([f.params_opt for f in fits])[usable], 10**x_boot),
-        "tokens": law("tokens", np.array([f.tokens_opt for f in fits])[usable], d_boot),
-        "loss": law("loss", np.array([f.loss_opt for f in fits])[usable], l_boot),
+        "params": law("params", np.array([f.params_opt for f in fits])[usable_fits], 10**x_boot),
+        "tokens": law("tokens", np.array([f.tokens_opt for f in fits])[usable_fits], d_boot),
+        "loss": law("loss", np.array([f.loss_opt for f in fits])[usable_fits], l_boot),
     }
+    if boot and not laws["params"].identified:
+        warnings.append(
+            "the N* law's intervals are not identified: too many resamples lose the minimum of "
+            "a budget; add rungs around each budget's minimum"
+        )
     metric_laws = {
-        m: law(m, np.array([dict(f.metrics_opt)[m] for f in fits])[usable], m_boot[m])
+        m: law(m, np.array([dict(f.metrics_opt)[m] for f in fits])[usable_fits], m_boot[m])
         for m in metric_names
     }
     metric_vs_loss = {m: _metric_vs_loss(points, m, rng, result) for m in metric_names}
     saturating = None
     if irreducible:
-        loss_opt = np.array([f.loss_opt for f in fits])[usable]
+        loss_opt = np.array([f.loss_opt for f in fits])[usable_fits]
         saturating = fit_saturating_law(
-            "loss", c, loss_opt, l_boot[:, usable] if boot else None, result.confidence
+            "loss", c, loss_opt, l_boot[:, usable_fits] if boot else None, conf
         )
-    return replace(
+    analysis = replace(
         result,
         budget_fits=tuple(fits),
         laws=laws,
@@ -209,6 +346,7 @@ def _parabola_method(
         metric_vs_loss=metric_vs_loss,
         loss_saturating=saturating,
     )
+    return analysis, _Boot(budgets, usable_fits, x_boot, l_boot)
 
 
 def _metric_vs_loss(
@@ -221,6 +359,22 @@ def _metric_vs_loss(
         idx = rng.integers(0, len(y), size=(result.bootstrap, len(y)))
         boot_x, boot_y = points.loss[idx], y[idx]
     return fit_power_law(f"{metric}~loss", points.loss, y, boot_y, boot_x, result.confidence)
+
+
+def _disagreement(result: Analysis) -> str | None:
+    """A sentence when the parabola and parametric N* exponents' intervals do not overlap."""
+    if not result.laws or result.parametric is None:
+        return None
+    law, par = result.laws["params"], result.parametric
+    a, b = law.exponent_ci, par.intervals.get("params_exponent")
+    if a is None or b is None or (a.low <= b.high and b.low <= a.high):
+        return None
+    return (
+        f"the methods disagree: the parabolas give N* ~ C^{law.exponent:.4f} "
+        f"[{a.low:.4f}, {a.high:.4f}], the parametric fit C^{par.params_exponent:.4f} "
+        f"[{b.low:.4f}, {b.high:.4f}]; the loss surface is not what one of them assumes "
+        "(check the isoFLOP curves and whether each budget's minimum is well inside its ladder)"
+    )
 
 
 def _predict(result: Analysis, budget: float, rng: np.random.Generator) -> Prediction:
@@ -245,25 +399,45 @@ def _predict(result: Analysis, budget: float, rng: np.random.Generator) -> Predi
     return pred
 
 
-def _hold_out(points: Points, result: Analysis, hold_out: float | str) -> HoldOut:
-    budgets = points.budgets
+def _hold_out(
+    result: Analysis, boot: _Boot, hold_out: float | str, warnings: list[str]
+) -> HoldOut | None:
+    budgets = boot.budgets
     target = float(budgets[-1]) if hold_out == "largest" else float(hold_out)
     if target not in budgets:
-        raise ValueError(f"hold-out budget {target:g} is not one of the budgets")
-    if len(budgets) < 3:
-        raise ValueError("a hold-out check needs at least 3 budgets (2 to fit, 1 to predict)")
-    rest = points.select(points.budget != target)
-    fitted = analyze(
-        rest,
-        method="parabola",
-        bootstrap=result.bootstrap,
-        seed=result.seed,
-        confidence=result.confidence,
-        predict=[target],
-    )
-    own = points.select(points.budget == target)
-    observed = fit_budget(target, own.params, own.tokens, own.loss)
-    return HoldOut(target, fitted.predictions[0], observed.params_opt, observed.loss_opt)
+        warnings.append(f"no hold-out check: budget {target:g} has too few model sizes")
+        return None
+    j = int(np.flatnonzero(budgets == target)[0])
+    rest = boot.usable.copy()
+    rest[j] = False
+    if not boot.usable[j] or rest.sum() < 2:
+        why = "its minimum is not inside the ladder" if not boot.usable[j] else "too few budgets"
+        warnings.append(f"no hold-out check of {target:g}: {why}")
+        return None
+    fits = [f for f in result.budget_fits if f.budget in budgets]
+    c = budgets[rest]
+    log_c, log_target = np.log10(c), np.log10(target)
+    observed = fits[j]
+    estimates: dict[str, Predicted] = {}
+    for name, values, samples in (
+        ("params", np.log10([f.params_opt for f in fits]), boot.log_params),
+        ("loss", np.log10([f.loss_opt for f in fits]), np.log10(boot.loss)),
+    ):
+        slope, intercept = np.polyfit(log_c, values[rest], 1)
+        value = intercept + slope * log_target
+        pi = None
+        if len(samples):
+            mask = np.isfinite(samples[:, rest])
+            b_int, b_slope, ok = masked_lines(log_c, samples[:, rest], mask)
+            err = samples[:, j] - (b_int + b_slope * log_target)  # observed - predicted
+            err = err[ok & np.isfinite(err)]
+            if len(err) >= identified_share(result.confidence) * len(samples):
+                tail = (1.0 - result.confidence) / 2.0
+                lo, hi = np.quantile(err - err.mean(), [tail, 1.0 - tail])
+                pi = Interval(10 ** (value + lo), 10 ** (value + hi))
+        estimates[name] = Predicted(float(10**value), None, pi)
+    predicted = Prediction(budget=target, params=estimates["params"], loss=estimates["loss"])
+    return HoldOut(target, predicted, observed.params_opt, observed.loss_opt)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,8 @@ COLUMNS = {
     "tokens": ("tokens", "data", "d"),
     "loss": ("loss", "eval_loss", "val_loss"),
 }
+# The standard error of each trial's loss, where the evaluator measured it (optional).
+SE_COLUMNS = ("loss_se", "eval_loss_se", "loss_stderr", "se")
 # Columns that are identifiers or bookkeeping, never metrics.
 IGNORED = {
     "id",
@@ -39,18 +42,25 @@ IGNORED = {
     "flops_exact",
     "flops_6nd",
     "batch_size",
+    "seed",
+    "replicate",
 }
 
 
 @dataclass(frozen=True)
 class Points:
-    """One row per finished trial: nominal budget C, parameters N, tokens D, loss, extra metrics."""
+    """One row per finished trial: nominal budget C, parameters N, tokens D, loss, extra metrics.
+
+    Rows may repeat a (budget, params) pair: replicates of one trial under other seeds. `loss_se`
+    is each loss's standard error where the evaluator measured it.
+    """
 
     budget: Array
     params: Array
     tokens: Array
     loss: Array
     metrics: dict[str, Array] = field(default_factory=dict)
+    loss_se: Array | None = None
 
     def __post_init__(self) -> None:
         n = len(self.budget)
@@ -63,6 +73,8 @@ class Points:
             "loss": self.loss,
             **self.metrics,
         }
+        if self.loss_se is not None:
+            columns["loss_se"] = self.loss_se
         for name, col in columns.items():
             if col.shape != (n,):
                 raise ValueError(f"column {name} has {col.shape[0]} values, expected {n}")
@@ -72,14 +84,6 @@ class Points:
             bad = np.flatnonzero(col <= 0)
             if bad.size:
                 raise ValueError(f"row {bad[0] + 1}: {name} must be positive, got {col[bad[0]]:g}")
-        seen: dict[tuple[float, float], int] = {}
-        for i, key in enumerate(zip(self.budget.tolist(), self.params.tolist(), strict=True)):
-            if key in seen:
-                raise ValueError(
-                    f"rows {seen[key] + 1} and {i + 1} repeat budget {key[0]:g} with params "
-                    f"{key[1]:g}; keep one result per trial"
-                )
-            seen[key] = i
 
     def __len__(self) -> int:
         return len(self.budget)
@@ -89,6 +93,12 @@ class Points:
         """The distinct budgets, ascending."""
         return np.unique(self.budget)
 
+    @property
+    def replicated(self) -> bool:
+        """Whether some (budget, params) pair has more than one row."""
+        keys = np.stack([self.budget, self.params], axis=1)
+        return len(np.unique(keys, axis=0)) < len(self)
+
     def select(self, mask: NDArray[np.bool_]) -> Points:
         return Points(
             self.budget[mask],
@@ -96,7 +106,42 @@ class Points:
             self.tokens[mask],
             self.loss[mask],
             {k: v[mask] for k, v in self.metrics.items()},
+            None if self.loss_se is None else self.loss_se[mask],
         )
+
+    def with_loss(self, loss: Array) -> Points:
+        """The same trials with other losses (a simulated or resampled sweep)."""
+        return Points(self.budget, self.params, self.tokens, loss, self.metrics, self.loss_se)
+
+    def grouped(self, bin_decades: float | None = None, tolerance: float = 0.01) -> Points:
+        """Budgets grouped into the isoFLOP budgets they were meant to be.
+
+        Measured FLOPs differ a little from run to run. By default budgets within `tolerance`
+        (relative) of their neighbour form one budget; `bin_decades` instead puts every trial in
+        a bin of that width in log10 C. Each group's budget is the geometric mean of its
+        members; params, tokens and losses stay as measured.
+        """
+        log_c = np.log10(self.budget)
+        if bin_decades is not None:
+            if not math.isfinite(bin_decades) or bin_decades <= 0:
+                raise ValueError(
+                    f"the budget bin must be a positive width in decades, got {bin_decades}"
+                )
+            label = np.round(log_c / bin_decades)
+        else:
+            order = np.argsort(log_c)
+            gaps = np.diff(log_c[order]) > math.log10(1.0 + tolerance)
+            label = np.empty(len(self))
+            label[order] = np.concatenate([[0], np.cumsum(gaps)])
+        budget = np.empty(len(self))
+        for g in np.unique(label):
+            sel = label == g
+            members = self.budget[sel]
+            same = bool((members == members[0]).all())
+            budget[sel] = members[0] if same else 10 ** float(log_c[sel].mean())
+        if np.array_equal(budget, self.budget):
+            return self
+        return Points(budget, self.params, self.tokens, self.loss, self.metrics, self.loss_se)
 
     @classmethod
     def from_rows(cls, rows: Iterable[Mapping[str, Any]]) -> Points:
@@ -113,7 +158,8 @@ class Points:
                     f"missing column {canonical!r} (accepted names: {', '.join(names)})"
                 )
             found[canonical] = name
-        known = set(found.values()) | IGNORED
+        se_name = next((n for n in SE_COLUMNS if n in lower[0]), None)
+        known = set(found.values()) | IGNORED | set(SE_COLUMNS)
         metric_names = [k for k in lower[0] if k not in known and _is_number(lower[0][k])]
 
         def column(name: str) -> Array:
@@ -131,6 +177,7 @@ class Points:
             tokens=column(found["tokens"]),
             loss=column(found["loss"]),
             metrics={m: column(m) for m in metric_names},
+            loss_se=None if se_name is None else column(se_name),
         )
 
 

@@ -2,7 +2,10 @@
 
 Fitted as in Hoffmann et al. (2022) and Epoch AI's replication (Besiroglu et al., 2024): a Huber
 loss (delta 1e-3) on log L, with log L(N, D) = LSE(a - alpha ln N, b - beta ln D, e), A = e^a,
-B = e^b, E = e^e; L-BFGS-B started from the best points of a grid; bootstrap over trials.
+B = e^b, E = e^e; L-BFGS-B started from the best points of a grid. Intervals come from a
+parametric bootstrap: every trial's loss redrawn around the fitted surface with the noise model's
+scatter (or the fit's own, if larger), refitted from the estimate. A parameter that ends on an
+optimizer bound is not identified by the trials and is flagged, not reported as a number.
 """
 
 from __future__ import annotations
@@ -12,8 +15,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.optimize import minimize
+from threadpoolctl import threadpool_limits
 
 from isoflop.fit.data import Array, Points
+from isoflop.fit.noise import Noise
 from isoflop.fit.stats import Interval, percentile_interval
 
 HUBER_DELTA = 1e-3
@@ -43,6 +48,9 @@ class ParametricFit:
     points: int
     intervals: dict[str, Interval | None] = field(default_factory=dict)
     samples: Array | None = field(default=None, repr=False, compare=False)  # (R, 5) bootstrap
+    at_bound: dict[str, str] = field(default_factory=dict)  # parameter -> "upper 4" etc.
+    unidentified: tuple[str, ...] = ()  # intervals that reach a bound in too many resamples
+    residual: float = 0.0  # relative rms residual of the fit (sd of log L)
 
     @property
     def params_exponent(self) -> float:
@@ -138,13 +146,25 @@ def _to_natural(theta: Array) -> Array:
     return np.stack([np.exp(e), np.exp(a), np.exp(b), alpha, beta], axis=-1)
 
 
+def _bounds_hit(theta: Array) -> Array:
+    """(..., 5) bool: which of (a, b, e, alpha, beta) sit on an optimizer bound."""
+    lo = np.array([b[0] for b in BOUNDS])
+    hi = np.array([b[1] for b in BOUNDS])
+    tol = 1e-6 * (hi - lo)
+    return np.asarray((theta <= lo + tol) | (theta >= hi - tol))
+
+
+NATURAL = ("A", "B", "E", "alpha", "beta")  # the order of BOUNDS, in the reported names
+
+
 def fit_parametric(
     points: Points,
     bootstrap: int = 0,
     seed: int = 0,
     confidence: float = 0.95,
+    noise: Noise | None = None,
 ) -> ParametricFit:
-    """Fit L(N, D) to every trial; `bootstrap` resamples of the trials give the intervals."""
+    """Fit L(N, D) to every trial; `bootstrap` parametric resamples give the intervals."""
     if len(points) < 6:
         raise ValueError(f"the parametric fit needs at least 6 trials, got {len(points)}")
     if len(np.unique(points.params)) < 3 or len(np.unique(points.tokens)) < 3:
@@ -159,18 +179,53 @@ def fit_parametric(
             best, best_value = theta, value
     natural = _to_natural(best)
     k = float(np.median(points.budget / (points.params * points.tokens)))
+    e_, a_, b_, alpha_, beta_ = natural
+    fitted = np.log(e_ + a_ / points.params**alpha_ + b_ / points.tokens**beta_)
+    dof = len(points) - 5
+    residual = float(np.sqrt(((ln_l - fitted) ** 2).sum() / dof)) if dof > 0 else 0.0
+    hit = _bounds_hit(best)
+    at_bound = {
+        NATURAL[i]: f"{'lower' if best[i] <= BOUNDS[i][0] + 1e-6 else 'upper'} bound of "
+        f"{'log ' if i < 3 else ''}{NATURAL[i]}"
+        for i in np.flatnonzero(hit)
+    }
     intervals: dict[str, Interval | None] = {}
+    unidentified: list[str] = []
     samples = None
-    if bootstrap > 0:
+    sigma = max(residual, noise.relative or 0.0) if noise is not None else residual
+    if noise is not None and noise.identified:
+        sigma *= noise.inflation(confidence)
+    if bootstrap > 0 and sigma > 0:
         rng = np.random.default_rng(seed)
-        weights = rng.multinomial(len(points), ones / len(points), size=bootstrap).astype(float)
-        rows = [_minimize(best, ln_n, ln_d, ln_l, w)[0] for w in weights]
-        samples = _to_natural(np.array(rows))
+        with threadpool_limits(limits=1):
+            rows = np.array(
+                [
+                    _minimize(
+                        best, ln_n, ln_d, fitted + sigma * rng.standard_normal(len(ln_l)), ones
+                    )[0]
+                    for _ in range(bootstrap)
+                ]
+            )
+        samples = _to_natural(rows)
+        share = _bounds_hit(rows).mean(axis=0)  # per (a, b, e, alpha, beta)
+        tail = (1.0 - confidence) / 2.0
         names = ("E", "A", "B", "alpha", "beta")
-        intervals = {n: percentile_interval(samples[:, i], confidence) for i, n in enumerate(names)}
+        column = {"E": 2, "A": 0, "B": 1, "alpha": 3, "beta": 4}  # in BOUNDS order
+        for i, n in enumerate(names):
+            if share[column[n]] > tail or n in at_bound:
+                intervals[n] = None
+                unidentified.append(n)
+            else:
+                intervals[n] = percentile_interval(samples[:, i], confidence)
         alpha, beta = samples[:, 3], samples[:, 4]
-        intervals["params_exponent"] = percentile_interval(beta / (alpha + beta), confidence)
-        intervals["tokens_exponent"] = percentile_interval(alpha / (alpha + beta), confidence)
+        exps_ok = max(share[3], share[4]) <= tail and not ({"alpha", "beta"} & set(at_bound))
+        for name, values in (
+            ("params_exponent", beta / (alpha + beta)),
+            ("tokens_exponent", alpha / (alpha + beta)),
+        ):
+            intervals[name] = percentile_interval(values, confidence) if exps_ok else None
+            if not exps_ok:
+                unidentified.append(name)
     return ParametricFit(
         E=float(natural[0]),
         A=float(natural[1]),
@@ -182,4 +237,7 @@ def fit_parametric(
         points=len(points),
         intervals=intervals,
         samples=samples,
+        at_bound=at_bound,
+        unidentified=tuple(unidentified),
+        residual=residual,
     )

@@ -8,7 +8,9 @@ import numpy as np
 from scipy.optimize import least_squares
 
 from isoflop.fit.data import Array
-from isoflop.fit.stats import Interval, Predicted, percentile_interval
+from isoflop.fit.stats import Interval, Predicted, identified_share, percentile_interval
+
+MIN_PREDICTION_POINTS = 3  # a law through 2 points has no residual: no prediction interval
 
 
 def masked_lines(u: Array, v: Array, mask: np.ndarray) -> tuple[Array, Array, np.ndarray]:
@@ -42,6 +44,8 @@ class PowerLaw:
     residual_std: float  # of log10 y around the fit; 0 when the fit has no degrees of freedom
     coefficient_ci: Interval | None = None
     exponent_ci: Interval | None = None
+    point_std: float = 0.0  # the noise of one point's log10 y, from the resamples
+    identified: bool = True  # False: too many resamples gave no law for an interval to mean much
     # bootstrap samples of (log10 coefficient, exponent), for predictions and comparisons
     samples: tuple[Array, Array] | None = field(default=None, repr=False, compare=False)
 
@@ -49,13 +53,20 @@ class PowerLaw:
         return np.asarray(self.coefficient * np.asarray(compute) ** self.exponent, dtype=np.float64)
 
     def predict(self, compute: float, confidence: float, rng: np.random.Generator) -> Predicted:
+        """The law at `compute`, with a confidence interval and, from 3 or more points, a
+        prediction interval (where that budget's own measured optimum would fall)."""
         value = float(self(compute))
-        if self.samples is None:
+        if self.samples is None or not self.identified:
             return Predicted(value)
         log_coef, exponent = self.samples
         log_pred = log_coef + exponent * np.log10(compute)
         ci = percentile_interval(10**log_pred, confidence)
-        noisy = log_pred + rng.normal(0.0, self.residual_std, size=log_pred.shape)
+        if self.points < MIN_PREDICTION_POINTS:
+            return Predicted(value, ci)
+        # one new point scatters by the noise of a measured optimum, or by the law's own
+        # residuals where those are larger (a law that does not quite hold)
+        scatter = max(self.point_std, self.residual_std if self.points > 3 else 0.0)
+        noisy = log_pred + rng.normal(0.0, scatter, size=log_pred.shape)
         pi = percentile_interval(10**noisy, confidence)
         if ci is not None and pi is not None:  # the scatter can only widen the interval
             pi = Interval(min(pi.low, ci.low), max(pi.high, ci.high))
@@ -88,14 +99,23 @@ def fit_power_law(
     residual_std = float(np.sqrt((residuals**2).sum() / dof)) if dof > 0 else 0.0
     coef_ci = exp_ci = None
     samples = None
+    point_std = 0.0
+    identified = True
     if boot_y is not None:
         mask = np.isfinite(boot_y) & (boot_y > 0)
         log_boot = np.log10(np.where(mask, boot_y, 1.0))
         b_u = u if boot_x is None else np.log10(boot_x)
         b_int, b_slope, b_ok = masked_lines(b_u, log_boot, mask)
         samples = (b_int[b_ok], b_slope[b_ok])
-        coef_ci = percentile_interval(10 ** samples[0], confidence)
-        exp_ci = percentile_interval(samples[1], confidence)
+        identified = bool(b_ok.mean() >= identified_share(confidence)) if len(b_ok) else False
+        if identified:
+            coef_ci = percentile_interval(10 ** samples[0], confidence)
+            exp_ci = percentile_interval(samples[1], confidence)
+        if boot_x is None:
+            spread = [
+                np.std(log_boot[mask[:, j], j]) for j in range(len(u)) if mask[:, j].sum() > 1
+            ]
+            point_std = float(np.median(spread)) if spread else 0.0
     return PowerLaw(
         name=name,
         coefficient=float(10 ** intercept[0]),
@@ -104,6 +124,8 @@ def fit_power_law(
         residual_std=residual_std,
         coefficient_ci=coef_ci,
         exponent_ci=exp_ci,
+        point_std=point_std,
+        identified=identified,
         samples=samples,
     )
 

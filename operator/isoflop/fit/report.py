@@ -6,6 +6,7 @@ import math
 
 from isoflop import api
 from isoflop.fit.analysis import Analysis, Comparison, Prediction
+from isoflop.fit.noise import describe
 from isoflop.fit.powerlaw import PowerLaw
 from isoflop.fit.stats import Interval, Predicted
 from isoflop.plan import format_flops
@@ -82,6 +83,12 @@ def to_result(a: Analysis) -> api.FitResult:
             tokens_exponent=f.tokens_exponent,
             params_exponent_interval=_interval(f.intervals.get("params_exponent")),
             tokens_exponent_interval=_interval(f.intervals.get("tokens_exponent")),
+            intervals={
+                k: api.Interval(low=v.low, high=v.high)
+                for k in ("E", "A", "B", "alpha", "beta")
+                if (v := f.intervals.get(k)) is not None
+            },
+            at_bound=sorted(f.at_bound),
         )
     hold_out = None
     if a.holdout is not None:
@@ -92,7 +99,20 @@ def to_result(a: Analysis) -> api.FitResult:
             loss_error=h.loss_error,
             within_prediction_interval=h.within_prediction_interval,
         )
+    noise = a.noise
     return api.FitResult(
+        noise=api.NoiseEstimate(
+            relative=noise.relative,
+            dof=noise.dof if math.isfinite(noise.dof) else None,
+            source=noise.source,
+        ),
+        not_identified=list(a.not_identified),
+        methods_agree=None
+        if not a.laws
+        or a.parametric is None
+        or a.laws["params"].exponent_ci is None
+        or a.parametric.intervals.get("params_exponent") is None
+        else a.disagreement is None,
         budget_fits=[
             api.BudgetFit(
                 budget=f.budget,
@@ -107,6 +127,7 @@ def to_result(a: Analysis) -> api.FitResult:
                 advice=f.advice or None,
                 params_opt_interval=_interval(f.params_opt_ci),
                 loss_opt_interval=_interval(f.loss_opt_ci),
+                bracketed_fraction=f.bracketed_fraction,
             )
             for f in a.budget_fits
         ],
@@ -143,9 +164,15 @@ def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
 
 def format_text(a: Analysis) -> str:
     level = f"{a.confidence:.0%}"
-    lines: list[str] = []
+    lines: list[str] = [f"Noise of one trial's loss: {describe(a.noise)}"]
     if a.budget_fits:
-        lines.append("isoFLOP parabolas (loss against log10 N, one per budget)")
+        where = (
+            "every rung alike"
+            if a.window is None
+            else f"around its minimum, to a {a.window:.0%} loss rise"
+        )
+        lines.append("")
+        lines.append(f"isoFLOP parabolas (loss against log10 N, one per budget, fitted {where})")
         lines += _table(
             ["budget", "trials", "N*", f"{level} CI", "D*", "L*", f"{level} CI", "bracketed"],
             [
@@ -153,17 +180,19 @@ def format_text(a: Analysis) -> str:
                     format_flops(f.budget),
                     str(f.points),
                     g(f.params_opt),
-                    ci(f.params_opt_ci),
+                    ci(f.params_opt_ci) or NOT_IDENTIFIED,
                     g(f.tokens_opt),
                     g(f.loss_opt),
-                    ci(f.loss_opt_ci),
-                    "yes" if f.bracketed else "NO",
+                    ci(f.loss_opt_ci) or NOT_IDENTIFIED,
+                    _bracketed(f.bracketed, f.bracketed_fraction),
                 ]
                 for f in a.budget_fits
             ],
         )
         lines.append("")
-        lines.append(f"Power laws ({level} bootstrap intervals, {a.bootstrap} resamples)")
+        lines.append(
+            f"Power laws ({level} parametric-bootstrap intervals, {a.bootstrap} resamples)"
+        )
         symbols = {"params": "N*(C)", "tokens": "D*(C)", "loss": "L*(C)"}
         named = [(symbols[k], "C", law) for k, law in a.laws.items()]
         named += [(f"{k}*(C)", "C", law) for k, law in a.metric_laws.items()]
@@ -172,8 +201,8 @@ def format_text(a: Analysis) -> str:
             [
                 label,
                 f"{law.coefficient:.4e} * {x}^{law.exponent:.4f}",
-                ci(law.exponent_ci),
-                ci(law.coefficient_ci),
+                ci(law.exponent_ci) or NOT_IDENTIFIED,
+                ci(law.coefficient_ci) or NOT_IDENTIFIED,
             ]
             for label, x, law in named
         ]
@@ -187,19 +216,22 @@ def format_text(a: Analysis) -> str:
     if a.parametric is not None:
         f = a.parametric
         iv = f.intervals
+        boot = bool(iv)
+
+        def par(name: str, value: float) -> str:
+            if name in f.at_bound:
+                return f"{name} = {g(value)} (on its optimizer bound: not identified)"
+            shown = ci(iv.get(name)) or (NOT_IDENTIFIED if boot else "")
+            return f"{name} = {g(value)} {shown}".rstrip()
+
         lines.append("")
         lines.append("Parametric fit: L(N, D) = E + A / N^alpha + B / D^beta (Huber on log L)")
+        lines.append(f"  {par('E', f.E)}   {par('A', f.A)}   {par('B', f.B)}")
+        lines.append(f"  {par('alpha', f.alpha)}   {par('beta', f.beta)}")
+        pe = ci(iv.get("params_exponent")) or (NOT_IDENTIFIED if boot else "")
+        te = ci(iv.get("tokens_exponent")) or (NOT_IDENTIFIED if boot else "")
         lines.append(
-            f"  E = {g(f.E)} {ci(iv.get('E'))}   A = {g(f.A)} {ci(iv.get('A'))}   "
-            f"B = {g(f.B)} {ci(iv.get('B'))}"
-        )
-        lines.append(
-            f"  alpha = {g(f.alpha)} {ci(iv.get('alpha'))}   "
-            f"beta = {g(f.beta)} {ci(iv.get('beta'))}"
-        )
-        lines.append(
-            f"  implied N* ~ C^{f.params_exponent:.4f} {ci(iv.get('params_exponent'))}, "
-            f"D* ~ C^{f.tokens_exponent:.4f} {ci(iv.get('tokens_exponent'))}"
+            f"  implied N* ~ C^{f.params_exponent:.4f} {pe}, D* ~ C^{f.tokens_exponent:.4f} {te}"
         )
     if a.predictions:
         lines.append("")
@@ -219,17 +251,29 @@ def format_text(a: Analysis) -> str:
         lines += _table(["budget", "N*", "D*", "L*", "N* (parametric)", "L* (parametric)"], rows)
     if a.holdout is not None:
         h = a.holdout
-        inside = "inside" if h.within_prediction_interval else "OUTSIDE"
+        inside = {
+            True: "is inside the prediction interval",
+            False: "is OUTSIDE the prediction interval",
+            None: "has no prediction interval to compare with (not identified)",
+        }[h.within_prediction_interval]
         lines.append("")
         lines.append(
             f"Hold-out check: fitted without {format_flops(h.budget)}, its N* predicted within "
-            f"{h.params_error:+.1%} and L* within {h.loss_error:+.2%}; the observed optimum is "
-            f"{inside} the prediction interval."
+            f"{h.params_error:+.1%} and L* within {h.loss_error:+.2%}; the observed optimum "
+            f"{inside}."
         )
     if a.warnings:
         lines.append("")
         lines += [f"warning: {w}" for w in a.warnings]
     return "\n".join(lines)
+
+
+NOT_IDENTIFIED = "not identified"
+
+
+def _bracketed(inside: bool, fraction: float | None) -> str:
+    word = "yes" if inside else "NO"
+    return word if fraction is None else f"{word} ({fraction:.0%})"
 
 
 def _pred(p: Predicted | None) -> str:
