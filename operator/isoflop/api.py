@@ -488,6 +488,8 @@ class HoldOutCheck(Model):
     params_error: float
     loss_error: float
     within_prediction_interval: bool | None = None  # None: no interval to compare with
+    params_within: bool | None = None  # N* alone
+    loss_within: bool | None = None  # L* alone (a loss with a floor bends away from a power law)
 
 
 class NoiseEstimate(Model):

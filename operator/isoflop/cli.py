@@ -145,7 +145,15 @@ def cmd_fit(args: argparse.Namespace) -> int:
                 **extra,
             )
 
-    analysis = analyze(points, predict=args.predict, hold_out=hold_out)
+    try:
+        analysis = analyze(points, predict=args.predict, hold_out=hold_out)
+    except ValueError as err:
+        if len(points.budgets) > len(points) / 2:  # most budgets hold one trial: measured FLOPs
+            raise UsageError(
+                f"{err}; {len(points.budgets)} distinct budgets for {len(points)} trials look like "
+                "measured FLOPs: group measured budgets with --bin DECADES (e.g. --bin 0.1)"
+            ) from None
+        raise
     comparison = None
     if args.compare:
         other = analyze(fit.read_table(args.compare).grouped(args.bin))
@@ -380,7 +388,7 @@ def parser() -> argparse.ArgumentParser:
         "--bin",
         type=float,
         metavar="DECADES",
-        help="group measured budgets into bins this wide in log10 C (default: within 1%%)",
+        help="group measured budgets into bins this wide in log10 C (default: within 0.1%%)",
     )
     p.add_argument(
         "--noise",

@@ -113,7 +113,7 @@ class Points:
         """The same trials with other losses (a simulated or resampled sweep)."""
         return Points(self.budget, self.params, self.tokens, loss, self.metrics, self.loss_se)
 
-    def grouped(self, bin_decades: float | None = None, tolerance: float = 0.01) -> Points:
+    def grouped(self, bin_decades: float | None = None, tolerance: float = 1e-3) -> Points:
         """Budgets grouped into the isoFLOP budgets they were meant to be.
 
         Measured FLOPs differ a little from run to run. By default budgets within `tolerance`

@@ -98,6 +98,8 @@ def to_result(a: Analysis) -> api.FitResult:
             params_error=h.params_error,
             loss_error=h.loss_error,
             within_prediction_interval=h.within_prediction_interval,
+            params_within=h.params_within,
+            loss_within=h.loss_within,
         )
     noise = a.noise
     return api.FitResult(
@@ -251,17 +253,22 @@ def format_text(a: Analysis) -> str:
         lines += _table(["budget", "N*", "D*", "L*", "N* (parametric)", "L* (parametric)"], rows)
     if a.holdout is not None:
         h = a.holdout
-        inside = {
-            True: "is inside the prediction interval",
-            False: "is OUTSIDE the prediction interval",
-            None: "has no prediction interval to compare with (not identified)",
-        }[h.within_prediction_interval]
+        where = {
+            True: "inside its prediction interval",
+            False: "OUTSIDE its prediction interval",
+            None: "not comparable (no prediction interval)",
+        }
         lines.append("")
         lines.append(
             f"Hold-out check: fitted without {format_flops(h.budget)}, its N* predicted within "
-            f"{h.params_error:+.1%} and L* within {h.loss_error:+.2%}; the observed optimum "
-            f"{inside}."
+            f"{h.params_error:+.1%} ({where[h.params_within]}) and L* within "
+            f"{h.loss_error:+.2%} ({where[h.loss_within]})."
         )
+        if h.params_within and h.loss_within is False and h.loss_error < 0:
+            lines.append(
+                "  L* fell below a pure power law's prediction: the loss flattens towards a floor "
+                "(compare the law with a floor, --irreducible)."
+            )
     if a.warnings:
         lines.append("")
         lines += [f"warning: {w}" for w in a.warnings]
