@@ -2,7 +2,9 @@
 
 Prints one JSON line per figure. The baseline, measured in the same run, is the straightforward
 implementation: a Python loop over resamples calling np.polyfit per budget and per law.
-Target (shared/DESIGN.md): under 1 s for the parabola method on 2 cores.
+Targets (shared/DESIGN.md, issue 12), on 2 cores in the default environment (the fits pin BLAS
+to one thread themselves): the parabola method with 1,000 resamples under 0.2 s; the parametric
+fit plus 1,000 resamples under 10 s.
 
     .venv/bin/python benchmarks/bench_fit.py [--repeats 5]
 """
@@ -95,7 +97,7 @@ def main() -> None:
                 "seconds": round(parabola, 4),
                 "baseline_seconds": round(baseline, 4),
                 "speedup_vs_polyfit_loop": round(baseline / parabola, 1),
-                "target_seconds": 1.0,
+                "target_seconds": 0.2,
                 **env,
             }
         )
@@ -103,19 +105,20 @@ def main() -> None:
 
     single = timed(lambda: fit_parametric(points), args.repeats)
     print(json.dumps({"bench": "fit.parametric_no_bootstrap", "seconds": round(single, 4), **env}))
-    boot = timed(lambda: fit_parametric(points, bootstrap=100), 1)
-    per = (boot - single) / 100
+    boot = timed(lambda: fit_parametric(points, bootstrap=1000), 1)
     print(
         json.dumps(
             {
-                "bench": "fit.parametric_bootstrap100",
-                "seconds": round(boot, 4),
-                "seconds_per_resample": round(per, 5),
-                "extrapolated_bootstrap1000_seconds": round(single + 1000 * per, 2),
+                "bench": "fit.parametric_bootstrap1000",
+                "seconds": round(boot, 3),
+                "seconds_per_resample": round((boot - single) / 1000, 5),
+                "target_seconds": 10.0,
                 **env,
             }
         )
     )
+    both = timed(lambda: analyze(points, bootstrap=1000, predict=[1e21], hold_out="largest"), 1)
+    print(json.dumps({"bench": "fit.analyze_both_bootstrap1000", "seconds": round(both, 3), **env}))
 
 
 if __name__ == "__main__":

@@ -193,7 +193,7 @@ def result_observation(workdir: Path) -> Observation:
         metrics = {
             k.removeprefix("eval_"): float(v)
             for k, v in result.items()
-            if k in ("eval_bpd", "eval_fid") and isinstance(v, int | float)
+            if k in ("eval_bpd", "eval_fid", "eval_loss_se") and isinstance(v, int | float)
         }
         return Observation("Succeeded", loss=float(result["eval_loss"]), metrics=metrics)
     if status == "preempted":

@@ -16,7 +16,9 @@ from isoflop_trainer.evaluate import (
     frechet_distance,
     load_extractor,
     validation_loss,
+    validation_loss_and_error,
 )
+from isoflop_trainer.flow import flow_loss
 from isoflop_trainer.model import DiT
 from isoflop_trainer.train import train
 from tests.trainer.helpers import tiny
@@ -40,6 +42,29 @@ def test_validation_loss_is_deterministic_and_tells_models_apart() -> None:
     with torch.no_grad():
         model.final_layer.linear.weight.normal_(0, 0.1)
     assert validation_loss(model, val, 32) != first
+
+
+def test_validation_loss_reports_its_standard_error_over_samples() -> None:
+    cfg = tiny().model
+    val = ProceduralShapes((3, 16, 16), 8, 16, split=1)
+    model = DiT(cfg)
+    mean, se = validation_loss_and_error(model, val, 64)
+    assert mean == validation_loss(model, val, 64)
+    # the same figure by hand: each sample's loss over its 4 pairs, then their spread
+    ts, noises = fixed_pairs(64, 4, (3, 16, 16))
+    b = val.batch(list(range(64)))
+    with torch.no_grad():
+        each = torch.stack(
+            [
+                flow_loss(model, b.latents, b.text, ts[:, k], noises[:, k], reduce=False)
+                for k in range(4)
+            ]
+        ).mean(0)
+    assert mean == pytest.approx(float(each.mean()), rel=1e-5)
+    assert se == pytest.approx(float(each.std()) / 8, rel=1e-4)
+    assert 0 < se < 0.2 * mean
+    # four times the samples: about half the error
+    assert validation_loss_and_error(model, val, 256)[1] == pytest.approx(se / 2, rel=0.35)
 
 
 def test_frechet_distance_of_gaussians_matches_the_closed_form() -> None:

@@ -113,8 +113,8 @@ def test_replicates_and_measured_errors_are_the_noise_model() -> None:
     assert a.laws["params"].exponent_ci is not None
     assert 0.5681 in a.laws["params"].exponent_ci
     # measured standard errors: intervals follow them
-    se_rows = [{**r, "loss_se": 0.002 * r["loss"]} for r in paper_rows(noise=0.002, seed=4)]
-    wider = [{**r, "loss_se": 0.008 * r["loss"]} for r in paper_rows(noise=0.002, seed=4)]
+    se_rows = [{**r, "loss_se": 0.002 * r["loss"]} for r in paper_rows(noise=0.0005, seed=4)]
+    wider = [{**r, "loss_se": 0.008 * r["loss"]} for r in paper_rows(noise=0.0005, seed=4)]
     narrow_fit = analyze(Points.from_rows(se_rows), method="parabola", bootstrap=300)
     wide_fit = analyze(Points.from_rows(wider), method="parabola", bootstrap=300)
     assert narrow_fit.noise.source == "measured"
@@ -123,6 +123,15 @@ def test_replicates_and_measured_errors_are_the_noise_model() -> None:
     assert n_ci is not None
     assert w_ci is not None
     assert w_ci.width > 3 * n_ci.width
+    # an error smaller than the scatter around each curve is only a floor: the residuals win
+    small = [{**r, "loss_se": 1e-4 * r["loss"]} for r in paper_rows(noise=0.004, seed=4)]
+    assert estimate_noise(Points.from_rows(small)).source == "residuals"
+    # three trials per budget leave no residual: the measured error alone gives the intervals
+    three = [{**r, "loss_se": 0.003 * r["loss"]} for r in paper_rows(noise=0.003, sizes=3)]
+    fit3 = analyze(Points.from_rows(three), method="parabola", bootstrap=200)
+    assert fit3.noise.source == "measured"
+    assert fit3.laws["params"].exponent_ci is not None
+    assert fit3.laws["params"].exponent_ci.width > 0.01
 
 
 def test_local_parabolas_remove_the_whole_ladder_bias() -> None:

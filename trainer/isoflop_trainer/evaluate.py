@@ -35,6 +35,37 @@ def fixed_pairs(
 
 
 @torch.no_grad()
+def validation_loss_and_error(
+    model: Model,
+    data: Dataset,
+    samples: int,
+    per_sample: int = 4,
+    batch: int = 64,
+    device: torch.device | str = "cpu",
+    autocast: torch.dtype | None = None,
+) -> tuple[float, float]:
+    """Mean flow loss of the first `samples` validation samples at their fixed (t, noise) pairs,
+    and its standard error over the samples (each sample's loss averaged over its pairs).
+
+    The error measures the evaluation's own sampling noise. Every trial sees the same samples and
+    pairs, so it is a floor on a trial's noise, not the seed-to-seed spread of training.
+    """
+    ts, noises = fixed_pairs(samples, per_sample, data.latent_shape, device)
+    total = 0.0
+    each = np.zeros(samples)
+    for lo in range(0, samples, batch):
+        hi = min(lo + batch, samples)
+        b = data.batch(list(range(lo, hi)))
+        x0, text = b.latents.to(device), b.text.to(device)
+        for k in range(per_sample):
+            with torch.autocast(torch.device(device).type, autocast, enabled=autocast is not None):
+                err = flow_loss(model, x0, text, ts[lo:hi, k], noises[lo:hi, k], reduce=False)
+            total += float(err.sum())
+            each[lo:hi] += err.double().cpu().numpy() / per_sample
+    error = float(each.std(ddof=1) / math.sqrt(samples)) if samples > 1 else math.nan
+    return total / (samples * per_sample), error
+
+
 def validation_loss(
     model: Model,
     data: Dataset,
@@ -45,17 +76,7 @@ def validation_loss(
     autocast: torch.dtype | None = None,
 ) -> float:
     """Mean flow loss of the first `samples` validation samples at their fixed (t, noise) pairs."""
-    ts, noises = fixed_pairs(samples, per_sample, data.latent_shape, device)
-    total = 0.0
-    for lo in range(0, samples, batch):
-        hi = min(lo + batch, samples)
-        b = data.batch(list(range(lo, hi)))
-        x0, text = b.latents.to(device), b.text.to(device)
-        for k in range(per_sample):
-            with torch.autocast(torch.device(device).type, autocast, enabled=autocast is not None):
-                err = flow_loss(model, x0, text, ts[lo:hi, k], noises[lo:hi, k], reduce=False)
-            total += float(err.sum())
-    return total / (samples * per_sample)
+    return validation_loss_and_error(model, data, samples, per_sample, batch, device, autocast)[0]
 
 
 def likelihood_bpd(

@@ -44,7 +44,12 @@ from isoflop_trainer.data import (
     atomic_write,
     open_dataset,
 )
-from isoflop_trainer.evaluate import fid, likelihood_bpd, load_extractor, validation_loss
+from isoflop_trainer.evaluate import (
+    fid,
+    likelihood_bpd,
+    load_extractor,
+    validation_loss_and_error,
+)
 from isoflop_trainer.flow import drop_text, flow_loss, keep_captions, sample_timesteps
 from isoflop_trainer.model import DiT
 from isoflop_trainer.telemetry import Telemetry, write_result
@@ -482,9 +487,11 @@ def evaluate(
     model.eval()
     out: dict[str, float] = {}
     if cfg.eval_samples:
-        out["eval_loss"] = validation_loss(
+        out["eval_loss"], se = validation_loss_and_error(
             model, val, cfg.eval_samples, cfg.eval_timesteps, device=rt.device, autocast=autocast
         )
+        if math.isfinite(se):
+            out["eval_loss_se"] = se
     if cfg.likelihood_samples:
         out["eval_bpd"] = likelihood_bpd(model, val, cfg.likelihood_samples, device=rt.device)
     if cfg.fid_samples:

@@ -4,10 +4,13 @@ Losses are modelled with multiplicative noise, log L = log L_true + sigma * z, s
 relative standard deviation of one trial's loss. It comes, in order of preference, from:
 
 - `given`: the caller's value (`isoflop fit --noise`, or a forecast's simulated noise);
-- `measured`: each trial's own standard error (a `loss_se` column, from the evaluator);
-- `replicates`: the pooled spread of rows that repeat a (budget, model size), i.e. seeds;
+- `replicates`: the pooled spread of rows that repeat a (budget, model size): seeds
+  (`spec.training.replicates`), the only source that sees training's own seed-to-seed noise;
 - `residuals`: the pooled residuals of a smooth curve through each budget (a polynomial in
-  log N of degree 2 to 4, by the number of model sizes), the fallback when nothing else is known.
+  log N of degree 2 to 4, by the number of model sizes);
+- `measured`: each trial's standard error (a `loss_se` column: the evaluator's sampling error
+  over its validation samples). It is a floor, not the whole noise: it is used where it exceeds
+  the residuals' estimate, or where nothing else is known.
 
 With no degree of freedom left (three model sizes per budget, no replicates, nothing measured)
 the noise is not identified, and nothing downstream reports an interval as a number.
@@ -81,9 +84,10 @@ def estimate_noise(points: Points, given: float | None = None) -> Noise:
         if not math.isfinite(given) or given < 0:
             raise ValueError(f"the noise must be a non-negative relative value, got {given}")
         return Noise(given, math.inf, "given")
+    measured = None
     if points.loss_se is not None:
         rel = points.loss_se / points.loss
-        return Noise(float(np.sqrt(np.mean(rel**2))), math.inf, "measured", rel)
+        measured = Noise(float(np.sqrt(np.mean(rel**2))), math.inf, "measured", rel)
     log_loss = np.log(points.loss)
     # replicates: rows that repeat (budget, params)
     keys = np.stack([points.budget, points.params], axis=1)
@@ -103,9 +107,12 @@ def estimate_noise(points: Points, given: float | None = None) -> Noise:
         fitted, k = smooth_curve(x, log_loss[sel])
         ss += float(((log_loss[sel] - fitted) ** 2).sum())
         dof += k
-    if dof == 0:
+    residual = math.sqrt(ss / dof) if dof else None
+    if measured is not None and (residual is None or (measured.relative or 0.0) >= residual):
+        return measured
+    if residual is None:
         return Noise(None, 0.0, "none")
-    return Noise(math.sqrt(ss / dof), float(dof), "residuals")
+    return Noise(residual, float(dof), "residuals")
 
 
 def describe(noise: Noise) -> str:

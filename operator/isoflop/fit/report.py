@@ -253,7 +253,7 @@ def format_text(a: Analysis) -> str:
         lines += _table(["budget", "N*", "D*", "L*", "N* (parametric)", "L* (parametric)"], rows)
     if a.holdout is not None:
         h = a.holdout
-        where = {
+        where: dict[bool | None, str] = {
             True: "inside its prediction interval",
             False: "OUTSIDE its prediction interval",
             None: "not comparable (no prediction interval)",
