@@ -253,7 +253,7 @@ def format_text(a: Analysis) -> str:
         lines += _table(["budget", "N*", "D*", "L*", "N* (parametric)", "L* (parametric)"], rows)
     if a.holdout is not None:
         h = a.holdout
-        where: dict[bool | None, str] = {
+        verdict: dict[bool | None, str] = {
             True: "inside its prediction interval",
             False: "OUTSIDE its prediction interval",
             None: "not comparable (no prediction interval)",
@@ -261,8 +261,8 @@ def format_text(a: Analysis) -> str:
         lines.append("")
         lines.append(
             f"Hold-out check: fitted without {format_flops(h.budget)}, its N* predicted within "
-            f"{h.params_error:+.1%} ({where[h.params_within]}) and L* within "
-            f"{h.loss_error:+.2%} ({where[h.loss_within]})."
+            f"{h.params_error:+.1%} ({verdict[h.params_within]}) and L* within "
+            f"{h.loss_error:+.2%} ({verdict[h.loss_within]})."
         )
         if h.params_within and h.loss_within is False and h.loss_error < 0:
             lines.append(
