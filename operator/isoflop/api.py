@@ -193,6 +193,13 @@ class TrainingSpec(Model):
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"
     compile: bool = Field(default=True, description="torch.compile the model (GPU).")
     seed: int = Field(default=0, ge=0)
+    replicates: int = Field(
+        default=1,
+        ge=1,
+        le=16,
+        description="Seeds per trial (seed, seed+1, ...): their spread measures the noise that "
+        "every interval rests on.",
+    )
     timestep_sampling: Literal["uniform", "logit-normal"] = "uniform"
     text_dropout: float = Field(
         default=0.1, ge=0, lt=1, description="Caption dropout for guidance."

@@ -41,6 +41,7 @@ class Trial:
     flops: int  # spent, under the sweep's accounting (what the budget is compared with)
     flops_exact: int
     flops_6nd: int
+    replicate: int = 0  # the k-th seed of this (budget, rung): training.seed + k
 
     @property
     def rounding(self) -> float:
@@ -105,9 +106,10 @@ def budget_tag(budget: float) -> str:
     return f"{mantissa}e{int(exponent)}".replace("-", "m")
 
 
-def trial_id(budget: float, rung: str) -> str:
-    """Deterministic: depends only on the budget and the rung, so adding either keeps old IDs."""
-    return f"{budget_tag(budget)}-{rung}"
+def trial_id(budget: float, rung: str, replicate: int = 0) -> str:
+    """Deterministic: depends only on the budget, the rung and the replicate, so adding any of
+    them keeps old IDs (the first replicate has no suffix)."""
+    return f"{budget_tag(budget)}-{rung}" + (f"-r{replicate}" if replicate else "")
 
 
 def rung_config(spec: ScalingSweepSpec, depth: int, width: int, heads: int) -> DiTConfig:
@@ -178,9 +180,9 @@ def plan(spec: ScalingSweepSpec) -> Plan:
                 infeasible.append(Infeasible(tid, budget, rung.name, params.total, steps, reason))
                 continue
             samples = steps * batch
-            trials.append(
+            trials += [
                 Trial(
-                    id=tid,
+                    id=trial_id(budget, rung.name, replicate),
                     budget=budget,
                     rung=rung.name,
                     depth=cfg.depth,
@@ -197,6 +199,8 @@ def plan(spec: ScalingSweepSpec) -> Plan:
                     flops=samples * per_sample,
                     flops_exact=samples * cfg.flops_per_sample().total,
                     flops_6nd=samples * cfg.flops_per_sample_6nd(),
+                    replicate=replicate,
                 )
-            )
+                for replicate in range(spec.training.replicates)
+            ]
     return Plan(accounting, tuple(trials), tuple(infeasible))

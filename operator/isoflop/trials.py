@@ -30,7 +30,7 @@ def train_config(spec: api.ScalingSweepSpec, sweep: str, trial: Trial, **paths: 
         grad_clip=t.grad_clip,
         precision=t.precision,
         compile=t.compile,
-        seed=t.seed,
+        seed=t.seed + trial.replicate,
         timestep_sampling=t.timestep_sampling,
         text_dropout=t.text_dropout,
         data=spec.data.source,

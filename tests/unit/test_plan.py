@@ -136,3 +136,39 @@ def test_quickstart_plans_every_budget_with_at_least_three_sizes() -> None:
         per_budget[t.budget] = per_budget.get(t.budget, 0) + 1
     assert len(per_budget) == 3
     assert min(per_budget.values()) >= 3  # a parabola needs three points
+
+
+def test_replicates_train_each_trial_under_more_seeds() -> None:
+    from isoflop.fit import Points
+    from isoflop.fit.noise import estimate_noise
+    from isoflop.forecast import Law, simulated_loss
+    from isoflop.trials import train_config
+
+    one = plan(spec(training={"seed": 7}))
+    three = plan(spec(training={"seed": 7, "replicates": 3}))
+    assert len(three.trials) == 3 * len(one.trials)
+    ids = [t.id for t in three.trials]
+    assert len(set(ids)) == len(ids)
+    assert {t.id for t in one.trials} <= set(ids)  # the first replicate keeps the old ID
+    assert trial_id(1e17, "d02", 2) == "1e17-d02-r2" in ids
+    s = spec(training={"seed": 7, "replicates": 3})
+    seeds = [
+        train_config(s, "x", t).seed for t in three.trials if t.rung == "d02" and t.budget == 1e17
+    ]
+    assert seeds == [7, 8, 9]
+    assert sum(t.flops for t in three.trials) == 3 * sum(t.flops for t in one.trials)
+    # their rows are replicates to the fit: the noise model measures the seeds' spread
+    rows = [
+        {
+            "budget": t.budget,
+            "params": t.params,
+            "tokens": t.tokens,
+            "loss": simulated_loss(Law(), t.id, t.params, t.tokens, 0.004, 0),
+        }
+        for t in three.trials
+    ]
+    noise = estimate_noise(Points.from_rows(rows))
+    assert noise.source == "replicates"
+    assert noise.dof == 2 * len(one.trials)
+    with pytest.raises(ValueError, match="replicates"):
+        spec(training={"replicates": 0})
