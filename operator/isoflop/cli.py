@@ -199,7 +199,6 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from isoflop.fit.report import format_text
     from isoflop.forecast import Law
     from isoflop.runner import Display, Run, RunError, make_backend
 
@@ -235,8 +234,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         return 130
     print()
-    if run.analysis is not None:
-        print(format_text(run.analysis))
+    if run.fit_text is not None:
+        print(run.fit_text)
         print()
     print(f"isoflop: {decision.phase}: {decision.message}. Report: {directory / 'report.md'}")
     return 0 if decision.phase == "Succeeded" else 1

@@ -255,22 +255,43 @@ def status(
     c = decision.counts
     finished = c.get("succeeded", 0) + c.get("failed", 0)
     ready = decision.phase == "Succeeded"
-    conditions = _conditions(
-        previous or [],
-        now,
-        [
-            ("Ready", ready, decision.reason, decision.message),
-            ("Failed", decision.phase == "Failed", decision.reason, decision.message),
+    wanted = [
+        ("Ready", ready, decision.reason, decision.message),
+        ("Failed", decision.phase == "Failed", decision.reason, decision.message),
+        (
+            "Fitted",
+            fit is not None,
+            "LawsFitted" if fit is not None else "WaitingForBudgets",
+            f"laws fitted on {len(decision.complete_budgets)} budgets"
+            if fit is not None
+            else "fewer than 2 budgets are complete",
+        ),
+    ]
+    if fit is not None and fit.laws.params is not None:
+        # a warning condition: a quantity the design cannot pin down is reported as null
+        missing = fit.not_identified
+        wanted.append(
             (
-                "Fitted",
-                fit is not None,
-                "LawsFitted" if fit is not None else "WaitingForBudgets",
-                f"laws fitted on {len(decision.complete_budgets)} budgets"
-                if fit is not None
-                else "fewer than 2 budgets are complete",
-            ),
-        ],
-    )
+                "Identified",
+                not missing,
+                "NotIdentified" if missing else "AllIdentified",
+                f"not identified (reported as null): {', '.join(missing)}"
+                if missing
+                else "every reported interval is identified by the trials",
+            )
+        )
+    if fit is not None and fit.methods_agree is not None:
+        wanted.append(
+            (
+                "MethodsAgree",
+                fit.methods_agree,
+                "ExponentsAgree" if fit.methods_agree else "ExponentsDisagree",
+                "the parabola and parametric N* exponent intervals overlap"
+                if fit.methods_agree
+                else next((w for w in fit.warnings if w.startswith("the methods disagree")), ""),
+            )
+        )
+    conditions = _conditions(previous or [], now, wanted)
     return api.ScalingSweepStatus(
         fitted_budgets=list(fitted),
         phase=decision.phase,

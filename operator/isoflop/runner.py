@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import json
 import os
 import signal
@@ -26,7 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal, Protocol, TextIO
 
-from isoflop import api, engine
+from isoflop import __version__, api, engine
 from isoflop.engine import TrialState
 from isoflop.forecast import Law, simulated_loss
 from isoflop.plan import Plan, Trial, format_flops, plan
@@ -236,6 +237,9 @@ class Run:
         self.elapsed_before = 0.0
         self.started = time.time()
         self.analysis: Any = None
+        self.fit_text: str | None = None  # the fit as text, kept with the results it came from
+        self.fit_key: str | None = None
+        self.fitting = False  # Ctrl-C stops a fit at once rather than waiting for it
         self.plots: list[Path] = []
         self.load()
 
@@ -268,6 +272,7 @@ class Run:
         self.fitted = tuple(saved.get("fitted", ()))
         if saved.get("fit"):
             self.fit = api.FitResult.model_validate(saved["fit"])
+        self.fit_text, self.fit_key = saved.get("fitText"), saved.get("fitKey")
         self.conditions = [api.Condition.model_validate(c) for c in saved.get("conditions", [])]
         self.elapsed_before = float(saved.get("elapsed_seconds", 0.0))
 
@@ -277,6 +282,8 @@ class Run:
             "trials": {tid: asdict(s) for tid, s in sorted(self.states.items())},
             "fitted": list(self.fitted),
             "fit": self.fit.to_wire() if self.fit else None,
+            "fitText": self.fit_text,
+            "fitKey": self.fit_key,
             "conditions": [c.to_wire() for c in self.conditions],
             "elapsed_seconds": self.elapsed,
         }
@@ -335,19 +342,27 @@ class Run:
             self.states[t.id] = TrialState(phase="Starting", attempts=launch.attempt)
             changed = True
         if decision.fit_due:
-            self.fit, self.analysis = fit(
-                self.spec,
-                engine.results_table(self.plan, self.states),
-                decision.complete_budgets,
-                final=decision.phase == "Fitting",
-            )
-            self.fitted = decision.complete_budgets
+            self.refit(decision.complete_budgets, final=decision.phase == "Fitting")
             changed = True
             decision = engine.decide(self.spec, self.plan, self.states, self.fitted)
         if changed:
             self.write_status(decision)
             self.save()
         return decision
+
+    def refit(self, budgets: tuple[float, ...], final: bool = True) -> None:
+        """Fit the trials of these budgets; remember the text and what it was fitted to."""
+        from isoflop.fit.report import format_text
+
+        rows = engine.results_table(self.plan, self.states)
+        self.fitting = True
+        try:
+            self.fit, self.analysis = fit(self.spec, rows, budgets, final=final)
+        finally:
+            self.fitting = False
+        self.fitted = budgets
+        self.fit_text = None if self.analysis is None else format_text(self.analysis)
+        self.fit_key = fit_key(self.spec, rows, budgets, final)
 
     def write_status(self, decision: engine.Decision) -> api.ScalingSweepStatus:
         status = engine.status(
@@ -370,6 +385,8 @@ class Run:
 
         def on_signal(signum: int, frame: Any) -> None:
             interrupted.append(signum)
+            if self.fitting:  # a fit holds nothing worth waiting for: stop now, refit on resume
+                raise KeyboardInterrupt
 
         old = {n: signal.signal(n, on_signal) for n in (signal.SIGINT, signal.SIGTERM)}
         try:
@@ -435,11 +452,13 @@ class Run:
                     ]
                 )
         plots: list[Path] = []
-        if self.analysis is None and len(self.fitted) >= 2:  # a finished run, resumed: fit once
-            _, self.analysis = fit(
-                self.spec, engine.results_table(self.plan, self.states), self.fitted
-            )
+        rows = engine.results_table(self.plan, self.states)
+        stored = self.fit_key == fit_key(self.spec, rows, self.fitted, True)
+        if self.analysis is None and len(self.fitted) >= 2 and not stored:
+            self.refit(self.fitted)  # resumed with results the stored fit has not seen
         analysis = self.analysis
+        if analysis is None and stored:  # a finished run, resumed: its fit and plots stand
+            plots = sorted((self.dir / "plots").glob("*.png"))
         if analysis is not None:
             from isoflop.fit import Points
             from isoflop.plots import plot_all
@@ -450,7 +469,7 @@ class Run:
                 if r["budget"] in self.fitted
             ]
             plots = plot_all(Points.from_rows(rows), analysis, self.dir / "plots")
-        atomic_write(self.dir / "report.md", report_markdown(self, status, analysis))
+        atomic_write(self.dir / "report.md", report_markdown(self, status, self.fit_text))
         self.plots = plots
         return analysis
 
@@ -461,9 +480,19 @@ def atomic_write(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def report_markdown(run: Run, status: api.ScalingSweepStatus, analysis: Any) -> str:
-    from isoflop.fit.report import format_text
+def fit_key(
+    spec: api.ScalingSweepSpec,
+    rows: list[dict[str, float]],
+    budgets: tuple[float, ...],
+    final: bool,
+) -> str:
+    """What a fit depends on: the results of its budgets, the fit settings, the code's version."""
+    chosen = [r for r in rows if r["budget"] in budgets]
+    data = [chosen, spec.fit.to_wire(), final, __version__]
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
+
+def report_markdown(run: Run, status: api.ScalingSweepStatus, fit_text: str | None) -> str:
     lines = [
         f"# isoflop sweep `{run.sweep.name}`",
         "",
@@ -474,12 +503,12 @@ def report_markdown(run: Run, status: api.ScalingSweepStatus, analysis: Any) -> 
         f"- wall time: {run.elapsed / 60:.1f} min",
         "",
     ]
-    if analysis is not None:
+    if fit_text is not None:
         lines += [
             "## Fitted laws",
             "",
             "```",
-            format_text(analysis),
+            fit_text,
             "```",
             "",
             "![isoFLOP curves](plots/isoflop.png)",

@@ -48,6 +48,46 @@ def test_a_simulated_paper_grid_recovers_the_simulated_exponents(tmp_path: Path)
     assert (tmp_path / "plots" / "laws.png").stat().st_size > 10_000
 
 
+def test_a_finished_run_shows_its_stored_fit_and_ctrl_c_stops_a_fit_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import threading
+
+    import isoflop.runner
+
+    sweep = paper(bootstrap=100)
+    first = Run(sweep, tmp_path, SimulatedBackend(Law(), noise=0.005, seed=0))
+    assert first.run(Display(stream=io.StringIO(), live=False)).phase == "Succeeded"
+    report = (tmp_path / "report.md").read_text()
+    assert first.fit_text is not None
+    assert first.fit_text in report
+
+    def no_refit(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a finished run was fitted again")
+
+    monkeypatch.setattr(isoflop.runner, "fit", no_refit)
+    again = Run(sweep, tmp_path, SimulatedBackend(Law(), noise=0.005, seed=0))
+    assert again.run(Display(stream=io.StringIO(), live=False)).phase == "Succeeded"
+    assert again.fit_text == first.fit_text
+    assert (tmp_path / "report.md").read_text().count(first.fit_text) == 1
+
+    # a fit that would take a minute: Ctrl-C ends it within a second, nothing trained is lost
+    def slow_fit(*args: object, **kwargs: object) -> None:
+        time.sleep(60)
+
+    monkeypatch.setattr(isoflop.runner, "fit", slow_fit)
+    fresh = tmp_path / "fresh"
+    run = Run(sweep, fresh, SimulatedBackend(Law(), noise=0.005, seed=0))
+    threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        run.run(Display(stream=io.StringIO(), live=False))
+    assert time.monotonic() - start < 3.0
+    saved = json.loads((fresh / "state.json").read_text())
+    assert sum(t["phase"] == "Succeeded" for t in saved["trials"].values()) >= 14
+
+
 def test_forecast_reports_interval_widths_and_what_helps() -> None:
     f = forecast(paper().spec, Law(), noise=0.01, runs=6, bootstrap=100)
     params = f.exponents[0]

@@ -173,3 +173,28 @@ def test_status_document_is_compact_and_counts_trials() -> None:
         s, p, states, d, None, now="2026-01-02T00:00:00Z", previous=st_.conditions
     )
     assert later.conditions[0].last_transition_time == "2026-01-01T00:00:00Z"
+
+
+def test_unidentified_intervals_and_disagreeing_methods_are_conditions() -> None:
+    s = spec()
+    p = plan(s)
+    d = decide(s, p, {})
+    law = api.PowerLaw(coefficient=1e-3, exponent=0.57, points=3)
+    fit = api.FitResult(
+        laws=api.Laws(params=law),
+        not_identified=["params law intervals", "parametric E"],
+        methods_agree=False,
+        warnings=["the methods disagree: the parabolas give N* ~ C^0.57 ..."],
+    )
+    st_ = engine.status(s, p, {}, d, fit, now="2026-01-01T00:00:00Z")
+    by_type = {c.type: c for c in st_.conditions}
+    assert by_type["Identified"].status == "False"
+    assert by_type["Identified"].reason == "NotIdentified"
+    assert "params law intervals, parametric E" in by_type["Identified"].message
+    assert by_type["MethodsAgree"].status == "False"
+    assert by_type["MethodsAgree"].message.startswith("the methods disagree")
+    fine = api.FitResult(laws=api.Laws(params=law), methods_agree=True)
+    st_ = engine.status(s, p, {}, d, fine, now="2026-01-01T00:00:00Z")
+    by_type = {c.type: c for c in st_.conditions}
+    assert by_type["Identified"].status == "True"
+    assert by_type["MethodsAgree"].status == "True"
