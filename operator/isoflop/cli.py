@@ -242,16 +242,31 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_forecast(args: argparse.Namespace) -> int:
-    from isoflop.forecast import Law, forecast, format_forecast
+    from isoflop.forecast import Law, forecast, format_forecast, law_from_results
 
     sweep = api.load_sweep(args.file)
     law = Law.parse(args.law) if args.law else Law()
+    noise = args.noise
+    if args.law and args.results_from:
+        raise UsageError("give --law or --from, not both")
+    if args.results_from:
+        from isoflop.fit import read_table
+
+        law, measured = law_from_results(read_table(args.results_from))
+        if noise is None:
+            if measured is None:
+                raise UsageError(
+                    f"{args.results_from} does not measure the noise (3 model sizes per budget, "
+                    "no replicates): give --noise"
+                )
+            noise = measured
+        print(f"Law fitted to {args.results_from}: {law.text()}; noise {noise:.2%}")
     window = sweep.spec.fit.window if args.window is None else (args.window or None)
     with threadpool_limits(limits=1):
         result = forecast(
             sweep.spec,
             law,
-            noise=args.noise,
+            noise=0.005 if noise is None else noise,
             runs=args.runs,
             bootstrap=args.bootstrap,
             method=args.method,
@@ -326,7 +341,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.add_argument("--runs", type=int, default=40, help="simulated sweeps")
     p.add_argument("--law", help=law_help + "[,gamma] (default: reproduces the paper's laws)")
-    p.add_argument("--noise", type=float, default=0.005, help="relative noise of one loss")
+    p.add_argument(
+        "--noise", type=float, help="relative noise of one loss (default: 0.005, or the pilot's)"
+    )
+    p.add_argument(
+        "--from",
+        dest="results_from",
+        metavar="TABLE",
+        help="a pilot's results (e.g. runs/NAME/trials.csv): simulate its fitted surface and noise",
+    )
     p.add_argument("--bootstrap", type=int, default=200, help="resamples per simulated fit")
     p.add_argument("--method", choices=["parabola", "parametric"], default="parabola")
     p.add_argument("--window", type=float, help="local-fit loss rise (0: whole ladder)")

@@ -71,6 +71,24 @@ class Law:
         )
 
 
+def law_from_results(points: Points) -> tuple[Law, float | None]:
+    """The surface and noise a pilot sweep's results imply: its parametric fit, its noise model.
+
+    A forecast from these simulates the sweep you planned on the loss surface your own trainer
+    and data produced, at the noise your own trials showed.
+    """
+    from isoflop.fit import fit_parametric
+    from isoflop.fit.noise import estimate_noise
+
+    f = fit_parametric(points)
+    if f.at_bound:
+        raise ValueError(
+            f"the results do not pin down a loss surface: {', '.join(sorted(f.at_bound))} ended on "
+            "an optimizer bound; add model sizes or budgets to the pilot"
+        )
+    return Law(f.E, f.A, f.B, f.alpha, f.beta), estimate_noise(points).relative
+
+
 def simulated_loss(
     law: Law, trial_id: str, params: float, tokens: float, noise: float, seed: int
 ) -> float:

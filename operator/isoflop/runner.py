@@ -433,6 +433,7 @@ class Run:
                     "phase",
                     "attempts",
                     "loss",
+                    "loss_se",
                 ]
             )
             for t in self.plan.trials:
@@ -449,6 +450,7 @@ class Run:
                         s.phase,
                         s.attempts,
                         "" if s.loss is None else s.loss,
+                        dict(s.metrics).get("loss_se", ""),
                     ]
                 )
         plots: list[Path] = []

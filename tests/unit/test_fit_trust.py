@@ -264,3 +264,25 @@ def test_surface_exponent_is_covered_by_both_methods() -> None:
     interval = a.parametric.intervals["params_exponent"]
     assert interval is not None
     assert A_TRUE in interval
+
+
+def test_the_parametric_fit_finds_small_diffusion_exponents() -> None:
+    """Exponents of 0.2-0.26: from a grid of 0.5 steps every start sat on a plateau."""
+    spec = api.load_sweep(ROOT / "examples" / "paper-in-context.yaml").spec
+    paper = Law()
+    law = Law(paper.E, paper.A * 3 ** (paper.alpha + paper.beta), paper.B, paper.alpha, paper.beta)
+    rng = np.random.default_rng(0)
+    rows = [
+        {
+            "budget": t.budget,
+            "params": float(t.params),
+            "tokens": float(t.tokens),
+            "loss": float(law(float(t.params), float(t.tokens)))
+            * float(np.exp(0.002 * rng.normal())),
+        }
+        for t in plan(spec).trials
+    ]
+    f = fit_parametric(Points.from_rows(rows))
+    assert f.alpha == pytest.approx(law.alpha, abs=0.03)
+    assert f.beta == pytest.approx(law.beta, abs=0.03)
+    assert f.params_exponent == pytest.approx(law.params_exponent, abs=0.015)

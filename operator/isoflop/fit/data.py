@@ -150,6 +150,10 @@ class Points:
         if not rows:
             raise ValueError("no trial results to fit")
         lower = [{str(k).strip().lower(): v for k, v in r.items()} for r in rows]
+        if "phase" in lower[0]:  # a run's trials.csv: only finished trials have a loss to fit
+            lower = [r for r in lower if str(r.get("phase", "")).strip() == "Succeeded"]
+            if not lower:
+                raise ValueError("no trial has succeeded yet: nothing to fit")
         found: dict[str, str] = {}
         for canonical, names in COLUMNS.items():
             name = next((n for n in names if n in lower[0]), None)
@@ -159,6 +163,8 @@ class Points:
                 )
             found[canonical] = name
         se_name = next((n for n in SE_COLUMNS if n in lower[0]), None)
+        if se_name is not None and not all(_is_number(r.get(se_name)) for r in lower):
+            se_name = None  # errors measured for some trials only: use none of them
         known = set(found.values()) | IGNORED | set(SE_COLUMNS)
         metric_names = [k for k in lower[0] if k not in known and _is_number(lower[0][k])]
 
