@@ -104,7 +104,9 @@ def test_forecast_reports_interval_widths_and_what_helps() -> None:
 def write_tiny(path: Path) -> Path:
     manifest = yaml.safe_load((ROOT / "examples" / "quickstart.yaml").read_text())
     manifest["metadata"]["name"] = "tiny"
-    manifest["spec"]["model"]["depths"] = [1, 2, 3]
+    model = manifest["spec"]["model"]
+    model.pop("configs")
+    model.update({"depths": [1, 2, 3], "widthPerDepth": 32, "headDim": 32})
     manifest["spec"]["budgets"] = [3e10, 1e11]  # small enough to be quick, big enough for a minimum
     manifest["spec"]["training"].update({"minSteps": 20, "evalSamples": 64})
     manifest["spec"]["parallelism"] = 2

@@ -129,13 +129,15 @@ def test_gpu_hours_scale_with_mfu() -> None:
     assert t.gpu_hours(mfu=1.0, peak_flops=1e15) == pytest.approx(t.flops_exact / 1e15 / 3600)
 
 
-def test_quickstart_plans_every_budget_with_at_least_three_sizes() -> None:
+def test_quickstart_plans_every_budget_with_a_fine_ladder() -> None:
     p = plan(api.load_sweep(EXAMPLES / "quickstart.yaml").spec)
     per_budget: dict[float, int] = {}
     for t in p.trials:
         per_budget[t.budget] = per_budget.get(t.budget, 0) + 1
-    assert len(per_budget) == 3
-    assert min(per_budget.values()) >= 3  # a parabola needs three points
+    assert len(per_budget) == 4
+    assert min(per_budget.values()) >= 8  # local parabolas and a noise estimate need rungs to spare
+    sizes = sorted({t.params for t in p.trials})
+    assert max(b / a for a, b in zip(sizes, sizes[1:], strict=False)) < 1.5  # under 0.18 decades
 
 
 def test_replicates_train_each_trial_under_more_seeds() -> None:
