@@ -25,7 +25,7 @@ SWEEP_KEY = (kmock.resource(SWEEPS), "default", "qs")
 
 
 def manifest(**spec: Any) -> dict[str, Any]:
-    obj = api.yaml_load((ROOT / "examples" / "quickstart.yaml").read_text())
+    obj = api.yaml_load((Path(__file__).parent / "small-sweep.yaml").read_text())
     # kmock assigns no uid or resourceVersion: give what an API server would
     obj["metadata"] = {
         "name": "qs",

@@ -17,6 +17,25 @@ from isoflop.plan import plan
 from tests.unit.synthetic import A_TRUE, PAPER_BUDGETS, paper_rows, surface_rows
 
 ROOT = Path(__file__).resolve().parents[2]
+CROSS_LIKE = Law(0.35, 20.3, 1000.0, 0.33, 0.38)  # steep, asymmetric isoFLOP curves
+
+
+def paper_grid(law: Law, noise: float = 0.0, seed: int = 0) -> tuple[Points, float]:
+    """The paper's in-context grid (6 budgets x 14 depths) drawn from a law, and its true N*
+    exponent on that grid."""
+    p = plan(api.load_sweep(ROOT / "examples" / "paper-in-context.yaml").spec)
+    rng = np.random.default_rng(seed)
+    rows = [
+        {
+            "budget": t.budget,
+            "params": float(t.params),
+            "tokens": float(t.tokens),
+            "loss": float(law(float(t.params), float(t.tokens)))
+            * float(np.exp(noise * rng.normal())),
+        }
+        for t in p.trials
+    ]
+    return Points.from_rows(rows), truth(p, law).exponents["params"]
 
 
 def test_three_trials_per_budget_give_no_zero_width_interval() -> None:
@@ -135,22 +154,9 @@ def test_replicates_and_measured_errors_are_the_noise_model() -> None:
 
 
 def test_local_parabolas_remove_the_whole_ladder_bias() -> None:
-    """The cross-attention-like law on the paper ladder: steep, asymmetric isoFLOP curves."""
-    spec = api.load_sweep(ROOT / "examples" / "paper-in-context.yaml").spec
-    p = plan(spec)
-    law = Law(0.35, 20.3, 1000.0, 0.33, 0.38)
-    rows = [
-        {
-            "budget": t.budget,
-            "params": float(t.params),
-            "tokens": float(t.tokens),
-            "loss": float(law(float(t.params), float(t.tokens))),
-        }
-        for t in p.trials
-    ]
-    true = truth(p, law).exponents["params"]
-    whole = analyze(Points.from_rows(rows), method="parabola", bootstrap=0, window=None)
-    local = analyze(Points.from_rows(rows), method="parabola", bootstrap=0)
+    points, true = paper_grid(CROSS_LIKE)
+    whole = analyze(points, method="parabola", bootstrap=0, window=None)
+    local = analyze(points, method="parabola", bootstrap=0)
     assert abs(whole.laws["params"].exponent - true) > 0.05
     assert abs(local.laws["params"].exponent - true) < 0.005
 
@@ -182,25 +188,13 @@ def test_the_hold_out_check_raises_no_false_alarm_on_clean_simulated_data() -> N
 
 
 def test_disagreeing_methods_are_flagged() -> None:
-    spec = api.load_sweep(ROOT / "examples" / "paper-in-context.yaml").spec
-    law = Law(0.35, 20.3, 1000.0, 0.33, 0.38)
-    rng = np.random.default_rng(2)
-    rows = [
-        {
-            "budget": t.budget,
-            "params": float(t.params),
-            "tokens": float(t.tokens),
-            "loss": float(law(float(t.params), float(t.tokens)))
-            * float(np.exp(0.002 * rng.normal())),
-        }
-        for t in plan(spec).trials
-    ]
+    points, _ = paper_grid(CROSS_LIKE, noise=0.002, seed=2)
     # the whole-ladder parabola is biased by about -0.09 here; the parametric fit is not
-    a = analyze(Points.from_rows(rows), method="both", bootstrap=100, window=None)
+    a = analyze(points, method="both", bootstrap=100, window=None)
     assert a.disagreement is not None
     assert a.disagreement.startswith("the methods disagree")
     assert to_result(a).methods_agree is False
-    local = analyze(Points.from_rows(rows), method="both", bootstrap=100)
+    local = analyze(points, method="both", bootstrap=100)
     assert local.disagreement is None
     assert to_result(local).methods_agree is True
 
@@ -268,21 +262,10 @@ def test_surface_exponent_is_covered_by_both_methods() -> None:
 
 def test_the_parametric_fit_finds_small_diffusion_exponents() -> None:
     """Exponents of 0.2-0.26: from a grid of 0.5 steps every start sat on a plateau."""
-    spec = api.load_sweep(ROOT / "examples" / "paper-in-context.yaml").spec
     paper = Law()
     law = Law(paper.E, paper.A * 3 ** (paper.alpha + paper.beta), paper.B, paper.alpha, paper.beta)
-    rng = np.random.default_rng(0)
-    rows = [
-        {
-            "budget": t.budget,
-            "params": float(t.params),
-            "tokens": float(t.tokens),
-            "loss": float(law(float(t.params), float(t.tokens)))
-            * float(np.exp(0.002 * rng.normal())),
-        }
-        for t in plan(spec).trials
-    ]
-    f = fit_parametric(Points.from_rows(rows))
+    points, _ = paper_grid(law, noise=0.002)
+    f = fit_parametric(points)
     assert f.alpha == pytest.approx(law.alpha, abs=0.03)
     assert f.beta == pytest.approx(law.beta, abs=0.03)
     assert f.params_exponent == pytest.approx(law.params_exponent, abs=0.015)
