@@ -15,6 +15,15 @@ from isoflop import __version__, api, crd
 from isoflop.plan import DEFAULT_MFU, H100_BF16_PEAK_FLOPS, Plan, format_flops, plan
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, unless it has none or its help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False, []) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 class UsageError(Exception):
     """A problem the user can fix; printed as one sentence, exit code 2."""
 
@@ -312,16 +321,14 @@ def cmd_crd(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog="isoflop", description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    ap = argparse.ArgumentParser(prog="isoflop", description=__doc__, formatter_class=HelpFormatter)
     ap.add_argument("--version", action="version", version=f"isoflop {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
 
     law_help = "the simulated L(N,D) = E + A/N^alpha + B/D^beta as E,A,B,alpha,beta"
     p = sub.add_parser(
         "run",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
         help="run a sweep on this machine (CPU or local GPUs), resumably",
     )
     p.add_argument("file")
@@ -335,7 +342,7 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "forecast",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
         help="how well would this sweep pin down the exponents?",
     )
     p.add_argument("file")
@@ -359,7 +366,7 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "validate",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
         help="check a ScalingSweep manifest",
     )
     p.add_argument("file")
@@ -367,7 +374,7 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "plan",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
         help="print the isoFLOP grid of a ScalingSweep manifest",
     )
     p.add_argument("file")
@@ -383,7 +390,7 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "fit",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
         help="fit scaling laws to a table of trial results (CSV or JSON)",
     )
     p.add_argument("table", help="rows of budget, params, tokens (or data), loss, optional metrics")
@@ -420,17 +427,19 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--window",
         type=float,
-        default=0.02,
+        default=api.FitSpec.model_fields["window"].default,
         help="fit each parabola around its minimum, to this relative loss rise (0: every rung)",
     )
     p.add_argument("--compare", metavar="OTHER", help="a second table to compare exponents with")
-    p.add_argument("--plot", metavar="DIR", help="write isoflop.png and laws.png here")
+    p.add_argument(
+        "--plot", metavar="DIR", help="write isoflop.png, laws.png (and parametric.png) here"
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser(
         "crd",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
         help="write the CustomResourceDefinition generated from the API",
     )
     p.add_argument(

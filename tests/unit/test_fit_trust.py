@@ -11,6 +11,7 @@ import pytest
 from isoflop import api, cli
 from isoflop.fit import Points, analyze, fit_parametric
 from isoflop.fit.noise import estimate_noise
+from isoflop.fit.parabola import DEFAULT_WINDOW
 from isoflop.fit.report import format_text, to_result
 from isoflop.forecast import Law, truth
 from isoflop.plan import plan
@@ -154,6 +155,7 @@ def test_replicates_and_measured_errors_are_the_noise_model() -> None:
 
 
 def test_local_parabolas_remove_the_whole_ladder_bias() -> None:
+    assert api.FitSpec().window == DEFAULT_WINDOW  # the spec's default is the library's
     points, true = paper_grid(CROSS_LIKE)
     whole = analyze(points, method="parabola", bootstrap=0, window=None)
     local = analyze(points, method="parabola", bootstrap=0)
@@ -269,3 +271,27 @@ def test_the_parametric_fit_finds_small_diffusion_exponents() -> None:
     assert f.alpha == pytest.approx(law.alpha, abs=0.03)
     assert f.beta == pytest.approx(law.beta, abs=0.03)
     assert f.params_exponent == pytest.approx(law.params_exponent, abs=0.015)
+
+
+def test_forecast_from_a_pilots_results(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The surface and noise of a pilot's trials.csv drive the forecast of the planned grid."""
+    spec = api.load_sweep(ROOT / "examples" / "quickstart.yaml").spec
+    law = Law(0.12, 1.3e6, 1000.0, 1.3, 0.75)  # the shape a quickstart run measured
+    rng = np.random.default_rng(3)
+    lines = ["id,budget,params,tokens,phase,loss"]
+    for t in plan(spec).trials:
+        loss = float(law(float(t.params), float(t.tokens))) * float(np.exp(0.02 * rng.normal()))
+        lines.append(f"{t.id},{t.budget},{t.params},{t.tokens},Succeeded,{loss}")
+    lines.append("extra,3e10,1000,1000,Failed,")  # a failed trial has no loss: left out
+    table = tmp_path / "trials.csv"
+    table.write_text("\n".join(lines) + "\n")
+    quickstart = str(ROOT / "examples" / "quickstart.yaml")
+    argv = ["forecast", quickstart, "--from", str(table), "--runs", "6", "--no-variants"]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"Law fitted to {table}: E=")
+    noise = float(out.split("; noise ")[1].split("%")[0]) / 100
+    assert noise == pytest.approx(0.02, rel=0.35)  # the pilot's own scatter
+    assert "Verdict: this grid can" in out or "Verdict: this grid cannot" in out
+    assert cli.main([*argv, "--law", "1,2,3,0.3,0.3"]) == 2
+    assert "give --law or --from, not both" in capsys.readouterr().err
