@@ -295,3 +295,27 @@ def test_forecast_from_a_pilots_results(tmp_path: Path, capsys: pytest.CaptureFi
     assert "Verdict: this grid can" in out or "Verdict: this grid cannot" in out
     assert cli.main([*argv, "--law", "1,2,3,0.3,0.3"]) == 2
     assert "give --law or --from, not both" in capsys.readouterr().err
+
+
+def test_the_forecast_verdict_says_what_the_grid_can_measure() -> None:
+    from isoflop.forecast import ExponentForecast, Forecast
+
+    def verdict(
+        bias: float, coverage: float, identified: float = 1.0, target: float | None = None
+    ) -> str:
+        e = ExponentForecast(
+            "params", "parabola", 0.57, 0.57 + bias, bias, 0.02, 0.08, coverage, identified
+        )
+        return Forecast(40, 0.005, Law(), 0, (e,), target=target).verdict()
+
+    assert (
+        verdict(0.001, 0.95)
+        == "this grid can measure the N* exponent to +-0.040 (95%, bias +0.0010)"
+    )
+    assert "conservative" in verdict(0.001, 1.0)
+    assert verdict(0.03, 0.95).startswith("this grid cannot measure the N* exponent reliably")
+    assert "hold the truth 70% of the time" in verdict(0.001, 0.70)
+    assert "not identified in 30%" in verdict(0.001, 0.95, identified=0.7)
+    assert verdict(0.001, 0.95, target=0.02).startswith(
+        "this grid cannot measure the N* exponent to +-0.02: it gets to +-0.040"
+    )
