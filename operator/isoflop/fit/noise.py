@@ -116,7 +116,7 @@ def estimate_noise(points: Points, given: float | None = None) -> Noise:
 
 
 def describe(noise: Noise) -> str:
-    """One phrase for reports: 'residuals: 0.48% (52 dof)'."""
+    """One phrase for reports: '0.480% of the loss (residuals, 52 degrees of freedom)'."""
     if noise.relative is None:
         return "not identified"
     dof = "" if not math.isfinite(noise.dof) else f", {noise.dof:.0f} degrees of freedom"
