@@ -18,7 +18,8 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 
 from isoflop import api
-from isoflop.fit import Points, analyze
+from isoflop.fit import Analysis, Points, analyze
+from isoflop.fit.analysis import Method
 from isoflop.fit.parabola import DEFAULT_WINDOW, flops_per_param_token
 from isoflop.plan import Plan, plan
 
@@ -157,7 +158,7 @@ def simulate(
     noise: float,
     runs: int,
     bootstrap: int,
-    methods: Iterable[str] = ("parabola",),
+    methods: Iterable[Method] = ("parabola",),
     window: float | None = DEFAULT_WINDOW,
     seed: int = 0,
 ) -> dict[str, Estimates]:
@@ -182,7 +183,7 @@ def simulate(
         points = base.with_loss(clean * np.exp(noise * rng.standard_normal(len(clean))))
         for m in methods:
             try:
-                a = analyze(points, method=m, bootstrap=bootstrap, seed=seed + r, window=window)  # type: ignore[arg-type]
+                a = analyze(points, method=m, bootstrap=bootstrap, seed=seed + r, window=window)
             except ValueError:
                 failed[m] += 1
                 continue
@@ -202,7 +203,7 @@ def simulate(
     }
 
 
-def _exponent(a, method: str, name: str) -> tuple[float, tuple[float, float] | None]:  # type: ignore[no-untyped-def]
+def _exponent(a: Analysis, method: str, name: str) -> tuple[float, tuple[float, float] | None]:
     if method == "parabola":
         law = a.laws[name]
         ci = law.exponent_ci
@@ -327,7 +328,7 @@ def forecast(
     runs: int = 40,
     bootstrap: int = 200,
     variants: bool = True,
-    method: str = "parabola",
+    method: Method = "parabola",
     window: float | None = DEFAULT_WINDOW,
     target: float | None = None,
     seed: int = 0,

@@ -121,6 +121,14 @@ class Analysis:
     not_identified: tuple[str, ...] = ()  # quantities whose interval the design cannot give
     disagreement: str | None = None  # the two methods' N* exponents disagree beyond intervals
 
+    @property
+    def methods_agree(self) -> bool | None:
+        """Whether the two methods' N* exponent intervals overlap; None without both."""
+        if not self.laws or self.parametric is None:
+            return None
+        both = (self.laws["params"].exponent_ci, self.parametric.intervals.get("params_exponent"))
+        return None if None in both else self.disagreement is None
+
 
 def analyze(
     points: Points,
@@ -425,7 +433,7 @@ def _hold_out(
         why = "its minimum is not inside the ladder" if not boot.usable[j] else "too few budgets"
         warnings.append(f"no hold-out check of {target:g}: {why}")
         return None
-    fits = [f for f in result.budget_fits if f.budget in budgets]
+    fits = result.budget_fits  # one per budget of boot.budgets, in order
     c = budgets[rest]
     log_c, log_target = np.log10(c), np.log10(target)
     observed = fits[j]

@@ -48,6 +48,8 @@ def weighted_quadratics(u: Array, y: Array, w: Array) -> tuple[Array, np.ndarray
 
 def _three_distinct(u: Array, w: Array) -> np.ndarray:
     """Rows of w (R, n) whose positive weights fall on at least three distinct values of u."""
+    if (w > 0).all():  # kernel weights never vanish: the ladder alone decides (the hot path)
+        return np.full(len(w), len(np.unique(u)) >= 3)
     values, index = np.unique(u, return_inverse=True)
     per_value = np.zeros((len(w), len(values)))
     np.add.at(per_value.T, index.reshape(-1), (w > 0).T.astype(np.float64))

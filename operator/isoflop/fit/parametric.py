@@ -213,10 +213,9 @@ def fit_parametric(
         samples = _to_natural(rows)
         share = _bounds_hit(rows).mean(axis=0)  # per (a, b, e, alpha, beta)
         tail = (1.0 - confidence) / 2.0
-        names = ("E", "A", "B", "alpha", "beta")
-        column = {"E": 2, "A": 0, "B": 1, "alpha": 3, "beta": 4}  # in BOUNDS order
-        for i, n in enumerate(names):
-            if share[column[n]] > tail or n in at_bound:
+        share_of = dict(zip(NATURAL, share, strict=True))  # BOUNDS order, by name
+        for i, n in enumerate(("E", "A", "B", "alpha", "beta")):  # the order of samples
+            if share_of[n] > tail or n in at_bound:
                 intervals[n] = None
                 unidentified.append(n)
             else:

@@ -109,12 +109,7 @@ def to_result(a: Analysis) -> api.FitResult:
             source=noise.source,
         ),
         not_identified=list(a.not_identified),
-        methods_agree=None
-        if not a.laws
-        or a.parametric is None
-        or a.laws["params"].exponent_ci is None
-        or a.parametric.intervals.get("params_exponent") is None
-        else a.disagreement is None,
+        methods_agree=a.methods_agree,
         budget_fits=[
             api.BudgetFit(
                 budget=f.budget,
