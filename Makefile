@@ -1,14 +1,14 @@
 # The two commands of the README:
 #   make run    set up .venv and run the quickstart sweep for real on this machine (CPU by default)
 #   make test   set up .venv and run the whole test suite (lint, types, tests)
-# Setup installs the CPU torch wheel first (pip install torch==2.13.0), so the project's torch
-# range is already satisfied and pip never pulls a multi-GB CUDA build.
+# Setup installs torch and its matched torchvision first (torch==2.13.0 torchvision==0.28.0), so
+# the project's ranges are already satisfied and pip never pulls another torch build.
 
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.isoflop-installed
-TORCH ?= torch==2.13.0
+TORCH ?= torch==2.13.0 torchvision==0.28.0
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
 .PHONY: setup tools run test lint typecheck unit crd clean
@@ -17,7 +17,7 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install "$(TORCH)"
+	$(PIP) install $(TORCH)
 	$(PIP) install -e '.[trainer,operator,dev]'
 	touch $@
 

@@ -70,6 +70,13 @@ class RungSpec(Model):
     depth: int = Field(ge=1, le=128)
     width: int = Field(ge=8, le=16384)
     heads: int | None = Field(default=None, ge=1, description="Default: width / headDim.")
+    learning_rate: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="This rung's learning rate. Default: training.learningRate, scaled by "
+        "training.learningRateScaling.",
+    )
 
 
 class ModelSpec(Model):
@@ -205,6 +212,24 @@ class TrainingSpec(Model):
         default=0.1, ge=0, lt=1, description="Caption dropout for guidance."
     )
     grad_clip: float = Field(default=1.0, ge=0)
+    ema_decay: float = Field(
+        default=0.0,
+        ge=0,
+        lt=1,
+        description="Evaluate an exponential moving average of the weights with this decay per "
+        "step (e.g. 0.999); 0: the trained weights themselves.",
+    )
+    learning_rate_scaling: Literal["none", "width"] = Field(
+        default="none",
+        description="none: learningRate for every rung. width: learningRate x baseWidth / width, "
+        "the 1/width rule for Adam that keeps updates alike across widths.",
+    )
+    base_width: int | None = Field(
+        default=None,
+        ge=1,
+        description="The width at which learningRate holds under width scaling. Default: the "
+        "narrowest rung.",
+    )
     eval_samples: int = Field(
         default=512, ge=1, le=1 << 20, description="Validation samples at the end."
     )
@@ -323,6 +348,54 @@ class FitSpec(Model):
     )
 
 
+FEATURES_PATTERN = r"^(inception|clip-[a-z0-9-]+|random-conv(:[0-9]+)?|/.+)$"
+
+
+class FidSpec(Model):
+    """FID at the end of every trial: generated against validation images, both decoded by the
+    dataset's VAE, through a standard feature network."""
+
+    samples: int = Field(
+        default=0, ge=0, le=1 << 20, description="Images generated per trial; 0: no FID."
+    )
+    steps: int = Field(default=25, ge=1, le=1000, description="Sampling steps (Euler).")
+    guidance: float = Field(default=1.5, ge=0, le=50, description="Classifier-free guidance.")
+    features: str = Field(
+        default="inception",
+        pattern=FEATURES_PATTERN,
+        max_length=1024,
+        description="inception (Inception-v3 pool features), a CLIP model as the paper "
+        "(clip-vit-b-32, clip-vit-l-14, ...), random-conv (smoke tests) or a network file's "
+        "absolute path.",
+    )
+    weights: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="Local path of the feature network's weights in the trainer (nothing is "
+        "downloaded while training). Default: torch's hub cache.",
+    )
+    vae: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="The VAE that decodes latents to images. Default: the one the dataset's "
+        "index records; none for procedural data (its latents are images).",
+    )
+
+
+class LikelihoodSpec(Model):
+    samples: int = Field(
+        default=0, ge=0, le=1 << 20, description="Validation samples for bits/dim; 0: none."
+    )
+    steps: int = Field(default=32, ge=2, le=1000, description="ODE steps of the integral.")
+
+
+class EvaluationSpec(Model):
+    """The paper's metrics beside the validation loss; each gets its law when asked for."""
+
+    fid: FidSpec = Field(default_factory=FidSpec)
+    likelihood: LikelihoodSpec = Field(default_factory=LikelihoodSpec)
+
+
 class ScalingSweepSpec(Model):
     """What to sweep and how to train it."""
 
@@ -337,6 +410,7 @@ class ScalingSweepSpec(Model):
         json_schema_extra=Immutable,
     )
     training: TrainingSpec = Field(default_factory=TrainingSpec)
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     parallelism: int = Field(default=4, ge=1, le=10000, description="Trials running at once.")
     retries: RetrySpec = Field(default_factory=RetrySpec)

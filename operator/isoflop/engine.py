@@ -33,6 +33,7 @@ class TrialState:
     metrics: tuple[tuple[str, float], ...] = ()
     source: api.ResultSource | None = None
     error: str | None = None
+    permanent: bool = False  # failed in a way no retry mends (the data is missing): never retried
 
     def finish(
         self, loss: float, metrics: Mapping[str, float], source: api.ResultSource
@@ -46,8 +47,12 @@ class TrialState:
             error=None,
         )
 
-    def fail(self, error: str) -> TrialState:
-        return replace(self, phase="Failed", error=error)
+    def fail(self, error: str, permanent: bool = False) -> TrialState:
+        return replace(self, phase="Failed", error=error, permanent=permanent)
+
+    def exhausted(self, limit: int) -> bool:
+        """Failed for good: out of attempts, or failed in a way no retry mends."""
+        return self.phase == "Failed" and (self.permanent or self.attempts >= limit)
 
     @property
     def failed_attempts(self) -> int:
@@ -103,9 +108,7 @@ def decide(
         for tid, s in sorted(states.items())
         if tid not in planned and s.phase == "Starting"
     )
-    gave_up = tuple(
-        t.id for t in plan.trials if state(t.id).phase == "Failed" and state(t.id).attempts >= limit
-    )
+    gave_up = tuple(t.id for t in plan.trials if state(t.id).exhausted(limit))
     active = [t.id for t in plan.trials if state(t.id).phase in ACTIVE]
     active += [tid for tid, s in states.items() if tid not in planned and s.phase == "Running"]
     succeeded = [t for t in plan.trials if state(t.id).phase == "Succeeded"]
@@ -134,7 +137,7 @@ def decide(
         t
         for t in plan.trials
         if state(t.id).phase == "Pending"
-        or (state(t.id).phase == "Failed" and state(t.id).attempts < limit)
+        or (state(t.id).phase == "Failed" and not state(t.id).exhausted(limit))
     ]
     candidates.sort(key=lambda t: (t.budget, t.params, t.id))
     launches = tuple(Launch(t, state(t.id).attempts + 1) for t in candidates[: max(slots, 0)])
@@ -200,7 +203,7 @@ def trial_records(
         phase: api.TrialPhase
         if s.phase in ACTIVE:
             phase = "Running"
-        elif s.phase == "Failed" and s.attempts < limit:
+        elif s.phase == "Failed" and not s.exhausted(limit):
             phase = "Pending"  # will be retried
         else:
             phase = "Failed" if s.phase == "Failed" else s.phase  # type: ignore[assignment]

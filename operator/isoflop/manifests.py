@@ -20,6 +20,7 @@ SWEEP_LABEL, TRIAL_LABEL, BUDGET_LABEL = (
     "isoflop.dev/budget",
 )
 PREEMPTED_EXIT_CODE = 143  # the trainer checkpointed on SIGTERM: retry without counting a failure
+DATA_ERROR_EXIT_CODE = 65  # the trainer found its data missing or mismatched: fail, do not retry
 METRICS_LINGER_SECONDS = 45.0  # long enough for a 15 s scrape interval to see the final values
 UID = 10001
 INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"  # set on Indexed Job pods
@@ -159,6 +160,16 @@ def trial_objects(
                         "containerName": "trainer",
                         "operator": "In",
                         "values": [PREEMPTED_EXIT_CODE],
+                    },
+                },
+                # missing or mismatched data: one failure says it, retries cannot mend it
+                {
+                    "action": "FailJob",
+                    "onPodConditions": [],
+                    "onExitCodes": {
+                        "containerName": "trainer",
+                        "operator": "In",
+                        "values": [DATA_ERROR_EXIT_CODE],
                     },
                 },
             ]

@@ -245,10 +245,10 @@ def _reconcile(
             else:
                 states[tid] = TrialState("Succeeded", 1, result[0], source=result[1])
         elif failed:
-            states[tid] = TrialState("Failed", limit, error="the Job failed after its retries")
-            kopf.warn(
-                body, reason="TrialFailed", message=f"{tid}: the Job failed after {limit} attempts"
-            )
+            said = termination_message(clients, namespace, job.metadata.name) or {}
+            error = str(said.get("error") or f"the Job failed after {limit} attempts")
+            states[tid] = TrialState("Failed", limit, error=error)
+            kopf.warn(body, reason="TrialFailed", message=f"{tid}: {error}")
         else:
             # pods that failed so far, retried by the Job's backoff (preemptions are not counted)
             attempts = 1 + (st.failed or 0)

@@ -50,6 +50,7 @@ class Observation:
     step: int | None = None
     steps: int | None = None
     current_loss: float | None = None
+    permanent: bool = False  # a failure no retry can mend (missing data): not retried
 
 
 class Backend(Protocol):
@@ -200,7 +201,9 @@ def result_observation(workdir: Path) -> Observation:
     if status == "preempted":
         return Observation("Interrupted", error=result.get("error"))
     if status == "failed":
-        return Observation("Failed", error=str(result.get("error")))
+        return Observation(
+            "Failed", error=str(result.get("error")), permanent=result.get("permanent") is True
+        )
     try:
         log = (workdir / "log.txt").read_text(errors="replace").splitlines()
     except OSError:
@@ -318,7 +321,7 @@ class Run:
             elif obs.phase == "Interrupted":
                 self.states[tid] = TrialState(phase="Pending", attempts=max(s.attempts - 1, 0))
             else:
-                self.states[tid] = s.fail(obs.error or "failed")
+                self.states[tid] = s.fail(obs.error or "failed", permanent=obs.permanent)
         decision = engine.decide(self.spec, self.plan, self.states, self.fitted)
         for c in decision.cancels:
             self.backend.cancel(c.trial_id)

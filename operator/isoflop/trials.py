@@ -14,14 +14,15 @@ if TYPE_CHECKING:
 
 def train_config(spec: api.ScalingSweepSpec, sweep: str, trial: Trial, **paths: Any) -> TrainConfig:
     """The trainer's settings for one trial: its rung, its steps, everything else from the spec."""
-    rung = next(r for r in ladder(spec) if r.name == trial.rung)
-    t = spec.training
+    rungs = ladder(spec)
+    rung = next(r for r in rungs if r.name == trial.rung)
+    t, e = spec.training, spec.evaluation
     return TrainConfig(
         model=rung.config,
         steps=trial.steps,
         global_batch_size=trial.batch_size,
         micro_batch_size=t.micro_batch_size,
-        learning_rate=t.learning_rate,
+        learning_rate=learning_rate(spec, rung.name),
         betas=(t.betas[0], t.betas[1]),
         weight_decay=t.weight_decay,
         warmup_steps=round(t.warmup_fraction * trial.steps),
@@ -36,12 +37,35 @@ def train_config(spec: api.ScalingSweepSpec, sweep: str, trial: Trial, **paths: 
         data=spec.data.source,
         validation_data=spec.data.validation_source,
         eval_samples=t.eval_samples,
+        ema_decay=t.ema_decay,
+        likelihood_samples=e.likelihood.samples,
+        likelihood_steps=e.likelihood.steps,
+        fid_samples=e.fid.samples,
+        fid_steps=e.fid.steps,
+        fid_guidance=e.fid.guidance,
+        fid_features=e.fid.features,
+        fid_weights=e.fid.weights,
+        vae=e.fid.vae,
         num_workers=t.data_workers,
         sweep=sweep,
         trial=trial.id,
         budget=trial.budget,
         **paths,
     )
+
+
+def learning_rate(spec: api.ScalingSweepSpec, rung_name: str) -> float:
+    """A rung's learning rate: its own, or training.learningRate under the scaling rule."""
+    rungs = ladder(spec)
+    explicit = {c.name: c.learning_rate for c in spec.model.configs}
+    if explicit.get(rung_name) is not None:
+        return float(explicit[rung_name])  # type: ignore[arg-type]
+    t = spec.training
+    if t.learning_rate_scaling == "none":
+        return t.learning_rate
+    width = next(r.config.width for r in rungs if r.name == rung_name)
+    base = t.base_width or min(r.config.width for r in rungs)
+    return t.learning_rate * base / width
 
 
 def fit(

@@ -1,4 +1,4 @@
-"""Evaluation: fixed validation pairs, Frechet distance, pluggable feature extractors."""
+"""Evaluation: fixed validation pairs, Frechet distance, FID's decoders and feature networks."""
 
 from __future__ import annotations
 
@@ -10,18 +10,20 @@ import pytest
 import torch
 
 from isoflop_trainer.data import ProceduralShapes
-from isoflop_trainer.evaluate import (
+from isoflop_trainer.evaluate import fixed_pairs, validation_loss, validation_loss_and_error
+from isoflop_trainer.fid import (
+    LatentsAsImages,
     RandomConvFeatures,
-    fixed_pairs,
     frechet_distance,
-    load_extractor,
-    validation_loss,
-    validation_loss_and_error,
+    load_decoder,
+    load_features,
+    to_uint8,
 )
 from isoflop_trainer.flow import flow_loss
 from isoflop_trainer.model import DiT
 from isoflop_trainer.train import train
 from tests.trainer.helpers import tiny
+from tests.trainer.realdata import write_inception
 
 
 def test_fixed_pairs_are_identical_for_every_trial_and_stratified() -> None:
@@ -76,25 +78,66 @@ def test_frechet_distance_of_gaussians_matches_the_closed_form() -> None:
     assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
 
 
-def test_extractors_are_fixed_or_loaded_from_torchscript(tmp_path: Path) -> None:
-    x = torch.randn(4, 3, 16, 16)
-    one, two = load_extractor("random-conv", 3), load_extractor("random-conv", 3)
+def test_feature_networks_are_fixed_or_loaded_and_never_downloaded(tmp_path: Path) -> None:
+    x = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
+    one, two = load_features("random-conv"), load_features("random-conv")
     assert torch.equal(one(x), two(x))
-    assert not torch.equal(one(x), load_extractor("random-conv:7", 3)(x))
+    assert not torch.equal(one(x), load_features("random-conv:7")(x))
     path = tmp_path / "features.pt2"
-    program = torch.export.export(RandomConvFeatures(3, seed=3), (x,))
+    program = torch.export.export(RandomConvFeatures(seed=3), (x,))
     torch.export.save(program, str(path))
-    loaded = load_extractor(str(path), 3)
-    assert torch.allclose(loaded(x), RandomConvFeatures(3, seed=3)(x))
+    assert torch.allclose(load_features(str(path))(x), RandomConvFeatures(seed=3)(x))
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        load_extractor(str(tmp_path / "missing.pt"), 3)
+        load_features(str(tmp_path / "missing.pt"))
+    # Inception-v3 from a local file: 2048 pool features of uint8 images of any size
+    inception = load_features("inception", str(write_inception(tmp_path / "inception.pth")))
+    features = inception(x)
+    assert features.shape == (4, 2048)
+    assert torch.isfinite(features).all()
+    assert torch.equal(features, inception(x))
+    # no weights given and none in the hub cache: one sentence, no download
+    hub = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / "empty-hub"))
+    try:
+        with pytest.raises(FileNotFoundError, match="nothing is downloaded while training"):
+            load_features("inception")
+        with pytest.raises(FileNotFoundError, match="clip-vit-b-32 needs its weights"):
+            load_features("clip-vit-b-32")
+    finally:
+        torch.hub.set_dir(hub)
+    with pytest.raises(ValueError, match="unknown FID feature network 'clip-nope'"):
+        load_features("clip-nope", "/x")
+
+
+def test_procedural_latents_decode_to_the_images_they_paint() -> None:
+    data = ProceduralShapes((4, 16, 16), 8, 16)
+    decoder = load_decoder(None, data)
+    assert isinstance(decoder, LatentsAsImages)
+    images = to_uint8(decoder(data.batch([0, 1]).latents))
+    assert images.shape == (2, 3, 16, 16)
+    assert images.dtype == torch.uint8
+    # the background is -0.6 in every channel: grey 51
+    assert int(images[0, :, 0, 0].float().mean()) == 51
 
 
 def test_a_trial_reports_likelihood_and_fid(tmp_path: Path) -> None:
-    result, code = train(tiny(tmp_path, steps=20, likelihood_samples=4, fid_samples=32))
-    assert code == 0
+    weights = str(write_inception(tmp_path / "inception.pth"))
+    cfg = tiny(
+        tmp_path,
+        steps=20,
+        likelihood_samples=4,
+        fid_samples=16,
+        fid_steps=4,
+        fid_weights=weights,
+        ema_decay=0.9,
+    )
+    result, code = train(cfg)
+    assert code == 0, result.get("error")
     assert math.isfinite(result["eval_bpd"])
     assert result["eval_fid"] > 0
+    again, _ = train(cfg)  # the same trial again: the same numbers
+    for key in ("eval_loss", "eval_bpd", "eval_fid"):
+        assert again[key] == result[key]
 
 
 def test_loader_workers_do_not_change_the_samples(tmp_path: Path) -> None:

@@ -327,10 +327,28 @@ def test_data_and_checkpoints_through_a_real_s3_endpoint(tmp_path: Path, bucket:
     assert again["train_seconds"] == pytest.approx(result["train_seconds"])
 
 
-def test_bad_data_source_is_a_clear_failure(tmp_path: Path) -> None:
+def test_bad_data_source_is_a_clear_failure_that_no_retry_repeats(tmp_path: Path) -> None:
     result, code = train(tiny(tmp_path, data=str(tmp_path / "no-such-shards")))
-    assert code == 1
-    assert result["error"].startswith("FileNotFoundError: no shard index at")
+    assert code == 65  # EX_DATAERR: the Job's podFailurePolicy fails it at once
+    assert result["permanent"] is True
+    assert result["error"].startswith(f"no shard index at {tmp_path / 'no-such-shards'}")
+
+
+def test_the_ema_is_evaluated_and_survives_a_restart(tmp_path: Path) -> None:
+    plain, _ = train(tiny(steps=10))
+    averaged, _ = train(tiny(steps=10, ema_decay=0.9))
+    assert averaged["losses"] == plain["losses"]  # the average never feeds back into training
+    assert averaged["eval_loss"] != plain["eval_loss"]  # but it is what is evaluated
+    ckpt = str(tmp_path / "ckpt")
+    _, code = train(tiny(steps=5, ema_decay=0.9, checkpoint=ckpt))
+    assert code == 0
+    saved = torch.load(tmp_path / "ckpt" / "checkpoint.pt", weights_only=False)
+    assert set(saved) >= {"ema", "scaler"}
+    resumed, code = train(tiny(steps=10, ema_decay=0.9, checkpoint=ckpt))
+    assert code == 0
+    assert resumed["eval_loss"] == averaged["eval_loss"]  # the average resumed, not restarted
+    with pytest.raises(ValueError, match="ema_decay must lie in"):
+        tiny(ema_decay=1.0)
 
 
 def test_config_round_trips_and_validates() -> None:
@@ -373,6 +391,21 @@ def test_bf16_compiled_trial_on_gpu(tmp_path: Path, low_precision_residual: bool
     assert result["eval_loss"] < 0.6 * before
     assert result["mfu"] is not None
     assert 0 < result["mfu"] < 1
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_fp16_trains_with_loss_scaling_on_gpu(tmp_path: Path) -> None:
+    """GPU sibling of test_the_ema_is_evaluated_and_survives_a_restart (the scaler's state is
+    checkpointed on CPU too): fp16 autocast with a gradient scaler lowers the loss."""
+    cfg = tiny(tmp_path, steps=150, eval_samples=64, precision="fp16", checkpoint=str(tmp_path))
+    val = ProceduralShapes((3, 16, 16), 8, 16, split=1)
+    before = validation_loss(DiT(cfg.model).cuda(), val, 64, device="cuda")
+    result, code = train(cfg)
+    assert code == 0, result.get("error")
+    assert result["eval_loss"] < 0.6 * before
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert saved["scaler"]["scale"] > 0  # a live scaler, not a disabled one
 
 
 def test_fsdp_matches_one_process_and_its_checkpoint_resumes_anywhere(tmp_path: Path) -> None:

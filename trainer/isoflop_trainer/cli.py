@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -75,9 +76,50 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    """Write pre-encoded shards of the procedural dataset (the format a real encoder job writes)."""
+    """Encode images and captions (or class labels) into training shards; or, from
+    procedural://shapes, write shards of the procedural dataset."""
+    if args.source.startswith("procedural://"):
+        return _prepare_procedural(args)
+    from isoflop_trainer.prepare import Settings, prepare
+    from isoflop_trainer.sources import open_source
+
+    if args.vae is None:
+        raise ValueError("--vae is required: a diffusers AutoencoderKL path or hub name")
+    if args.workers < 0 or args.batch_size < 1:
+        raise ValueError("--workers must be 0 or more and --batch-size at least 1")
+    settings = Settings(
+        vae=args.vae,
+        image_size=args.image_size,
+        vae_subfolder=args.vae_subfolder,
+        text_encoder=args.text_encoder,
+        text_encoder_subfolder=args.text_encoder_subfolder,
+        tokenizer=args.tokenizer,
+        tokenizer_subfolder=args.tokenizer_subfolder,
+        max_length=args.max_length,
+        shard_size=args.shard_size,
+        dtype=args.dtype,
+        validation_fraction=args.validation_fraction,
+        conditioning=args.conditioning,
+    )
+    source = open_source(args.source, args.layout, args.caption_key)
+    _, summary = prepare(
+        source,
+        args.output,
+        settings,
+        workers=args.workers,
+        batch_size=args.batch_size,
+        device=args.device,
+        progress=not args.quiet,
+    )
+    print(summary.text(args.output))
+    return 0
+
+
+def _prepare_procedural(args: argparse.Namespace) -> int:
     from isoflop_trainer.data import TRAIN, VALIDATION, ProceduralShapes, write_shards
 
+    if args.samples is None:
+        raise ValueError("procedural shards need --samples")
     split = VALIDATION if args.split == "validation" else TRAIN
     c, h, w = args.latent_shape
     source = ProceduralShapes((c, h, w), args.text_length, args.text_dim, args.seed, split)
@@ -114,10 +156,48 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one setting")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("prepare", help="write pre-encoded shards of the procedural dataset")
+    p = sub.add_parser(
+        "prepare",
+        help="encode images and captions into training shards",
+        description=cmd_prepare.__doc__,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "source",
+        nargs="?",
+        default="procedural://shapes",
+        help="an image folder (captions in metadata.jsonl or NAME.txt; or a folder per class), "
+        "WebDataset .tar shards, a saved datasets dataset or parquet files",
+    )
     p.add_argument("--output", required=True, help="folder, file:// or s3:// prefix")
-    p.add_argument("--samples", type=int, required=True)
+    p.add_argument(
+        "--layout",
+        choices=["auto", "imagefolder", "classfolder", "webdataset", "hf"],
+        default="auto",
+    )
+    p.add_argument("--vae", help="diffusers AutoencoderKL: a local path or hub name")
+    p.add_argument("--vae-subfolder")
+    p.add_argument("--text-encoder", help="CLIP text or T5 encoder: a local path or hub name")
+    p.add_argument("--text-encoder-subfolder")
+    p.add_argument("--tokenizer", help="default: the text encoder's path")
+    p.add_argument("--tokenizer-subfolder")
+    p.add_argument("--max-length", type=int, default=77, help="text tokens per caption")
+    p.add_argument("--caption-key", help="caption column or key (default: text, caption, ...)")
+    p.add_argument("--conditioning", choices=["auto", "caption", "class"], default="auto")
+    p.add_argument("--image-size", type=int, default=256, help="square side after centre crop")
+    p.add_argument(
+        "--validation-fraction",
+        type=float,
+        default=0.0,
+        help="held out by a hash of each record's key, written under OUTPUT/validation",
+    )
+    p.add_argument("--workers", type=int, default=default_workers(), help="decoding processes")
+    p.add_argument("--batch-size", type=int, default=32, help="images per encoder call")
+    p.add_argument("--device", default="auto", help="auto: cuda when there is a GPU")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--shard-size", type=int, default=1024)
+    p.add_argument("--dtype", choices=["float16", "float32"], default="float16")
+    p.add_argument("--samples", type=int, help="procedural://shapes only: samples to write")
     p.add_argument("--split", choices=["train", "validation"], default="train")
     p.add_argument(
         "--latent-shape", type=int, nargs=3, default=[4, 32, 32], metavar=("C", "H", "W")
@@ -125,9 +205,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--text-length", type=int, default=77)
     p.add_argument("--text-dim", type=int, default=768)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtype", choices=["float16", "float32"], default="float16")
     p.set_defaults(func=cmd_prepare)
     return ap
+
+
+def default_workers() -> int:
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -229,6 +229,7 @@ class TrainConfig:
     schedule: Schedule = "constant"
     decay_fraction: float = 0.2  # the cooldown of wsd
     grad_clip: float = 1.0
+    ema_decay: float = 0.0  # evaluate an EMA of the weights (0: off)
     precision: Precision = "bf16"  # on GPU; CPU runs in fp32
     compile: bool = False
     compile_cache: str | None = None  # folder or s3:// prefix: compiled kernels shared by trials
@@ -243,8 +244,13 @@ class TrainConfig:
     eval_samples: int = 256
     eval_timesteps: int = 4  # fixed (t, noise) pairs per validation sample
     likelihood_samples: int = 0
+    likelihood_steps: int = 32  # ODE steps of the likelihood integral
     fid_samples: int = 0
-    fid_extractor: str = "random-conv"  # or a TorchScript file of a feature network
+    fid_steps: int = 25  # sampling steps
+    fid_guidance: float = 1.5  # classifier-free guidance scale
+    fid_features: str = "inception"  # clip-vit-b-32 ..., random-conv, or a network file
+    fid_weights: str | None = None  # local weights of the feature network
+    vae: str | None = None  # decoder for FID; default: the VAE the data's index records
     checkpoint: str | None = None  # folder, file:// or s3:// prefix
     checkpoint_every: int = 0  # steps; 0: only on SIGTERM
     results: str | None = None  # result JSON path
@@ -270,6 +276,10 @@ class TrainConfig:
             raise ValueError(f"micro_batch_size must be at least 1, got {self.micro_batch_size}")
         if self.log_every < 1:
             raise ValueError(f"log_every must be at least 1, got {self.log_every}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
+        if self.ema_decay and self.fsdp:
+            raise ValueError("ema_decay is not supported with fsdp: its average is not sharded")
         if self.checkpoint_every < 0:
             raise ValueError(f"checkpoint_every must be 0 or more, got {self.checkpoint_every}")
 

@@ -2,15 +2,8 @@
 
 Every dataset is random-access by a global sample index, so a trial's data position is one integer
 (samples consumed), ranks take disjoint slices of each global batch, and a resumed or re-sharded
-run sees exactly the same samples.
-
-Shard format ("isoflop-shards/v1"), what a user's own VAE + text-encoder job writes:
-
-    PREFIX/index.json   {"format": "isoflop-shards/v1", "latent_shape": [C, H, W],
-                         "text_length": L, "text_dim": E, "shards": [{"name": "...", "samples": n}]}
-    PREFIX/<name>.npz   latents (n, C, H, W) float16/32, text (n, L, E) float16/32, mask (n, L) bool
-
-PREFIX is a local folder (file:///path or a plain path) or s3://bucket/prefix.
+run sees exactly the same samples. The shard format is described in `isoflop_trainer.store` and
+the README; `isoflop_trainer.prepare` writes it from images and captions.
 """
 
 from __future__ import annotations
@@ -20,16 +13,15 @@ import json
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import urlparse
 
 import numpy as np
 import torch
 
 from isoflop_trainer.model import sincos_1d
+from isoflop_trainer.store import FORMAT, ShardIndex, Store, atomic_write, read_index
 
-FORMAT = "isoflop-shards/v1"
+__all__ = ["FORMAT", "Store", "atomic_write"]  # re-exported: the trainer's one data module
 TRAIN, VALIDATION = 0, 1
 
 SIZES = {"small": 0.16, "large": 0.3}  # radius as a fraction of the image side
@@ -154,103 +146,19 @@ class ProceduralShapes:
 # shards
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write a file whole or not at all: readers never see half of it (a rename in one folder)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
-
-
-class Store:
-    """Read and write objects under a local folder or an S3 prefix.
-
-    S3 is configured the standard way (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION and,
-    for MinIO or another S3-compatible store, AWS_ENDPOINT_URL); the client is made on first use.
-    """
-
-    def __init__(self, uri: str) -> None:
-        parsed = urlparse(uri)
-        self.uri = uri
-        self.s3 = parsed.scheme == "s3"
-        self._client: Any = None
-        if self.s3:
-            self.bucket, self.prefix = parsed.netloc, parsed.path.lstrip("/").rstrip("/")
-        else:
-            self.root = Path(parsed.path if parsed.scheme == "file" else uri)
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            import boto3
-
-            self._client = boto3.client("s3")
-        return self._client
-
-    def reset(self) -> None:
-        """Forget the client (a forked loader worker makes its own)."""
-        self._client = None
-
-    def key(self, name: str) -> str:
-        return f"{self.prefix}/{name}" if self.prefix else name
-
-    def read(self, name: str) -> bytes:
-        if self.s3:
-            try:
-                obj = self.client.get_object(Bucket=self.bucket, Key=self.key(name))
-                body: bytes = obj["Body"].read()
-            except Exception as err:  # botocore raises several types; all mean "cannot read"
-                where = f"s3://{self.bucket}/{self.key(name)}"
-                raise FileNotFoundError(f"cannot read {where}: {err}") from err
-            return body
-        path = self.root / name
-        try:
-            return path.read_bytes()
-        except OSError as err:
-            raise FileNotFoundError(f"cannot read {path}: {err.strerror or err}") from err
-
-    def write(self, name: str, data: bytes) -> None:
-        if self.s3:
-            self.client.put_object(Bucket=self.bucket, Key=self.key(name), Body=data)
-            return
-        atomic_write(self.root / name, data)
-
-    def exists(self, name: str) -> bool:
-        if self.s3:
-            try:
-                self.client.head_object(Bucket=self.bucket, Key=self.key(name))
-            except Exception:
-                return False
-            return True
-        return (self.root / name).exists()
-
-    def delete(self, name: str) -> None:
-        if self.s3:
-            self.client.delete_object(Bucket=self.bucket, Key=self.key(name))
-        else:
-            (self.root / name).unlink(missing_ok=True)
-
-
 class Shards:
     """Pre-encoded shards, streamed: each epoch visits shards in a seeded order and samples within
     a shard in a seeded order, so consecutive indices come from one shard (few reads, small cache).
     """
 
-    def __init__(self, uri: str, seed: int = 0, cache: int = 4) -> None:
-        self.store = Store(uri)
-        try:
-            index = json.loads(self.store.read("index.json"))
-        except FileNotFoundError as err:
-            raise FileNotFoundError(f"no shard index at {uri}: {err}") from None
-        if index.get("format") != FORMAT:
-            raise ValueError(f"{uri}/index.json is not in the {FORMAT} format")
-        c, h, w = (int(v) for v in index["latent_shape"])
-        self.latent_shape = (c, h, w)
-        self.text_length, self.text_dim = int(index["text_length"]), int(index["text_dim"])
-        self.names = [s["name"] for s in index["shards"]]
-        self.sizes = np.array([int(s["samples"]) for s in index["shards"]])
-        if not len(self.names) or self.sizes.sum() == 0:
-            raise ValueError(f"{uri} holds no samples")
+    def __init__(self, uri: str | ShardIndex, seed: int = 0, cache: int = 4) -> None:
+        index = read_index(uri) if isinstance(uri, str) else uri
+        self.index = index
+        self.store = Store(index.uri)
+        self.latent_shape = index.latent_shape
+        self.text_length, self.text_dim = index.text_length, index.text_dim
+        self.names = [name for name, _ in index.shards]
+        self.sizes = np.array([n for _, n in index.shards])
         self.seed, self.capacity = seed, cache
         self.cache: OrderedDict[str, dict[str, np.ndarray]] = OrderedDict()
         self.reads = 0
@@ -332,7 +240,9 @@ def write_shards(
         "latent_shape": list(source.latent_shape),
         "text_length": source.text_length,
         "text_dim": source.text_dim,
+        "samples": samples,
         "shards": shards,
+        "source": {"layout": "procedural"},
     }
     store.write("index.json", json.dumps(index, indent=1).encode())
     return index
@@ -346,15 +256,21 @@ def open_dataset(
     seed: int = 0,
     split: int = TRAIN,
 ) -> Dataset:
-    """procedural://NAME, or shards under file://, a plain path, or s3://."""
+    """procedural://NAME, or shards under file://, a plain path, or s3://.
+
+    The validation split of shards is the held-out split their index names (`prepare
+    --validation-fraction`); an index without one is its own validation set.
+    """
     if uri.startswith("procedural://"):
         name = uri.removeprefix("procedural://").split("?")[0]
         if name not in ("shapes", ""):
             raise ValueError(f"unknown procedural dataset {name!r} (known: shapes)")
         return ProceduralShapes(latent_shape, text_length, text_dim, seed, split)
-    shards = Shards(uri, seed=seed)
+    index = read_index(uri)
+    if split == VALIDATION and index.validation_uri is not None:
+        index = read_index(index.validation_uri)
     expected = (tuple(latent_shape), text_length, text_dim)
-    found = (tuple(shards.latent_shape), shards.text_length, shards.text_dim)
+    found = (tuple(index.latent_shape), index.text_length, index.text_dim)
     if found != expected:
         raise ValueError(f"{uri} holds latents/text of shape {found}, the trial expects {expected}")
-    return shards
+    return Shards(index, seed=seed)

@@ -1,18 +1,15 @@
-"""End-of-trial evaluation: fixed-pair validation loss, likelihood (bits/dim), FID."""
+"""End-of-trial evaluation: fixed-pair validation loss and likelihood (bits/dim); FID: fid.py."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import linalg
-from torch import nn
 
 from isoflop_trainer.data import Dataset
-from isoflop_trainer.flow import bits_per_dim, flow_loss, log_likelihood, sample
+from isoflop_trainer.flow import bits_per_dim, flow_loss, log_likelihood
 
 EVAL_SEED = 20241011  # the same (t, noise) pairs for every trial of every sweep
 
@@ -101,86 +98,3 @@ def likelihood_bpd(
         log_p = log_likelihood(velocity, b.latents.to(device), steps=steps, generator=g)
         values.append(bits_per_dim(log_p, dims))
     return float(torch.cat(values).mean())
-
-
-# ------------------------------------------------------------------------------------------------
-# FID
-
-
-class RandomConvFeatures(nn.Module):
-    """A small fixed, seeded conv net: a stand-in feature extractor for tests and CPU runs.
-
-    Its FID is comparable between trials of one sweep, not with published FIDs; for those, give a
-    TorchScript file of CLIP ViT-L/14 or Inception (with your VAE decoder in front for latents).
-    """
-
-    def __init__(self, channels: int, seed: int = 0, features: int = 64) -> None:
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.net = nn.Sequential(
-            nn.Conv2d(channels, 32, 3, padding=1),
-            nn.GELU(),
-            nn.Conv2d(32, features, 3, stride=2, padding=1),
-            nn.GELU(),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-        )
-        for p in self.net.parameters():
-            with torch.no_grad():
-                p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(max(p[0].numel(), 1)))
-            p.requires_grad_(False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-
-def load_extractor(spec: str, channels: int) -> nn.Module:
-    """'random-conv' (or 'random-conv:SEED'), or a feature network from a file: a torch.export
-    program (.pt2, preferred) or a TorchScript file (older CLIP and Inception exports)."""
-    if spec.startswith("random-conv"):
-        seed = int(spec.split(":", 1)[1]) if ":" in spec else 0
-        return RandomConvFeatures(channels, seed).eval()
-    path = Path(spec)
-    if not path.exists():
-        raise FileNotFoundError(f"FID feature extractor {spec} does not exist")
-    if path.suffix == ".pt2":
-        exported: nn.Module = torch.export.load(str(path)).module()
-        return exported
-    scripted: nn.Module = torch.jit.load(str(path), map_location="cpu")
-    return scripted.eval()
-
-
-def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """FID between two feature sets (n, d): |mu_a - mu_b|^2 + Tr(S_a + S_b - 2 (S_a S_b)^1/2)."""
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean = linalg.sqrtm(s_a @ s_b)
-    if not np.isfinite(covmean).all():  # near-singular: regularise, as the reference code does
-        eye = np.eye(s_a.shape[0]) * 1e-6
-        covmean = linalg.sqrtm((s_a + eye) @ (s_b + eye))
-    covmean = covmean.real
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a) + np.trace(s_b) - 2 * np.trace(covmean))
-
-
-@torch.no_grad()
-def fid(
-    model: Model,
-    data: Dataset,
-    samples: int,
-    extractor: nn.Module,
-    steps: int = 25,
-    guidance: float = 1.5,
-    batch: int = 64,
-    device: torch.device | str = "cpu",
-) -> float:
-    """FID of images generated from validation captions against the validation images."""
-    g = torch.Generator().manual_seed(EVAL_SEED + 1)
-    extractor = extractor.to(device)
-    real, fake = [], []
-    for lo in range(0, samples, batch):
-        b = data.batch(list(range(lo, min(lo + batch, samples))))
-        noise = torch.randn(b.latents.shape, generator=g).to(device)
-        generated = sample(model, noise, b.text.to(device), steps=steps, guidance=guidance)
-        real.append(extractor(b.latents.to(device)).float().cpu().numpy())
-        fake.append(extractor(generated.float()).float().cpu().numpy())
-    return frechet_distance(np.concatenate(real), np.concatenate(fake))

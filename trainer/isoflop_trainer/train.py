@@ -31,6 +31,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from isoflop_trainer.compile_cache import CompileCache, cache_name, inductor_cache_misses
@@ -44,18 +45,21 @@ from isoflop_trainer.data import (
     atomic_write,
     open_dataset,
 )
-from isoflop_trainer.evaluate import (
-    fid,
-    likelihood_bpd,
-    load_extractor,
-    validation_loss_and_error,
-)
+from isoflop_trainer.evaluate import likelihood_bpd, validation_loss_and_error
+from isoflop_trainer.fid import fid, load_decoder, load_features
 from isoflop_trainer.flow import drop_text, flow_loss, keep_captions, sample_timesteps
 from isoflop_trainer.model import DiT
 from isoflop_trainer.telemetry import Telemetry, write_result
 
 CHECKPOINT = "checkpoint.pt"
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: the Job retries, the trial resumes from its checkpoint
+# sysexits' EX_DATAERR: the trial's data (or a model it names) is missing or does not fit the
+# trial. Retrying cannot help, so neither the Job nor the local runner does.
+DATA_ERROR_EXIT_CODE = 65
+
+
+class DataError(Exception):
+    """The data cannot be read or does not match the trial: fail once, never retry."""
 
 
 class TrialFailed(Exception):
@@ -181,6 +185,11 @@ def train(cfg: TrainConfig) -> tuple[dict[str, Any], int]:
         result, code = _train(cfg, rt, telemetry)
     except TrialFailed as err:
         result, code = {"status": "failed", "error": str(err)}, 1
+    except DataError as err:
+        result, code = (
+            {"status": "failed", "error": str(err), "permanent": True},
+            DATA_ERROR_EXIT_CODE,
+        )
     except Exception as err:  # anything else still ends in a readable failure result
         tail = traceback.format_exc(limit=3)
         result, code = (
@@ -244,6 +253,13 @@ def _train(
         weight_decay=cfg.weight_decay,
         fused=cuda,
     )
+    # fp16 needs loss scaling, or small gradients underflow to zero; bf16 and fp32 do not
+    scaler = torch.amp.GradScaler(rt.device.type, enabled=cuda and cfg.precision == "fp16")
+    ema = (
+        AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+        if cfg.ema_decay
+        else None
+    )
     # Full (unsharded) state dicts: one checkpoint format for 1 process, DDP and FSDP alike.
     full = StateDictOptions(full_state_dict=True, cpu_offload=True)
     state = State()
@@ -254,6 +270,10 @@ def _train(
         set_optimizer_state_dict(model, opt, saved["optimizer"], options=load)
         state = State(**saved["state"])
         torch.set_rng_state(saved["rng"])
+        if "scaler" in saved:
+            scaler.load_state_dict(saved["scaler"])
+        if ema is not None and "ema" in saved:
+            ema.load_state_dict(saved["ema"])
     cache = None
     if cfg.compile:
         if cfg.compile_cache:
@@ -263,7 +283,7 @@ def _train(
         wrapped = torch.compile(wrapped)
 
     shape = (cfg.model.latent_channels, cfg.model.latent_height, cfg.model.latent_width)
-    data = open_dataset(cfg.data, shape, cfg.model.text_length, cfg.model.text_dim, cfg.seed, TRAIN)
+    data = open_data(cfg, TRAIN)
     loader = DataLoader(
         RankBatches(data, cfg, rt, state.step),
         batch_size=None,
@@ -298,6 +318,8 @@ def _train(
                     "optimizer": moments,
                     "state": state.__dict__,
                     "rng": torch.get_rng_state(),
+                    "scaler": scaler.state_dict(),
+                    **({"ema": ema.state_dict()} if ema is not None else {}),
                     "config": cfg.to_dict(),
                 }
             )
@@ -371,14 +393,19 @@ def _train(
                     if ddp is not None and k < len(parts) - 1
                     else contextlib.nullcontext()
                 )
-                with sync, torch.autocast(rt.device.type, autocast, enabled=autocast is not None):
-                    loss = flow_loss(wrapped, x0, text, t_all[rows], noise_all[rows])
-                    (loss * weight).backward()
+                with sync:
+                    with torch.autocast(rt.device.type, autocast, enabled=autocast is not None):
+                        loss = flow_loss(wrapped, x0, text, t_all[rows], noise_all[rows])
+                    scaler.scale(loss * weight).backward()  # outside autocast, as torch advises
                 step_loss += loss.detach() * weight
             pending.append(step_loss)
             if cfg.grad_clip > 0:
+                scaler.unscale_(opt)  # clip the true gradients (a no-op unless fp16)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
+            scaler.step(opt)  # fp16: skipped when the scaled gradients overflowed
+            scaler.update()
+            if ema is not None:
+                ema.update_parameters(model)
             state.step, state.samples = step + 1, state.samples + B
             window_samples += B
             stop = vote(preempted)
@@ -432,7 +459,7 @@ def _train(
         if cache is not None:
             cache.close()
 
-    metrics = evaluate(cfg, model, rt, autocast)
+    metrics = evaluate(cfg, ema.module if ema is not None else model, rt, autocast)
     if telemetry is not None:
         telemetry.set(
             eval_loss=metrics.get("eval_loss"),
@@ -463,6 +490,16 @@ def _train(
     return result, 0
 
 
+def open_data(cfg: TrainConfig, split: int) -> Dataset:
+    """The trial's training or validation data; a DataError when it is missing or mismatched."""
+    shape = (cfg.model.latent_channels, cfg.model.latent_height, cfg.model.latent_width)
+    uri = (cfg.validation_data or cfg.data) if split == VALIDATION else cfg.data
+    try:
+        return open_dataset(uri, shape, cfg.model.text_length, cfg.model.text_dim, cfg.seed, split)
+    except (FileNotFoundError, ValueError) as err:
+        raise DataError(str(err)) from None
+
+
 def write_progress(path: str, state: State, steps: int) -> None:
     """Step and loss for a watcher (the local runner's display), replaced atomically."""
     progress = {"step": state.step, "steps": steps, "loss": state.loss_ema}
@@ -475,26 +512,44 @@ def evaluate(
     """Validation loss (fixed pairs), bits/dim and FID on rank 0 (every rank under FSDP)."""
     if not rt.main and not cfg.fsdp:
         return {}
-    shape = (cfg.model.latent_channels, cfg.model.latent_height, cfg.model.latent_width)
-    val = open_dataset(
-        cfg.validation_data or cfg.data,
-        shape,
-        cfg.model.text_length,
-        cfg.model.text_dim,
-        cfg.seed,
-        VALIDATION,
-    )
+    val = open_data(cfg, VALIDATION)
     model.eval()
     out: dict[str, float] = {}
     if cfg.eval_samples:
         out["eval_loss"], se = validation_loss_and_error(
-            model, val, cfg.eval_samples, cfg.eval_timesteps, device=rt.device, autocast=autocast
+            model,
+            val,
+            min(cfg.eval_samples, len(val)),  # a small held-out split: each sample once
+            cfg.eval_timesteps,
+            device=rt.device,
+            autocast=autocast,
         )
         if math.isfinite(se):
             out["eval_loss_se"] = se
     if cfg.likelihood_samples:
-        out["eval_bpd"] = likelihood_bpd(model, val, cfg.likelihood_samples, device=rt.device)
+        out["eval_bpd"] = likelihood_bpd(
+            model,
+            val,
+            min(cfg.likelihood_samples, len(val)),
+            steps=cfg.likelihood_steps,
+            device=rt.device,
+        )
     if cfg.fid_samples:
-        extractor = load_extractor(cfg.fid_extractor, cfg.model.latent_channels)
-        out["eval_fid"] = fid(model, val, cfg.fid_samples, extractor, device=rt.device)
+        try:
+            features, decoder = (
+                load_features(cfg.fid_features, cfg.fid_weights),
+                load_decoder(cfg.vae, val),
+            )
+        except (FileNotFoundError, ValueError) as err:
+            raise DataError(str(err)) from None
+        out["eval_fid"] = fid(
+            model,
+            val,
+            min(cfg.fid_samples, len(val)),
+            features,
+            decoder,
+            steps=cfg.fid_steps,
+            guidance=cfg.fid_guidance,
+            device=rt.device,
+        )
     return out
