@@ -96,8 +96,14 @@ def format_plan(p: Plan, mfu: float, peak: float) -> str:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    """Check a manifest, and unless --no-data, that its data exists and fits it."""
+    from isoflop.datacheck import check_data
+
     sweep = api.load_sweep(args.file)
+    report = None if args.no_data else check_data(sweep.spec, plan(sweep.spec))
     print(f"{args.file}: ScalingSweep '{sweep.name}' is valid.")
+    if report is not None:
+        print(report.text())
     return 0
 
 
@@ -218,6 +224,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         spec = sweep.spec.model_copy(update={"parallelism": args.parallelism})
         sweep = sweep.model_copy(update={"spec": spec})
     law = Law.parse(args.law) if args.law else Law()
+    if not args.simulate:  # a real run: its data must be there before any trial starts
+        from isoflop.datacheck import check_data
+
+        report = check_data(sweep.spec, plan(sweep.spec))
+        if report.train is not None:
+            print(f"isoflop: {report.text()}", flush=True)
     directory = Path(args.run_dir or Path("runs") / sweep.name)
     backend = make_backend("simulated" if args.simulate else "local", sweep.spec, law, args.noise)
     try:
@@ -367,9 +379,13 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "validate",
         formatter_class=HelpFormatter,
-        help="check a ScalingSweep manifest",
+        help="check a ScalingSweep manifest and its data",
+        description=cmd_validate.__doc__,
     )
     p.add_argument("file")
+    p.add_argument(
+        "--no-data", action="store_true", help="check the manifest only, not its data source"
+    )
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser(

@@ -422,6 +422,8 @@ class Run:
     def report(self, decision: engine.Decision) -> Any:
         """Write status, trial table, plots and report.md; returns the final Analysis or None."""
         status = self.write_status(decision)
+        # the evaluator's other metrics (fid, bpd), as columns `isoflop fit` reads as metrics
+        metrics = sorted({k for s in self.states.values() for k, _ in s.metrics if k != "loss_se"})
         with open(self.dir / "trials.csv", "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(
@@ -437,6 +439,7 @@ class Run:
                     "attempts",
                     "loss",
                     "loss_se",
+                    *metrics,
                 ]
             )
             for t in self.plan.trials:
@@ -454,6 +457,7 @@ class Run:
                         s.attempts,
                         "" if s.loss is None else s.loss,
                         dict(s.metrics).get("loss_se", ""),
+                        *(dict(s.metrics).get(m, "") for m in metrics),
                     ]
                 )
         plots: list[Path] = []

@@ -184,6 +184,12 @@ def analyze(
     )
     warnings: list[str] = []
     missing: list[str] = []
+    points, dropped = points.positive_metrics()
+    for name in dropped:
+        warnings.append(
+            f"{name} has values <= 0 (bits/dim of continuous latents can be), so no power law "
+            f"fits it: no {name} law"
+        )
     if bootstrap and not noise_model.identified:
         warnings.append(
             "intervals are not identified: with 3 model sizes per budget, no replicates and no "

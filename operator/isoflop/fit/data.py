@@ -82,7 +82,7 @@ class Points:
             if bad.size:
                 raise ValueError(f"row {bad[0] + 1}: {name} is {col[bad[0]]}, not a finite number")
             bad = np.flatnonzero(col <= 0)
-            if bad.size:
+            if bad.size and name not in self.metrics:  # a metric <= 0 only loses its power law
                 raise ValueError(f"row {bad[0] + 1}: {name} must be positive, got {col[bad[0]]:g}")
 
     def __len__(self) -> int:
@@ -108,6 +108,15 @@ class Points:
             {k: v[mask] for k, v in self.metrics.items()},
             None if self.loss_se is None else self.loss_se[mask],
         )
+
+    def positive_metrics(self) -> tuple[Points, list[str]]:
+        """These points without the metrics that have values <= 0 (no power law fits them), and
+        the names of those left out."""
+        dropped = [k for k, v in self.metrics.items() if (v <= 0).any()]
+        if not dropped:
+            return self, []
+        kept = {k: v for k, v in self.metrics.items() if k not in dropped}
+        return Points(self.budget, self.params, self.tokens, self.loss, kept, self.loss_se), dropped
 
     def with_loss(self, loss: Array) -> Points:
         """The same trials with other losses (a simulated or resampled sweep)."""
