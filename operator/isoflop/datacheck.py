@@ -52,11 +52,8 @@ def _mismatch(spec: api.DataSpec, index: ShardIndex, what: str) -> str | None:
     have = (index.latent_shape, index.text_length, index.text_dim)
     if want == have:
         return None
-    fields = [
-        name
-        for name, a, b in zip(("data.latentShape", "data.textLength", "data.textDim"), want, have)
-        if a != b
-    ]
+    names = ("data.latentShape", "data.textLength", "data.textDim")
+    fields = [name for name, a, b in zip(names, want, have, strict=True) if a != b]
     c, h, w = spec.latent_shape
     return (
         f"{what} {index.uri} holds {index.describe()}, but the spec asks for latents {c}x{h}x{w}, "
