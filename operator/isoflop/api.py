@@ -458,6 +458,9 @@ class TrialRecord(Model):
     attempts: int = 0
     loss: float | None = None
     source: ResultSource | None = None
+    metrics: dict[str, float] | None = Field(
+        default=None, description="fid, bpd, loss_se: what the trial measured beside its loss."
+    )
 
 
 class TrialCounts(Model):
@@ -599,6 +602,21 @@ class FitResult(Model):
     warnings: list[str] = Field(default_factory=list)
 
 
+class DataStatus(Model):
+    """What the check before launch found of the sweep's data (shards only)."""
+
+    ready: bool | None = Field(
+        default=None,
+        description="true: checked and fits; false: missing or mismatched; null: being checked.",
+    )
+    samples: int | None = Field(default=None, description="Training samples in the index.")
+    validation_samples: int | None = None
+    epochs: list[float] | None = Field(
+        default=None, description="[least, most] passes a planned trial makes over the data."
+    )
+    message: str = ""
+
+
 class ScalingSweepStatus(Model):
     """The status both the operator and the local runner write."""
 
@@ -613,6 +631,7 @@ class ScalingSweepStatus(Model):
         default_factory=list, description="Budgets of the last fit."
     )
     fit: FitResult | None = None
+    data: DataStatus | None = None
 
 
 # ------------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from isoflop import api
 from isoflop.plan import Plan
-from isoflop_trainer.store import ShardIndex, is_shards, read_index
+from isoflop_trainer.store import ShardIndex, check_shards, is_shards
 
 
 class DataCheckError(ValueError):
@@ -40,27 +40,6 @@ class DataReport:
         return "\n".join(lines)
 
 
-def _open(uri: str, what: str) -> ShardIndex:
-    try:
-        return read_index(uri)
-    except (FileNotFoundError, ValueError) as err:
-        raise DataCheckError(f"{what} cannot be used: {err}") from None
-
-
-def _mismatch(spec: api.DataSpec, index: ShardIndex, what: str) -> str | None:
-    want = (tuple(spec.latent_shape), spec.text_length, spec.text_dim)
-    have = (index.latent_shape, index.text_length, index.text_dim)
-    if want == have:
-        return None
-    names = ("data.latentShape", "data.textLength", "data.textDim")
-    fields = [name for name, a, b in zip(names, want, have, strict=True) if a != b]
-    c, h, w = spec.latent_shape
-    return (
-        f"{what} {index.uri} holds {index.describe()}, but the spec asks for latents {c}x{h}x{w}, "
-        f"text {spec.text_length}x{spec.text_dim} (check {', '.join(fields)})"
-    )
-
-
 def check_data(spec: api.ScalingSweepSpec, plan: Plan) -> DataReport:
     """The data's report, or DataCheckError naming what is wrong."""
     data = spec.data
@@ -69,20 +48,21 @@ def check_data(spec: api.ScalingSweepSpec, plan: Plan) -> DataReport:
         raise DataCheckError(f"evaluation.fid.weights {fid.weights} does not exist")
     if not is_shards(data.source):
         return DataReport(None, None, {})
-    train = _open(data.source, "data.source")
-    if (problem := _mismatch(data, train, "data.source")) is not None:
-        raise DataCheckError(problem)
-    val_uri = data.validation_source or train.validation_uri
-    validation = None
-    if val_uri is not None:
-        what = "data.validationSource" if data.validation_source else "the held-out split"
-        validation = _open(val_uri, what)
-        if (problem := _mismatch(data, validation, what)) is not None:
-            raise DataCheckError(problem)
-    if fid.samples and fid.vae is None and "vae" not in train.extra:
-        raise DataCheckError(
-            f"FID decodes latents with a VAE, and {train.uri}/index.json names none: "
-            "set evaluation.fid.vae"
+    c, h, w = data.latent_shape
+    try:
+        train, validation = check_shards(
+            data.source,
+            data.validation_source,
+            (c, h, w),
+            data.text_length,
+            data.text_dim,
+            need_vae=bool(fid.samples) and fid.vae is None,
         )
-    epochs = {t.id: t.steps * t.batch_size / train.samples for t in plan.trials}
-    return DataReport(train, validation, epochs)
+    except ValueError as err:
+        raise DataCheckError(str(err)) from None
+    return DataReport(train, validation, epochs(plan, train.samples))
+
+
+def epochs(plan: Plan, samples: int) -> dict[str, float]:
+    """Passes each planned trial makes over a dataset of `samples`."""
+    return {t.id: t.steps * t.batch_size / samples for t in plan.trials}

@@ -216,6 +216,7 @@ def trial_records(
                 attempts=s.attempts,
                 loss=s.loss,
                 source=s.source,
+                metrics=dict(s.metrics) or None,
             )
         )
     records += [
@@ -253,6 +254,7 @@ def status(
     generation: int | None = None,
     now: str = "",
     previous: list[api.Condition] | None = None,
+    data: api.DataStatus | None = None,
 ) -> api.ScalingSweepStatus:
     """The status document both drivers write (the resource's status, the run's status.json)."""
     c = decision.counts
@@ -294,6 +296,9 @@ def status(
                 else next((w for w in fit.warnings if w.startswith("the methods disagree")), ""),
             )
         )
+    if data is not None:
+        reason = {True: "DataFits", False: "InvalidData", None: "CheckingData"}[data.ready]
+        wanted.insert(0, ("DataReady", data.ready is True, reason, data.message))
     conditions = _conditions(previous or [], now, wanted)
     return api.ScalingSweepStatus(
         fitted_budgets=list(fitted),
@@ -305,6 +310,7 @@ def status(
         counts=api.TrialCounts(**c),
         trials=trial_records(plan, states, 1 + spec.retries.per_trial),
         fit=fit,
+        data=data,
     )
 
 

@@ -12,6 +12,7 @@ from isoflop.plan import Trial, budget_tag
 from isoflop_trainer.component import MASTER_PORT, METRICS_PORT
 from isoflop_trainer.component import trial as component
 from isoflop_trainer.config import TrainConfig
+from isoflop_trainer.store import DATA_ERROR_EXIT_CODE
 
 MANAGED_BY = {"app.kubernetes.io/managed-by": "isoflop", "app.kubernetes.io/name": "isoflop-trial"}
 SWEEP_LABEL, TRIAL_LABEL, BUDGET_LABEL = (
@@ -20,10 +21,27 @@ SWEEP_LABEL, TRIAL_LABEL, BUDGET_LABEL = (
     "isoflop.dev/budget",
 )
 PREEMPTED_EXIT_CODE = 143  # the trainer checkpointed on SIGTERM: retry without counting a failure
-DATA_ERROR_EXIT_CODE = 65  # the trainer found its data missing or mismatched: fail, do not retry
 METRICS_LINGER_SECONDS = 45.0  # long enough for a 15 s scrape interval to see the final values
 UID = 10001
 INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"  # set on Indexed Job pods
+
+
+# the restricted pod security profile, for every pod the operator creates
+CONTAINER_SECURITY: dict[str, Any] = {
+    "allowPrivilegeEscalation": False,
+    "runAsNonRoot": True,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+POD_SECURITY: dict[str, Any] = {
+    "runAsNonRoot": True,
+    "runAsUser": UID,
+    "runAsGroup": UID,
+    "fsGroup": UID,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+ROLE_LABEL = "isoflop.dev/role"
+DATA_CHECK = "data-check"  # the role and the name suffix of a sweep's data check Job
 
 
 def job_name(sweep: str, trial_id: str) -> str:
@@ -101,12 +119,7 @@ def trial_objects(
         "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
         "terminationMessagePath": "/dev/termination-log",
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "runAsNonRoot": True,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": CONTAINER_SECURITY,
     }
     if spec.resources.s3_credentials_secret:
         container["envFrom"] = [{"secretRef": {"name": spec.resources.s3_credentials_secret}}]
@@ -119,13 +132,7 @@ def trial_objects(
                 "emptyDir": {"medium": "Memory", "sizeLimit": spec.storage.shared_memory},
             }
         ],
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": UID,
-            "runAsGroup": UID,
-            "fsGroup": UID,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": POD_SECURITY,
         "enableServiceLinks": False,
     }
     if res.node_selector:
@@ -199,6 +206,88 @@ def trial_objects(
         )
     objects.append({"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": job_spec})
     return objects
+
+
+def data_check_job(sweep: api.ScalingSweep, uid: str, namespace: str) -> dict[str, Any]:
+    """A small CPU Job that reads the sweep's shard indexes with the sweep's own credentials (the
+    operator never reads a user's data with its rights) and compares them with the spec."""
+    spec = sweep.spec
+    data, fid = spec.data, spec.evaluation.fid
+    c, h, w = data.latent_shape
+    args = [
+        "check-data",
+        "--data",
+        data.source,
+        "--latent-shape",
+        str(c),
+        str(h),
+        str(w),
+        "--text-length",
+        str(data.text_length),
+        "--text-dim",
+        str(data.text_dim),
+    ]
+    if data.validation_source:
+        args += ["--validation", data.validation_source]
+    if fid.samples and fid.vae is None:
+        args.append("--need-vae")
+    job_labels = {
+        "app.kubernetes.io/managed-by": "isoflop",
+        "app.kubernetes.io/name": "isoflop-data-check",
+        SWEEP_LABEL: sweep.name,
+        ROLE_LABEL: DATA_CHECK,
+    }
+    small = {"cpu": "250m", "memory": "512Mi"}
+    container: dict[str, Any] = {
+        "name": "trainer",
+        "image": spec.resources.image,
+        "command": ["isoflop-train"],
+        "args": args,
+        "resources": {"requests": small, "limits": small},
+        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": CONTAINER_SECURITY,
+    }
+    if spec.resources.s3_credentials_secret:
+        container["envFrom"] = [{"secretRef": {"name": spec.resources.s3_credentials_secret}}]
+    pod: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "containers": [container],
+        "securityContext": POD_SECURITY,
+        "enableServiceLinks": False,
+    }
+    if spec.resources.image_pull_secrets:
+        pod["imagePullSecrets"] = [{"name": n} for n in spec.resources.image_pull_secrets]
+    if spec.resources.service_account_name:
+        pod["serviceAccountName"] = spec.resources.service_account_name
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": job_name(sweep.name, DATA_CHECK),
+            "namespace": namespace,
+            "labels": job_labels,
+            "ownerReferences": [owner_reference(sweep, uid)],
+        },
+        "spec": {
+            "backoffLimit": 2,  # an unreachable store may come back; a wrong index does not
+            "activeDeadlineSeconds": 600,
+            "podFailurePolicy": {
+                "rules": [
+                    {
+                        "action": "FailJob",
+                        "onPodConditions": [],
+                        "onExitCodes": {
+                            "containerName": "trainer",
+                            "operator": "In",
+                            "values": [DATA_ERROR_EXIT_CODE],
+                        },
+                    }
+                ]
+            },
+            "template": {"metadata": {"labels": job_labels}, "spec": pod},
+        },
+    }
 
 
 def _resources(res: api.ResourcesSpec) -> dict[str, Any]:

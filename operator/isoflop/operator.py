@@ -25,7 +25,7 @@ import random
 import time
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -35,11 +35,22 @@ from kubernetes.client.rest import ApiException
 from prometheus_client import start_http_server
 
 from isoflop import api, engine, opmetrics
+from isoflop.datacheck import epochs
 from isoflop.engine import TrialState
-from isoflop.manifests import SWEEP_LABEL, TRIAL_LABEL, cluster_config, job_name, trial_objects
+from isoflop.manifests import (
+    DATA_CHECK,
+    ROLE_LABEL,
+    SWEEP_LABEL,
+    TRIAL_LABEL,
+    cluster_config,
+    data_check_job,
+    job_name,
+    trial_objects,
+)
 from isoflop.opmetrics import ERRORS, LATENCY, forget
-from isoflop.plan import plan
+from isoflop.plan import Plan, plan
 from isoflop.trials import fit, train_config
+from isoflop_trainer.store import is_shards
 
 RECONCILE_SECONDS = float(os.environ.get("ISOFLOP_RECONCILE_SECONDS", "10"))
 IMMUTABLE = (("model", "family"), ("data",), ("flopsAccounting",))
@@ -198,7 +209,11 @@ def states_from_status(status: dict[str, Any]) -> dict[str, TrialState]:
     for r in status.get("trials") or []:
         if r.get("phase") == "Succeeded" and r.get("loss") is not None:
             out[r["id"]] = TrialState(
-                "Succeeded", r.get("attempts", 1), r["loss"], source=r.get("source")
+                "Succeeded",
+                r.get("attempts", 1),
+                r["loss"],
+                metrics=tuple(sorted((r.get("metrics") or {}).items())),
+                source=r.get("source"),
             )
         elif r.get("phase") == "Failed":
             out[r["id"]] = TrialState("Failed", r.get("attempts", 1), error="failed")
@@ -228,6 +243,7 @@ def _reconcile(
         # the label selector may be ignored (test emulators): filter here too
         if (j.metadata.labels or {}).get(SWEEP_LABEL) == sweep.name
     ]
+    data = data_status(sweep, uid, namespace, status, jobs, p, clients)
     for job in jobs:
         tid = (job.metadata.labels or {}).get(TRIAL_LABEL)
         if tid is None or (tid in states and states[tid].phase in ("Succeeded", "Failed")):
@@ -243,7 +259,7 @@ def _reconcile(
                 states[tid] = TrialState("Failed", limit, error=result[2])
                 kopf.warn(body, reason="TrialFailed", message=f"{tid}: {result[2]}")
             else:
-                states[tid] = TrialState("Succeeded", 1, result[0], source=result[1])
+                states[tid] = TrialState("Succeeded", 1).finish(result[0], result[3], result[1])
         elif failed:
             said = termination_message(clients, namespace, job.metadata.name) or {}
             error = str(said.get("error") or f"the Job failed after {limit} attempts")
@@ -257,6 +273,15 @@ def _reconcile(
     previous_fit = status.get("fit")
     fit_result = api.FitResult.model_validate(previous_fit) if previous_fit else None
     decision = engine.decide(spec, p, states, fitted)
+    if data is not None and data.ready is not True:  # no trial starts before its data is known
+        decision = replace(
+            decision,
+            launches=(),
+            fit_due=False,
+            phase="Failed" if data.ready is False else "Pending",
+            reason="InvalidData" if data.ready is False else "CheckingData",
+            message=data.message,
+        )
     for cancel in decision.cancels:
         try:
             clients.batch.delete_namespaced_job(
@@ -290,7 +315,7 @@ def _reconcile(
         decision = engine.decide(spec, p, states, fitted)
     previous = [api.Condition.model_validate(c) for c in status.get("conditions") or []]
     new = engine.status(
-        spec, p, states, decision, fit_result, fitted, generation, now(), previous
+        spec, p, states, decision, fit_result, fitted, generation, now(), previous, data
     ).to_wire()
     if decision.phase in ("Succeeded", "Failed") and status.get("phase") != decision.phase:
         kopf.info(body, reason=f"Sweep{decision.phase}", message=decision.message)
@@ -306,20 +331,83 @@ def _reconcile(
     )
 
 
+def data_status(
+    sweep: api.ScalingSweep,
+    uid: str,
+    namespace: str,
+    status: dict[str, Any],
+    jobs: list[Any],
+    p: Plan,
+    clients: Clients,
+) -> api.DataStatus | None:
+    """Whether the sweep's shards exist and fit it, as a Job with the sweep's own credentials
+    found them; None for procedural data. `data` is immutable, so one check holds for good."""
+    spec = sweep.spec
+    if not is_shards(spec.data.source):
+        return None
+    before = status.get("data")
+    if isinstance(before, dict) and before.get("ready") is not None:
+        return api.DataStatus.model_validate(before)
+    check = next((j for j in jobs if (j.metadata.labels or {}).get(ROLE_LABEL) == DATA_CHECK), None)
+    checking = api.DataStatus(message=f"checking {spec.data.source} before any trial starts")
+    if check is None:
+        try:
+            clients.batch.create_namespaced_job(namespace, data_check_job(sweep, uid, namespace))
+        except ApiException as err:
+            if err.status != 409:
+                raise
+        return checking
+    st = check.status or kubernetes.client.V1JobStatus()
+    failed = any(c.type == "Failed" and c.status == "True" for c in (st.conditions or []))
+    if not (st.succeeded or failed):
+        return checking
+    said = termination_message(clients, namespace, check.metadata.name) or {}
+    if failed:
+        error = said.get("error") or "the data check Job failed without a message"
+        return api.DataStatus(ready=False, message=str(error)[:1000])
+    samples, val = said.get("samples"), said.get("validation_samples")
+    if not isinstance(samples, int) or samples < 1:
+        return checking  # the pod's message is not readable yet
+    each = epochs(p, samples)
+    span = [min(each.values()), max(each.values())] if each else None
+    message = f"{samples} training samples"
+    if span is not None:
+        message += f"; a planned trial makes {span[0]:.3g} to {span[1]:.3g} epochs over them"
+    return api.DataStatus(
+        ready=True,
+        samples=samples,
+        validation_samples=val if isinstance(val, int) else None,
+        epochs=span,
+        message=message,
+    )
+
+
 # ------------------------------------------------------------------------------------------------
 # results
 
 
+RESULT_METRICS = ("fid", "bpd", "loss_se")  # beside the loss: what the fit turns into laws
+
+
 def read_result(
     clients: Clients, spec: api.ScalingSweepSpec, sweep: str, namespace: str, trial: str, job: str
-) -> tuple[float | None, api.ResultSource, str] | None:
-    """(loss, source, note) of a finished trial; loss None means a failed trial (NaN); None means
-    not readable yet (try again on the next reconcile)."""
+) -> tuple[float | None, api.ResultSource, str, dict[str, float]] | None:
+    """(loss, source, note, metrics) of a finished trial; loss None means a failed trial (NaN);
+    None means not readable yet (try again on the next reconcile). Metrics are the FID,
+    bits/dim and the loss's standard error where the trial measured them."""
     loss: float | None = None
+    metrics: dict[str, float] = {}
     source: api.ResultSource = "prometheus"
     prometheus = spec.metrics.prometheus_url or os.environ.get("ISOFLOP_PROMETHEUS_URL")
     if prometheus:
         loss = query_prometheus(prometheus, spec.metrics, namespace, sweep, trial)
+        if loss is not None:
+            for name in RESULT_METRICS:
+                value = query_prometheus(
+                    prometheus, spec.metrics, namespace, sweep, trial, f"eval_{name}"
+                )
+                if value is not None and math.isfinite(value):
+                    metrics[name] = value
     if loss is None:
         source = "termination-message"
         message = termination_message(clients, namespace, job)
@@ -331,25 +419,39 @@ def read_result(
                 None,
                 source,
                 f"the trainer reported {message.get('status')}: {message.get('error')}",
+                {},
             )
         loss = float(value) if isinstance(value, int | float) else math.nan
+        metrics = {
+            name: float(v)
+            for name in RESULT_METRICS
+            if isinstance(v := message.get(f"eval_{name}"), int | float) and math.isfinite(v)
+        }
     if not math.isfinite(loss):
-        return None, source, f"the final validation loss is {loss}, not a number to fit"
-    return loss, source, ""
+        return None, source, f"the final validation loss is {loss}, not a number to fit", {}
+    return loss, source, "", metrics
 
 
-def result_query(namespace: str, sweep: str, trial: str, lookback: str) -> str:
-    """PromQL for a trial's final validation loss. `namespace` is the label every Kubernetes scrape
-    (the chart's PodMonitor included) attaches: sweeps of the same name in two namespaces differ."""
+def result_query(
+    namespace: str, sweep: str, trial: str, lookback: str, metric: str = "eval_loss"
+) -> str:
+    """PromQL for a trial's final value of a metric. `namespace` is the label every Kubernetes
+    scrape (the chart's PodMonitor included) attaches: sweeps of the same name in two namespaces
+    differ."""
     selector = f'namespace="{namespace}",sweep="{sweep}",trial="{trial}"'
-    return f"last_over_time(isoflop_eval_loss{{{selector}}}[{lookback}])"
+    return f"last_over_time(isoflop_{metric}{{{selector}}}[{lookback}])"
 
 
 def query_prometheus(
-    base_url: str, metrics: api.MetricsSpec, namespace: str, sweep: str, trial: str
+    base_url: str,
+    metrics: api.MetricsSpec,
+    namespace: str,
+    sweep: str,
+    trial: str,
+    metric: str = "eval_loss",
 ) -> float | None:
-    """The trial's last isoflop_eval_loss through the HTTP API; None if absent or unreachable."""
-    query = result_query(namespace, sweep, trial, metrics.lookback)
+    """The trial's last isoflop_<metric> through the HTTP API; None if absent or unreachable."""
+    query = result_query(namespace, sweep, trial, metrics.lookback, metric)
     url = f"{base_url.rstrip('/')}/api/v1/query?{urllib.parse.urlencode({'query': query})}"
     try:
         with urllib.request.urlopen(url, timeout=metrics.query_timeout_seconds) as resp:

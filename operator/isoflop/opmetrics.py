@@ -15,6 +15,7 @@ from isoflop import api
 
 PHASES = ("pending", "running", "succeeded", "failed")
 LAWS = ("params", "tokens", "loss")
+METRIC_LAWS = ("fid", "bpd")  # the evaluator's metrics, when a sweep asks for them
 BOUNDS = ("estimate", "low", "high")
 
 TRIALS = Gauge(
@@ -50,9 +51,10 @@ def record(
     for phase in PHASES:
         TRIALS.labels(namespace, sweep, phase).set(counts.get(phase, 0))
     ERRORS.labels(namespace, sweep)  # a series at 0 from the start: rate() sees the first error
-    for name in LAWS:
-        law = getattr(laws, name, None) if laws else None
-        if law is None:
+    measured = dict(laws.metrics) if laws else {}  # fid, bpd: named as the trials report them
+    for name in (*LAWS, *METRIC_LAWS):
+        law = getattr(laws, name, None) if name in LAWS else measured.get(name)
+        if law is None or laws is None:
             continue
         EXPONENT.labels(namespace, sweep, name, "estimate").set(law.exponent)
         if law.exponent_interval is not None:
@@ -72,7 +74,7 @@ def forget(namespace: str, sweep: str) -> None:
     for phase in PHASES:
         with contextlib.suppress(KeyError):
             TRIALS.remove(namespace, sweep, phase)
-    for law in LAWS:
+    for law in (*LAWS, *METRIC_LAWS):
         for bound in BOUNDS:
             with contextlib.suppress(KeyError):
                 EXPONENT.remove(namespace, sweep, law, bound)

@@ -60,8 +60,10 @@ def plot_isoflops(points: Points, analysis: Analysis, path: Path) -> Path:
 
 
 def plot_laws(analysis: Analysis, path: Path) -> Path:
-    """N*, D*, L* against C: optima, fitted law, its confidence band, and predictions."""
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5), dpi=120)
+    """N*, D*, L* (and FID*, bpd*, ... when measured) against C: optima, fitted law, its
+    confidence band, and predictions."""
+    laws = {**analysis.laws, **analysis.metric_laws}
+    fig, axes = plt.subplots(1, len(laws), figsize=(5 * len(laws), 4.5), dpi=120, squeeze=False)
     fits = [f for f in analysis.budget_fits if np.isfinite(f.loss_opt)]
     c_obs = np.array([f.budget for f in fits])
     c_pred = np.array([p.budget for p in analysis.predictions])
@@ -71,9 +73,11 @@ def plot_laws(analysis: Analysis, path: Path) -> Path:
         "params": [f.params_opt for f in fits],
         "tokens": [f.tokens_opt for f in fits],
         "loss": [f.loss_opt for f in fits],
+        **{m: [dict(f.metrics_opt).get(m, np.nan) for f in fits] for m in analysis.metric_laws},
     }
     labels = {"params": "N*", "tokens": "D*", "loss": "L*"}
-    for ax, (name, law) in zip(axes, analysis.laws.items(), strict=False):
+    labels |= {m: f"{m.upper()} at N*" for m in analysis.metric_laws}
+    for ax, (name, law) in zip(axes[0], laws.items(), strict=True):
         ax.scatter(c_obs, observed[name], color="black", s=20, zorder=3, label="isoFLOP optima")
         ax.plot(
             grid,
@@ -103,7 +107,7 @@ def plot_laws(analysis: Analysis, path: Path) -> Path:
                 label=f"L* = {s.irreducible:.3g} + {s.coefficient:.3g} C^-{s.decay:.3f}",
             )
         for p in analysis.predictions:
-            est = getattr(p, name)
+            est = p.metrics.get(name) if name in analysis.metric_laws else getattr(p, name)
             if est is None:
                 continue
             err = None

@@ -54,13 +54,21 @@ def load_operator(name: str) -> kopf.OperatorRegistry:
     return registry
 
 
-async def finish(k8s: Any, name: str, result: dict[str, Any]) -> None:
-    """Play the Job controller and the kubelet: the Job completes, its pod left a message."""
-    await k8s.patch(
-        f"/apis/batch/v1/namespaces/default/jobs/{name}/status",
-        json={"status": {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}},
+async def finish(k8s: Any, name: str, result: dict[str, Any], exit_code: int = 0) -> None:
+    """Play the Job controller and the kubelet: the Job completes (or, with a nonzero exit code,
+    fails by its podFailurePolicy), its pod left a message."""
+    job_status = (
+        {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}
+        if exit_code == 0
+        else {
+            "failed": 1,
+            "conditions": [{"type": "Failed", "status": "True", "reason": "PodFailurePolicy"}],
+        }
     )
-    state = {"terminated": {"exitCode": 0, "message": json.dumps(result)}}
+    await k8s.patch(
+        f"/apis/batch/v1/namespaces/default/jobs/{name}/status", json={"status": job_status}
+    )
+    state = {"terminated": {"exitCode": exit_code, "message": json.dumps(result)}}
     pod = {
         "apiVersion": "v1",
         "kind": "Pod",

@@ -309,3 +309,82 @@ async def test_changing_an_immutable_field_is_refused_with_a_condition(k8s: Any)
         )
     ready = next(c for c in sweep_status(k8s)["conditions"] if c["type"] == "Ready")
     assert ready["message"] == "spec.model.family is immutable; create a new sweep instead"
+
+
+async def test_shard_data_is_checked_by_a_job_before_any_trial_starts(k8s: Any) -> None:
+    """The data check runs as a Job with the sweep's credentials: the operator never reads a
+    user's bucket with its own rights. Trials start only once it has passed."""
+    data = {"source": "s3://team-bucket/latents", "latentShape": [3, 16, 16], "textLength": 8,
+            "textDim": 32}  # fmt: skip
+    obj = manifest(
+        data=data,
+        parallelism=2,
+        resources={"image": "trainer:1", "s3CredentialsSecret": "team-s3"},
+        evaluation={"fid": {"samples": 64, "features": "random-conv"}},
+    )
+    async with running_operator(k8s):
+        await k8s.post("/apis/isoflop.dev/v1alpha1/namespaces/default/scalingsweeps", json=obj)
+        await wait_for(lambda: "qs-data-check" in jobs(k8s))
+        check = jobs(k8s)["qs-data-check"]
+        container = check["spec"]["template"]["spec"]["containers"][0]
+        assert container["command"] == ["isoflop-train"]
+        args = container["args"]
+        assert args[:3] == ["check-data", "--data", "s3://team-bucket/latents"]
+        assert args[args.index("--latent-shape") + 1 : args.index("--latent-shape") + 4] == [
+            "3", "16", "16"
+        ]  # fmt: skip
+        assert "--need-vae" in args  # FID asked for, no VAE given: the index must name one
+        assert container["envFrom"] == [{"secretRef": {"name": "team-s3"}}]
+        rules = check["spec"]["podFailurePolicy"]["rules"]
+        assert rules[0]["action"] == "FailJob"
+        assert rules[0]["onExitCodes"]["values"] == [65]
+        await asyncio.sleep(1.0)  # several reconciles: still only the check
+        assert list(jobs(k8s)) == ["qs-data-check"]
+        status = sweep_status(k8s)
+        assert status["phase"] == "Pending"
+        ready = next(c for c in status["conditions"] if c["type"] == "DataReady")
+        assert (ready["status"], ready["reason"]) == ("False", "CheckingData")
+        await finish(
+            k8s,
+            "qs-data-check",
+            {"status": "succeeded", "samples": 4000, "validation_samples": 200},
+        )
+        await wait_for(lambda: len(jobs(k8s)) == 3)  # the check, then trials within parallelism
+    status = sweep_status(k8s)
+    assert status["data"]["ready"] is True
+    assert status["data"]["samples"] == 4000
+    lo, hi = status["data"]["epochs"]
+    assert 0 < lo <= hi
+    ready = next(c for c in status["conditions"] if c["type"] == "DataReady")
+    assert ready["status"] == "True"
+    assert "4000 training samples; a planned trial makes" in ready["message"]
+
+
+async def test_mismatched_data_fails_the_sweep_once_with_its_sentence(k8s: Any) -> None:
+    data = {"source": "s3://team-bucket/latents", "latentShape": [3, 16, 16], "textLength": 8,
+            "textDim": 32}  # fmt: skip
+    sentence = (
+        "data.source s3://team-bucket/latents holds latents 4x32x32, text 77x768, but the spec "
+        "asks for latents 3x16x16, text 8x32 (check data.latentShape, data.textLength, "
+        "data.textDim)"
+    )
+    async with running_operator(k8s):
+        await k8s.post(
+            "/apis/isoflop.dev/v1alpha1/namespaces/default/scalingsweeps",
+            json=manifest(data=data),
+        )
+        await wait_for(lambda: "qs-data-check" in jobs(k8s))
+        await finish(
+            k8s,
+            "qs-data-check",
+            {"status": "failed", "error": sentence, "permanent": True},
+            exit_code=65,
+        )
+        await wait_for(lambda: sweep_status(k8s).get("phase") == "Failed")
+        await asyncio.sleep(0.5)  # later reconciles keep it so, and start nothing
+        assert list(jobs(k8s)) == ["qs-data-check"]
+    status = sweep_status(k8s)
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "InvalidData"
+    assert failed["message"] == sentence
+    assert status["data"] == {"ready": False, "message": sentence}

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -114,3 +117,51 @@ def test_shard_errors_name_the_problem(tmp_path: Path, bucket: str) -> None:
         open_dataset(str(tmp_path / "s"), (4, 32, 32), 8, 16)
     with pytest.raises(ValueError, match="unknown procedural dataset 'faces'"):
         open_dataset("procedural://faces", SHAPE, 8, 16)
+
+
+def test_check_data_says_what_a_launcher_needs_in_one_sentence(tmp_path: Path) -> None:
+    """`isoflop-train check-data`, the operator's data check Job: JSON on success, exit 65 and
+    one sentence (to stderr and the termination log) otherwise."""
+    write_shards(str(tmp_path / "s"), ProceduralShapes(SHAPE, 8, 16), samples=12, shard_size=5)
+    log = tmp_path / "termination-log"
+    log.touch()  # Kubernetes mounts it; the trainer writes only where it exists
+
+    def check(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "isoflop_trainer.cli", "check-data"]
+        return subprocess.run(
+            [*command, "--termination-log", str(log), *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    shape = ["--latent-shape", "3", "16", "16", "--text-length", "8"]
+    ok = check("--data", str(tmp_path / "s"), *shape, "--text-dim", "16")
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout) == {
+        "status": "succeeded",
+        "samples": 12,
+        "validation_samples": None,
+    }
+    assert json.loads(log.read_text())["samples"] == 12
+    wrong = check("--data", str(tmp_path / "s"), *shape, "--text-dim", "32")
+    assert wrong.returncode == 65
+    sentence = (
+        f"data.source {tmp_path / 's'} holds latents 3x16x16, text 8x16, but the spec asks for "
+        "latents 3x16x16, text 8x32 (check data.textDim)"
+    )
+    assert wrong.stderr == f"isoflop-train: error: {sentence}\n"
+    assert json.loads(log.read_text()) == {
+        "status": "failed",
+        "error": sentence,
+        "permanent": True,
+    }
+    vae = check("--data", str(tmp_path / "s"), *shape, "--text-dim", "16", "--need-vae")
+    assert vae.returncode == 65
+    assert "names none: set evaluation.fid.vae" in vae.stderr
+    gone = check("--data", str(tmp_path / "nothing"), *shape, "--text-dim", "16")
+    assert gone.returncode == 65
+    assert gone.stderr.startswith(
+        f"isoflop-train: error: data.source cannot be used: no shard index at {tmp_path}"
+    )

@@ -115,6 +115,32 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check_data(args: argparse.Namespace) -> int:
+    """Check that a sweep's shards exist and fit its shapes (the operator runs this as a Job with
+    the sweep's own credentials); exit 65 with one sentence when they do not."""
+    from isoflop_trainer.store import DATA_ERROR_EXIT_CODE, check_shards
+    from isoflop_trainer.telemetry import write_result
+
+    c, h, w = args.latent_shape
+    try:
+        train, val = check_shards(
+            args.data, args.validation, (c, h, w), args.text_length, args.text_dim, args.need_vae
+        )
+    except ValueError as err:
+        result: dict[str, object] = {"status": "failed", "error": str(err), "permanent": True}
+        write_result(result, None, args.termination_log)
+        print(f"isoflop-train: error: {err}", file=sys.stderr)
+        return DATA_ERROR_EXIT_CODE
+    result = {
+        "status": "succeeded",
+        "samples": train.samples,
+        "validation_samples": val.samples if val is not None else None,
+    }
+    write_result(result, None, args.termination_log)
+    print(json.dumps(result))
+    return 0
+
+
 def _prepare_procedural(args: argparse.Namespace) -> int:
     from isoflop_trainer.data import TRAIN, VALIDATION, ProceduralShapes, write_shards
 
@@ -206,6 +232,20 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--text-dim", type=int, default=768)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser(
+        "check-data",
+        help="check that shards exist and fit a sweep's shapes",
+        description=cmd_check_data.__doc__,
+    )
+    p.add_argument("--data", required=True, help="the shards: folder, file:// or s3:// prefix")
+    p.add_argument("--validation", help="default: the held-out split the index names")
+    p.add_argument("--latent-shape", type=int, nargs=3, required=True, metavar=("C", "H", "W"))
+    p.add_argument("--text-length", type=int, required=True)
+    p.add_argument("--text-dim", type=int, required=True)
+    p.add_argument("--need-vae", action="store_true", help="FID needs the index to name a VAE")
+    p.add_argument("--termination-log", default="/dev/termination-log")
+    p.set_defaults(func=cmd_check_data)
     return ap
 
 

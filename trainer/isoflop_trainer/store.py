@@ -25,6 +25,10 @@ from typing import Any
 from urllib.parse import urlparse
 
 FORMAT = "isoflop-shards/v1"
+# sysexits' EX_DATAERR: a trial's data (or a model it names) is missing or does not fit the sweep.
+# No retry can mend it: the trainer exits with it, the runner and the Job's podFailurePolicy fail
+# the trial at once.
+DATA_ERROR_EXIT_CODE = 65
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -174,3 +178,52 @@ def read_index(uri: str) -> ShardIndex:
     except FileNotFoundError as err:
         raise FileNotFoundError(f"no shard index at {uri}: {err}") from None
     return ShardIndex.parse(uri, raw)
+
+
+def _mismatch(
+    index: ShardIndex, what: str, latent_shape: tuple[int, int, int], length: int, dim: int
+) -> str | None:
+    want = (tuple(latent_shape), length, dim)
+    have = (index.latent_shape, index.text_length, index.text_dim)
+    if want == have:
+        return None
+    names = ("data.latentShape", "data.textLength", "data.textDim")
+    fields = [name for name, a, b in zip(names, want, have, strict=True) if a != b]
+    c, h, w = latent_shape
+    return (
+        f"{what} {index.uri} holds {index.describe()}, but the spec asks for latents {c}x{h}x{w}, "
+        f"text {length}x{dim} (check {', '.join(fields)})"
+    )
+
+
+def check_shards(
+    source: str,
+    validation: str | None,
+    latent_shape: tuple[int, int, int],
+    text_length: int,
+    text_dim: int,
+    need_vae: bool = False,
+) -> tuple[ShardIndex, ShardIndex | None]:
+    """The training and validation indexes of a sweep's data, checked against its spec's shapes;
+    ValueError in one sentence (phrased in the spec's field names) when they are missing or do
+    not fit. `validation` None: the held-out split the index names, if any."""
+
+    def opened(uri: str, what: str) -> ShardIndex:
+        try:
+            index = read_index(uri)
+        except (FileNotFoundError, ValueError) as err:
+            raise ValueError(f"{what} cannot be used: {err}") from None
+        if (problem := _mismatch(index, what, latent_shape, text_length, text_dim)) is not None:
+            raise ValueError(problem)
+        return index
+
+    train = opened(source, "data.source")
+    val_uri = validation or train.validation_uri
+    what = "data.validationSource" if validation else "the held-out split"
+    val = opened(val_uri, what) if val_uri is not None else None
+    if need_vae and "vae" not in train.extra:
+        raise ValueError(
+            f"FID decodes latents with a VAE, and {train.uri}/index.json names none: "
+            "set evaluation.fid.vae"
+        )
+    return train, val

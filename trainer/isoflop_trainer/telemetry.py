@@ -21,6 +21,7 @@ GAUGES = {
     "eval_loss": "Validation loss at fixed (timestep, noise) pairs",
     "eval_bpd": "Validation negative log-likelihood, bits per dimension",
     "eval_fid": "Frechet distance of generated vs reference features",
+    "eval_loss_se": "Standard error of the validation loss over its samples",
     "step": "Optimizer steps done",
     "steps_total": "Optimizer steps planned",
     "params": "Model parameters (exact count)",

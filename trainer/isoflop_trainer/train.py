@@ -49,13 +49,11 @@ from isoflop_trainer.evaluate import likelihood_bpd, validation_loss_and_error
 from isoflop_trainer.fid import fid, load_decoder, load_features
 from isoflop_trainer.flow import drop_text, flow_loss, keep_captions, sample_timesteps
 from isoflop_trainer.model import DiT
+from isoflop_trainer.store import DATA_ERROR_EXIT_CODE
 from isoflop_trainer.telemetry import Telemetry, write_result
 
 CHECKPOINT = "checkpoint.pt"
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: the Job retries, the trial resumes from its checkpoint
-# sysexits' EX_DATAERR: the trial's data (or a model it names) is missing or does not fit the
-# trial. Retrying cannot help, so neither the Job nor the local runner does.
-DATA_ERROR_EXIT_CODE = 65
 
 
 class DataError(Exception):
@@ -465,6 +463,7 @@ def _train(
             eval_loss=metrics.get("eval_loss"),
             eval_bpd=metrics.get("eval_bpd"),
             eval_fid=metrics.get("eval_fid"),
+            eval_loss_se=metrics.get("eval_loss_se"),
         )
     if state.steady_seconds > 0:
         rate = state.steady_samples / state.steady_seconds
