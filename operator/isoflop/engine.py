@@ -227,21 +227,24 @@ def trial_records(
 
 
 def results_table(plan: Plan, states: Mapping[str, TrialState]) -> list[dict[str, float]]:
-    """Rows for `isoflop.fit`: every succeeded trial of the plan with its metrics."""
-    rows = []
-    for t in plan.trials:
-        s = states.get(t.id)
-        if s is not None and s.phase == "Succeeded" and s.loss is not None:
-            rows.append(
-                {
-                    "budget": t.budget,
-                    "params": float(t.params),
-                    "tokens": float(t.tokens),
-                    "loss": s.loss,
-                    **dict(s.metrics),
-                }
-            )
-    return rows
+    """Rows for `isoflop.fit`: every succeeded trial of the plan with the metrics that every one
+    of them measured (a metric some trials lack cannot be fitted across budgets)."""
+    done = [
+        (t, s)
+        for t in plan.trials
+        if (s := states.get(t.id)) is not None and s.phase == "Succeeded" and s.loss is not None
+    ]
+    common = set.intersection(*(set(dict(s.metrics)) for _, s in done)) if done else set()
+    return [
+        {
+            "budget": t.budget,
+            "params": float(t.params),
+            "tokens": float(t.tokens),
+            "loss": s.loss,  # type: ignore[dict-item]
+            **{k: v for k, v in s.metrics if k in common},
+        }
+        for t, s in done
+    ]
 
 
 def status(

@@ -402,7 +402,12 @@ def read_result(
     if prometheus:
         loss = query_prometheus(prometheus, spec.metrics, namespace, sweep, trial)
         if loss is not None:
-            for name in RESULT_METRICS:
+            asked = {
+                "fid": bool(spec.evaluation.fid.samples),
+                "bpd": bool(spec.evaluation.likelihood.samples),
+                "loss_se": True,
+            }
+            for name in (m for m in RESULT_METRICS if asked[m]):
                 value = query_prometheus(
                     prometheus, spec.metrics, namespace, sweep, trial, f"eval_{name}"
                 )

@@ -34,12 +34,15 @@ def spec(prometheus: str | None) -> api.ScalingSweepSpec:
 
 def test_prometheus_down_falls_back_to_the_termination_message() -> None:
     down = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    message = json.dumps({"status": "succeeded", "eval_loss": 0.4321})
+    message = json.dumps(
+        {"status": "succeeded", "eval_loss": 0.4321, "eval_fid": 12.5, "eval_bpd": float("nan")}
+    )
     clients = Clients(batch=None, core=Core([pod("s-t1", message)]))
     assert read_result(clients, spec(down), "s", "default", "t1", "s-t1") == (
         0.4321,
         "termination-message",
         "",
+        {"fid": 12.5},  # a metric that is not a number is left out, not fitted
     )
 
 
@@ -50,13 +53,13 @@ def test_no_result_yet_is_retried_and_nan_or_failure_is_a_failed_trial() -> None
         batch=None,
         core=Core([pod("s-t1", json.dumps({"status": "succeeded", "eval_loss": "nan"}))]),
     )
-    loss, _, note = read_result(nan, spec(None), "s", "default", "t1", "s-t1")  # type: ignore[misc]
+    loss, _, note, _ = read_result(nan, spec(None), "s", "default", "t1", "s-t1")  # type: ignore[misc]
     assert loss is None
     assert "not a number to fit" in note
     failed = Clients(
         batch=None, core=Core([pod("s-t1", json.dumps({"status": "failed", "error": "boom"}))])
     )
-    loss, _, note = read_result(failed, spec(None), "s", "default", "t1", "s-t1")  # type: ignore[misc]
+    loss, _, note, _ = read_result(failed, spec(None), "s", "default", "t1", "s-t1")  # type: ignore[misc]
     assert loss is None
     assert note == "the trainer reported failed: boom"
     other = Clients(

@@ -36,10 +36,9 @@ from isoflop_trainer.sources import (
     EMPTY_CAPTION,
     NO_CAPTION,
     NO_LABEL,
-    UNREADABLE,
     Record,
     Source,
-    load_image,
+    decode,
 )
 from isoflop_trainer.store import FORMAT, Store
 
@@ -247,14 +246,6 @@ class Encoders:
 # the run
 
 
-def _decode(item: tuple[str, bytes, int]) -> tuple[str, np.ndarray | None]:
-    key, data, size = item
-    try:
-        return key, load_image(data, size)
-    except Exception:  # PIL raises many types for a bad file; all mean "unreadable"
-        return key, None
-
-
 def held_out(key: str, fraction: float) -> bool:
     """Whether a record belongs to the validation split: a hash of its key, so the split does not
     depend on order, workers or resumption."""
@@ -398,12 +389,12 @@ def _encode_shard(
             keep.append(r)
         else:
             skipped.setdefault(reason, []).append(r.key)
-    jobs = [(r.key, r.image or b"", settings.image_size) for r in keep]
-    decoded = pool.map(_decode, jobs, chunksize=4) if pool is not None else map(_decode, jobs)
+    jobs = [(r.key, r.image, r.path, settings.image_size) for r in keep]
+    decoded = pool.map(decode, jobs, chunksize=4) if pool is not None else map(decode, jobs)
     pixels: dict[str, np.ndarray] = {}
     for key, image in decoded:
-        if image is None:
-            skipped.setdefault(UNREADABLE, []).append(key)
+        if isinstance(image, str):
+            skipped.setdefault(image, []).append(key)
         else:
             pixels[key] = image
     good = [r for r in keep if r.key in pixels]

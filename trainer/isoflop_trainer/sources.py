@@ -43,7 +43,8 @@ MISSING_FILE = "missing image file"
 @dataclass(frozen=True)
 class Record:
     key: str  # where the sample came from, unique in the source
-    image: bytes | None = None  # the encoded image file; None with a problem
+    image: bytes | None = None  # the encoded image, when the source holds it inline
+    path: str | None = None  # else the image file, read by the decoding worker
     caption: str | None = None
     label: int | None = None
     problem: str | None = None  # known before decoding: the record is skipped with this reason
@@ -117,11 +118,7 @@ class ImageFolder:
     def records(self) -> Iterator[Record]:
         root = Path(self.path)
         for name, caption in self._rows:
-            data = _read(root / name)
-            if data is None:
-                yield Record(name, problem=MISSING_FILE)
-            else:
-                yield Record(name, data, caption=caption)
+            yield Record(name, path=str(root / name), caption=caption)
 
 
 @dataclass
@@ -145,12 +142,7 @@ class ClassFolder:
     def records(self) -> Iterator[Record]:
         root = Path(self.path)
         for path, label in self._files:
-            key = str(path.relative_to(root))
-            data = _read(path)
-            if data is None:
-                yield Record(key, problem=MISSING_FILE)
-            else:
-                yield Record(key, data, label=label)
+            yield Record(str(path.relative_to(root)), path=str(path), label=label)
 
 
 @dataclass
@@ -290,6 +282,20 @@ def open_source(
     if chosen == "hf":
         return HFDataset(path, caption_key)
     raise ValueError(f"unknown layout {layout!r} (known: auto, {', '.join(LAYOUTS)})")
+
+
+def decode(item: tuple[str, bytes | None, str | None, int]) -> tuple[str, np.ndarray | str]:
+    """(key, image bytes or None, file or None, size) -> (key, (3, size, size) uint8 or the
+    reason it is skipped). What prepare's worker processes run: torch-free, cheap to start."""
+    key, data, path, size = item
+    if data is None:
+        data = _read(Path(path)) if path else None
+        if data is None:
+            return key, MISSING_FILE
+    try:
+        return key, load_image(data, size)
+    except Exception:  # PIL raises many types for a bad file; all mean "unreadable"
+        return key, UNREADABLE
 
 
 def load_image(data: bytes, size: int) -> np.ndarray:

@@ -50,10 +50,10 @@ class Telemetry:
     ) -> None:
         self.registry = CollectorRegistry()
         self.labels = {"sweep": sweep, "trial": trial, "budget": f"{budget:g}"}
-        self.gauges = {
-            name: Gauge(f"isoflop_{name}", doc, LABELS, registry=self.registry).labels(
-                **self.labels
-            )
+        # a series appears when first set: a metric this trial never measures (FID unasked)
+        # is absent, never a misleading 0
+        self.families = {
+            name: Gauge(f"isoflop_{name}", doc, LABELS, registry=self.registry)
             for name, doc in GAUGES.items()
         }
         self.server: Any = None
@@ -64,7 +64,7 @@ class Telemetry:
     def set(self, **values: float | None) -> None:
         for name, value in values.items():
             if value is not None:
-                self.gauges[name].set(value)
+                self.families[name].labels(**self.labels).set(value)
 
     def linger(self, seconds: float) -> None:
         """Keep serving the final values so a scraper that polls every few seconds sees them."""
