@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from PIL import Image
 
 from isoflop_trainer.data import Shards, open_dataset
 from isoflop_trainer.prepare import Settings, prepare
@@ -81,6 +82,20 @@ def test_every_caption_layout_prepares_to_the_same_kind_of_shards(
     # the same captions give the same embeddings: rows of equal captions are equal
     z = np.load(tmp_path / "out" / "shard-00000.npz")
     assert z["keys"].shape[0] == z["latents"].shape[0]
+
+
+def test_a_t5_encoder_gives_its_hidden_states(models: dict[str, Path], tmp_path: Path) -> None:
+    t5 = realdata.write_text_encoder(tmp_path / "t5", hidden=24, kind="t5")
+    source = open_source(str(realdata.write_imagefolder(tmp_path / "src", n=8)))
+    index, _ = prepare(
+        source, str(tmp_path / "out"), settings(models, text_encoder=str(t5)), progress=False
+    )
+    assert index["text_encoder"]["kind"] == "t5"
+    assert (index["text_length"], index["text_dim"]) == (TEXT, 24)
+    z = np.load(tmp_path / "out" / "shard-00000.npz")
+    assert z["text"].shape[1:] == (TEXT, 24)
+    assert z["mask"][:, :3].all()  # three words per caption
+    assert not z["mask"][:, 3:].any()  # then padding
 
 
 def test_class_folders_get_one_hot_labels(models: dict[str, Path], tmp_path: Path) -> None:
@@ -212,6 +227,9 @@ def test_a_sweep_trains_from_shards_on_s3_to_loss_fid_and_bits_per_dim(
     assert ("bpd" in laws["metrics"]) is not negative
     assert any(w.startswith("bpd has values <= 0") for w in status["fit"]["warnings"]) is negative
     assert "fid" in (run_dir / "trials.csv").read_text().splitlines()[0]
+    assert "fid*(C)" in (run_dir / "report.md").read_text()
+    with Image.open(run_dir / "plots" / "laws.png") as plot:  # a 5-inch panel per law, 120 dpi
+        assert plot.width == 600 * (3 + len(laws["metrics"]))
 
     # reproducible: one trial trained again from its config gives the same numbers
     name = sorted(results)[0]

@@ -124,11 +124,17 @@ def write_vae(path: Path, latent_channels: int = 4, seed: int = 0) -> Path:
     return path
 
 
-def write_text_encoder(path: Path, hidden: int = 32, seed: int = 0) -> Path:
-    """A CLIP text model and a word-level tokenizer, random, in one folder."""
+def write_text_encoder(path: Path, hidden: int = 32, seed: int = 0, kind: str = "clip") -> Path:
+    """A CLIP text model (or a T5 encoder) and a word-level tokenizer, random, in one folder."""
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
+    from transformers import (
+        CLIPTextConfig,
+        CLIPTextModel,
+        PreTrainedTokenizerFast,
+        T5Config,
+        T5EncoderModel,
+    )
 
     vocab = {"[PAD]": 0, "[UNK]": 1, **{w: i + 2 for i, w in enumerate(WORDS)}}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
@@ -136,6 +142,19 @@ def write_text_encoder(path: Path, hidden: int = 32, seed: int = 0) -> Path:
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]")
     fast.save_pretrained(str(path))
     torch.manual_seed(seed)
+    if kind == "t5":
+        t5 = T5Config(
+            vocab_size=len(vocab),
+            d_model=hidden,
+            d_kv=8,
+            d_ff=2 * hidden,
+            num_layers=1,
+            num_heads=2,
+            pad_token_id=0,
+            decoder_start_token_id=0,
+        )
+        T5EncoderModel(t5).save_pretrained(str(path))
+        return path
     config = CLIPTextConfig(
         vocab_size=len(vocab),
         hidden_size=hidden,
@@ -165,4 +184,31 @@ def write_inception(path: Path, seed: int = 0) -> Path:
     ):
         model = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
     torch.save(model.state_dict(), path)
+    return path
+
+
+def write_clip(path: Path, seed: int = 0) -> Path:
+    """A tiny CLIP ViT image tower (1 layer, 64 wide, 32 px) as a TorchScript archive, the format
+    of OpenAI's CLIP files that torch-fidelity loads."""
+    import torch
+    from torch import nn
+    from torch_fidelity.feature_extractor_clip import CLIPVisual
+
+    torch.manual_seed(seed)
+    tower = CLIPVisual(
+        embed_dim=16, image_resolution=32, vision_layers=1, vision_width=64, vision_patch_size=16
+    )
+
+    class Archive(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.visual = tower.visual
+            self.text_projection = nn.Parameter(torch.zeros(8, 16))  # sizes the embedding
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out: torch.Tensor = self.visual(x)
+            return out
+
+    traced = torch.jit.trace(Archive().eval(), torch.randn(1, 3, 32, 32))
+    torch.jit.save(traced, str(path))
     return path

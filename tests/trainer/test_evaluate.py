@@ -23,7 +23,7 @@ from isoflop_trainer.flow import flow_loss
 from isoflop_trainer.model import DiT
 from isoflop_trainer.train import train
 from tests.trainer.helpers import tiny
-from tests.trainer.realdata import write_inception
+from tests.trainer.realdata import write_clip, write_inception
 
 
 def test_fixed_pairs_are_identical_for_every_trial_and_stratified() -> None:
@@ -105,6 +105,10 @@ def test_feature_networks_are_fixed_or_loaded_and_never_downloaded(tmp_path: Pat
             load_features("clip-vit-b-32")
     finally:
         torch.hub.set_dir(hub)
+    # a CLIP image tower from an OpenAI-format TorchScript file, as the paper's CLIP-FID
+    clip = load_features("clip-vit-b-32", str(write_clip(tmp_path / "clip.pt")))
+    assert clip(x).shape == (4, 16)
+    assert torch.equal(clip(x), clip(x))
     with pytest.raises(ValueError, match="unknown FID feature network 'clip-nope'"):
         load_features("clip-nope", "/x")
 

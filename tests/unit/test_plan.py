@@ -175,3 +175,42 @@ def test_replicates_train_each_trial_under_more_seeds() -> None:
     assert noise.dof == 2 * len(one.trials)
     with pytest.raises(ValueError, match="replicates"):
         spec(training={"replicates": 0})
+
+
+def test_every_trial_gets_the_evaluation_and_its_rungs_learning_rate() -> None:
+    from isoflop.trials import train_config
+
+    evaluation = {
+        "fid": {"samples": 500, "steps": 10, "guidance": 2.0, "features": "clip-vit-l-14",
+                "weights": "/w/clip.pt", "vae": "/w/vae"},
+        "likelihood": {"samples": 64, "steps": 16},
+    }  # fmt: skip
+    s = spec(evaluation=evaluation, training={"learningRate": 1e-3, "emaDecay": 0.999})
+    cfg = train_config(s, "x", plan(s).trials[0])
+    assert (cfg.fid_samples, cfg.fid_steps, cfg.fid_guidance) == (500, 10, 2.0)
+    assert (cfg.fid_features, cfg.fid_weights, cfg.vae) == ("clip-vit-l-14", "/w/clip.pt", "/w/vae")
+    assert (cfg.likelihood_samples, cfg.likelihood_steps) == (64, 16)
+    assert cfg.ema_decay == 0.999
+    # none: one rate; width: learningRate x baseWidth / width (base: the narrowest rung)
+    widths = {r.name: r.config.width for r in ladder(s)}
+    assert widths == {"d02": 128, "d03": 192, "d04": 256}
+    for rule, base, expected in [
+        ("none", None, {"d02": 1e-3, "d03": 1e-3, "d04": 1e-3}),
+        ("width", None, {"d02": 1e-3, "d03": 1e-3 * 128 / 192, "d04": 5e-4}),
+        ("width", 256, {"d02": 2e-3, "d03": 1e-3 * 256 / 192, "d04": 1e-3}),
+    ]:
+        ruled = spec(
+            training={"learningRate": 1e-3, "learningRateScaling": rule, "baseWidth": base}
+        )
+        got = {t.rung: train_config(ruled, "x", t).learning_rate for t in plan(ruled).trials}
+        assert got == pytest.approx(expected)
+    # a rung's own learning rate wins over the rule
+    own = spec(
+        model={"configs": [{"name": "a", "depth": 2, "width": 64, "learningRate": 3e-3},
+                           {"name": "b", "depth": 2, "width": 128}]},
+        training={"learningRate": 1e-3, "learningRateScaling": "width"},
+    )  # fmt: skip
+    got = {t.rung: train_config(own, "x", t).learning_rate for t in plan(own).trials}
+    assert got == pytest.approx({"a": 3e-3, "b": 5e-4})
+    with pytest.raises(api.ManifestError, match=r"spec\.evaluation\.fid\.features"):
+        spec(evaluation={"fid": {"features": "resnet"}})
