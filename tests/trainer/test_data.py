@@ -165,3 +165,22 @@ def test_check_data_says_what_a_launcher_needs_in_one_sentence(tmp_path: Path) -
     assert gone.stderr.startswith(
         f"isoflop-train: error: data.source cannot be used: no shard index at {tmp_path}"
     )
+
+
+def test_s3_errors_say_whether_a_retry_can_help() -> None:
+    """Missing or denied data fails a trial once; an unreachable store is retried."""
+    from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+
+    from isoflop_trainer.store import s3_error
+
+    def client(code: str) -> ClientError:
+        return ClientError({"Error": {"Code": code, "Message": code}}, "GetObject")
+
+    assert type(s3_error(client("NoSuchKey"), "m")) is FileNotFoundError
+    assert type(s3_error(client("NoSuchBucket"), "m")) is FileNotFoundError
+    assert type(s3_error(client("AccessDenied"), "m")) is PermissionError
+    assert type(s3_error(NoCredentialsError(), "m")) is PermissionError
+    assert type(s3_error(client("SlowDown"), "m")) is ConnectionError
+    assert type(s3_error(client("InternalError"), "m")) is ConnectionError
+    unreachable = EndpointConnectionError(endpoint_url="http://127.0.0.1:9")
+    assert type(s3_error(unreachable, "m")) is ConnectionError

@@ -171,7 +171,8 @@ class Encoders:
                 else AutoModel
             )
             self.text_model = cls.from_pretrained(s.text_encoder, **where).to(self.device)
-            subfolder = s.tokenizer_subfolder if s.tokenizer else s.text_encoder_subfolder
+            # a pipeline repository keeps it beside the encoder: --tokenizer-subfolder tokenizer
+            subfolder = s.tokenizer_subfolder or (None if s.tokenizer else s.text_encoder_subfolder)
             self.tokenizer = AutoTokenizer.from_pretrained(
                 s.tokenizer or s.text_encoder, **({"subfolder": subfolder} if subfolder else {})
             )

@@ -76,9 +76,9 @@ class Store:
             try:
                 obj = self.client.get_object(Bucket=self.bucket, Key=self.key(name))
                 body: bytes = obj["Body"].read()
-            except Exception as err:  # botocore raises several types; all mean "cannot read"
+            except Exception as err:  # botocore raises several types: sort them by what helps
                 where = f"s3://{self.bucket}/{self.key(name)}"
-                raise FileNotFoundError(f"cannot read {where}: {err}") from err
+                raise s3_error(err, f"cannot read {where}: {err}") from err
             return body
         path = self.root / name
         try:
@@ -110,6 +110,25 @@ class Store:
     def child(self, name: str) -> Store:
         """The store of a folder or prefix below this one."""
         return Store(f"{self.uri.rstrip('/')}/{name}")
+
+
+MISSING_CODES = {"NoSuchKey", "NoSuchBucket", "404", "NotFound"}
+DENIED_CODES = {"AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
+
+
+def s3_error(err: Exception, message: str) -> OSError:
+    """A botocore error as what a caller can act on: FileNotFoundError (missing) and
+    PermissionError (denied, no credentials) do not mend by retrying; ConnectionError (an
+    unreachable endpoint, throttling, a server error) may."""
+    code = str(getattr(err, "response", {}).get("Error", {}).get("Code", ""))
+    if code in MISSING_CODES:
+        return FileNotFoundError(message)
+    if code in DENIED_CODES or type(err).__name__ in (
+        "NoCredentialsError",
+        "PartialCredentialsError",
+    ):
+        return PermissionError(message)
+    return ConnectionError(message)
 
 
 def is_shards(uri: str) -> bool:
@@ -177,6 +196,8 @@ def read_index(uri: str) -> ShardIndex:
         raw = Store(uri).read("index.json")
     except FileNotFoundError as err:
         raise FileNotFoundError(f"no shard index at {uri}: {err}") from None
+    except PermissionError as err:
+        raise PermissionError(f"no access to the shard index at {uri}: {err}") from None
     return ShardIndex.parse(uri, raw)
 
 
@@ -211,7 +232,7 @@ def check_shards(
     def opened(uri: str, what: str) -> ShardIndex:
         try:
             index = read_index(uri)
-        except (FileNotFoundError, ValueError) as err:
+        except (FileNotFoundError, PermissionError, ValueError) as err:
             raise ValueError(f"{what} cannot be used: {err}") from None
         if (problem := _mismatch(index, what, latent_shape, text_length, text_dim)) is not None:
             raise ValueError(problem)

@@ -495,8 +495,8 @@ def open_data(cfg: TrainConfig, split: int) -> Dataset:
     uri = (cfg.validation_data or cfg.data) if split == VALIDATION else cfg.data
     try:
         return open_dataset(uri, shape, cfg.model.text_length, cfg.model.text_dim, cfg.seed, split)
-    except (FileNotFoundError, ValueError) as err:
-        raise DataError(str(err)) from None
+    except (FileNotFoundError, PermissionError, ValueError) as err:
+        raise DataError(str(err)) from None  # an unreachable store (ConnectionError) is retried
 
 
 def write_progress(path: str, state: State, steps: int) -> None:
