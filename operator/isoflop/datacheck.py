@@ -37,6 +37,12 @@ class DataReport:
             lo, hi = min(self.epochs.values()), max(self.epochs.values())
             most = max(self.epochs, key=lambda k: self.epochs[k])
             lines.append(f"epochs per trial: {lo:.3g} to {hi:.3g} (most: {most})")
+            repeated = sum(e > 1 for e in self.epochs.values())
+            if repeated:
+                lines.append(
+                    f"{repeated} of {len(self.epochs)} trials see samples more than once: the laws "
+                    "then mix repetition into scaling (more data, or smaller budgets, avoid it)"
+                )
         return "\n".join(lines)
 
 

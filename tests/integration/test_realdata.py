@@ -205,6 +205,7 @@ def test_a_sweep_trains_from_shards_on_s3_to_loss_fid_and_bits_per_dim(
                          env=env(), timeout=120, check=False)  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert "epochs per trial" in out.stdout
+    assert "6 of 6 trials see samples more than once" in out.stdout  # ~40 samples
     run_dir = tmp_path / "run"
     out = subprocess.run(
         isoflop("run", str(manifest), "--run-dir", str(run_dir), "--plain"),
