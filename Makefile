@@ -11,7 +11,7 @@ STAMP := $(VENV)/.isoflop-installed
 TORCH ?= torch==2.13.0 torchvision==0.28.0
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: setup tools run test lint typecheck unit crd clean
+.PHONY: setup tools cluster run test e2e lint typecheck unit crd clean
 
 setup: $(STAMP)
 
@@ -26,6 +26,11 @@ tools: .tools/bin/helm
 .tools/bin/helm: scripts/install-tools.sh
 	scripts/install-tools.sh
 
+# the real Kubernetes control plane of tests/e2e (kube-apiserver, controller-manager, scheduler,
+# kubectl, etcd, kwok), built with Go from their published modules: ~8 min cold, cached after
+cluster:
+	scripts/install-control-plane.sh
+
 run: $(STAMP)
 	$(BIN)/isoflop run examples/quickstart.yaml
 
@@ -36,8 +41,12 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP) tools
+unit: $(STAMP) tools cluster
 	$(BIN)/python -m pytest
+
+# the end-to-end tests alone, on the real control plane
+e2e: $(STAMP) tools cluster
+	$(BIN)/python -m pytest tests/e2e
 
 test: lint typecheck unit
 

@@ -74,6 +74,7 @@ def make_clients() -> Clients:
 
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    # handler logs become events from WARNING up; the explicit kopf.event calls always do
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 60
     settings.peering.standalone = not os.environ.get("ISOFLOP_PEERING")
@@ -311,14 +312,19 @@ def _reconcile(
             final=decision.phase == "Fitting",
         )
         fitted = decision.complete_budgets
-        kopf.info(body, reason="BudgetsFitted", message=f"laws fitted on {len(fitted)} budgets")
+        kopf.event(
+            body,
+            type="Normal",
+            reason="BudgetsFitted",
+            message=f"laws fitted on {len(fitted)} budgets",
+        )
         decision = engine.decide(spec, p, states, fitted)
     previous = [api.Condition.model_validate(c) for c in status.get("conditions") or []]
     new = engine.status(
         spec, p, states, decision, fit_result, fitted, generation, now(), previous, data
     ).to_wire()
     if decision.phase in ("Succeeded", "Failed") and status.get("phase") != decision.phase:
-        kopf.info(body, reason=f"Sweep{decision.phase}", message=decision.message)
+        kopf.event(body, type="Normal", reason=f"Sweep{decision.phase}", message=decision.message)
     for key, value in new.items():
         if status.get(key) != value:  # patch only what changed: no churn on quiet reconciles
             patch.status[key] = value

@@ -1,0 +1,173 @@
+"""The operator on a real control plane: installed by helm, running with exactly the chart's RBAC,
+sweeps applied with kubectl, trial pods played by kwok on fake GPU nodes."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from isoflop import api
+from isoflop.plan import plan
+from tests.e2e.cluster import Cluster, env_with
+
+ROOT = Path(__file__).resolve().parents[2]
+HELM = ROOT / ".tools" / "bin" / "helm"
+NAMESPACE = "isoflop-system"
+
+
+def loss_of(budget: float, params: float) -> float:
+    """A convex isoFLOP curve per budget whose minimum grows as C^0.5 (inside each ladder)."""
+    x_opt = 5.2 + 0.5 * (math.log10(budget) - 10.5)
+    return 1.0 - 0.05 * math.log10(budget) + 0.2 * (math.log10(params) - x_opt) ** 2
+
+
+@pytest.fixture(scope="module")
+def installed(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`helm install` of the chart; yields a kubeconfig with the operator ServiceAccount's token."""
+    out = subprocess.run(
+        [str(HELM), "install", "isoflop", str(ROOT / "helm" / "isoflop"), "--namespace",
+         NAMESPACE, "--create-namespace", "--kubeconfig", str(cluster.kubeconfig)],
+        capture_output=True, text=True, timeout=180, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    cluster.kubectl(
+        "wait", "--for=condition=Established", "crd/scalingsweeps.isoflop.dev", "--timeout=60s"
+    )
+    accounts = json.loads(
+        cluster.kubectl(
+            "get", "serviceaccounts", "-n", NAMESPACE, "-l",
+            "app.kubernetes.io/name=isoflop-operator", "-o", "json",
+        ).stdout
+    )["items"]  # fmt: skip
+    assert len(accounts) == 1
+    path = tmp_path_factory.mktemp("operator") / "kubeconfig"
+    cluster.service_account_kubeconfig(NAMESPACE, accounts[0]["metadata"]["name"], path)
+    cluster.add_gpu_node("gpu-0")
+    cluster.add_gpu_node("gpu-1")
+    return path
+
+
+class Operator:
+    """The operator as a process, with the chart's ServiceAccount token (not an administrator)."""
+
+    def __init__(self, kubeconfig: Path, log: Path) -> None:
+        env = env_with(kubeconfig) | {"ISOFLOP_RECONCILE_SECONDS": "0.5"}
+        self.log = log
+        with open(log, "ab") as f:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "kopf", "run", "--module=isoflop.operator",
+                 "--all-namespaces", "--standalone"],
+                stdout=f, stderr=subprocess.STDOUT, env=env,
+            )  # fmt: skip
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def sweep(cluster: Cluster, name: str, namespace: str = "default") -> dict[str, Any]:
+    out = cluster.kubectl("get", "scalingsweep", name, "-n", namespace, "-o", "json", check=False)
+    return json.loads(out.stdout) if out.returncode == 0 else {}
+
+
+def running_trial_pods(cluster: Cluster, sweep_name: str) -> list[dict[str, Any]]:
+    pods = json.loads(
+        cluster.kubectl(
+            "get", "pods", "-n", "default", "-l", f"isoflop.dev/sweep={sweep_name}", "-o", "json"
+        ).stdout
+    )["items"]
+    return [
+        p
+        for p in pods
+        if p["status"].get("phase") == "Running"
+        and "isoflop.test/exit-code" not in p["metadata"].get("annotations", {})
+    ]
+
+
+def test_a_sweep_applied_with_kubectl_runs_to_fitted_laws_with_the_charts_rbac(
+    cluster: Cluster, installed: Path, tmp_path: Path
+) -> None:
+    manifest = yaml.safe_load((ROOT / "tests" / "operator" / "small-sweep.yaml").read_text())
+    manifest["metadata"] = {"name": "e2e", "namespace": "default"}
+    manifest["spec"]["parallelism"] = 3
+    parsed = api.parse_sweep(manifest)
+    trials = {t.id: t for t in plan(parsed.spec).trials}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    operator = Operator(installed, tmp_path / "operator.log")
+    try:
+        cluster.kubectl("apply", "-f", str(path))
+        finished: set[str] = set()
+        deadline = time.monotonic() + 300
+        while sweep(cluster, "e2e").get("status", {}).get("phase") != "Succeeded":
+            assert time.monotonic() < deadline, (tmp_path / "operator.log").read_text()[-3000:]
+            assert operator.proc.poll() is None, (tmp_path / "operator.log").read_text()[-3000:]
+            for pod in running_trial_pods(cluster, "e2e"):
+                trial = trials[pod["metadata"]["labels"]["isoflop.dev/trial"]]
+                result = {"status": "succeeded", "eval_loss": loss_of(trial.budget, trial.params)}
+                cluster.exit_pod("default", pod["metadata"]["name"], 0, result)
+                finished.add(trial.id)
+            time.sleep(0.3)
+        status = sweep(cluster, "e2e")["status"]
+        assert status["progress"] == f"{len(trials)}/{len(trials)}"
+        assert abs(status["fit"]["laws"]["params"]["exponent"] - 0.5) < 0.05
+        done = [t for t in status["trials"] if t["phase"] == "Succeeded"]
+        assert len(done) == len(trials)
+        assert {t["source"] for t in done} == {"termination-message"}
+        jobs = json.loads(
+            cluster.kubectl("get", "jobs", "-n", "default", "-l", "isoflop.dev/sweep=e2e",
+                            "-o", "json").stdout
+        )["items"]  # fmt: skip
+        assert len(jobs) == len(trials)  # one Job per trial, never two
+        columns = cluster.kubectl("get", "scalingsweeps", "-n", "default").stdout.splitlines()
+        assert columns[0].split()[:3] == ["NAME", "PHASE", "TRIALS"]
+        assert columns[1].split()[:3] == ["e2e", "Succeeded", f"{len(trials)}/{len(trials)}"]
+        cluster.wait_for(  # events the operator posted, as describe shows them
+            lambda: (
+                "BudgetsFitted"
+                in cluster.kubectl("describe", "scalingsweep", "e2e", "-n", "default").stdout
+            ),
+            20,
+            "the operator's events: "
+            + cluster.kubectl("get", "events", "-A", "-o", "wide").stdout[-3000:],
+        )
+        # deleting the sweep collects its Jobs and pods (ownerReferences, the garbage collector)
+        cluster.kubectl("delete", "scalingsweep", "e2e", "-n", "default")
+        cluster.wait_for(
+            lambda: (
+                not cluster.kubectl(
+                    "get", "jobs,pods", "-n", "default", "-l", "isoflop.dev/sweep=e2e", "-o", "name"
+                ).stdout.strip()
+            ),
+            60,
+            "garbage collection of the sweep's Jobs",
+        )
+    finally:
+        operator.stop()
+
+
+def test_the_api_server_itself_refuses_an_edit_of_an_immutable_field(
+    cluster: Cluster, installed: Path, tmp_path: Path
+) -> None:
+    manifest = yaml.safe_load((ROOT / "tests" / "operator" / "small-sweep.yaml").read_text())
+    manifest["metadata"] = {"name": "frozen", "namespace": "default"}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    cluster.kubectl("apply", "-f", str(path))
+    manifest["spec"]["data"]["textDim"] = manifest["spec"]["data"].get("textDim", 768) + 1
+    path.write_text(yaml.safe_dump(manifest))
+    out = cluster.kubectl("apply", "-f", str(path), check=False)
+    assert out.returncode != 0
+    assert "immutable" in out.stderr, out.stderr
+    cluster.kubectl("delete", "scalingsweep", "frozen", "-n", "default")
