@@ -461,6 +461,7 @@ class TrialRecord(Model):
     metrics: dict[str, float] | None = Field(
         default=None, description="fid, bpd, loss_se: what the trial measured beside its loss."
     )
+    error: str | None = Field(default=None, description="Why a failed trial failed, in short.")
 
 
 class TrialCounts(Model):

@@ -21,6 +21,7 @@ from isoflop.plan import Plan, Trial
 TrialPhase = Literal["Pending", "Starting", "Running", "Succeeded", "Failed"]
 ACTIVE: tuple[TrialPhase, ...] = ("Starting", "Running")
 MIN_POINTS = 3  # trials a budget needs for its parabola
+ERROR_CHARS = 300  # of a failed trial's error, kept in its status record
 
 
 @dataclass(frozen=True)
@@ -126,8 +127,9 @@ def decide(
             cancels=cancels + tuple(Cancel(tid, "the sweep failed") for tid in sorted(active)),
             gave_up=gave_up,
             reason="TooManyFailedTrials",
-            message=f"{len(gave_up)} trials failed after {limit} attempts each, more than "
-            f"retries.maxFailedTrials ({spec.retries.max_failed_trials}): {', '.join(gave_up[:5])}",
+            message=f"{len(gave_up)} trials failed for good, more than "
+            f"retries.maxFailedTrials ({spec.retries.max_failed_trials}): {', '.join(gave_up[:5])}"
+            + (f"; {gave_up[0]}: {first}" if (first := state(gave_up[0]).error) else ""),
             counts=counts,
         )
 
@@ -217,6 +219,7 @@ def trial_records(
                 loss=s.loss,
                 source=s.source,
                 metrics=dict(s.metrics) or None,
+                error=(s.error or "")[:ERROR_CHARS] or None if phase == "Failed" else None,
             )
         )
     records += [

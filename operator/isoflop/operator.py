@@ -216,8 +216,9 @@ def states_from_status(status: dict[str, Any]) -> dict[str, TrialState]:
                 metrics=tuple(sorted((r.get("metrics") or {}).items())),
                 source=r.get("source"),
             )
-        elif r.get("phase") == "Failed":
-            out[r["id"]] = TrialState("Failed", r.get("attempts", 1), error="failed")
+        elif r.get("phase") == "Failed":  # recorded Failed only once it failed for good
+            error = r.get("error") or "failed"
+            out[r["id"]] = TrialState("Failed", r.get("attempts", 1), error=error, permanent=True)
     return out
 
 
@@ -294,6 +295,7 @@ def _reconcile(
     for launch in decision.launches:
         t = launch.trial
         cfg = train_config(spec, sweep.name, t, **cluster_config(sweep, t))
+        refused = None
         for obj in trial_objects(sweep, uid, namespace, t, cfg):
             try:
                 if obj["kind"] == "Job":
@@ -301,8 +303,16 @@ def _reconcile(
                 else:
                     clients.core.create_namespaced_service(namespace, obj)
             except ApiException as err:
-                if err.status != 409:  # 409: it exists already (a restart, another replica)
+                if err.status == 409:  # it exists already (a restart, another replica)
+                    continue
+                if err.status not in (400, 422):  # 400, 422: refused as it is; retries cannot help
                     raise
+                refused = f"the API server refused its {obj['kind']}: {server_message(err)}"
+                break
+        if refused is not None:
+            states[t.id] = TrialState("Failed", launch.attempt, error=refused, permanent=True)
+            kopf.warn(body, reason="TrialRejected", message=f"{t.id}: {refused}")
+            continue
         states[t.id] = TrialState("Starting", launch.attempt)
     if decision.fit_due:
         fit_result, _ = fit(
@@ -473,6 +483,16 @@ def query_prometheus(
     if not results:
         return None
     return float(results[0]["value"][1])
+
+
+def server_message(err: ApiException) -> str:
+    """The API server's own explanation of a refusal (its Status object's message)."""
+    try:
+        body = json.loads(err.body or "")
+    except (TypeError, ValueError):
+        body = None
+    message = body.get("message") if isinstance(body, dict) else None
+    return str(message or err.reason or f"HTTP {err.status}")[:1000]
 
 
 def termination_message(clients: Clients, namespace: str, job: str) -> dict[str, Any] | None:

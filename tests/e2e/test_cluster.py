@@ -171,3 +171,44 @@ def test_the_api_server_itself_refuses_an_edit_of_an_immutable_field(
     assert out.returncode != 0
     assert "immutable" in out.stderr, out.stderr
     cluster.kubectl("delete", "scalingsweep", "frozen", "-n", "default")
+
+
+def test_a_job_the_server_refuses_puts_its_message_on_the_sweep(
+    cluster: Cluster, installed: Path, tmp_path: Path
+) -> None:
+    """The CRD accepts any node selector; the API server refuses a Job whose selector key is not
+    a label key (422). No retry can mend that: the trial fails for good with the server's
+    words, and the sweep's Failed condition says them."""
+    manifest = yaml.safe_load((ROOT / "tests" / "operator" / "small-sweep.yaml").read_text())
+    manifest["metadata"] = {"name": "refused", "namespace": "default"}
+    manifest["spec"]["resources"] = {"nodeSelector": {"not a label key!": "x"}}
+    manifest["spec"]["retries"] = {"perTrial": 2, "maxFailedTrials": 1}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    operator = Operator(installed, tmp_path / "operator.log")
+    try:
+        cluster.kubectl("apply", "-f", str(path))
+        cluster.wait_for(
+            lambda: sweep(cluster, "refused").get("status", {}).get("phase") == "Failed",
+            60,
+            "the refused sweep to fail: " + (tmp_path / "operator.log").read_text()[-2000:],
+        )
+        status = sweep(cluster, "refused")["status"]
+        failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+        assert failed["reason"] == "TooManyFailedTrials"
+        assert "the API server refused its Job" in failed["message"]
+        assert "nodeSelector" in failed["message"]  # the server's own explanation
+        records = [t for t in status["trials"] if t["phase"] == "Failed"]
+        assert len(records) == 2  # maxFailedTrials + 1, each tried once: never retried
+        assert all(r["attempts"] == 1 for r in records)
+        assert all("the API server refused its Job" in r["error"] for r in records)
+        jobs = cluster.kubectl(
+            "get", "jobs", "-n", "default", "-l", "isoflop.dev/sweep=refused", "-o", "name"
+        ).stdout
+        assert not jobs.strip()
+        described = cluster.kubectl("describe", "scalingsweep", "refused", "-n", "default").stdout
+        assert "TrialRejected" in described
+    finally:
+        # the operator's finalizer goes with the operator's own deletion handler: delete first
+        cluster.kubectl("delete", "scalingsweep", "refused", "-n", "default", check=False)
+        operator.stop()
