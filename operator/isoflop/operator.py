@@ -496,17 +496,26 @@ def server_message(err: ApiException) -> str:
 
 
 def termination_message(clients: Clients, namespace: str, job: str) -> dict[str, Any] | None:
+    """The trainer's result from the termination message of the Job's pod that succeeded, or
+    else of its last pod to end. A Job retries pods (a preempted one, a failed one): their older
+    messages must not be taken for the trial's result."""
     pods = clients.core.list_namespaced_pod(namespace, label_selector=f"job-name={job}").items
+    found: list[tuple[bool, str, dict[str, Any]]] = []  # (succeeded, finished at, message)
     for pod in pods:
         if (pod.metadata.labels or {}).get("job-name") != job or pod.status is None:
             continue
+        succeeded = getattr(pod.status, "phase", None) == "Succeeded"
         for cs in pod.status.container_statuses or []:
             term = cs.state.terminated if cs.state else None
-            if term is not None and term.message:
-                try:
-                    parsed = json.loads(term.message)
-                except json.JSONDecodeError:
-                    continue
-                if isinstance(parsed, dict):
-                    return parsed
-    return None
+            if term is None or not term.message:
+                continue
+            try:
+                parsed = json.loads(term.message)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(parsed, dict):
+                finished = getattr(term, "finished_at", None)
+                found.append((succeeded, str(finished or ""), parsed))
+    if not found:
+        return None
+    return max(found, key=lambda f: (f[0], f[1]))[2]

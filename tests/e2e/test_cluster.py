@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import subprocess
 import sys
 import time
@@ -212,3 +213,88 @@ def test_a_job_the_server_refuses_puts_its_message_on_the_sweep(
         # the operator's finalizer goes with the operator's own deletion handler: delete first
         cluster.kubectl("delete", "scalingsweep", "refused", "-n", "default", check=False)
         operator.stop()
+
+
+def test_kills_preemption_and_a_gitops_edit_lose_no_result_and_duplicate_no_job(
+    cluster: Cluster, installed: Path, tmp_path: Path
+) -> None:
+    """The operator is killed (SIGKILL) 20 times while trials finish, one pod is preempted (exit
+    143: the Job retries it without counting a failure), and a budget is added by server-side
+    apply of the edited manifest, as a GitOps tool does. Every trial ends with its own result, once.
+    """
+    manifest = yaml.safe_load((ROOT / "tests" / "operator" / "small-sweep.yaml").read_text())
+    manifest["metadata"] = {"name": "chaos", "namespace": "default"}
+    manifest["spec"]["parallelism"] = 3
+    manifest["spec"]["budgets"] = [3e10, 1e11]
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    ssa = ["apply", "--server-side", "--field-manager=gitops", "-f", str(path)]
+    cluster.kubectl(*ssa)
+    rng = random.Random(20261130)
+    log = tmp_path / "operator.log"
+    operator = Operator(installed, log)
+    kills, preempted, edited = 0, None, False
+    next_kill = time.monotonic() + rng.uniform(0.5, 2.0)
+    deadline = time.monotonic() + 420
+    results: dict[str, float] = {}
+    try:
+        while sweep(cluster, "chaos").get("status", {}).get("phase") != "Succeeded":
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            if kills < 20 and time.monotonic() > next_kill:
+                operator.proc.kill()  # no shutdown, no cleanup: a crash or an evicted pod
+                operator.proc.wait()
+                kills += 1
+                operator = Operator(installed, log)
+                next_kill = time.monotonic() + rng.uniform(0.5, 2.0)
+            for pod in running_trial_pods(cluster, "chaos"):
+                tid = pod["metadata"]["labels"]["isoflop.dev/trial"]
+                if preempted is None:  # the first trial to run is preempted once
+                    cluster.exit_pod(
+                        "default", pod["metadata"]["name"], 143, {"status": "preempted"}
+                    )
+                    preempted = tid
+                    continue
+                trial = next(t for t in plan(api.parse_sweep(manifest).spec).trials if t.id == tid)
+                results[tid] = loss_of(trial.budget, trial.params)
+                cluster.exit_pod(
+                    "default",
+                    pod["metadata"]["name"],
+                    0,
+                    {"status": "succeeded", "eval_loss": results[tid]},
+                )
+            done = sweep(cluster, "chaos").get("status", {}).get("counts", {}).get("succeeded", 0)
+            if not edited and done >= 3:  # GitOps: the edited manifest, applied server-side
+                manifest["spec"]["budgets"] = [3e10, 1e11, 3e11]
+                path.write_text(yaml.safe_dump(manifest))
+                cluster.kubectl(*ssa)
+                edited = True
+            time.sleep(0.2)
+        status = sweep(cluster, "chaos")["status"]
+        jobs = json.loads(
+            cluster.kubectl(
+                "get", "jobs", "-n", "default", "-l", "isoflop.dev/sweep=chaos", "-o", "json"
+            ).stdout
+        )["items"]
+    finally:
+        cluster.kubectl(
+            "delete", "scalingsweep", "chaos", "-n", "default", "--wait=false", check=False
+        )
+        time.sleep(2)  # the live operator removes its finalizer
+        operator.stop()
+    assert kills == 20
+    assert edited
+    trials = {t.id: t for t in plan(api.parse_sweep(manifest).spec).trials}
+    assert len(trials) == 11  # the added budget's trials were planned and run
+    records = {r["id"]: r for r in status["trials"] if r["phase"] == "Succeeded"}
+    assert set(records) == set(trials), (status["trials"], preempted, jobs)
+    for tid, record in records.items():  # every result is the one its pod reported
+        assert record["loss"] == pytest.approx(results[tid], rel=1e-12)
+        assert record["attempts"] == 1  # the preemption did not count as a failure
+    assert preempted in records
+    # one Job per trial, each created once: kills never made a second, and never lost one
+    assert sorted(j["metadata"]["labels"]["isoflop.dev/trial"] for j in jobs) == sorted(trials)
+    preempted_job = next(
+        j for j in jobs if j["metadata"]["labels"]["isoflop.dev/trial"] == preempted
+    )
+    assert preempted_job["status"].get("failed", 0) == 0  # podFailurePolicy: Ignore for 143
+    assert abs(status["fit"]["laws"]["params"]["exponent"] - 0.5) < 0.05

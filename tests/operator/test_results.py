@@ -11,10 +11,11 @@ from isoflop.operator import Clients, read_result
 from tests.trainer.helpers import free_port
 
 
-def pod(job: str, message: str) -> Any:
-    terminated = SimpleNamespace(message=message)
+def pod(job: str, message: str, phase: str | None = None, finished: str | None = None) -> Any:
+    terminated = SimpleNamespace(message=message, finished_at=finished)
     status = SimpleNamespace(
-        container_statuses=[SimpleNamespace(state=SimpleNamespace(terminated=terminated))]
+        phase=phase,
+        container_statuses=[SimpleNamespace(state=SimpleNamespace(terminated=terminated))],
     )
     return SimpleNamespace(metadata=SimpleNamespace(labels={"job-name": job}), status=status)
 
@@ -67,3 +68,27 @@ def test_no_result_yet_is_retried_and_nan_or_failure_is_a_failed_trial() -> None
         core=Core([pod("other-job", json.dumps({"status": "succeeded", "eval_loss": 1}))]),
     )
     assert read_result(other, spec(None), "s", "default", "t1", "s-t1") is None  # label filtered
+
+
+def test_the_result_is_the_succeeded_pods_not_an_earlier_preempted_ones() -> None:
+    """A Job retries a preempted pod; both pods keep their messages. The real API server lists
+    them in name order, so the older one can come first."""
+    preempted = pod("s-t1", json.dumps({"status": "preempted"}), "Failed", "2026-11-30T10:00:00Z")
+    done = json.dumps({"status": "succeeded", "eval_loss": 0.25})
+    succeeded = pod("s-t1", done, "Succeeded", "2026-11-30T10:05:00Z")
+    for order in ([preempted, succeeded], [succeeded, preempted]):
+        clients = Clients(batch=None, core=Core(order))
+        assert read_result(clients, spec(None), "s", "default", "t1", "s-t1") == (
+            0.25,
+            "termination-message",
+            "",
+            {},
+        )
+    # no pod succeeded (a failed Job): the last one to end says why
+    failed = pod(
+        "s-t1", json.dumps({"status": "failed", "error": "late"}), "Failed", "2026-11-30T11:00:00Z"
+    )
+    clients = Clients(batch=None, core=Core([failed, preempted]))
+    loss, _, note, _ = read_result(clients, spec(None), "s", "default", "t1", "s-t1")  # type: ignore[misc]
+    assert loss is None
+    assert note == "the trainer reported failed: late"
