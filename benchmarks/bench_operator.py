@@ -52,7 +52,7 @@ def manifest(name: str, trials: int) -> dict[str, Any]:
             "budgets": [1e15 * 1.5**b for b in range(budgets)],
             "training": {"globalBatchSize": 16, "minSteps": 1},
             "parallelism": 200,
-            "fit": {"method": "parabola", "bootstrap": 50},
+            "fit": {"method": "parabola", "bootstrap": 100},
         },
     }
 

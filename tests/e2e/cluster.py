@@ -187,10 +187,25 @@ def kubeconfig(path: Path, server: str, ca: Path, user: dict[str, str], namespac
 # processes
 
 
+AUDIT_POLICY = """apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: Metadata
+  userGroups: ["system:serviceaccounts:{namespace}"]
+- level: None
+"""
+
+
 @dataclass
 class Cluster:
     root: Path
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    audit_namespace: str | None = None  # log the requests of this namespace's ServiceAccounts
+
+    @property
+    def audit_log(self) -> Path:
+        return self.root / "audit.log"
 
     def start(self) -> Cluster:
         missing = binaries_missing()
@@ -218,9 +233,20 @@ class Cluster:
             ],
         )
         crt, key = self.pki.serving
+        audit: list[str] = []
+        if self.audit_namespace is not None:
+            policy = self.root / "audit-policy.yaml"
+            policy.write_text(AUDIT_POLICY.format(namespace=self.audit_namespace))
+            audit = [
+                f"--audit-policy-file={policy}",
+                f"--audit-log-path={self.audit_log}",
+                "--audit-log-format=json",
+                "--audit-log-mode=blocking",
+            ]
         self._spawn(
             "kube-apiserver",
             [
+                *audit,
                 f"--etcd-servers=http://127.0.0.1:{etcd_port}",
                 "--bind-address=127.0.0.1",
                 "--advertise-address=127.0.0.1",

@@ -1,0 +1,155 @@
+"""Operator cost per trial on a real control plane: API requests, writes, memory, status size.
+
+The same sweeps as `bench_operator.py` (the kmock emulator), on the end-to-end tests' control plane
+(kube-apiserver, etcd, controller-manager, scheduler, kwok; `make cluster` builds them): the chart
+is installed with helm, the operator runs with its ServiceAccount's token, and the API server's
+audit log counts every request that ServiceAccount makes. Trial pods run on fake kwok nodes and
+end, with a termination message, as soon as they run. One JSON line per sweep size; the first
+size, measured in the same run, is the baseline for the ratios.
+
+    .venv/bin/python -m benchmarks.bench_operator_cluster [--sizes 100 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import kubernetes
+
+from benchmarks.bench_operator import manifest
+from tests.e2e.cluster import EXIT_CODE, MESSAGE, Cluster, env_with
+
+ROOT = Path(__file__).resolve().parents[1]
+NAMESPACE = "isoflop-system"
+WRITES = ("create", "update", "patch", "delete")
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def requests(log: Path) -> Counter[str]:
+    """The operator's requests by verb and resource, from the audit log (one per audit ID)."""
+    seen: set[str] = set()
+    out: Counter[str] = Counter()
+    for line in log.read_text().splitlines():
+        event = json.loads(line)
+        if event["auditID"] in seen:
+            continue
+        seen.add(event["auditID"])
+        ref = event.get("objectRef") or {}
+        resource = ref.get("resource", "-") + (
+            f"/{ref['subresource']}" if "subresource" in ref else ""
+        )
+        out[f"{event['verb']}:{resource}"] += 1
+    return out
+
+
+def measure(trials: int, root: Path) -> dict[str, Any]:
+    cluster = Cluster(root / f"cluster-{trials}", audit_namespace=NAMESPACE)
+    cluster.start()
+    operator = None
+    try:
+        helm = ROOT / ".tools" / "bin" / "helm"
+        subprocess.run(
+            [str(helm), "install", "isoflop", str(ROOT / "helm" / "isoflop"), "-n", NAMESPACE,
+             "--create-namespace", "--kubeconfig", str(cluster.kubeconfig)],
+            check=True, capture_output=True, timeout=180,
+        )  # fmt: skip
+        for i in range(max(2, trials // 100 + 1)):
+            cluster.add_gpu_node(f"gpu-{i}", gpus=64)
+        account = cluster.kubectl(
+            "get", "sa", "-n", NAMESPACE, "-l", "app.kubernetes.io/name=isoflop-operator",
+            "-o", "jsonpath={.items[0].metadata.name}",
+        ).stdout  # fmt: skip
+        token = cluster.service_account_kubeconfig(NAMESPACE, account, root / "sa.kubeconfig")
+        env = env_with(token) | {"ISOFLOP_RECONCILE_SECONDS": "1"}
+        log = open(root / f"operator-{trials}.log", "wb")  # noqa: SIM115 - closed below
+        operator = subprocess.Popen(
+            [sys.executable, "-m", "kopf", "run", "--module=isoflop.operator", "--all-namespaces",
+             "--standalone"],
+            stdout=log, stderr=subprocess.STDOUT, env=env,
+        )  # fmt: skip
+        time.sleep(3)
+        obj = manifest(f"sweep{trials}", trials)
+        obj["metadata"] = {"name": obj["metadata"]["name"], "namespace": "default"}
+        obj["spec"]["resources"] = {"cpu": "100m", "memory": "64Mi"}
+        start = time.perf_counter()
+        cluster.kubectl("apply", "-f", "-", stdin=json.dumps(obj))
+        client = kubernetes.config.new_client_from_config(config_file=str(cluster.kubeconfig))
+        core = kubernetes.client.CoreV1Api(client)
+        custom = kubernetes.client.CustomObjectsApi(client)
+        ended: set[str] = set()
+        while True:
+            sweep = custom.get_namespaced_custom_object(
+                "isoflop.dev", "v1alpha1", "default", "scalingsweeps", obj["metadata"]["name"]
+            )
+            if (sweep.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+                break
+            for pod in core.list_namespaced_pod("default").items:
+                if pod.status.phase != "Running" or pod.metadata.name in ended:
+                    continue
+                ended.add(pod.metadata.name)
+                loss = 1.0 + (hash(pod.metadata.name) % 97) / 1000
+                result = json.dumps({"status": "succeeded", "eval_loss": loss})
+                core.patch_namespaced_pod(
+                    pod.metadata.name,
+                    "default",
+                    {"metadata": {"annotations": {EXIT_CODE: "0", MESSAGE: result}}},
+                )
+            time.sleep(0.5)
+        seconds = time.perf_counter() - start
+        rss = peak_rss_mib(operator.pid)
+        size = len(json.dumps(sweep, separators=(",", ":")))
+        ours = requests(cluster.audit_log)
+        total = sum(ours.values())
+        writes = sum(n for k, n in ours.items() if k.split(":")[0] in WRITES)
+        return {
+            "bench": "operator-cluster",
+            "server": "kube-apiserver v1.37.2",
+            "trials": trials,
+            "phase": sweep["status"]["phase"],
+            "api_requests": total,
+            "requests_per_trial": round(total / trials, 2),
+            "writes_per_trial": round(writes / trials, 2),
+            "by_kind": dict(ours.most_common(8)),
+            "seconds": round(seconds, 1),
+            "operator_peak_rss_mib": round(rss, 1),
+            "sweep_object_bytes": size,
+        }
+    finally:
+        if operator is not None:
+            operator.terminate()
+            operator.wait(timeout=30)
+        cluster.stop()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[100, 1000])
+    args = ap.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="bench-operator-cluster-"))
+    base = None
+    for n in args.sizes:
+        line = measure(n, root)
+        if base is None:
+            base = line
+        else:
+            for key in ("requests_per_trial", "writes_per_trial"):
+                line[f"{key}_vs_baseline"] = round(line[key] / base[key], 3)
+        print(json.dumps(line), flush=True)
+
+
+if __name__ == "__main__":
+    main()
