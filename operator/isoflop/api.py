@@ -331,6 +331,15 @@ class FitSpec(Model):
         ge=0,
         le=100000,
         description="Bootstrap resamples for intervals: 0 (none) or 100 or more.",
+        # the same rule in the CRD: the API server refuses what the operator would
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self == 0 || self >= 100",
+                    "message": "too few resamples for an interval's tails; use 0 or 100+",
+                }
+            ]
+        },
     )
     window: float | None = Field(
         default=0.02,

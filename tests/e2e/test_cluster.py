@@ -298,3 +298,28 @@ def test_kills_preemption_and_a_gitops_edit_lose_no_result_and_duplicate_no_job(
     )
     assert preempted_job["status"].get("failed", 0) == 0  # podFailurePolicy: Ignore for 143
     assert abs(status["fit"]["laws"]["params"]["exponent"] - 0.5) < 0.05
+
+
+def test_the_api_server_and_isoflop_validate_refuse_too_few_resamples_alike(
+    cluster: Cluster, installed: Path, tmp_path: Path
+) -> None:
+    """A rule of the fit (0 or 100+ resamples) is a CEL rule of the CRD too: before, the server
+    stored such a sweep and the operator then marked it InvalidSpec."""
+    manifest = yaml.safe_load((ROOT / "tests" / "operator" / "small-sweep.yaml").read_text())
+    manifest["metadata"] = {"name": "few", "namespace": "default"}
+    manifest["spec"]["fit"]["bootstrap"] = 50
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    server = cluster.kubectl("apply", "--dry-run=server", "-f", str(path), check=False)
+    assert server.returncode != 0
+    assert "spec.fit.bootstrap" in server.stderr
+    assert "use 0 or 100+" in server.stderr
+    local = subprocess.run(
+        [sys.executable, "-m", "isoflop.cli", "validate", "--no-data", str(path)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert local.returncode == 2
+    assert "spec.fit.bootstrap" in local.stderr
+    manifest["spec"]["fit"]["bootstrap"] = 100
+    path.write_text(yaml.safe_dump(manifest))
+    cluster.kubectl("apply", "--dry-run=server", "-f", str(path))
