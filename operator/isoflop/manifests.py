@@ -40,6 +40,12 @@ POD_SECURITY: dict[str, Any] = {
     "fsGroup": UID,
     "seccompProfile": {"type": "RuntimeDefault"},
 }
+# missing or mismatched data (the trainer's exit 65): one failure says it, retries cannot mend it
+FAIL_ON_DATA_ERROR: dict[str, Any] = {
+    "action": "FailJob",
+    "onPodConditions": [],
+    "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [DATA_ERROR_EXIT_CODE]},
+}
 ROLE_LABEL = "isoflop.dev/role"
 DATA_CHECK = "data-check"  # the role and the name suffix of a sweep's data check Job
 
@@ -143,10 +149,7 @@ def trial_objects(
         pod["affinity"] = dict(res.affinity)
     if res.priority_class_name:
         pod["priorityClassName"] = res.priority_class_name
-    if res.image_pull_secrets:
-        pod["imagePullSecrets"] = [{"name": n} for n in res.image_pull_secrets]
-    if res.service_account_name:
-        pod["serviceAccountName"] = res.service_account_name
+    _pod_identity(pod, res)
     if multi:
         pod["subdomain"] = name
     job_spec: dict[str, Any] = {
@@ -169,16 +172,7 @@ def trial_objects(
                         "values": [PREEMPTED_EXIT_CODE],
                     },
                 },
-                # missing or mismatched data: one failure says it, retries cannot mend it
-                {
-                    "action": "FailJob",
-                    "onPodConditions": [],
-                    "onExitCodes": {
-                        "containerName": "trainer",
-                        "operator": "In",
-                        "values": [DATA_ERROR_EXIT_CODE],
-                    },
-                },
+                FAIL_ON_DATA_ERROR,
             ]
         },
         "template": {"metadata": {"labels": labels(sweep.name, trial)}, "spec": pod},
@@ -256,10 +250,7 @@ def data_check_job(sweep: api.ScalingSweep, uid: str, namespace: str) -> dict[st
         "securityContext": POD_SECURITY,
         "enableServiceLinks": False,
     }
-    if spec.resources.image_pull_secrets:
-        pod["imagePullSecrets"] = [{"name": n} for n in spec.resources.image_pull_secrets]
-    if spec.resources.service_account_name:
-        pod["serviceAccountName"] = spec.resources.service_account_name
+    _pod_identity(pod, spec.resources)
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -272,22 +263,18 @@ def data_check_job(sweep: api.ScalingSweep, uid: str, namespace: str) -> dict[st
         "spec": {
             "backoffLimit": 2,  # an unreachable store may come back; a wrong index does not
             "activeDeadlineSeconds": 600,
-            "podFailurePolicy": {
-                "rules": [
-                    {
-                        "action": "FailJob",
-                        "onPodConditions": [],
-                        "onExitCodes": {
-                            "containerName": "trainer",
-                            "operator": "In",
-                            "values": [DATA_ERROR_EXIT_CODE],
-                        },
-                    }
-                ]
-            },
+            "podFailurePolicy": {"rules": [FAIL_ON_DATA_ERROR]},
             "template": {"metadata": {"labels": job_labels}, "spec": pod},
         },
     }
+
+
+def _pod_identity(pod: dict[str, Any], res: api.ResourcesSpec) -> None:
+    """The sweep's image pull secrets and ServiceAccount, on any pod the operator creates."""
+    if res.image_pull_secrets:
+        pod["imagePullSecrets"] = [{"name": n} for n in res.image_pull_secrets]
+    if res.service_account_name:
+        pod["serviceAccountName"] = res.service_account_name
 
 
 def _resources(res: api.ResourcesSpec) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from isoflop import api
-from isoflop.plan import Trial, ladder
+from isoflop.plan import Rung, Trial, ladder
 from isoflop_trainer.config import TrainConfig
 
 if TYPE_CHECKING:
@@ -22,7 +22,7 @@ def train_config(spec: api.ScalingSweepSpec, sweep: str, trial: Trial, **paths: 
         steps=trial.steps,
         global_batch_size=trial.batch_size,
         micro_batch_size=t.micro_batch_size,
-        learning_rate=learning_rate(spec, rung.name),
+        learning_rate=learning_rate(spec, rung.name, rungs),
         betas=(t.betas[0], t.betas[1]),
         weight_decay=t.weight_decay,
         warmup_steps=round(t.warmup_fraction * trial.steps),
@@ -54,9 +54,12 @@ def train_config(spec: api.ScalingSweepSpec, sweep: str, trial: Trial, **paths: 
     )
 
 
-def learning_rate(spec: api.ScalingSweepSpec, rung_name: str) -> float:
-    """A rung's learning rate: its own, or training.learningRate under the scaling rule."""
-    rungs = ladder(spec)
+def learning_rate(
+    spec: api.ScalingSweepSpec, rung_name: str, rungs: list[Rung] | None = None
+) -> float:
+    """A rung's learning rate: its own, or training.learningRate under the scaling rule.
+    `rungs`: the spec's ladder, when the caller has it already."""
+    rungs = ladder(spec) if rungs is None else rungs
     explicit = {c.name: c.learning_rate for c in spec.model.configs}
     if explicit.get(rung_name) is not None:
         return float(explicit[rung_name])  # type: ignore[arg-type]
