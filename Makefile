@@ -9,7 +9,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.isoflop-installed
 TORCH ?= torch==2.13.0 torchvision==0.28.0
-PIP := $(BIN)/python -m pip --disable-pip-version-check -q
+PIP := $(BIN)/python -m pip --disable-pip-version-check --no-cache-dir -q
 
 .PHONY: setup tools cluster run test e2e lint typecheck unit crd clean
 
