@@ -25,11 +25,19 @@ from typing import Any
 import kmock
 import kopf
 
-from tests.operator.emulator import SWEEPS, SWEEPS_URL, finish, load_operator, prepare
+from tests.operator.emulator import (
+    SWEEPS,
+    SWEEPS_URL,
+    finish,
+    load_operator,
+    prepare,
+    trial_records,
+)
 
 
 def manifest(name: str, trials: int) -> dict[str, Any]:
-    budgets = 10 if trials <= 100 else 20
+    # up to the largest sweep the API allows: 64 budgets x 64 rungs = 4,096 trials
+    budgets = 10 if trials <= 100 else 20 if trials <= 1280 else 64
     rungs = trials // budgets
     return {
         "apiVersion": "isoflop.dev/v1alpha1",
@@ -70,8 +78,7 @@ async def finish_jobs(k8s: Any, done: set[str]) -> None:
 async def forget_pods(k8s: Any, sweep: str, recorded: set[str]) -> None:
     """Delete the pods of trials whose result the status holds, as a TTL controller would: the
     emulator ignores label selectors, so every pod list would otherwise return every pod."""
-    status = k8s.objects[(kmock.resource(SWEEPS), "default", sweep)].get("status") or {}
-    for trial in status.get("trials", []):
+    for trial in trial_records(k8s, sweep):
         if trial["phase"] == "Succeeded" and trial["id"] not in recorded:
             recorded.add(trial["id"])
             await k8s.delete(f"/api/v1/namespaces/default/pods/{sweep}-{trial['id']}-x")
@@ -130,6 +137,12 @@ async def measure(trials: int) -> dict[str, Any]:
         drain(k8s, ours, keep=0)
         total = sum(ours.values())
         status = k8s.objects[key]["status"]
+        records = [
+            obj
+            for k, obj in k8s.objects.items()
+            if k[0] == kmock.resource("v1/configmaps") and k[2].startswith(f"{name}-trials-")
+        ]
+        sizes = [len(json.dumps(dict(obj), separators=(",", ":"))) for obj in records]
         return {
             "bench": "operator",
             "trials": trials,
@@ -140,6 +153,9 @@ async def measure(trials: int) -> dict[str, Any]:
             "seconds": round(seconds, 2),
             "maxrss_growth_mib": round(rss_growth / 1024, 1),
             "maxrss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10, 1),
+            "status_bytes": len(json.dumps(dict(status), separators=(",", ":"))),
+            "records_configmaps": len(sizes),
+            "largest_records_configmap_bytes": max(sizes, default=0),
         }
 
 

@@ -97,7 +97,8 @@ def measure(trials: int, root: Path) -> dict[str, Any]:
             )
             if (sweep.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
                 break
-            for pod in core.list_namespaced_pod("default").items:
+            running = core.list_namespaced_pod("default", field_selector="status.phase=Running")
+            for pod in running.items:
                 if pod.status.phase != "Running" or pod.metadata.name in ended:
                     continue
                 ended.add(pod.metadata.name)
@@ -112,6 +113,11 @@ def measure(trials: int, root: Path) -> dict[str, Any]:
         seconds = time.perf_counter() - start
         rss = peak_rss_mib(operator.pid)
         size = len(json.dumps(sweep, separators=(",", ":")))
+        maps = core.list_namespaced_config_map(
+            "default", label_selector="isoflop.dev/role=trial-records"
+        ).items
+        map_sizes = [len(json.dumps(client.sanitize_for_serialization(m))) for m in maps]
+        stored = sum(len(cm.data or {}) for cm in maps)
         ours = requests(cluster.audit_log)
         total = sum(ours.values())
         writes = sum(n for k, n in ours.items() if k.split(":")[0] in WRITES)
@@ -127,6 +133,10 @@ def measure(trials: int, root: Path) -> dict[str, Any]:
             "seconds": round(seconds, 1),
             "operator_peak_rss_mib": round(rss, 1),
             "sweep_object_bytes": size,
+            "status_bytes": len(json.dumps(sweep["status"], separators=(",", ":"))),
+            "records_configmaps": len(maps),
+            "records_stored": stored,
+            "largest_records_configmap_bytes": max(map_sizes, default=0),
         }
     finally:
         if operator is not None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import types
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -33,6 +35,12 @@ SHORT_NAMES = ["sweep"]
 # Kubernetes quantity ("8", "500m", "64Gi") and DNS-1123 label patterns.
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+NAME_MAX_LENGTH = 40  # a sweep's name, with a trial's ID, must fit a Job name and a label value
+NAME_RULE = (
+    f"must be a DNS label (lower-case letters, digits and '-', starting and ending with a letter "
+    f"or digit) of at most {NAME_MAX_LENGTH} characters"
+)
 DATA_URI_PATTERN = r"^(procedural|s3|file)://.*$"
 
 # A CEL transition rule: the API server refuses changes to fields that define the sweep.
@@ -57,11 +65,55 @@ class Model(BaseModel):
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
+class SpecModel(Model):
+    """What a user writes: validated as strictly as the API server validates it (no "4" for 4,
+    no "true" for true, no snake_case keys: parse_sweep reads aliases only)."""
+
+    model_config = ConfigDict(strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _whole_numbers(cls, data: Any) -> Any:
+        # JSON has one number type: the API server takes 4.0 for an integer, and so do we
+        if not isinstance(data, Mapping):
+            return data
+        out = dict(data)
+        for name, field in cls.model_fields.items():
+            key = field.alias or name
+            if key in out and _integer_kind(field.annotation) == "int":
+                out[key] = _whole(out[key])
+            elif (
+                key in out
+                and _integer_kind(field.annotation) == "list"
+                and isinstance(out[key], list)
+            ):
+                out[key] = [_whole(v) for v in out[key]]
+        return out
+
+
+def _whole(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _integer_kind(annotation: Any) -> str | None:
+    """'int' for int and int | None, 'list' for a list of ints, else None."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if annotation is int:
+        return "int"
+    if origin is Annotated:
+        return _integer_kind(args[0])
+    if origin in (typing.Union, types.UnionType):
+        return "int" if int in args else None
+    if origin is list and args:
+        return "list" if _integer_kind(args[0]) == "int" else None
+    return None
+
+
 # ------------------------------------------------------------------------------------------------
 # spec
 
 
-class RungSpec(Model):
+class RungSpec(SpecModel):
     """An explicit ladder rung: one model size."""
 
     name: str = Field(
@@ -79,7 +131,7 @@ class RungSpec(Model):
     )
 
 
-class ModelSpec(Model):
+class ModelSpec(SpecModel):
     """The model family and the ladder of sizes every budget is swept over."""
 
     family: Family = Field(
@@ -143,7 +195,7 @@ def _check_shape(v: list[int]) -> list[int]:
     return v
 
 
-class DataSpec(Model):
+class DataSpec(SpecModel):
     """Where training and validation data come from, and their shapes."""
 
     model_config = ConfigDict(json_schema_extra=Immutable)
@@ -180,7 +232,7 @@ def _unique(v: list[float]) -> list[float]:
 Flops = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
 
-class TrainingSpec(Model):
+class TrainingSpec(SpecModel):
     """Optimisation settings shared by every trial."""
 
     global_batch_size: int = Field(default=1024, ge=1, le=1 << 20)
@@ -250,37 +302,113 @@ class TrainingSpec(Model):
         return v
 
 
-class Toleration(Model):
-    key: str | None = None
+# Free-form Kubernetes fields are typed after core/v1 (bounded depth) and bounded in size: a
+# manifest the API server stores can neither nest deep enough to break a JSON decoder nor grow
+# without limit.
+LabelKey = Annotated[str, Field(min_length=1, max_length=317)]  # prefix (253) / name (63)
+LabelValue = Annotated[str, Field(max_length=63)]
+Name = Annotated[str, Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)]
+Values = Annotated[list[LabelValue], Field(max_length=64)]
+
+
+class Toleration(SpecModel):
+    key: LabelKey | None = None
     operator: Literal["Exists", "Equal"] = "Equal"
-    value: str | None = None
+    value: LabelValue | None = None
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
     toleration_seconds: int | None = None
 
 
-class ResourcesSpec(Model):
+class NodeSelectorRequirement(SpecModel):
+    key: LabelKey
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist", "Gt", "Lt"]
+    values: Values = Field(default_factory=list)
+
+
+class NodeSelectorTerm(SpecModel):
+    match_expressions: list[NodeSelectorRequirement] = Field(default_factory=list, max_length=16)
+    match_fields: list[NodeSelectorRequirement] = Field(default_factory=list, max_length=16)
+
+
+class NodeSelector(SpecModel):
+    node_selector_terms: list[NodeSelectorTerm] = Field(min_length=1, max_length=16)
+
+
+class PreferredSchedulingTerm(SpecModel):
+    weight: int = Field(ge=1, le=100)
+    preference: NodeSelectorTerm
+
+
+class NodeAffinity(SpecModel):
+    required_during_scheduling_ignored_during_execution: NodeSelector | None = None
+    preferred_during_scheduling_ignored_during_execution: list[PreferredSchedulingTerm] = Field(
+        default_factory=list, max_length=16
+    )
+
+
+class LabelSelectorRequirement(SpecModel):
+    key: LabelKey
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    values: Values = Field(default_factory=list)
+
+
+class LabelSelector(SpecModel):
+    match_labels: dict[LabelKey, LabelValue] = Field(default_factory=dict, max_length=32)
+    match_expressions: list[LabelSelectorRequirement] = Field(default_factory=list, max_length=16)
+
+
+class PodAffinityTerm(SpecModel):
+    topology_key: LabelKey
+    label_selector: LabelSelector | None = None
+    namespace_selector: LabelSelector | None = None
+    namespaces: list[Name] = Field(default_factory=list, max_length=64)
+    match_label_keys: list[LabelKey] = Field(default_factory=list, max_length=16)
+    mismatch_label_keys: list[LabelKey] = Field(default_factory=list, max_length=16)
+
+
+class WeightedPodAffinityTerm(SpecModel):
+    weight: int = Field(ge=1, le=100)
+    pod_affinity_term: PodAffinityTerm
+
+
+class PodAffinity(SpecModel):
+    required_during_scheduling_ignored_during_execution: list[PodAffinityTerm] = Field(
+        default_factory=list, max_length=16
+    )
+    preferred_during_scheduling_ignored_during_execution: list[WeightedPodAffinityTerm] = Field(
+        default_factory=list, max_length=16
+    )
+
+
+class Affinity(SpecModel):
+    """core/v1 Affinity: where a trial's pods may be scheduled."""
+
+    node_affinity: NodeAffinity | None = None
+    pod_affinity: PodAffinity | None = None
+    pod_anti_affinity: PodAffinity | None = None
+
+
+class ResourcesSpec(SpecModel):
     """What one trial gets on Kubernetes (the local runner uses GPUs it finds)."""
 
-    image: str = Field(default="ghcr.io/isoflop/trainer:0.1.0", min_length=1)
+    image: str = Field(default="ghcr.io/isoflop/trainer:0.1.0", min_length=1, max_length=1024)
     gpus_per_node: int = Field(default=1, ge=0, le=64)
     nodes: int = Field(default=1, ge=1, le=1024)
-    cpu: str = Field(default="8", pattern=QUANTITY_PATTERN)
-    memory: str = Field(default="64Gi", pattern=QUANTITY_PATTERN)
-    node_selector: dict[str, str] = Field(default_factory=dict)
-    tolerations: list[Toleration] = Field(default_factory=list)
-    affinity: dict[str, Any] = Field(
-        default_factory=dict, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}
-    )
-    priority_class_name: str | None = None
-    image_pull_secrets: list[str] = Field(default_factory=list)
-    service_account_name: str | None = None
-    s3_credentials_secret: str | None = Field(
+    cpu: str = Field(default="8", pattern=QUANTITY_PATTERN, max_length=32)
+    memory: str = Field(default="64Gi", pattern=QUANTITY_PATTERN, max_length=32)
+    node_selector: dict[LabelKey, LabelValue] = Field(default_factory=dict, max_length=32)
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
+    affinity: Affinity | None = None
+    priority_class_name: Name | None = None
+    image_pull_secrets: list[Name] = Field(default_factory=list, max_length=16)
+    service_account_name: Name | None = None
+    s3_credentials_secret: Name | None = Field(
         default=None,
         description="Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY for s3:// data.",
     )
 
 
-class StorageSpec(Model):
+class StorageSpec(SpecModel):
     """Where trials keep checkpoints on a cluster (the local runner uses its run directory)."""
 
     checkpoints: str | None = Field(
@@ -297,14 +425,14 @@ class StorageSpec(Model):
     )
 
 
-class RetrySpec(Model):
+class RetrySpec(SpecModel):
     per_trial: int = Field(default=2, ge=0, le=100, description="Retries of one failed trial.")
     max_failed_trials: int = Field(
         default=3, ge=0, description="Trials that may fail for good before the sweep fails."
     )
 
 
-class MetricsSpec(Model):
+class MetricsSpec(SpecModel):
     prometheus_url: str | None = Field(
         default=None,
         pattern=r"^https?://.+",
@@ -324,7 +452,7 @@ def _resamples(value: int) -> int:
     return value
 
 
-class FitSpec(Model):
+class FitSpec(SpecModel):
     method: Literal["parabola", "parametric", "both"] = "both"
     bootstrap: Annotated[int, AfterValidator(_resamples)] = Field(
         default=1000,
@@ -360,7 +488,7 @@ class FitSpec(Model):
 FEATURES_PATTERN = r"^(inception|clip-[a-z0-9-]+|random-conv(:[0-9]+)?|/.+)$"
 
 
-class FidSpec(Model):
+class FidSpec(SpecModel):
     """FID at the end of every trial: generated against validation images, both decoded by the
     dataset's VAE, through a standard feature network."""
 
@@ -391,22 +519,41 @@ class FidSpec(Model):
     )
 
 
-class LikelihoodSpec(Model):
+class LikelihoodSpec(SpecModel):
     samples: int = Field(
         default=0, ge=0, le=1 << 20, description="Validation samples for bits/dim; 0: none."
     )
     steps: int = Field(default=32, ge=2, le=1000, description="ODE steps of the integral.")
 
 
-class EvaluationSpec(Model):
+class EvaluationSpec(SpecModel):
     """The paper's metrics beside the validation loss; each gets its law when asked for."""
 
     fid: FidSpec = Field(default_factory=FidSpec)
     likelihood: LikelihoodSpec = Field(default_factory=LikelihoodSpec)
 
 
-class ScalingSweepSpec(Model):
+MAX_TRIALS = 4096  # budgets x rungs x replicates: the largest sweep one resource may hold
+_TRIALS_CEL = (
+    "size(self.budgets) * (size(self.model.depths) + size(self.model.configs))"
+    " * (has(self.training) && has(self.training.replicates) ? self.training.replicates : 1)"
+)
+
+
+class ScalingSweepSpec(SpecModel):
     """What to sweep and how to train it."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": f"{_TRIALS_CEL} <= {MAX_TRIALS}",
+                    "message": f"budgets x rungs x training.replicates must be at most "
+                    f"{MAX_TRIALS} trials; split the sweep",
+                }
+            ]
+        }
+    )
 
     model: ModelSpec
     data: DataSpec = Field(default_factory=DataSpec)
@@ -434,6 +581,13 @@ class ScalingSweepSpec(Model):
         if height % p or width % p:
             raise ValueError(
                 f"data.latentShape {height}x{width} is not divisible by model.patchSize {p}"
+            )
+        rungs = len(self.model.depths) + len(self.model.configs)
+        trials = len(self.budgets) * rungs * self.training.replicates
+        if trials > MAX_TRIALS:
+            raise ValueError(
+                f"budgets x rungs x training.replicates is {trials} trials, more than "
+                f"{MAX_TRIALS}; split the sweep"
             )
         held = self.fit.hold_out_budget
         if held is not None and held not in self.budgets:
@@ -471,6 +625,24 @@ class TrialRecord(Model):
         default=None, description="fid, bpd, loss_se: what the trial measured beside its loss."
     )
     error: str | None = Field(default=None, description="Why a failed trial failed, in short.")
+
+
+class BudgetSummary(Model):
+    """One budget's trials at a glance: the status stays small at any sweep size (the per-trial
+    records live in the ConfigMap named by `records` on a cluster, in status.json locally)."""
+
+    budget: float
+    trials: int = Field(description="Planned trials (infeasible ones not counted).")
+    succeeded: int = 0
+    failed: int = 0
+    running: int = 0
+    pending: int = 0
+    infeasible: int = 0
+    best_trial: str | None = Field(default=None, description="The trial of lowest loss so far.")
+    best_loss: float | None = None
+    records: str | None = Field(
+        default=None, description="The ConfigMap with this budget's per-trial records."
+    )
 
 
 class TrialCounts(Model):
@@ -636,7 +808,12 @@ class ScalingSweepStatus(Model):
     flops_accounting: FlopsAccounting | None = None
     progress: str = Field(default="0/0", description="Trials done / total, for kubectl get.")
     counts: TrialCounts = Field(default_factory=TrialCounts)
-    trials: list[TrialRecord] = Field(default_factory=list)
+    budgets: list[BudgetSummary] = Field(default_factory=list)
+    trials: list[TrialRecord] = Field(
+        default_factory=list,
+        description="Per-trial records: in status.json of a local run. The operator keeps them "
+        "in one ConfigMap per budget (budgets[].records) and leaves this empty.",
+    )
     fitted_budgets: list[float] = Field(
         default_factory=list, description="Budgets of the last fit."
     )
@@ -650,8 +827,15 @@ class ScalingSweepStatus(Model):
 
 class ObjectMeta(Model):
     model_config = ConfigDict(extra="allow")
-    name: str = Field(pattern=DNS_LABEL_PATTERN, max_length=40)
+    name: str
     namespace: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if len(v) > NAME_MAX_LENGTH or not re.match(DNS_LABEL_PATTERN, v):
+            raise ValueError(NAME_RULE)
+        return v
 
 
 class ScalingSweep(Model):
@@ -724,15 +908,25 @@ def parse_sweep(obj: Mapping[str, Any]) -> ScalingSweep:
             f"got {obj.get('apiVersion')!r} and {obj.get('kind')!r}"
         )
     try:
-        return ScalingSweep.model_validate(obj)
+        return ScalingSweep.model_validate(obj, by_alias=True, by_name=False)
     except ValidationError as err:
         raise ManifestError(describe_validation_error(err)) from None
+    except RecursionError:
+        raise ManifestError("the manifest nests too deep for a ScalingSweep") from None
+
+
+def parse_name(name: str) -> None:
+    """Refuse a sweep name the operator cannot use in Job names and labels."""
+    try:
+        ObjectMeta(name=name)
+    except ValidationError as err:
+        raise ManifestError(describe_validation_error(err, prefix="metadata")) from None
 
 
 def parse_spec(spec: Mapping[str, Any]) -> ScalingSweepSpec:
     """Validate a spec alone (as the operator receives it)."""
     try:
-        return ScalingSweepSpec.model_validate(spec)
+        return ScalingSweepSpec.model_validate(spec, by_alias=True, by_name=False)
     except ValidationError as err:
         raise ManifestError(describe_validation_error(err, prefix="spec")) from None
 
@@ -750,6 +944,8 @@ def load_sweep(path: str | Path) -> ScalingSweep:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise ManifestError(f"{p} is not valid YAML{where}") from None
+    except RecursionError:
+        raise ManifestError(f"{p} nests too deep for a ScalingSweep manifest") from None
     sweeps = [d for d in docs if isinstance(d, dict) and d.get("kind") == KIND]
     if len(sweeps) != 1:
         raise ManifestError(f"{p} must hold exactly one {KIND}, found {len(sweeps)}")

@@ -12,7 +12,14 @@ from typing import Any
 from threadpoolctl import threadpool_limits
 
 from isoflop import __version__, api, crd
-from isoflop.plan import DEFAULT_MFU, H100_BF16_PEAK_FLOPS, Plan, format_flops, plan
+from isoflop.plan import (
+    DEFAULT_MFU,
+    H100_BF16_PEAK_FLOPS,
+    Plan,
+    format_flops,
+    plan,
+    runnable_plan,
+)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -100,7 +107,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from isoflop.datacheck import check_data
 
     sweep = api.load_sweep(args.file)
-    report = None if args.no_data else check_data(sweep.spec, plan(sweep.spec))
+    planned = runnable_plan(sweep.spec)
+    report = None if args.no_data else check_data(sweep.spec, planned)
     print(f"{args.file}: ScalingSweep '{sweep.name}' is valid.")
     if report is not None:
         print(report.text())
@@ -224,10 +232,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         spec = sweep.spec.model_copy(update={"parallelism": args.parallelism})
         sweep = sweep.model_copy(update={"spec": spec})
     law = Law.parse(args.law) if args.law else Law()
+    planned = runnable_plan(sweep.spec)
     if not args.simulate:  # a real run: its data must be there before any trial starts
         from isoflop.datacheck import check_data
 
-        report = check_data(sweep.spec, plan(sweep.spec))
+        report = check_data(sweep.spec, planned)
         if report.train is not None:
             print(f"isoflop: {report.text()}", flush=True)
     directory = Path(args.run_dir or Path("runs") / sweep.name)

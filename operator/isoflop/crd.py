@@ -28,6 +28,7 @@ _KEPT = (
     "pattern",
     "minItems",
     "maxItems",
+    "maxProperties",
     "format",
     "default",
 )
@@ -110,6 +111,15 @@ def openapi_schema() -> dict[str, Any]:
             "status": _schema_of(api.ScalingSweepStatus),
         },
         "required": ["spec"],
+        # Names become label values and prefixes of Job names: the server refuses what
+        # ObjectMeta refuses, so no stored sweep is one the operator cannot name.
+        "x-kubernetes-validations": [
+            {
+                "rule": f"self.metadata.name.size() <= {api.NAME_MAX_LENGTH}"
+                f" && self.metadata.name.matches('{api.DNS_LABEL_PATTERN}')",
+                "message": f"metadata.name {api.NAME_RULE}",
+            }
+        ],
     }
 
 

@@ -195,6 +195,35 @@ def decide(
 # status
 
 
+def budget_summaries(
+    spec: api.ScalingSweepSpec, plan: Plan, records: list[api.TrialRecord]
+) -> list[api.BudgetSummary]:
+    """Per-budget counts and the best trial so far, from the trial records."""
+    budget_of = {t.id: t.budget for t in plan.trials} | {i.id: i.budget for i in plan.infeasible}
+    by_budget: dict[float, list[api.TrialRecord]] = {b: [] for b in spec.budgets}
+    for r in records:
+        by_budget[budget_of[r.id]].append(r)
+    out = []
+    for budget in sorted(spec.budgets):
+        mine = by_budget[budget]
+        done = [r for r in mine if r.phase == "Succeeded" and r.loss is not None]
+        best = min(done, key=lambda r: (r.loss, r.id)) if done else None
+        out.append(
+            api.BudgetSummary(
+                budget=budget,
+                trials=sum(r.phase != "Infeasible" for r in mine),
+                succeeded=len(done),
+                failed=sum(r.phase == "Failed" for r in mine),
+                running=sum(r.phase == "Running" for r in mine),
+                pending=sum(r.phase == "Pending" for r in mine),
+                infeasible=sum(r.phase == "Infeasible" for r in mine),
+                best_trial=best.id if best else None,
+                best_loss=best.loss if best else None,
+            )
+        )
+    return out
+
+
 def trial_records(
     plan: Plan, states: Mapping[str, TrialState], limit: int
 ) -> list[api.TrialRecord]:
@@ -306,6 +335,7 @@ def status(
         reason = {True: "DataFits", False: "InvalidData", None: "CheckingData"}[data.ready]
         wanted.insert(0, ("DataReady", data.ready is True, reason, data.message))
     conditions = _conditions(previous or [], now, wanted)
+    records = trial_records(plan, states, 1 + spec.retries.per_trial)
     return api.ScalingSweepStatus(
         fitted_budgets=list(fitted),
         phase=decision.phase,
@@ -314,7 +344,8 @@ def status(
         flops_accounting=spec.flops_accounting,
         progress=f"{finished}/{c.get('total', 0)}",
         counts=api.TrialCounts(**c),
-        trials=trial_records(plan, states, 1 + spec.retries.per_trial),
+        budgets=budget_summaries(spec, plan, records),
+        trials=records,
         fit=fit,
         data=data,
     )

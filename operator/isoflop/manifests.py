@@ -146,7 +146,7 @@ def trial_objects(
     if res.tolerations:
         pod["tolerations"] = [t.to_wire() for t in res.tolerations]
     if res.affinity:
-        pod["affinity"] = dict(res.affinity)
+        pod["affinity"] = res.affinity.to_wire()
     if res.priority_class_name:
         pod["priorityClassName"] = res.priority_class_name
     _pod_identity(pod, res)
@@ -298,4 +298,34 @@ def cluster_config(sweep: api.ScalingSweep, trial: Trial) -> dict[str, Any]:
         "termination_log": "/dev/termination-log",
         "metrics_port": METRICS_PORT,
         "metrics_linger_seconds": METRICS_LINGER_SECONDS,
+    }
+
+
+RECORDS = "trial-records"  # the role of the ConfigMaps that keep a sweep's per-trial records
+
+
+def records_name(sweep: str, budget: float) -> str:
+    """The ConfigMap of one budget's trial records: '<sweep>-trials-<budget tag>'."""
+    return f"{sweep}-trials-{budget_tag(budget)}"
+
+
+def records_configmap(
+    sweep: api.ScalingSweep, uid: str, namespace: str, budget: float, data: dict[str, str]
+) -> dict[str, Any]:
+    """A budget's finished-trial records (trial ID -> the record's JSON), owned by the sweep."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": records_name(sweep.name, budget),
+            "namespace": namespace,
+            "labels": {
+                "app.kubernetes.io/managed-by": "isoflop",
+                SWEEP_LABEL: sweep.name,
+                BUDGET_LABEL: budget_tag(budget),
+                ROLE_LABEL: RECORDS,
+            },
+            "ownerReferences": [owner_reference(sweep, uid)],
+        },
+        "data": data,
     }

@@ -25,6 +25,7 @@ import random
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any
@@ -33,8 +34,9 @@ import kopf
 import kubernetes
 from kubernetes.client.rest import ApiException
 from prometheus_client import start_http_server
+from pydantic import ValidationError
 
-from isoflop import api, engine, opmetrics
+from isoflop import api, engine, opmetrics, records
 from isoflop.datacheck import epochs
 from isoflop.engine import TrialState
 from isoflop.manifests import (
@@ -45,10 +47,11 @@ from isoflop.manifests import (
     cluster_config,
     data_check_job,
     job_name,
+    records_name,
     trial_objects,
 )
 from isoflop.opmetrics import ERRORS, LATENCY, forget
-from isoflop.plan import Plan, plan
+from isoflop.plan import Plan, plan, runnable_plan
 from isoflop.trials import fit, train_config
 from isoflop_trainer.store import is_shards
 
@@ -134,10 +137,12 @@ def _get(obj: Any, path: tuple[str, ...]) -> Any:
 
 @kopf.on.create(api.GROUP, api.VERSION, api.PLURAL)
 @kopf.on.resume(api.GROUP, api.VERSION, api.PLURAL)
-def admit(spec: kopf.Spec, patch: kopf.Patch, **_: Any) -> None:
-    """Validate the spec; an invalid one ends here, with a condition naming the field."""
+def admit(name: str, spec: kopf.Spec, patch: kopf.Patch, **_: Any) -> None:
+    """Validate the name and the spec; an invalid one ends here, with a condition naming the field
+    (and nothing created)."""
     try:
-        api.parse_spec(dict(spec))
+        api.parse_name(name)
+        runnable_plan(api.parse_spec(dict(spec)))
     except api.ManifestError as err:
         raise invalid(patch, str(err)) from None
 
@@ -149,7 +154,7 @@ def update(old: Any, new: Any, patch: kopf.Patch, **_: Any) -> None:
         if _get(old, path) != _get(new, path):
             raise invalid(patch, f"spec.{'.'.join(path)} is immutable; create a new sweep instead")
     try:
-        api.parse_spec(dict(new))
+        runnable_plan(api.parse_spec(dict(new)))
     except api.ManifestError as err:
         raise invalid(patch, str(err)) from None
 
@@ -181,7 +186,8 @@ def reconcile(
         sweep = api.ScalingSweep(
             metadata=api.ObjectMeta(name=name, namespace=namespace), spec=api.parse_spec(dict(spec))
         )
-    except api.ManifestError:
+        runnable_plan(sweep.spec)
+    except (api.ManifestError, ValidationError):
         return  # admit() has recorded why
     try:
         _reconcile(
@@ -204,10 +210,11 @@ def reconcile(
         LATENCY.observe(time.monotonic() - start)
 
 
-def states_from_status(status: dict[str, Any]) -> dict[str, TrialState]:
-    """Finished results are kept in the status: they are the operator's memory."""
+def states_from_records(records: Iterable[dict[str, Any]]) -> dict[str, TrialState]:
+    """Finished trials' records are the operator's memory (its ConfigMaps; the status of sweeps
+    from before them): a Succeeded trial keeps its result, a Failed one failed for good."""
     out = {}
-    for r in status.get("trials") or []:
+    for r in records:
         if r.get("phase") == "Succeeded" and r.get("loss") is not None:
             out[r["id"]] = TrialState(
                 "Succeeded",
@@ -236,7 +243,9 @@ def _reconcile(
     spec = sweep.spec
     p = plan(spec)
     limit = 1 + spec.retries.per_trial
-    states = states_from_status(status)
+    stored = records.read(clients.core, namespace, sweep.name)
+    legacy = status.get("trials") or []  # sweeps whose status kept the records themselves
+    states = states_from_records([*legacy, *(r.to_wire() for r in stored.values())])
     jobs = [
         j
         for j in clients.batch.list_namespaced_job(
@@ -330,9 +339,21 @@ def _reconcile(
         )
         decision = engine.decide(spec, p, states, fitted)
     previous = [api.Condition.model_validate(c) for c in status.get("conditions") or []]
-    new = engine.status(
+    full = engine.status(
         spec, p, states, decision, fit_result, fitted, generation, now(), previous, data
-    ).to_wire()
+    )
+    # each newly finished trial's record goes to its budget's ConfigMap, before the status
+    # that counts it: the status keeps per-budget summaries only, whatever the sweep's size
+    finished = [
+        r for r in full.trials if r.phase in ("Succeeded", "Failed") and stored.get(r.id) != r
+    ]
+    records.write(clients.core, sweep, uid, namespace, {t.id: t.budget for t in p.trials}, finished)
+    new = full.to_wire()
+    del new["trials"]
+    for summary in new["budgets"]:
+        summary["records"] = records_name(sweep.name, summary["budget"])
+    if legacy:
+        patch.status["trials"] = None  # moved to the ConfigMaps
     if decision.phase in ("Succeeded", "Failed") and status.get("phase") != decision.phase:
         kopf.event(body, type="Normal", reason=f"Sweep{decision.phase}", message=decision.message)
     for key, value in new.items():

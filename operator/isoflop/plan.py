@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from isoflop.api import ScalingSweepSpec
+from isoflop.api import ManifestError, ScalingSweepSpec
 from isoflop_trainer.config import PEAK_BF16_FLOPS, DiTConfig
 
 H100_BF16_PEAK_FLOPS = PEAK_BF16_FLOPS["H100"]
@@ -204,3 +204,25 @@ def plan(spec: ScalingSweepSpec) -> Plan:
                 for replicate in range(spec.training.replicates)
             ]
     return Plan(accounting, tuple(trials), tuple(infeasible))
+
+
+def runnable_plan(spec: ScalingSweepSpec) -> Plan:
+    """The plan of a sweep that can run, or a ManifestError saying in one sentence why it cannot:
+    what `isoflop validate`, `isoflop run` and the operator's admission all check."""
+    try:
+        p = plan(spec)
+    except ValueError as err:
+        message = str(err)
+        if not message.startswith("spec."):
+            message = f"spec.model: the ladder cannot be built: {message}"
+        raise ManifestError(message) from None
+    if not p.trials:
+        largest = [i for i in p.infeasible if i.budget == max(spec.budgets)]
+        smallest = min(largest, key=lambda i: i.params)
+        raise ManifestError(
+            f"spec.budgets: no trial fits any budget (the largest, {max(spec.budgets):g} FLOPs, "
+            f"gives the smallest rung '{smallest.rung}' {smallest.steps} steps of batch "
+            f"{spec.training.global_batch_size}, fewer than minSteps "
+            f"{spec.training.min_steps}): raise the budgets or lower training.minSteps"
+        )
+    return p

@@ -21,6 +21,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -469,3 +470,34 @@ def env_with(kubeconfig_path: Path) -> dict[str, str]:
     out["KUBECONFIG"] = str(kubeconfig_path)
     out.pop("KUBERNETES_SERVICE_HOST", None)
     return out
+
+
+class Operator:
+    """The operator as a process, with the chart's ServiceAccount token (not an administrator)."""
+
+    def __init__(self, kubeconfig: Path, log: Path) -> None:
+        env = env_with(kubeconfig) | {"ISOFLOP_RECONCILE_SECONDS": "0.5"}
+        self.log = log
+        with open(log, "ab") as f:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "kopf", "run", "--module=isoflop.operator",
+                 "--all-namespaces", "--standalone"],
+                stdout=f, stderr=subprocess.STDOUT, env=env,
+            )  # fmt: skip
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def trial_records(cluster: Cluster, sweep: str, namespace: str = "default") -> list[dict[str, Any]]:
+    """The per-trial records the operator keeps in the sweep's ConfigMaps (one per budget)."""
+    out = cluster.kubectl(
+        "get", "configmaps", "-n", namespace, "-o", "json",
+        "-l", f"isoflop.dev/sweep={sweep},isoflop.dev/role=trial-records",
+    )  # fmt: skip
+    items = json.loads(out.stdout)["items"]
+    return [json.loads(v) for cm in items for v in (cm.get("data") or {}).values()]

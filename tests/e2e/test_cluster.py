@@ -14,67 +14,21 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
 from isoflop import api
 from isoflop.plan import plan
-from tests.e2e.cluster import Cluster, env_with
+from isoflop_trainer.telemetry import GAUGES, LABELS
+from tests.e2e.cluster import Cluster, Operator, free_port, trial_records
+from tests.monitoring.conftest import start_prometheus
 
 ROOT = Path(__file__).resolve().parents[2]
-HELM = ROOT / ".tools" / "bin" / "helm"
-NAMESPACE = "isoflop-system"
 
 
 def loss_of(budget: float, params: float) -> float:
     """A convex isoFLOP curve per budget whose minimum grows as C^0.5 (inside each ladder)."""
     x_opt = 5.2 + 0.5 * (math.log10(budget) - 10.5)
     return 1.0 - 0.05 * math.log10(budget) + 0.2 * (math.log10(params) - x_opt) ** 2
-
-
-@pytest.fixture(scope="module")
-def installed(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`helm install` of the chart; yields a kubeconfig with the operator ServiceAccount's token."""
-    out = subprocess.run(
-        [str(HELM), "install", "isoflop", str(ROOT / "helm" / "isoflop"), "--namespace",
-         NAMESPACE, "--create-namespace", "--kubeconfig", str(cluster.kubeconfig)],
-        capture_output=True, text=True, timeout=180, check=False,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr
-    cluster.kubectl(
-        "wait", "--for=condition=Established", "crd/scalingsweeps.isoflop.dev", "--timeout=60s"
-    )
-    accounts = json.loads(
-        cluster.kubectl(
-            "get", "serviceaccounts", "-n", NAMESPACE, "-l",
-            "app.kubernetes.io/name=isoflop-operator", "-o", "json",
-        ).stdout
-    )["items"]  # fmt: skip
-    assert len(accounts) == 1
-    path = tmp_path_factory.mktemp("operator") / "kubeconfig"
-    cluster.service_account_kubeconfig(NAMESPACE, accounts[0]["metadata"]["name"], path)
-    cluster.add_gpu_node("gpu-0")
-    cluster.add_gpu_node("gpu-1")
-    return path
-
-
-class Operator:
-    """The operator as a process, with the chart's ServiceAccount token (not an administrator)."""
-
-    def __init__(self, kubeconfig: Path, log: Path) -> None:
-        env = env_with(kubeconfig) | {"ISOFLOP_RECONCILE_SECONDS": "0.5"}
-        self.log = log
-        with open(log, "ab") as f:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "kopf", "run", "--module=isoflop.operator",
-                 "--all-namespaces", "--standalone"],
-                stdout=f, stderr=subprocess.STDOUT, env=env,
-            )  # fmt: skip
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
 
 
 def sweep(cluster: Cluster, name: str, namespace: str = "default") -> dict[str, Any]:
@@ -99,7 +53,7 @@ def running_trial_pods(cluster: Cluster, sweep_name: str) -> list[dict[str, Any]
 def test_a_sweep_applied_with_kubectl_runs_to_fitted_laws_with_the_charts_rbac(
     cluster: Cluster, installed: Path, tmp_path: Path
 ) -> None:
-    manifest = yaml.safe_load((ROOT / "tests" / "operator" / "small-sweep.yaml").read_text())
+    manifest = api.yaml_load((ROOT / "tests" / "operator" / "small-sweep.yaml").read_text())
     manifest["metadata"] = {"name": "e2e", "namespace": "default"}
     manifest["spec"]["parallelism"] = 3
     parsed = api.parse_sweep(manifest)
@@ -123,9 +77,13 @@ def test_a_sweep_applied_with_kubectl_runs_to_fitted_laws_with_the_charts_rbac(
         status = sweep(cluster, "e2e")["status"]
         assert status["progress"] == f"{len(trials)}/{len(trials)}"
         assert abs(status["fit"]["laws"]["params"]["exponent"] - 0.5) < 0.05
-        done = [t for t in status["trials"] if t["phase"] == "Succeeded"]
+        done = [t for t in trial_records(cluster, "e2e") if t["phase"] == "Succeeded"]
         assert len(done) == len(trials)
         assert {t["source"] for t in done} == {"termination-message"}
+        assert not status.get("trials")  # per-budget summaries; the records are in ConfigMaps
+        assert [b["succeeded"] for b in status["budgets"]] == [
+            sum(t.budget == b for t in trials.values()) for b in sorted(manifest["spec"]["budgets"])
+        ]
         jobs = json.loads(
             cluster.kubectl("get", "jobs", "-n", "default", "-l", "isoflop.dev/sweep=e2e",
                             "-o", "json").stdout
@@ -148,7 +106,14 @@ def test_a_sweep_applied_with_kubectl_runs_to_fitted_laws_with_the_charts_rbac(
         cluster.wait_for(
             lambda: (
                 not cluster.kubectl(
-                    "get", "jobs,pods", "-n", "default", "-l", "isoflop.dev/sweep=e2e", "-o", "name"
+                    "get",
+                    "jobs,pods,configmaps",
+                    "-n",
+                    "default",
+                    "-l",
+                    "isoflop.dev/sweep=e2e",
+                    "-o",
+                    "name",
                 ).stdout.strip()
             ),
             60,
@@ -158,10 +123,81 @@ def test_a_sweep_applied_with_kubectl_runs_to_fitted_laws_with_the_charts_rbac(
         operator.stop()
 
 
+def test_a_sweep_reads_its_results_from_the_real_prometheus(
+    cluster: Cluster, installed: Path, tmp_path: Path
+) -> None:
+    """Trial results through Prometheus, as a cluster with the chart's PodMonitor delivers them:
+    each finished trial's gauges (the trainer's own names and labels) are served on 127.0.0.1 and
+    scraped by a real Prometheus with the namespace label a Kubernetes scrape attaches. The pods'
+    termination messages carry a different loss, so the status shows which source was read."""
+    port = free_port()
+    registry = CollectorRegistry()
+    gauges = {
+        name: Gauge(f"isoflop_{name}", doc, LABELS, registry=registry)
+        for name, doc in GAUGES.items()
+        if name in ("eval_loss", "eval_loss_se", "done")
+    }
+    exporter, _ = start_http_server(port, addr="127.0.0.1", registry=registry)
+    prom = start_prometheus(
+        tmp_path / "prometheus",
+        free_port(),
+        [
+            {
+                "job_name": "isoflop-trials",
+                "static_configs": [
+                    {"targets": [f"127.0.0.1:{port}"], "labels": {"namespace": "default"}}
+                ],
+            }
+        ],
+        [],
+    )
+    manifest = api.yaml_load((ROOT / "tests" / "operator" / "small-sweep.yaml").read_text())
+    manifest["metadata"] = {"name": "scraped", "namespace": "default"}
+    manifest["spec"]["parallelism"] = 3
+    manifest["spec"]["metrics"] = {"prometheusUrl": prom.url, "lookback": "10m"}
+    trials = {t.id: t for t in plan(api.parse_sweep(manifest).spec).trials}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    operator = Operator(installed, tmp_path / "operator.log")
+    exported: dict[str, float] = {}
+    try:
+        cluster.kubectl("apply", "-f", str(path))
+        deadline = time.monotonic() + 300
+        while sweep(cluster, "scraped").get("status", {}).get("phase") != "Succeeded":
+            assert time.monotonic() < deadline, (tmp_path / "operator.log").read_text()[-3000:]
+            for pod in running_trial_pods(cluster, "scraped"):
+                trial = trials[pod["metadata"]["labels"]["isoflop.dev/trial"]]
+                labels = {"sweep": "scraped", "trial": trial.id, "budget": f"{trial.budget:g}"}
+                exported[trial.id] = loss_of(trial.budget, trial.params)
+                gauges["eval_loss"].labels(**labels).set(exported[trial.id])
+                gauges["eval_loss_se"].labels(**labels).set(0.001)
+                gauges["done"].labels(**labels).set(1)
+                selector = f'namespace="default",sweep="scraped",trial="{trial.id}"'
+                prom.wait_for(f"isoflop_done{{{selector}}}", timeout=30)
+                message = {"status": "succeeded", "eval_loss": 99.0}  # not what Prometheus has
+                cluster.exit_pod("default", pod["metadata"]["name"], 0, message)
+            time.sleep(0.3)
+        status = sweep(cluster, "scraped")["status"]
+        saved = trial_records(cluster, "scraped")
+    finally:
+        cluster.kubectl("delete", "scalingsweep", "scraped", "-n", "default", check=False)
+        operator.stop()
+        exporter.shutdown()
+        prom.process.terminate()
+        prom.process.wait(10)
+    records = {r["id"]: r for r in saved if r["phase"] == "Succeeded"}
+    assert set(records) == set(trials)
+    for tid, record in records.items():
+        assert record["source"] == "prometheus"
+        assert record["loss"] == pytest.approx(exported[tid], rel=1e-12)
+        assert record["metrics"]["loss_se"] == pytest.approx(0.001)
+    assert abs(status["fit"]["laws"]["params"]["exponent"] - 0.5) < 0.05
+
+
 def test_the_api_server_itself_refuses_an_edit_of_an_immutable_field(
     cluster: Cluster, installed: Path, tmp_path: Path
 ) -> None:
-    manifest = yaml.safe_load((ROOT / "tests" / "operator" / "small-sweep.yaml").read_text())
+    manifest = api.yaml_load((ROOT / "tests" / "operator" / "small-sweep.yaml").read_text())
     manifest["metadata"] = {"name": "frozen", "namespace": "default"}
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(manifest))
@@ -180,7 +216,7 @@ def test_a_job_the_server_refuses_puts_its_message_on_the_sweep(
     """The CRD accepts any node selector; the API server refuses a Job whose selector key is not
     a label key (422). No retry can mend that: the trial fails for good with the server's
     words, and the sweep's Failed condition says them."""
-    manifest = yaml.safe_load((ROOT / "tests" / "operator" / "small-sweep.yaml").read_text())
+    manifest = api.yaml_load((ROOT / "tests" / "operator" / "small-sweep.yaml").read_text())
     manifest["metadata"] = {"name": "refused", "namespace": "default"}
     manifest["spec"]["resources"] = {"nodeSelector": {"not a label key!": "x"}}
     manifest["spec"]["retries"] = {"perTrial": 2, "maxFailedTrials": 1}
@@ -199,7 +235,7 @@ def test_a_job_the_server_refuses_puts_its_message_on_the_sweep(
         assert failed["reason"] == "TooManyFailedTrials"
         assert "the API server refused its Job" in failed["message"]
         assert "nodeSelector" in failed["message"]  # the server's own explanation
-        records = [t for t in status["trials"] if t["phase"] == "Failed"]
+        records = [t for t in trial_records(cluster, "refused") if t["phase"] == "Failed"]
         assert len(records) == 2  # maxFailedTrials + 1, each tried once: never retried
         assert all(r["attempts"] == 1 for r in records)
         assert all("the API server refused its Job" in r["error"] for r in records)
@@ -222,7 +258,7 @@ def test_kills_preemption_and_a_gitops_edit_lose_no_result_and_duplicate_no_job(
     143: the Job retries it without counting a failure), and a budget is added by server-side
     apply of the edited manifest, as a GitOps tool does. Every trial ends with its own result, once.
     """
-    manifest = yaml.safe_load((ROOT / "tests" / "operator" / "small-sweep.yaml").read_text())
+    manifest = api.yaml_load((ROOT / "tests" / "operator" / "small-sweep.yaml").read_text())
     manifest["metadata"] = {"name": "chaos", "namespace": "default"}
     manifest["spec"]["parallelism"] = 3
     manifest["spec"]["budgets"] = [3e10, 1e11]
@@ -275,6 +311,7 @@ def test_kills_preemption_and_a_gitops_edit_lose_no_result_and_duplicate_no_job(
                 "get", "jobs", "-n", "default", "-l", "isoflop.dev/sweep=chaos", "-o", "json"
             ).stdout
         )["items"]
+        saved = trial_records(cluster, "chaos")
     finally:
         cluster.kubectl(
             "delete", "scalingsweep", "chaos", "-n", "default", "--wait=false", check=False
@@ -285,8 +322,8 @@ def test_kills_preemption_and_a_gitops_edit_lose_no_result_and_duplicate_no_job(
     assert edited
     trials = {t.id: t for t in plan(api.parse_sweep(manifest).spec).trials}
     assert len(trials) == 11  # the added budget's trials were planned and run
-    records = {r["id"]: r for r in status["trials"] if r["phase"] == "Succeeded"}
-    assert set(records) == set(trials), (status["trials"], preempted, jobs)
+    records = {r["id"]: r for r in saved if r["phase"] == "Succeeded"}
+    assert set(records) == set(trials), (saved, preempted, jobs)
     for tid, record in records.items():  # every result is the one its pod reported
         assert record["loss"] == pytest.approx(results[tid], rel=1e-12)
         assert record["attempts"] == 1  # the preemption did not count as a failure
@@ -305,7 +342,7 @@ def test_the_api_server_and_isoflop_validate_refuse_too_few_resamples_alike(
 ) -> None:
     """A rule of the fit (0 or 100+ resamples) is a CEL rule of the CRD too: before, the server
     stored such a sweep and the operator then marked it InvalidSpec."""
-    manifest = yaml.safe_load((ROOT / "tests" / "operator" / "small-sweep.yaml").read_text())
+    manifest = api.yaml_load((ROOT / "tests" / "operator" / "small-sweep.yaml").read_text())
     manifest["metadata"] = {"name": "few", "namespace": "default"}
     manifest["spec"]["fit"]["bootstrap"] = 50
     path = tmp_path / "sweep.yaml"

@@ -27,7 +27,7 @@ from isoflop.plan import plan
 from isoflop.trials import train_config
 from tests.monitoring.conftest import DASHBOARD, RULES, Prometheus, start_prometheus
 from tests.operator.conftest import k8s, threaded_operator, wait_for  # noqa: F401
-from tests.operator.emulator import SWEEPS_URL, finish
+from tests.operator.emulator import SWEEPS_URL, finish, trial_records
 from tests.operator.test_operator import jobs, loss_of
 from tests.trainer.helpers import env, free_port, train_command
 
@@ -187,7 +187,7 @@ async def test_prometheus_serves_results_dashboard_and_alerts(
         await asyncio.sleep(3)  # a few more scrapes and rule evaluations with everything present
         end = time.time()  # the operator's series go stale once it stops: query up to here
 
-    records = {r["id"]: r for r in status()["trials"]}
+    records = {r["id"]: r for r in trial_records(k8s, SWEEP)}
     assert records[scraped.id]["source"] == "prometheus"
     assert records[scraped.id]["loss"] == pytest.approx(trained_loss, rel=1e-12)
     others = [r for tid, r in records.items() if tid != scraped.id and r["phase"] == "Succeeded"]

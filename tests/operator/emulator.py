@@ -88,3 +88,17 @@ async def finish(k8s: Any, name: str, result: dict[str, Any], exit_code: int = 0
         },
     }
     await k8s.post("/api/v1/namespaces/default/pods", json=pod)
+
+
+CONFIGMAPS = kmock.resource("v1/configmaps")
+
+
+def trial_records(k8s: Any, sweep: str = "qs") -> list[dict[str, Any]]:
+    """The per-trial records the operator keeps in the sweep's ConfigMaps (one per budget)."""
+    out = []
+    for key, obj in list(k8s.objects.items()):
+        labels = obj.get("metadata", {}).get("labels") or {}
+        if key[0] != CONFIGMAPS or obj.deleted or labels.get("isoflop.dev/sweep") != sweep:
+            continue
+        out += [json.loads(v) for v in (obj.get("data") or {}).values()]
+    return out

@@ -17,7 +17,7 @@ from prometheus_client import REGISTRY
 from isoflop import api
 from isoflop.plan import plan
 from tests.operator.conftest import running_operator, threaded_operator, wait_for
-from tests.operator.emulator import SWEEPS, finish
+from tests.operator.emulator import SWEEPS, finish, trial_records
 
 ROOT = Path(__file__).resolve().parents[2]
 JOBS = kmock.resource("batch/v1/jobs")
@@ -87,9 +87,11 @@ async def test_a_sweep_runs_its_trials_within_parallelism_to_fitted_laws(k8s: An
         await wait_for(lambda: sweep_status(k8s).get("phase") == "Succeeded")
     status = sweep_status(k8s)
     assert status["progress"] == f"{len(trials)}/{len(trials)}"
-    assert all(
-        t["source"] == "termination-message" for t in status["trials"] if t["phase"] == "Succeeded"
-    )
+    done = [t for t in trial_records(k8s) if t["phase"] == "Succeeded"]
+    assert len(done) == len(trials)
+    assert {t["source"] for t in done} == {"termination-message"}
+    assert not status.get("trials")  # per-budget summaries in the status, records in ConfigMaps
+    assert sum(b["succeeded"] for b in status["budgets"]) == len(trials)
     assert abs(status["fit"]["laws"]["params"]["exponent"] - 0.5) < 0.05
     assert len(status["fit"]["budgetFits"]) == 3
     conditions = {c["type"]: c["status"] for c in status["conditions"]}
@@ -227,8 +229,7 @@ async def test_restarts_at_random_points_run_every_trial_once_and_lose_nothing(k
     )
     assert set(creates) == set(trials)
     assert set(creates.values()) == {1}  # no trial ran twice
-    status = sweep_status(k8s)
-    got = {f"qs-{t['id']}": t["loss"] for t in status["trials"] if t["phase"] == "Succeeded"}
+    got = {f"qs-{t['id']}": t["loss"] for t in trial_records(k8s) if t["phase"] == "Succeeded"}
     assert got == pytest.approx({name: loss_of(t) for name, t in trials.items()})  # none lost
 
 

@@ -135,7 +135,7 @@ def test_missing_spec_fields_and_wrong_kind() -> None:
         api.ManifestError, match=r"expected apiVersion isoflop\.dev/v1alpha1 and kind ScalingSweep"
     ):
         api.parse_sweep({**MINIMAL, "kind": "Job"})
-    with pytest.raises(api.ManifestError, match=r"^metadata\.name: String should match pattern"):
+    with pytest.raises(api.ManifestError, match=r"^metadata\.name: must be a DNS label"):
         api.parse_sweep({**MINIMAL, "metadata": {"name": "Bad_Name"}})
 
 

@@ -1,0 +1,322 @@
+"""A corpus of invalid ScalingSweep manifests: what `isoflop validate`, the API server and the
+operator must all refuse alike.
+
+Most manifests are generated from the CRD's own schema: for every field of the spec, a valid
+manifest (the quickstart example, with the field's parents filled in validly when it has none) is
+broken in one way the schema forbids: a wrong type ("4" for 4, "true" for true, a list for an
+object), a value past a bound, a string off its pattern or too long, a value outside an enum, too
+many or too few items, an unknown key, a snake_case key, a missing required key. The rest are
+written by hand: rules that cross fields (the server stores those; the operator must refuse
+them with a condition), names Kubernetes allows but a sweep cannot carry, nesting deep enough to
+break a JSON decoder, and specs that validate but cannot be planned.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from isoflop import api, crd
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = ROOT / "examples" / "quickstart.yaml"
+
+Path_ = tuple[str | int, ...]
+
+
+def base_manifest() -> dict[str, Any]:
+    return api.yaml_load(BASE.read_text())  # type: ignore[no-any-return]
+
+
+def _valid(schema: dict[str, Any]) -> Any:
+    """A small value the schema accepts (its default where it has one)."""
+    if "default" in schema and schema["default"] not in ({}, None):
+        return copy.deepcopy(schema["default"])
+    if "enum" in schema:
+        return schema["enum"][0]
+    kind = schema.get("type")
+    if kind == "object":
+        props = schema.get("properties", {})
+        return {k: _valid(props[k]) for k in schema.get("required", [])}
+    if kind == "array":
+        return [_valid(schema["items"]) for _ in range(schema.get("minItems", 0))]
+    if kind == "integer":
+        return max(int(schema.get("minimum", 1)), 1)
+    if kind == "number":
+        return float(schema.get("minimum", 0)) + 1.0 if "minimum" in schema else 1.0
+    if kind == "boolean":
+        return True
+    if kind == "string":
+        pattern = schema.get("pattern")
+        for candidate in ("a", "1", "s3://bucket/prefix", "http://127.0.0.1:9090", "1h"):
+            if pattern is None or re.search(pattern, candidate):
+                return candidate
+        raise ValueError(f"no candidate string matches {pattern}")
+    raise ValueError(f"cannot make a value for {schema}")
+
+
+def _get(obj: Any, path: Path_) -> Any:
+    for key in path:
+        obj = obj[key]
+    return obj
+
+
+def _ensure(manifest: dict[str, Any], path: Path_, schemas: list[dict[str, Any]]) -> bool:
+    """Fill in the parents of `path` (and the field itself) with valid values where absent."""
+    node: Any = manifest
+    for key, schema in zip(path, schemas, strict=True):
+        if isinstance(key, int):
+            if not isinstance(node, list):
+                return False
+            while len(node) <= key:
+                node.append(_valid(schema))
+        elif key not in node or node[key] is None:
+            node[key] = _valid(schema)
+        node = node[key]
+    return True
+
+
+def _set(manifest: dict[str, Any], path: Path_, value: Any) -> None:
+    _get(manifest, path[:-1])[path[-1]] = value
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def _breaks_pattern(pattern: str) -> str:
+    for candidate in ("Not Valid!", "UPPER", "-x-", "x y", ""):
+        if not re.search(pattern, candidate):
+            return candidate
+    raise ValueError(f"every candidate matches {pattern}")
+
+
+def _walk(
+    schema: dict[str, Any], path: Path_, schemas: list[dict[str, Any]]
+) -> Iterator[tuple[Path_, dict[str, Any], list[dict[str, Any]]]]:
+    yield path, schema, schemas
+    if schema.get("type") == "object":
+        for key, sub in schema.get("properties", {}).items():
+            yield from _walk(sub, (*path, key), [*schemas, sub])
+        extra = schema.get("additionalProperties")
+        if isinstance(extra, dict):
+            yield from _walk(extra, (*path, "some-key"), [*schemas, extra])
+    elif schema.get("type") == "array":
+        yield from _walk(schema["items"], (*path, 0), [*schemas, schema["items"]])
+
+
+def _mutations(schema: dict[str, Any]) -> Iterator[tuple[str, Any]]:
+    """(what, value) pairs the schema refuses, for a field of this schema."""
+    kind = schema.get("type")
+    if kind in ("integer", "number"):
+        yield "a numeric string", "4"
+        yield "a boolean", True
+        if kind == "integer":
+            yield "a fraction", 1.5
+        if "minimum" in schema:
+            low = schema["minimum"]
+            yield "below its minimum", low if schema.get("exclusiveMinimum") else low - 1
+        if "maximum" in schema:
+            high = schema["maximum"]
+            yield "above its maximum", high if schema.get("exclusiveMaximum") else high * 2 + 1
+    elif kind == "string":
+        yield "a number", 7
+        yield "a list", ["x"]
+        if "enum" in schema:
+            yield "outside its enum", "bogus"
+        if "pattern" in schema:
+            yield "off its pattern", _breaks_pattern(schema["pattern"])
+        if "maxLength" in schema:
+            yield "too long", "a" * (schema["maxLength"] + 1)
+        if schema.get("minLength"):
+            yield "too short", ""
+    elif kind == "boolean":
+        yield "a string", "true"
+        yield "a number", 1
+    elif kind == "array":
+        yield "a string", "x"
+        yield "an object", {"x": 1}
+        if "maxItems" in schema:
+            yield "too many items", [_valid(schema["items"])] * (schema["maxItems"] + 1)
+        if schema.get("minItems"):
+            yield "too few items", []
+    elif kind == "object":
+        yield "a string", "x"
+        yield "a list", [1]
+        if "properties" in schema:
+            yield "an unknown key", "UNKNOWN"  # marker: add a key rather than set the value
+        if "maxProperties" in schema:
+            yield "too many keys", {f"k{i}": "v" for i in range(schema["maxProperties"] + 1)}
+
+
+def schema_corpus() -> Iterator[tuple[str, dict[str, Any]]]:
+    spec = crd.openapi_schema()["properties"]["spec"]
+    base = base_manifest()
+    for path, schema, schemas in _walk(spec, ("spec",), [spec]):
+        if path == ("spec",):
+            continue
+        filled = copy.deepcopy(base)
+        if not _ensure(filled, path, schemas):
+            continue
+        try:
+            api.parse_sweep(filled)
+        except api.ManifestError:
+            continue  # the field cannot be filled in alone (e.g. depths beside configs)
+        where = ".".join(str(p) for p in path)
+        for what, value in _mutations(schema):
+            broken = copy.deepcopy(filled)
+            if value == "UNKNOWN":
+                _get(broken, path)["bogusField"] = 1
+            else:
+                _set(broken, path, value)
+            yield f"{where} {what}", broken
+        # a camelCase key written in snake_case (the server knows only the camelCase one)
+        key = path[-1]
+        if isinstance(key, str) and _snake(key) != key and key != "some-key":
+            broken = copy.deepcopy(filled)
+            parent = _get(broken, path[:-1])
+            parent[_snake(key)] = parent.pop(key)
+            yield f"{where} in snake_case", broken
+        # a required key left out
+        for required in schema.get("required", []):
+            broken = copy.deepcopy(filled)
+            del _get(broken, path)[required]
+            yield f"{where} without {required}", broken
+
+
+def _nested(depth: int) -> dict[str, Any]:
+    node: dict[str, Any] = {"key": "gpu", "operator": "Exists"}
+    for _ in range(depth):
+        node = {"nodeSelectorTerms": [node]}
+    return node
+
+
+def hand_corpus() -> Iterator[tuple[str, dict[str, Any]]]:
+    base = base_manifest()
+
+    def edit(what: str, change: Any) -> tuple[str, dict[str, Any]]:
+        m = copy.deepcopy(base)
+        change(m)
+        return what, m
+
+    spec = "spec"
+    yield edit("name with a dot", lambda m: m["metadata"].__setitem__("name", "quick.start"))
+    yield edit("name of 41 characters", lambda m: m["metadata"].__setitem__("name", "q" * 41))
+    yield edit("name of 63 characters", lambda m: m["metadata"].__setitem__("name", "q" * 63))
+    yield edit("name in upper case", lambda m: m["metadata"].__setitem__("name", "Quick"))
+    yield edit("name ending in -", lambda m: m["metadata"].__setitem__("name", "quick-"))
+    yield edit("no spec", lambda m: m.pop(spec))
+    yield edit("spec a list", lambda m: m.__setitem__(spec, [1]))
+    yield edit("no model", lambda m: m[spec].pop("model"))
+    yield edit("no budgets", lambda m: m[spec].pop("budgets"))
+    yield edit("budgets as strings", lambda m: m[spec].__setitem__("budgets", ["3e10", "6e10"]))
+    yield edit("a budget repeated", lambda m: m[spec].__setitem__("budgets", [3e10, 3e10]))
+    yield edit("a negative budget", lambda m: m[spec].__setitem__("budgets", [-3e10]))
+    yield edit("a zero budget", lambda m: m[spec].__setitem__("budgets", [0]))
+    yield edit("depths beside configs", lambda m: m[spec]["model"].__setitem__("depths", [2, 3]))
+    yield edit("neither depths nor configs", lambda m: m[spec]["model"].pop("configs"))
+    yield edit(
+        "a depth repeated",
+        lambda m: (m[spec]["model"].pop("configs"), m[spec]["model"].update(depths=[2, 2])),
+    )
+    yield edit(
+        "width not a multiple of headDim",
+        lambda m: (
+            m[spec]["model"].pop("configs"),
+            m[spec]["model"].update(depths=[2, 3], widthPerDepth=12),
+        ),
+    )
+    yield edit(
+        "rung names repeated",
+        lambda m: m[spec]["model"]["configs"].append(dict(m[spec]["model"]["configs"][0])),
+    )
+    yield edit(
+        "a rung whose width does not split into heads",
+        lambda m: m[spec]["model"]["configs"].append({"name": "odd", "depth": 2, "width": 44}),
+    )
+    yield edit(
+        "latentShape not divisible by patchSize",
+        lambda m: m[spec]["data"].__setitem__("latentShape", [3, 18, 18]),
+    )
+    yield edit(
+        "latentShape with a zero", lambda m: m[spec]["data"].__setitem__("latentShape", [3, 0, 16])
+    )
+    yield edit(
+        "holdOutBudget not a budget", lambda m: m[spec]["fit"].__setitem__("holdOutBudget", 5e10)
+    )
+    yield edit("bootstrap 50", lambda m: m[spec]["fit"].__setitem__("bootstrap", 50))
+    yield edit("betas of 1", lambda m: m[spec]["training"].__setitem__("betas", [0.9, 1.0]))
+    yield edit("three betas", lambda m: m[spec]["training"].__setitem__("betas", [0.9, 0.9, 0.9]))
+    yield edit(
+        "budgets too close to tell apart",
+        lambda m: m[spec].__setitem__("budgets", [3e10, 3.0000001e10]),
+    )
+    yield edit(
+        "4,160 trials", lambda m: m[spec].__setitem__("budgets", [3e10 * 1.1**i for i in range(65)])
+    )
+    yield edit(
+        "64 budgets x 9 rungs x 8 replicates",
+        lambda m: (
+            m[spec].__setitem__("budgets", [3e10 * 1.1**i for i in range(64)]),
+            m[spec]["training"].__setitem__("replicates", 8),
+        ),
+    )
+    yield edit("mlpRatio 1e-9", lambda m: m[spec]["model"].__setitem__("mlpRatio", 1e-9))
+    yield edit(
+        "budgets too small for any trial", lambda m: m[spec].__setitem__("budgets", [1e3, 2e3])
+    )
+    required = "requiredDuringSchedulingIgnoredDuringExecution"
+    for depth in (30, 100, 1000):
+        yield edit(
+            f"affinity nested {depth} deep",
+            lambda m, d=depth: (
+                m[spec]
+                .setdefault("resources", {})
+                .__setitem__("affinity", {"nodeAffinity": {required: _nested(d)}})
+            ),
+        )
+    yield edit(
+        "affinity of unknown shape",
+        lambda m: (
+            m[spec]
+            .setdefault("resources", {})
+            .__setitem__("affinity", {"gpuAffinity": {"a": {"b": {"c": 1}}}})
+        ),
+    )
+    yield edit(
+        "a node selector with an object value",
+        lambda m: m[spec].setdefault("resources", {}).__setitem__("nodeSelector", {"a": {"b": 1}}),
+    )
+
+
+def invalid_manifests() -> list[tuple[str, dict[str, Any]]]:
+    """Every manifest of the corpus, with a short description of how it is broken."""
+    seen: set[str] = set()
+    out = []
+    for what, manifest in [*hand_corpus(), *schema_corpus()]:
+        if what not in seen:
+            seen.add(what)
+            out.append((what, manifest))
+    return out
+
+
+def write_corpus(directory: Path) -> dict[str, str]:
+    """Each manifest as a JSON file (JSON is YAML) in `directory`: {file name: description}."""
+    import json
+    import sys
+
+    directory.mkdir(parents=True, exist_ok=True)
+    names = {}
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(limit, 10_000))  # only to write the deepest ones
+    try:
+        for i, (what, manifest) in enumerate(invalid_manifests()):
+            name = f"{i:04d}.json"
+            (directory / name).write_text(json.dumps(manifest))
+            names[name] = what
+    finally:
+        sys.setrecursionlimit(limit)
+    return names

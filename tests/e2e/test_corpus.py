@@ -1,0 +1,117 @@
+"""One definition of valid: the invalid corpus (tests/corpus.py) given to the real API server
+(`kubectl apply --dry-run=server`, as a user applies a manifest) and, for what the server stores,
+to the operator. `isoflop validate` refuses every one of them (tests/unit/test_corpus.py); here,
+each is refused by the server too, or the operator marks it InvalidSpec with one sentence and
+creates nothing, and stays alive for the next sweep."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from isoflop import api
+from isoflop.plan import runnable_plan
+from tests.corpus import base_manifest, write_corpus
+from tests.e2e.cluster import Cluster, Operator
+
+NAMESPACE = "corpus"
+
+
+def server_verdicts(cluster: Cluster, directory: Path, files: dict[str, str]) -> set[str]:
+    """The files the API server refuses, from one `kubectl apply --dry-run=server` of them all."""
+    out = cluster.kubectl("apply", "--dry-run=server", "-f", str(directory), check=False)
+    refused = set(re.findall(r'"[^"]*/(\d{4}\.json)"', out.stderr))
+    stored = out.stdout.count("(server dry run)")
+    assert refused <= set(files)
+    assert stored + len(refused) == len(files), (stored, len(refused), out.stderr[-3000:])
+    return refused
+
+
+def sweeps(cluster: Cluster) -> list[dict[str, Any]]:
+    out = cluster.kubectl("get", "scalingsweeps", "-n", NAMESPACE, "-o", "json")
+    return json.loads(out.stdout)["items"]  # type: ignore[no-any-return]
+
+
+def invalid_condition(obj: dict[str, Any]) -> dict[str, Any] | None:
+    for c in obj.get("status", {}).get("conditions", []):
+        if c["type"] == "Failed" and c["reason"] == "InvalidSpec":
+            return c  # type: ignore[no-any-return]
+    return None
+
+
+def test_the_api_server_isoflop_validate_and_the_operator_agree_on_every_invalid_manifest(
+    cluster: Cluster, installed: Path, tmp_path: Path
+) -> None:
+    files = write_corpus(tmp_path / "corpus")
+    assert len(files) >= 250
+    refused = server_verdicts(cluster, tmp_path / "corpus", files)
+    stored = sorted(set(files) - refused)
+    print(f"corpus: {len(files)} manifests, {len(refused)} refused by the server, {len(stored)}")
+    print("stored, for the operator to refuse:", "; ".join(files[f] for f in stored))
+    by_server = {files[f] for f in refused}
+    # the server's own rules: types, bounds, patterns, unknown and snake_case keys, names
+    for what in (
+        "name with a dot",
+        "name of 41 characters",
+        "spec.training.globalBatchSize a numeric string",
+        "spec.training.compile a string",
+        "spec.training.globalBatchSize in snake_case",
+        "spec.fit.bootstrap below its minimum",
+        "affinity of unknown shape",
+        "affinity nested 1000 deep",
+    ):
+        assert what in by_server, what
+    # what only the operator can judge is stored by the server: it must say InvalidSpec
+    assert stored, "every manifest refused by the server: the operator's part is untested"
+    cluster.kubectl("create", "namespace", NAMESPACE)
+    operator = Operator(installed, tmp_path / "operator.log")
+    log = (tmp_path / "operator.log").read_text
+    try:
+        for i, name in enumerate(stored):
+            manifest = json.loads((tmp_path / "corpus" / name).read_text())
+            manifest["metadata"] = {"name": f"invalid-{i}", "namespace": NAMESPACE}
+            out = cluster.kubectl("create", "-f", "-", stdin=json.dumps(manifest), check=False)
+            assert out.returncode == 0, (files[name], out.stderr)
+        deadline = time.monotonic() + 180
+        while True:
+            items = sweeps(cluster)
+            pending = [o["metadata"]["name"] for o in items if invalid_condition(o) is None]
+            if not pending:
+                break
+            assert operator.proc.poll() is None, log()[-3000:]
+            assert time.monotonic() < deadline, (pending, log()[-3000:])
+            time.sleep(1)
+        assert len(items) == len(stored)
+        for obj in items:
+            condition = invalid_condition(obj)
+            assert condition is not None
+            assert obj["status"]["phase"] == "Failed"
+            assert condition["message"].startswith(("spec", "metadata.")), condition
+            assert "\n" not in condition["message"]
+        jobs = cluster.kubectl("get", "jobs,services", "-n", NAMESPACE, "-o", "name").stdout
+        assert jobs.strip() == ""  # nothing created for an invalid sweep
+        # and the operator still serves the next, valid sweep
+        manifest = base_manifest()
+        manifest["metadata"] = {"name": "valid-after", "namespace": NAMESPACE}
+        trials = runnable_plan(api.parse_sweep(manifest).spec).trials
+        cluster.kubectl("create", "-f", "-", stdin=json.dumps(manifest))
+
+        def valid_jobs() -> int:
+            out = cluster.kubectl(
+                "get", "jobs", "-n", NAMESPACE, "-l", "isoflop.dev/sweep=valid-after", "-o", "name"
+            )
+            return len(out.stdout.split())
+
+        cluster.wait_for(
+            lambda: valid_jobs() == min(manifest["spec"]["parallelism"], len(trials)),
+            60,
+            "the valid sweep's first Jobs: " + log()[-2000:],
+        )
+        assert operator.proc.poll() is None
+        assert "Traceback" not in log(), log()[-3000:]
+    finally:
+        cluster.kubectl("delete", "scalingsweeps", "--all", "-n", NAMESPACE, check=False)
+        operator.stop()
