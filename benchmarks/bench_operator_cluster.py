@@ -7,13 +7,20 @@ audit log counts every request that ServiceAccount makes. Trial pods run on fake
 end, with a termination message, as soon as they run. One JSON line per sweep size; the first
 size, measured in the same run, is the baseline for the ratios.
 
-    .venv/bin/python -m benchmarks.bench_operator_cluster [--sizes 100 1000]
+    .venv/bin/python -m benchmarks.bench_operator_cluster [--sizes 100 1000 4096]
+    .venv/bin/python -m benchmarks.bench_operator_cluster --sizes 400 --kill-every 4
+
+With --kill-every, the operator is SIGKILLed and restarted every few seconds; the line counts the
+kills, the results lost (a trial's record differs from what its pod reported) and the Jobs the
+server created twice (from the audit log).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import random
 import subprocess
 import sys
 import tempfile
@@ -56,8 +63,32 @@ def requests(log: Path) -> Counter[str]:
     return out
 
 
-def measure(trials: int, root: Path) -> dict[str, Any]:
-    cluster = Cluster(root / f"cluster-{trials}", audit_namespace=NAMESPACE)
+def created_jobs(log: Path) -> Counter[str]:
+    """Jobs the server created (201), by name, from the audit log: a second one is a duplicate."""
+    out: Counter[str] = Counter()
+    for line in log.read_text().splitlines():
+        event = json.loads(line)
+        ref = event.get("objectRef") or {}
+        code = (event.get("responseStatus") or {}).get("code")
+        complete = event.get("stage") == "ResponseComplete"
+        if complete and event["verb"] == "create" and ref.get("resource") == "jobs" and code == 201:
+            out[ref.get("name") or "-"] += 1
+    return out
+
+
+def start_operator(env: dict[str, str], log: Any) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "kopf", "run", "--module=isoflop.operator", "--all-namespaces",
+         "--standalone"],
+        stdout=log, stderr=subprocess.STDOUT, env=env,
+    )  # fmt: skip
+
+
+def measure(trials: int, root: Path, kill_every: float | None = None) -> dict[str, Any]:
+    """One sweep of `trials` trials; with kill_every, the operator is SIGKILLed and restarted at
+    random intervals of about that many seconds, and lost results and duplicate Jobs are counted."""
+    rng = random.Random(trials)
+    cluster = Cluster(root / f"cluster-{trials}-{kill_every}", audit_namespace=NAMESPACE)
     cluster.start()
     operator = None
     try:
@@ -76,11 +107,10 @@ def measure(trials: int, root: Path) -> dict[str, Any]:
         token = cluster.service_account_kubeconfig(NAMESPACE, account, root / "sa.kubeconfig")
         env = env_with(token) | {"ISOFLOP_RECONCILE_SECONDS": "1"}
         log = open(root / f"operator-{trials}.log", "wb")  # noqa: SIM115 - closed below
-        operator = subprocess.Popen(
-            [sys.executable, "-m", "kopf", "run", "--module=isoflop.operator", "--all-namespaces",
-             "--standalone"],
-            stdout=log, stderr=subprocess.STDOUT, env=env,
-        )  # fmt: skip
+        operator = start_operator(env, log)
+        kills = 0
+        next_kill = time.monotonic() + rng.uniform(0.5, 1.5) * (kill_every or math.inf)
+        reported: dict[str, float] = {}
         time.sleep(3)
         obj = manifest(f"sweep{trials}", trials)
         obj["metadata"] = {"name": obj["metadata"]["name"], "namespace": "default"}
@@ -97,12 +127,19 @@ def measure(trials: int, root: Path) -> dict[str, Any]:
             )
             if (sweep.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
                 break
+            if kill_every and time.monotonic() > next_kill:
+                operator.kill()  # no shutdown, no cleanup: a crash or an evicted pod
+                operator.wait()
+                kills += 1
+                operator = start_operator(env, log)
+                next_kill = time.monotonic() + rng.uniform(0.5, 1.5) * kill_every
             running = core.list_namespaced_pod("default", field_selector="status.phase=Running")
             for pod in running.items:
                 if pod.status.phase != "Running" or pod.metadata.name in ended:
                     continue
                 ended.add(pod.metadata.name)
                 loss = 1.0 + (hash(pod.metadata.name) % 97) / 1000
+                reported[pod.metadata.labels["isoflop.dev/trial"]] = loss
                 result = json.dumps({"status": "succeeded", "eval_loss": loss})
                 core.patch_namespaced_pod(
                     pod.metadata.name,
@@ -118,6 +155,14 @@ def measure(trials: int, root: Path) -> dict[str, Any]:
         ).items
         map_sizes = [len(json.dumps(client.sanitize_for_serialization(m))) for m in maps]
         stored = sum(len(cm.data or {}) for cm in maps)
+        kept = {
+            tid: json.loads(text)["loss"]
+            for cm in maps
+            for tid, text in (cm.data or {}).items()
+            if json.loads(text)["phase"] == "Succeeded"
+        }
+        lost = sum(kept.get(tid) != loss for tid, loss in reported.items())
+        creates = created_jobs(cluster.audit_log)
         ours = requests(cluster.audit_log)
         total = sum(ours.values())
         writes = sum(n for k, n in ours.items() if k.split(":")[0] in WRITES)
@@ -137,6 +182,9 @@ def measure(trials: int, root: Path) -> dict[str, Any]:
             "records_configmaps": len(maps),
             "records_stored": stored,
             "largest_records_configmap_bytes": max(map_sizes, default=0),
+            "operator_kills": kills,
+            "lost_results": lost,
+            "duplicate_jobs": sum(n - 1 for n in creates.values() if n > 1),
         }
     finally:
         if operator is not None:
@@ -148,11 +196,17 @@ def measure(trials: int, root: Path) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--sizes", type=int, nargs="+", default=[100, 1000])
+    ap.add_argument(
+        "--kill-every",
+        type=float,
+        default=None,
+        help="SIGKILL and restart the operator about every this many seconds",
+    )
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench-operator-cluster-"))
     base = None
     for n in args.sizes:
-        line = measure(n, root)
+        line = measure(n, root, args.kill_every)
         if base is None:
             base = line
         else:

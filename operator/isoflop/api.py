@@ -251,7 +251,9 @@ class TrainingSpec(SpecModel):
     decay_fraction: float = Field(default=0.2, ge=0, le=1, description="Cooldown fraction for wsd.")
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"
     compile: bool = Field(default=True, description="torch.compile the model (GPU).")
-    seed: int = Field(default=0, ge=0)
+    seed: int = Field(
+        default=0, ge=0, le=2**53 - 1, description="At most 2^53 - 1, exact in any JSON client."
+    )
     replicates: int = Field(
         default=1,
         ge=1,
@@ -405,6 +407,20 @@ class ResourcesSpec(SpecModel):
     s3_credentials_secret: Name | None = Field(
         default=None,
         description="Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY for s3:// data.",
+    )
+    max_runtime_seconds: int = Field(
+        default=7 * 24 * 3600,
+        ge=60,
+        le=365 * 24 * 3600,
+        description="A trial still running after this long, retries included, fails (its Job's "
+        "activeDeadlineSeconds).",
+    )
+    finished_ttl_seconds: int = Field(
+        default=24 * 3600,
+        ge=0,
+        le=365 * 24 * 3600,
+        description="Finished trial Jobs and their pods are deleted this long after they end; "
+        "their results stay in the trial records.",
     )
 
 
@@ -819,6 +835,12 @@ class ScalingSweepStatus(Model):
     )
     fit: FitResult | None = None
     data: DataStatus | None = None
+    admitted: dict[str, str] | None = Field(
+        default=None,
+        description="A digest of each field that defines the sweep (model.family, data, "
+        "flopsAccounting) as first admitted: a spec that differs in one is refused, and nothing "
+        "is done for it until the field is restored.",
+    )
 
 
 # ------------------------------------------------------------------------------------------------

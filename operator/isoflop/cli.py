@@ -263,6 +263,14 @@ def cmd_run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 130
+    except OSError as err:  # a full disk, a folder gone: one sentence, the run resumable
+        where = f" {err.filename}" if err.filename else ""
+        print(
+            f"isoflop: error: cannot write{where}: {err.strerror or err}. Finished trials are "
+            f"kept in {directory}; free the space and run the same command again to resume.",
+            file=sys.stderr,
+        )
+        return 1
     print()
     if run.fit_text is not None:
         print(run.fit_text)

@@ -68,6 +68,12 @@ def labels(sweep: str, trial: Trial) -> dict[str, str]:
     }
 
 
+def job_owner(name: str, uid: str) -> dict[str, Any]:
+    """The ownerReference that makes a trial's headless Service go with its Job (cancelled,
+    expired by its TTL, or collected with the sweep)."""
+    return {"apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": uid}
+
+
 def owner_reference(sweep: api.ScalingSweep, uid: str) -> dict[str, Any]:
     return {
         "apiVersion": api.API_VERSION,
@@ -82,7 +88,8 @@ def owner_reference(sweep: api.ScalingSweep, uid: str) -> dict[str, Any]:
 def trial_objects(
     sweep: api.ScalingSweep, uid: str, namespace: str, trial: Trial, config: TrainConfig
 ) -> list[dict[str, Any]]:
-    """The Job of one trial, preceded by its headless Service when it spans several nodes."""
+    """The Job of one trial, followed by its headless Service when it spans several nodes (the
+    caller gives the Service its Job as owner: job_owner)."""
     spec, res = sweep.spec, sweep.spec.resources
     name = job_name(sweep.name, trial.id)
     app = component(
@@ -156,6 +163,8 @@ def trial_objects(
         # failures are retried by the Job; a preempted pod (SIGTERM, checkpoint saved) or a
         # disrupted one is retried without counting against the limit
         "backoffLimit": spec.retries.per_trial if not multi else spec.retries.per_trial * res.nodes,
+        "activeDeadlineSeconds": res.max_runtime_seconds,
+        "ttlSecondsAfterFinished": res.finished_ttl_seconds,
         "podFailurePolicy": {
             "rules": [
                 {
@@ -183,13 +192,16 @@ def trial_objects(
             "completions": res.nodes,
             "parallelism": res.nodes,
         }
-    objects: list[dict[str, Any]] = []
-    if multi:
+    objects: list[dict[str, Any]] = [
+        {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": job_spec}
+    ]
+    if multi:  # created after its Job, which owns it (job_owner): it goes when the Job goes
+        service_meta = {k: v for k, v in meta.items() if k != "ownerReferences"}
         objects.append(
             {
                 "apiVersion": "v1",
                 "kind": "Service",
-                "metadata": meta,
+                "metadata": service_meta,
                 "spec": {
                     "clusterIP": "None",
                     "publishNotReadyAddresses": True,
@@ -198,7 +210,6 @@ def trial_objects(
                 },
             }
         )
-    objects.append({"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": job_spec})
     return objects
 
 
@@ -263,6 +274,7 @@ def data_check_job(sweep: api.ScalingSweep, uid: str, namespace: str) -> dict[st
         "spec": {
             "backoffLimit": 2,  # an unreachable store may come back; a wrong index does not
             "activeDeadlineSeconds": 600,
+            "ttlSecondsAfterFinished": spec.resources.finished_ttl_seconds,
             "podFailurePolicy": {"rules": [FAIL_ON_DATA_ERROR]},
             "template": {"metadata": {"labels": job_labels}, "spec": pod},
         },
@@ -270,7 +282,9 @@ def data_check_job(sweep: api.ScalingSweep, uid: str, namespace: str) -> dict[st
 
 
 def _pod_identity(pod: dict[str, Any], res: api.ResourcesSpec) -> None:
-    """The sweep's image pull secrets and ServiceAccount, on any pod the operator creates."""
+    """The sweep's image pull secrets and ServiceAccount, on any pod the operator creates; no
+    API token is mounted (the trainer never calls the Kubernetes API)."""
+    pod["automountServiceAccountToken"] = False
     if res.image_pull_secrets:
         pod["imagePullSecrets"] = [{"name": n} for n in res.image_pull_secrets]
     if res.service_account_name:

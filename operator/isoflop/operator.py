@@ -17,6 +17,7 @@ duplicate (a 409 on create means the Job exists).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -36,7 +37,7 @@ from kubernetes.client.rest import ApiException
 from prometheus_client import start_http_server
 from pydantic import ValidationError
 
-from isoflop import api, engine, opmetrics, records
+from isoflop import api, engine, opmetrics, policy, records
 from isoflop.datacheck import epochs
 from isoflop.engine import TrialState
 from isoflop.manifests import (
@@ -47,6 +48,7 @@ from isoflop.manifests import (
     cluster_config,
     data_check_job,
     job_name,
+    job_owner,
     records_name,
     trial_objects,
 )
@@ -88,6 +90,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
             os.environ.get("ISOFLOP_PEERING_PRIORITY") or random.randrange(1, 2**31)
         )
     memo.clients = make_clients()
+    memo.policy = policy.Policy.from_env()
     port = os.environ.get("ISOFLOP_METRICS_PORT")
     if port:  # the operator's own metrics (trials by phase, exponents, errors, latency)
         address = os.environ.get("ISOFLOP_METRICS_ADDRESS", "0.0.0.0")
@@ -137,24 +140,66 @@ def _get(obj: Any, path: tuple[str, ...]) -> Any:
 
 @kopf.on.create(api.GROUP, api.VERSION, api.PLURAL)
 @kopf.on.resume(api.GROUP, api.VERSION, api.PLURAL)
-def admit(name: str, spec: kopf.Spec, patch: kopf.Patch, **_: Any) -> None:
+def admit(name: str, spec: kopf.Spec, patch: kopf.Patch, memo: Any, **_: Any) -> None:
     """Validate the name and the spec; an invalid one ends here, with a condition naming the field
     (and nothing created)."""
     try:
-        api.parse_name(name)
-        runnable_plan(api.parse_spec(dict(spec)))
+        admissible(name, spec, memo)
     except api.ManifestError as err:
         raise invalid(patch, str(err)) from None
 
 
+def admissible(name: str, spec: Any, memo: Any) -> api.ScalingSweepSpec:
+    """The spec of a sweep the operator may run: a usable name, a valid spec that can be
+    planned, and nothing the installation's policy forbids; else a ManifestError's sentence."""
+    api.parse_name(name)
+    parsed = api.parse_spec(dict(spec))
+    runnable_plan(parsed)
+    refused = policy.check(parsed, getattr(memo, "policy", None) or policy.Policy())
+    if refused is not None:
+        raise api.ManifestError(refused)
+    return parsed
+
+
+def identity(spec: api.ScalingSweepSpec) -> dict[str, str]:
+    """A digest of each field that defines a sweep (defaults filled in)."""
+    wire = spec.to_wire()
+    return {
+        ".".join(path): hashlib.sha256(
+            json.dumps(_get(wire, path), sort_keys=True).encode()
+        ).hexdigest()[:16]
+        for path in IMMUTABLE
+    }
+
+
+def changed_identity(spec: api.ScalingSweepSpec, status: Any) -> str | None:
+    """The sentence refusing a spec whose defining fields differ from the admitted ones; None
+    when they match (or nothing was admitted yet)."""
+    admitted = (status or {}).get("admitted")
+    if not isinstance(admitted, dict):
+        return None
+    for path, digest in identity(spec).items():
+        if admitted.get(path) not in (None, digest):
+            return f"spec.{path} is immutable; restore it, or create a new sweep instead"
+    return None
+
+
 @kopf.on.update(api.GROUP, api.VERSION, api.PLURAL, field="spec")
-def update(old: Any, new: Any, patch: kopf.Patch, **_: Any) -> None:
+def update(
+    name: str, old: Any, new: Any, status: Any, patch: kopf.Patch, memo: Any, **_: Any
+) -> None:
     """Refuse changes to what defines a sweep; anything else is picked up by the next reconcile."""
     for path in IMMUTABLE:
-        if _get(old, path) != _get(new, path):
+        if _get(old, path) != _get(new, path) and not (status or {}).get("admitted"):
             raise invalid(patch, f"spec.{'.'.join(path)} is immutable; create a new sweep instead")
     try:
-        runnable_plan(api.parse_spec(dict(new)))
+        refused = changed_identity(api.parse_spec(dict(new)), status)
+    except api.ManifestError:
+        refused = None
+    if refused is not None:
+        raise invalid(patch, refused)
+    try:
+        admissible(name, new, memo)
     except api.ManifestError as err:
         raise invalid(patch, str(err)) from None
 
@@ -184,11 +229,19 @@ def reconcile(
     namespace = namespace or "default"
     try:
         sweep = api.ScalingSweep(
-            metadata=api.ObjectMeta(name=name, namespace=namespace), spec=api.parse_spec(dict(spec))
+            metadata=api.ObjectMeta(name=name, namespace=namespace),
+            spec=admissible(name, spec, memo),
         )
-        runnable_plan(sweep.spec)
     except (api.ManifestError, ValidationError):
         return  # admit() has recorded why
+    refused = changed_identity(sweep.spec, status)
+    if refused is not None:  # a defining field changed: act on nothing until it is restored
+        said = [c.get("message") for c in status.get("conditions") or []]
+        if refused not in said:
+            invalid(patch, refused)
+        return
+    if not status.get("admitted"):  # first sight of a valid spec: what defines the sweep
+        patch.status["admitted"] = identity(sweep.spec)
     try:
         _reconcile(
             sweep,
@@ -208,6 +261,21 @@ def reconcile(
         ) from err
     finally:
         LATENCY.observe(time.monotonic() - start)
+
+
+def same(stored: Any, wanted: Any) -> bool:
+    """Whether the server holds what we would write. Numbers compare as floats: a float that the
+    server wrote back as an integer (beyond 2^53, as the shortest decimal) is the same float."""
+    number = (int, float)
+    if isinstance(stored, number) and isinstance(wanted, number):
+        if isinstance(stored, bool) or isinstance(wanted, bool):
+            return stored is wanted
+        return float(stored) == float(wanted)
+    if isinstance(stored, dict) and isinstance(wanted, dict):
+        return stored.keys() == wanted.keys() and all(same(stored[k], wanted[k]) for k in wanted)
+    if isinstance(stored, list) and isinstance(wanted, list):
+        return len(stored) == len(wanted) and all(map(same, stored, wanted))
+    return bool(stored == wanted)
 
 
 def states_from_records(records: Iterable[dict[str, Any]]) -> dict[str, TrialState]:
@@ -280,7 +348,9 @@ def _reconcile(
             # pods that failed so far, retried by the Job's backoff (preemptions are not counted)
             attempts = 1 + (st.failed or 0)
             states[tid] = TrialState("Running" if st.active else "Starting", attempts)
-    fitted = tuple(status.get("fittedBudgets") or ())
+    # the server writes a float such as 1.29746337890625e17 back as the integer of its shortest
+    # decimal form, which Python keeps exact: float() gives the budget back
+    fitted = tuple(float(b) for b in status.get("fittedBudgets") or ())
     previous_fit = status.get("fit")
     fit_result = api.FitResult.model_validate(previous_fit) if previous_fit else None
     decision = engine.decide(spec, p, states, fitted)
@@ -305,14 +375,21 @@ def _reconcile(
         t = launch.trial
         cfg = train_config(spec, sweep.name, t, **cluster_config(sweep, t))
         refused = None
+        job_uid = ""
         for obj in trial_objects(sweep, uid, namespace, t, cfg):
+            name = obj["metadata"]["name"]
             try:
                 if obj["kind"] == "Job":
-                    clients.batch.create_namespaced_job(namespace, obj)
+                    created = clients.batch.create_namespaced_job(namespace, obj)
+                    job_uid = created.metadata.uid or ""
                 else:
+                    obj["metadata"]["ownerReferences"] = [job_owner(name, job_uid)]
                     clients.core.create_namespaced_service(namespace, obj)
             except ApiException as err:
                 if err.status == 409:  # it exists already (a restart, another replica)
+                    if obj["kind"] == "Job":
+                        found = clients.batch.read_namespaced_job(name, namespace)
+                        job_uid = found.metadata.uid or ""
                     continue
                 if err.status not in (400, 422):  # 400, 422: refused as it is; retries cannot help
                     raise
@@ -357,7 +434,7 @@ def _reconcile(
     if decision.phase in ("Succeeded", "Failed") and status.get("phase") != decision.phase:
         kopf.event(body, type="Normal", reason=f"Sweep{decision.phase}", message=decision.message)
     for key, value in new.items():
-        if status.get(key) != value:  # patch only what changed: no churn on quiet reconciles
+        if not same(status.get(key), value):  # patch only what changed: no churn when quiet
             patch.status[key] = value
     opmetrics.record(
         namespace,

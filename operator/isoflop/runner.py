@@ -33,6 +33,7 @@ from isoflop.forecast import Law, simulated_loss
 from isoflop.plan import Plan, Trial, format_flops, plan
 from isoflop.trials import fit, train_config
 from isoflop_trainer.config import TrainConfig
+from isoflop_trainer.store import atomic_write
 
 ObservedPhase = Literal["Running", "Succeeded", "Failed", "Interrupted"]
 
@@ -392,6 +393,7 @@ class Run:
                 raise KeyboardInterrupt
 
         old = {n: signal.signal(n, on_signal) for n in (signal.SIGINT, signal.SIGTERM)}
+        decision: engine.Decision | None = None
         try:
             while True:
                 decision = self.step()
@@ -403,7 +405,7 @@ class Run:
         finally:
             for signum, handler in old.items():
                 signal.signal(signum, handler)
-            if interrupted or decision.phase not in ("Succeeded", "Failed"):
+            if interrupted or decision is None or decision.phase not in ("Succeeded", "Failed"):
                 display.note("stopping: running trials save checkpoints ...")
                 self.backend.shutdown()
                 for tid, s in self.states.items():
@@ -411,9 +413,15 @@ class Run:
                         self.states[tid] = TrialState(
                             phase="Pending", attempts=max(s.attempts - 1, 0)
                         )
-                self.save()
+                failing = sys.exc_info()[0] is not None
+                try:
+                    self.save()
+                except OSError:
+                    if not failing:  # the first error (a full disk) says it all: no second one
+                        raise
         if interrupted:
             raise KeyboardInterrupt
+        assert decision is not None
         self.report(decision)
         return decision
 
@@ -481,12 +489,6 @@ class Run:
         atomic_write(self.dir / "report.md", report_markdown(self, status, self.fit_text))
         self.plots = plots
         return analysis
-
-
-def atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def fit_key(

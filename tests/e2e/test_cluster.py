@@ -194,6 +194,53 @@ def test_a_sweep_reads_its_results_from_the_real_prometheus(
     assert abs(status["fit"]["laws"]["params"]["exponent"] - 0.5) < 0.05
 
 
+def test_a_multi_node_trials_headless_service_goes_with_its_job(
+    cluster: Cluster, installed: Path, tmp_path: Path
+) -> None:
+    """A trial on 2 nodes gets an Indexed Job and a headless Service that its Job owns: when the
+    Job goes (cancelled, expired by its TTL, collected with the sweep), the garbage collector
+    takes the Service too (before, the Service stayed until the sweep was deleted)."""
+    manifest = api.yaml_load((ROOT / "tests" / "operator" / "small-sweep.yaml").read_text())
+    manifest["metadata"] = {"name": "multi", "namespace": "default"}
+    manifest["spec"]["budgets"] = [3e10]
+    manifest["spec"]["parallelism"] = 1
+    manifest["spec"]["resources"] = {"nodes": 2, "gpusPerNode": 1, "cpu": "1", "memory": "1Gi"}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    operator = Operator(installed, tmp_path / "operator.log")
+
+    def objects(kind: str) -> list[dict[str, Any]]:
+        out = cluster.kubectl("get", kind, "-n", "default", "-l", "isoflop.dev/sweep=multi",
+                              "-o", "json")  # fmt: skip
+        return json.loads(out.stdout)["items"]  # type: ignore[no-any-return]
+
+    try:
+        cluster.kubectl("apply", "-f", str(path))
+        cluster.wait_for(
+            lambda: bool(objects("services")), 60, "the headless Service: "
+            + (tmp_path / "operator.log").read_text()[-2000:],
+        )  # fmt: skip
+        (service,) = objects("services")
+        name = service["metadata"]["name"]
+        (job,) = [j for j in objects("jobs") if j["metadata"]["name"] == name]
+        assert job["spec"]["completionMode"] == "Indexed"
+        (owner,) = service["metadata"]["ownerReferences"]
+        assert (owner["kind"], owner["name"], owner["uid"]) == (
+            "Job", job["metadata"]["name"], job["metadata"]["uid"]
+        )  # fmt: skip
+        cluster.kubectl("delete", "job", job["metadata"]["name"], "-n", "default",
+                        "--cascade=background")  # fmt: skip
+        old = service["metadata"]["uid"]
+        cluster.wait_for(
+            lambda: old not in {s["metadata"]["uid"] for s in objects("services")},
+            60,
+            "the garbage collector to take the Service with its Job",
+        )
+    finally:
+        cluster.kubectl("delete", "scalingsweep", "multi", "-n", "default", check=False)
+        operator.stop()
+
+
 def test_the_api_server_itself_refuses_an_edit_of_an_immutable_field(
     cluster: Cluster, installed: Path, tmp_path: Path
 ) -> None:

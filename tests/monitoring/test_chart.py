@@ -186,17 +186,24 @@ def covers(rules: list[dict[str, Any]], group: str, resource: str, verb: str) ->
     )
 
 
-# (group, resource, verb) the operator's code uses: kopf's watch and patches, its Jobs, Services
-# of multi-node trials, pods' termination messages, Events.
+# (group, resource, verb) the operator's code uses, and nothing more: kopf's watch and patches,
+# its Jobs (get: the uid of one that exists already), Services of multi-node trials, the trial
+# records' ConfigMaps, pods' termination messages, Events. tests/e2e runs the operator with exactly
+# these rights.
 NEEDED = [("isoflop.dev", "scalingsweeps", verb) for verb in ("list", "watch", "patch")] + [
     ("isoflop.dev", "scalingsweeps/status", "patch"),
+    ("batch", "jobs", "get"),
     ("batch", "jobs", "list"),
     ("batch", "jobs", "create"),
     ("batch", "jobs", "delete"),
     ("", "services", "create"),
+    ("", "configmaps", "list"),
+    ("", "configmaps", "create"),
+    ("", "configmaps", "patch"),
     ("", "pods", "list"),
     ("", "events", "create"),
 ]
+KOPF = {("apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("get", "list", "watch")}
 
 
 def test_cluster_wide_rbac_by_default(helm: str) -> None:
@@ -213,6 +220,7 @@ def test_cluster_wide_rbac_by_default(helm: str) -> None:
         for r in rule["resources"]
         for v in rule["verbs"]
     ]
+    assert set(flat) == set(NEEDED) | KOPF  # no verb the code never uses
     assert all("*" not in item for item in flat)  # no wildcards
     assert not any(r == "secrets" for _, r, _ in flat)  # trials get S3 keys by reference only
     binding = one(objs, "ClusterRoleBinding")
@@ -403,3 +411,23 @@ def test_bad_values_fail_to_render_naming_the_value(helm: str, value: str, named
     )
     assert out.returncode != 0
     assert named in out.stderr
+
+
+def test_policy_allowlists_reach_the_operator_as_environment_variables(helm: str) -> None:
+    def env(sets: list[str]) -> dict[str, str]:
+        container = one(render(helm, sets), "Deployment")["spec"]["template"]["spec"]
+        return {e["name"]: e.get("value", "") for e in container["containers"][0]["env"]}
+
+    default = env([])
+    assert "ISOFLOP_ALLOWED_IMAGES" not in default  # null: any image
+    assert default["ISOFLOP_ALLOWED_PROMETHEUS_URLS"] == ""  # sweeps name no URL of their own
+    chosen = env(
+        [
+            "policy.images={ghcr.io/isoflop/*,registry.corp/ml/*}",
+            "policy.serviceAccounts={default}",
+            "operator.prometheusUrl=http://prometheus-operated.monitoring:9090",
+        ]
+    )
+    assert chosen["ISOFLOP_ALLOWED_IMAGES"] == "ghcr.io/isoflop/*,registry.corp/ml/*"
+    assert chosen["ISOFLOP_ALLOWED_SERVICE_ACCOUNTS"] == "default"
+    assert chosen["ISOFLOP_ALLOWED_PROMETHEUS_URLS"] == "http://prometheus-operated.monitoring:9090"

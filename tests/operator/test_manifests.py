@@ -11,7 +11,7 @@ import kubernetes_validate
 import pytest
 
 from isoflop import api
-from isoflop.manifests import cluster_config, job_name, trial_objects
+from isoflop.manifests import cluster_config, data_check_job, job_name, trial_objects
 from isoflop.plan import plan
 from isoflop.trials import train_config
 from isoflop_trainer.config import TrainConfig
@@ -87,14 +87,32 @@ def test_single_node_job_pod_spec() -> None:
     assert pod["serviceAccountName"] == "trainer"
     assert pod["restartPolicy"] == "Never"
     assert spec["template"]["metadata"]["labels"]["isoflop.dev/trial"] == "1e17-d02"
+    assert spec["activeDeadlineSeconds"] == 7 * 24 * 3600  # a hung trial ends
+    assert spec["ttlSecondsAfterFinished"] == 24 * 3600  # its record outlives the Job
+    assert pod["automountServiceAccountToken"] is False  # the trainer needs no API token
+
+
+def test_deadline_and_ttl_come_from_the_spec_and_the_data_check_mounts_no_token() -> None:
+    sweep = paper(maxRuntimeSeconds=3600, finishedTtlSeconds=60, serviceAccountName="trainer")
+    (job,) = objects(sweep)
+    assert job["spec"]["activeDeadlineSeconds"] == 3600
+    assert job["spec"]["ttlSecondsAfterFinished"] == 60
+    wire = sweep.to_wire()
+    wire["spec"]["data"] = {**wire["spec"]["data"], "source": "s3://bucket/shards"}
+    check = data_check_job(api.parse_sweep(wire), "uid-1", "ml")
+    assert check["spec"]["ttlSecondsAfterFinished"] == 60
+    assert check["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+    assert check["spec"]["template"]["spec"]["serviceAccountName"] == "trainer"
+    kubernetes_validate.validate(copy.deepcopy(check), "1.33", strict=True)
 
 
 def test_multi_node_trials_are_indexed_jobs_with_a_headless_service() -> None:
-    service, job = objects(paper(nodes=4))
+    job, service = objects(paper(nodes=4))
     name = job["metadata"]["name"]
     assert service["kind"] == "Service"
     assert service["metadata"]["name"] == name
     assert service["spec"]["clusterIP"] == "None"
+    assert "ownerReferences" not in service["metadata"]  # the operator makes its Job its owner
     assert service["spec"]["selector"] == {
         "isoflop.dev/sweep": "paper-in-context",
         "isoflop.dev/trial": "1e17-d02",

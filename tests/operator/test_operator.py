@@ -308,8 +308,21 @@ async def test_changing_an_immutable_field_is_refused_with_a_condition(k8s: Any)
                 c.get("reason") == "InvalidSpec" for c in sweep_status(k8s).get("conditions", [])
             )
         )
-    ready = next(c for c in sweep_status(k8s)["conditions"] if c["type"] == "Ready")
-    assert ready["message"] == "spec.model.family is immutable; create a new sweep instead"
+        await asyncio.sleep(2.0)  # ten reconciles: none undoes the refusal or acts on the change
+        status = sweep_status(k8s)
+        assert status["phase"] == "Failed"
+        ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+        assert ready["reason"] == "InvalidSpec"
+        assert ready["message"].startswith("spec.model.family is immutable")
+        assert len(jobs(k8s)) == 1  # no trial of the other family was launched
+        # restored, the sweep goes on where it was
+        await k8s.patch(
+            "/apis/isoflop.dev/v1alpha1/namespaces/default/scalingsweeps/qs",
+            json={"spec": obj["spec"], "metadata": {"generation": 3}},
+        )
+        await wait_for(lambda: sweep_status(k8s).get("phase") == "Running")
+        conditions = sweep_status(k8s)["conditions"]
+        assert not any(c.get("reason") == "InvalidSpec" for c in conditions)
 
 
 async def test_shard_data_is_checked_by_a_job_before_any_trial_starts(k8s: Any) -> None:
@@ -389,3 +402,48 @@ async def test_mismatched_data_fails_the_sweep_once_with_its_sentence(k8s: Any) 
     assert failed["reason"] == "InvalidData"
     assert failed["message"] == sentence
     assert status["data"] == {"ready": False, "message": sentence}
+
+
+async def test_a_sweep_outside_the_installations_policy_is_refused_and_creates_nothing(
+    k8s: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The chart's allowlists reach the operator as environment variables: a sweep naming an
+    image, a ServiceAccount or a Prometheus URL outside them runs nothing (the operator creates
+    its pods with its own rights)."""
+    monkeypatch.setenv("ISOFLOP_ALLOWED_IMAGES", "ghcr.io/isoflop/*")
+    monkeypatch.setenv("ISOFLOP_ALLOWED_SERVICE_ACCOUNTS", "default,trainer")
+    monkeypatch.setenv("ISOFLOP_ALLOWED_PROMETHEUS_URLS", "")
+    cases = {
+        "image": ({"resources": {"image": "docker.io/evil/miner:1"}}, "spec.resources.image"),
+        "account": (
+            {"resources": {"image": "ghcr.io/isoflop/t:1", "serviceAccountName": "admin"}},
+            "spec.resources.serviceAccountName",
+        ),
+        "metadata": (
+            {
+                "resources": {"image": "ghcr.io/isoflop/t:1"},
+                "metrics": {"prometheusUrl": "http://169.254.169.254/latest"},
+            },
+            "spec.metrics.prometheusUrl",
+        ),
+    }
+    async with running_operator(k8s):
+        for name, (spec, _) in cases.items():
+            obj = manifest(**spec)
+            obj["metadata"] = {**obj["metadata"], "name": name, "uid": f"uid-{name}"}
+            await k8s.post("/apis/isoflop.dev/v1alpha1/namespaces/default/scalingsweeps", json=obj)
+        allowed = manifest(parallelism=1, resources={"image": "ghcr.io/isoflop/trainer:0.2"})
+        await k8s.post("/apis/isoflop.dev/v1alpha1/namespaces/default/scalingsweeps", json=allowed)
+        keys = {n: (kmock.resource(SWEEPS), "default", n) for n in cases}
+        await wait_for(
+            lambda: all(
+                (k8s.objects[k].get("status") or {}).get("phase") == "Failed" for k in keys.values()
+            )
+        )
+        await wait_for(lambda: len(jobs(k8s)) == 1)  # the allowed sweep runs
+    assert list(jobs(k8s)) == ["qs-3e10-d01"]
+    for name, (_, field) in cases.items():
+        conditions = k8s.objects[keys[name]]["status"]["conditions"]
+        ready = next(c for c in conditions if c["type"] == "Ready")
+        assert ready["reason"] == "InvalidSpec"
+        assert ready["message"].startswith(field), ready["message"]

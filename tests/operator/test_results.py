@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from types import SimpleNamespace
 from typing import Any
 
 from isoflop import api
-from isoflop.operator import Clients, read_result
+from isoflop.operator import Clients, read_result, same
 from tests.trainer.helpers import free_port
 
 
@@ -92,3 +93,20 @@ def test_the_result_is_the_succeeded_pods_not_an_earlier_preempted_ones() -> Non
     loss, _, note, _ = read_result(clients, spec(None), "s", "default", "t1", "s-t1")  # type: ignore[misc]
     assert loss is None
     assert note == "the trainer reported failed: late"
+
+
+def test_a_status_the_server_wrote_back_is_the_same_as_the_one_sent() -> None:
+    """The API server writes a float beyond 2^53 back as the integer of its shortest decimal form
+    (1.29746337890625e17 -> 129746337890625000, which Python keeps exact and != the float): the
+    operator must not take that for a change, patch it again and refit on every reconcile."""
+    budget = 1e15 * 1.5**12
+    written = int(Decimal(repr(budget)))  # what the server returns: 129746337890625000
+    back = {"budgets": [{"budget": written, "trials": 50}]}
+    assert back["budgets"][0]["budget"] != budget  # what the server returns is not == the float
+    assert same(back["budgets"], [{"budget": budget, "trials": 50}])
+    assert float(back["budgets"][0]["budget"]) == budget
+    assert not same([{"budget": budget, "trials": 50}], [{"budget": budget, "trials": 51}])
+    assert not same({"a": True}, {"a": 1})
+    assert not same({"a": 1}, {"a": 1, "b": 2})
+    assert same("x", "x")
+    assert not same("x", "y")

@@ -23,7 +23,7 @@ from isoflop_trainer.data import FORMAT, Batch, ProceduralShapes, Shards, write_
 from isoflop_trainer.evaluate import validation_loss
 from isoflop_trainer.flow import flow_loss
 from isoflop_trainer.model import DiT
-from isoflop_trainer.train import train
+from isoflop_trainer.train import step_seed, train
 from tests.trainer.helpers import env, free_port, run_trial, tiny, train_command
 
 
@@ -40,6 +40,15 @@ def test_a_tiny_trial_lowers_validation_loss(tmp_path: Path) -> None:
     assert result["flops"] == 150 * 8 * cfg.model.flops_per_sample().total
     assert result["params"] == cfg.model.params().total
     assert json.loads(Path(cfg.results or "").read_text())["eval_loss"] == result["eval_loss"]
+
+
+def test_the_largest_seed_a_manifest_allows_trains(tmp_path: Path) -> None:
+    """A seed of 2^53 - 1 overflowed the step generator's 64 bits; small seeds are unchanged."""
+    assert step_seed(7, 3) == 7 * 1_000_003 + 3
+    assert step_seed(2**53 - 1, 5) < 2**64
+    result, code = train(tiny(tmp_path, steps=3, eval_samples=8, seed=2**53 - 1))
+    assert code == 0, result.get("error")
+    assert result["status"] == "succeeded"
 
 
 def test_gradient_accumulation_matches_the_full_batch() -> None:

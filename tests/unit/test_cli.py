@@ -195,3 +195,40 @@ def test_fit_errors_are_one_sentence(
     err = capsys.readouterr().err
     assert err.startswith(message)
     assert err.count("\n") == 1
+
+
+def test_a_full_disk_ends_a_run_in_one_sentence_and_leaves_no_temporary_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk fills after a few writes: the old file stays whole, no .tmp stays behind, and the
+    run ends with one sentence (before: three chained tracebacks and .tmp files)."""
+    import errno
+
+    from isoflop import runner
+    from isoflop_trainer import store
+
+    writes = []
+    real_write_bytes = Path.write_bytes
+
+    def filling(self: Path, data: bytes) -> int:
+        writes.append(self)
+        if len(writes) > 3:
+            real_write_bytes(self, data[:10])  # part of it lands, then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device", str(self))
+        return real_write_bytes(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", filling)
+    monkeypatch.setattr(runner, "atomic_write", store.atomic_write)
+    run_dir = tmp_path / "run"
+    code = cli.main(
+        ["run", "examples/quickstart.yaml", "--simulate", "--run-dir", str(run_dir), "--plain"]
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    assert err[-1].startswith("isoflop: error: cannot write ")
+    assert "No space left on device" in err[-1]
+    assert "run the same command again to resume" in err[-1]
+    assert not any("Traceback" in line for line in err)
+    assert sorted(p.name for p in run_dir.rglob("*.tmp")) == []
+    for written in run_dir.glob("*.json"):  # what was written before is whole
+        json.loads(written.read_text())

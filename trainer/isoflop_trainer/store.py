@@ -31,12 +31,17 @@ FORMAT = "isoflop-shards/v1"
 DATA_ERROR_EXIT_CODE = 65
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write a file whole or not at all: readers never see half of it (a rename in one folder)."""
+def atomic_write(path: Path, data: bytes | str) -> None:
+    """Write a file whole or not at all: readers never see half of it (a rename in one folder),
+    and a failed write (a full disk) leaves the old file and no temporary one behind."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    try:
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 class Store:

@@ -108,6 +108,12 @@ class State:
     steady_samples: int = 0
 
 
+def step_seed(seed: int, step: int) -> int:
+    """The seed of a step's noise, timesteps and caption dropout: a pure function of (seed, step),
+    within the 64 bits a torch generator takes (the same as before for seeds below 1.8e13)."""
+    return (seed * 1_000_003 + step) % 2**64
+
+
 def chunks(per_rank: int, micro: int) -> list[tuple[int, int]]:
     """Split a rank's share of the global batch into micro-batches (offsets within the share)."""
     return [(lo, min(lo + micro, per_rank)) for lo in range(0, per_rank, micro)]
@@ -373,7 +379,7 @@ def _train(
             lr = cfg.learning_rate * cfg.lr_multiplier(step)
             for group in opt.param_groups:
                 group["lr"] = lr
-            g = torch.Generator(device=rt.device).manual_seed(cfg.seed * 1_000_003 + step)
+            g = torch.Generator(device=rt.device).manual_seed(step_seed(cfg.seed, step))
             noise_all = torch.randn((B, *shape), generator=g, device=rt.device)
             t_all = sample_timesteps(B, cfg.timestep_sampling, g, str(rt.device))
             keep_all = keep_captions(B, cfg.text_dropout, g, str(rt.device))

@@ -37,10 +37,10 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- define "isoflop.namespacedRules" -}}
 - apiGroups: [isoflop.dev]
   resources: [scalingsweeps]
-  verbs: [get, list, watch, patch]
+  verbs: [list, watch, patch]
 - apiGroups: [isoflop.dev]
   resources: [scalingsweeps/status]
-  verbs: [get, patch]
+  verbs: [patch]
 - apiGroups: [batch]
   resources: [jobs]
   verbs: [get, list, create, delete]
@@ -52,8 +52,8 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
   verbs: [list, create, patch]
 - apiGroups: [""]
   resources: [pods]
-  verbs: [get, list]
-- apiGroups: ["", events.k8s.io]
+  verbs: [list]
+- apiGroups: [""]
   resources: [events]
   verbs: [create]
 {{- if include "isoflop.peering" . }}

@@ -1,0 +1,85 @@
+"""What an operator installation lets sweeps ask for: images, ServiceAccounts, Prometheus URLs.
+
+A sweep becomes pods that run with the operator's rights to create them: without a policy, anyone
+who may create a ScalingSweep may run any image as any ServiceAccount of the namespace, and have
+the operator GET any URL as "Prometheus" (a cloud metadata address included). The chart sets the
+allowlists (`policy.*` values, environment variables here); a sweep outside them is InvalidSpec,
+with a sentence, and nothing is created for it. Patterns are shell globs (`fnmatch`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from urllib.parse import urlsplit
+
+from isoflop import api
+
+ENV = {
+    "images": "ISOFLOP_ALLOWED_IMAGES",
+    "service_accounts": "ISOFLOP_ALLOWED_SERVICE_ACCOUNTS",
+    "prometheus_urls": "ISOFLOP_ALLOWED_PROMETHEUS_URLS",
+}
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Allowlists of glob patterns; None allows anything (the default for images and accounts)."""
+
+    images: tuple[str, ...] | None = None
+    service_accounts: tuple[str, ...] | None = None
+    prometheus_urls: tuple[str, ...] | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> Policy:
+        """Comma-separated patterns; unset means no restriction, empty means none allowed."""
+
+        def patterns(name: str) -> tuple[str, ...] | None:
+            raw = env.get(name)
+            if raw is None:
+                return None
+            return tuple(p.strip() for p in raw.split(",") if p.strip())
+
+        return cls(**{field: patterns(var) for field, var in ENV.items()})
+
+
+def _allowed(value: str, patterns: tuple[str, ...] | None) -> bool:
+    return patterns is None or any(fnmatchcase(value, p) for p in patterns)
+
+
+def _link_local(url: str) -> bool:
+    """A link-local address (169.254.0.0/16, fe80::/10): where clouds serve instance metadata."""
+    host = urlsplit(url).hostname or ""
+    try:
+        return ipaddress.ip_address(host).is_link_local
+    except ValueError:
+        return False
+
+
+def check(spec: api.ScalingSweepSpec, policy: Policy) -> str | None:
+    """The sentence refusing what the policy does not allow; None when the sweep is allowed."""
+    res = spec.resources
+    if not _allowed(res.image, policy.images):
+        return (
+            f"spec.resources.image {res.image!r} is not allowed by this installation "
+            f"(allowed: {', '.join(policy.images or ()) or 'none'})"
+        )
+    account = res.service_account_name or "default"
+    if not _allowed(account, policy.service_accounts):
+        return (
+            f"spec.resources.serviceAccountName {account!r} is not allowed by this installation "
+            f"(allowed: {', '.join(policy.service_accounts or ()) or 'none'})"
+        )
+    url = spec.metrics.prometheus_url
+    if url is not None:
+        if _link_local(url):
+            return f"spec.metrics.prometheusUrl {url!r} is a link-local address, never Prometheus"
+        if not _allowed(url, policy.prometheus_urls):
+            return (
+                f"spec.metrics.prometheusUrl {url!r} is not allowed by this installation "
+                f"(allowed: {', '.join(policy.prometheus_urls or ()) or 'none'})"
+            )
+    return None
