@@ -30,7 +30,7 @@ if ! built; then
   work="$ROOT/.tools/control-plane/.build-$$"
   rm -rf "$work"
   mkdir -p "$work/bin"
-  trap 'chmod -R u+w "$work" 2>/dev/null; rm -rf "$work"' EXIT
+  trap 'if [ -d "$work" ]; then chmod -R u+w "$work"; rm -rf "$work"; fi' EXIT
   if [ "${ISOFLOP_KEEP_GO_CACHE:-0}" != 1 ]; then
     export GOCACHE="$work/go-cache" GOMODCACHE="$work/go-mod" GOFLAGS="${GOFLAGS:-} -modcacherw"
   fi
