@@ -142,7 +142,7 @@ async def measure(trials: int) -> dict[str, Any]:
             for k, obj in k8s.objects.items()
             if k[0] == kmock.resource("v1/configmaps") and k[2].startswith(f"{name}-trials-")
         ]
-        sizes = [len(json.dumps(dict(cm.get("data") or {}))) for cm in records]
+        sizes = [len(json.dumps(cm.get("data") or {}, default=dict)) for cm in records]
         return {
             "bench": "operator",
             "trials": trials,
@@ -153,7 +153,7 @@ async def measure(trials: int) -> dict[str, Any]:
             "seconds": round(seconds, 2),
             "maxrss_growth_mib": round(rss_growth / 1024, 1),
             "maxrss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10, 1),
-            "status_bytes": len(json.dumps(dict(status), separators=(",", ":"))),
+            "status_bytes": len(json.dumps(status, separators=(",", ":"), default=dict)),
             "records_configmaps": len(sizes),
             "largest_records_configmap_data_bytes": max(sizes, default=0),
         }
