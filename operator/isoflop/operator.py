@@ -255,10 +255,22 @@ def reconcile(
             logger,
         )
     except ApiException as err:
+        # refused for now (a quota, a missing right, a server under load): the sweep says so, with
+        # the server's own words, and the reconcile retries; the next good one clears it
         ERRORS.labels(namespace, name).inc()
-        raise kopf.TemporaryError(
-            f"Kubernetes API error {err.status}: {err.reason}", delay=15
-        ) from err
+        message = f"the API server answered {err.status}: {server_message(err)}"
+        kept = [c for c in status.get("conditions") or [] if c.get("type") != "APIError"]
+        patch.status["conditions"] = [
+            *kept,
+            {
+                "type": "APIError",
+                "status": "True",
+                "reason": str(err.reason or err.status).replace(" ", ""),
+                "message": message,
+                "lastTransitionTime": now(),
+            },
+        ]
+        raise kopf.TemporaryError(message, delay=15) from err
     finally:
         LATENCY.observe(time.monotonic() - start)
 

@@ -241,6 +241,54 @@ def test_a_multi_node_trials_headless_service_goes_with_its_job(
         operator.stop()
 
 
+def test_a_quota_that_refuses_jobs_puts_the_servers_words_on_the_sweep_until_lifted(
+    cluster: Cluster, installed: Path, tmp_path: Path
+) -> None:
+    """A ResourceQuota allows no Job in the namespace: the server answers 403 on every create.
+    The sweep carries an APIError condition with the server's message (before: nothing on the
+    sweep, and only the reason, 'Forbidden', in the operator's log); once the quota is lifted,
+    the sweep runs and the condition goes."""
+    cluster.kubectl("create", "namespace", "quota")
+    quota = {
+        "apiVersion": "v1",
+        "kind": "ResourceQuota",
+        "metadata": {"name": "no-jobs", "namespace": "quota"},
+        "spec": {"hard": {"count/jobs.batch": "0"}},
+    }
+    cluster.kubectl("apply", "-f", "-", stdin=json.dumps(quota))
+    manifest = api.yaml_load((ROOT / "tests" / "operator" / "small-sweep.yaml").read_text())
+    manifest["metadata"] = {"name": "quota", "namespace": "quota"}
+    manifest["spec"]["parallelism"] = 1
+    operator = Operator(installed, tmp_path / "operator.log")
+
+    def conditions() -> dict[str, dict[str, Any]]:
+        status = sweep(cluster, "quota", "quota").get("status", {})
+        return {c["type"]: c for c in status.get("conditions", [])}
+
+    try:
+        cluster.kubectl("apply", "-f", "-", stdin=json.dumps(manifest))
+        cluster.wait_for(
+            lambda: "APIError" in conditions(),
+            60,
+            "an APIError condition: " + (tmp_path / "operator.log").read_text()[-2000:],
+        )
+        error = conditions()["APIError"]
+        assert error["message"].startswith("the API server answered 403: ")
+        assert "quota" in error["message"]  # the server's own explanation
+        cluster.kubectl("delete", "resourcequota", "no-jobs", "-n", "quota")
+        cluster.wait_for(
+            lambda: (
+                "APIError" not in conditions()
+                and bool(cluster.kubectl("get", "jobs", "-n", "quota", "-o", "name").stdout.strip())
+            ),
+            90,
+            "the sweep to run once the quota is lifted",
+        )
+    finally:
+        cluster.kubectl("delete", "scalingsweep", "quota", "-n", "quota", check=False)
+        operator.stop()
+
+
 def test_the_api_server_itself_refuses_an_edit_of_an_immutable_field(
     cluster: Cluster, installed: Path, tmp_path: Path
 ) -> None:
