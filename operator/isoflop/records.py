@@ -43,13 +43,12 @@ def write(
     namespace: str,
     budgets: Mapping[str, float],
     records: Iterable[api.TrialRecord],
-) -> int:
-    """Add records to their budgets' ConfigMaps (created on first use); returns the writes made."""
+) -> None:
+    """Add records to their budgets' ConfigMaps (created on first use)."""
     by_budget: dict[float, dict[str, str]] = {}
     for r in records:
         text = json.dumps(r.to_wire(), separators=(",", ":"))
         by_budget.setdefault(budgets[r.id], {})[r.id] = text
-    writes = 0
     for budget, data in sorted(by_budget.items()):
         name = records_name(sweep.name, budget)
         try:
@@ -65,6 +64,3 @@ def write(
                 if again.status != 409:  # created meanwhile: add to it
                     raise
                 core.patch_namespaced_config_map(name, namespace, {"data": data})
-                writes += 1
-        writes += 1
-    return writes

@@ -31,6 +31,13 @@ def loss_of(budget: float, params: float) -> float:
     return 1.0 - 0.05 * math.log10(budget) + 0.2 * (math.log10(params) - x_opt) ** 2
 
 
+def small_sweep(name: str, namespace: str = "default") -> dict[str, Any]:
+    """The operator tests' small sweep under another name."""
+    manifest = api.yaml_load((ROOT / "tests" / "operator" / "small-sweep.yaml").read_text())
+    manifest["metadata"] = {"name": name, "namespace": namespace}
+    return manifest  # type: ignore[no-any-return]
+
+
 def sweep(cluster: Cluster, name: str, namespace: str = "default") -> dict[str, Any]:
     out = cluster.kubectl("get", "scalingsweep", name, "-n", namespace, "-o", "json", check=False)
     return json.loads(out.stdout) if out.returncode == 0 else {}
@@ -53,8 +60,7 @@ def running_trial_pods(cluster: Cluster, sweep_name: str) -> list[dict[str, Any]
 def test_a_sweep_applied_with_kubectl_runs_to_fitted_laws_with_the_charts_rbac(
     cluster: Cluster, installed: Path, tmp_path: Path
 ) -> None:
-    manifest = api.yaml_load((ROOT / "tests" / "operator" / "small-sweep.yaml").read_text())
-    manifest["metadata"] = {"name": "e2e", "namespace": "default"}
+    manifest = small_sweep("e2e")
     manifest["spec"]["parallelism"] = 3
     parsed = api.parse_sweep(manifest)
     trials = {t.id: t for t in plan(parsed.spec).trials}
@@ -151,8 +157,7 @@ def test_a_sweep_reads_its_results_from_the_real_prometheus(
         ],
         [],
     )
-    manifest = api.yaml_load((ROOT / "tests" / "operator" / "small-sweep.yaml").read_text())
-    manifest["metadata"] = {"name": "scraped", "namespace": "default"}
+    manifest = small_sweep("scraped")
     manifest["spec"]["parallelism"] = 3
     manifest["spec"]["metrics"] = {"prometheusUrl": prom.url, "lookback": "10m"}
     trials = {t.id: t for t in plan(api.parse_sweep(manifest).spec).trials}
@@ -200,8 +205,7 @@ def test_a_multi_node_trials_headless_service_goes_with_its_job(
     """A trial on 2 nodes gets an Indexed Job and a headless Service that its Job owns: when the
     Job goes (cancelled, expired by its TTL, collected with the sweep), the garbage collector
     takes the Service too (before, the Service stayed until the sweep was deleted)."""
-    manifest = api.yaml_load((ROOT / "tests" / "operator" / "small-sweep.yaml").read_text())
-    manifest["metadata"] = {"name": "multi", "namespace": "default"}
+    manifest = small_sweep("multi")
     manifest["spec"]["budgets"] = [3e10]
     manifest["spec"]["parallelism"] = 1
     manifest["spec"]["resources"] = {"nodes": 2, "gpusPerNode": 1, "cpu": "1", "memory": "1Gi"}
@@ -256,8 +260,7 @@ def test_a_quota_that_refuses_jobs_puts_the_servers_words_on_the_sweep_until_lif
         "spec": {"hard": {"count/jobs.batch": "0"}},
     }
     cluster.kubectl("apply", "-f", "-", stdin=json.dumps(quota))
-    manifest = api.yaml_load((ROOT / "tests" / "operator" / "small-sweep.yaml").read_text())
-    manifest["metadata"] = {"name": "quota", "namespace": "quota"}
+    manifest = small_sweep("quota", "quota")
     manifest["spec"]["parallelism"] = 1
     operator = Operator(installed, tmp_path / "operator.log")
 
@@ -292,8 +295,7 @@ def test_a_quota_that_refuses_jobs_puts_the_servers_words_on_the_sweep_until_lif
 def test_the_api_server_itself_refuses_an_edit_of_an_immutable_field(
     cluster: Cluster, installed: Path, tmp_path: Path
 ) -> None:
-    manifest = api.yaml_load((ROOT / "tests" / "operator" / "small-sweep.yaml").read_text())
-    manifest["metadata"] = {"name": "frozen", "namespace": "default"}
+    manifest = small_sweep("frozen")
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(manifest))
     cluster.kubectl("apply", "-f", str(path))
@@ -311,8 +313,7 @@ def test_a_job_the_server_refuses_puts_its_message_on_the_sweep(
     """The CRD accepts any node selector; the API server refuses a Job whose selector key is not
     a label key (422). No retry can mend that: the trial fails for good with the server's
     words, and the sweep's Failed condition says them."""
-    manifest = api.yaml_load((ROOT / "tests" / "operator" / "small-sweep.yaml").read_text())
-    manifest["metadata"] = {"name": "refused", "namespace": "default"}
+    manifest = small_sweep("refused")
     manifest["spec"]["resources"] = {"nodeSelector": {"not a label key!": "x"}}
     manifest["spec"]["retries"] = {"perTrial": 2, "maxFailedTrials": 1}
     path = tmp_path / "sweep.yaml"
@@ -353,8 +354,7 @@ def test_kills_preemption_and_a_gitops_edit_lose_no_result_and_duplicate_no_job(
     143: the Job retries it without counting a failure), and a budget is added by server-side
     apply of the edited manifest, as a GitOps tool does. Every trial ends with its own result, once.
     """
-    manifest = api.yaml_load((ROOT / "tests" / "operator" / "small-sweep.yaml").read_text())
-    manifest["metadata"] = {"name": "chaos", "namespace": "default"}
+    manifest = small_sweep("chaos")
     manifest["spec"]["parallelism"] = 3
     manifest["spec"]["budgets"] = [3e10, 1e11]
     path = tmp_path / "sweep.yaml"
@@ -437,8 +437,7 @@ def test_the_api_server_and_isoflop_validate_refuse_too_few_resamples_alike(
 ) -> None:
     """A rule of the fit (0 or 100+ resamples) is a CEL rule of the CRD too: before, the server
     stored such a sweep and the operator then marked it InvalidSpec."""
-    manifest = api.yaml_load((ROOT / "tests" / "operator" / "small-sweep.yaml").read_text())
-    manifest["metadata"] = {"name": "few", "namespace": "default"}
+    manifest = small_sweep("few")
     manifest["spec"]["fit"]["bootstrap"] = 50
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(manifest))
