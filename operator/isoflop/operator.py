@@ -9,6 +9,10 @@ Environment:
                              ISOFLOP_METRICS_ADDRESS, all interfaces unless set)
   ISOFLOP_PROMETHEUS_URL     Prometheus for sweeps that name no spec.metrics.prometheusUrl
   ISOFLOP_RECONCILE_SECONDS  seconds between reconciles of a sweep
+  ISOFLOP_WEBHOOK_PORT=9443  serve the validating admission webhook (isoflop.admission) over
+                             HTTPS on ISOFLOP_WEBHOOK_ADDRESS (all interfaces unless set) with
+                             ISOFLOP_WEBHOOK_CERT and ISOFLOP_WEBHOOK_KEY (PEM files, re-read
+                             when they change); the chart registers it with the API server
 
 Every decision is the engine's. Each reconcile rebuilds the sweep's state from its status (where
 finished results live) and its child Jobs, so a restart at any point loses nothing and creates no
@@ -37,7 +41,7 @@ from kubernetes.client.rest import ApiException
 from prometheus_client import start_http_server
 from pydantic import ValidationError
 
-from isoflop import api, engine, opmetrics, policy, records
+from isoflop import admission, api, engine, opmetrics, policy, records
 from isoflop.datacheck import epochs
 from isoflop.engine import TrialState
 from isoflop.manifests import (
@@ -57,14 +61,18 @@ from isoflop.plan import Plan, plan, runnable_plan
 from isoflop.trials import fit, train_config
 from isoflop_trainer.store import is_shards
 
-RECONCILE_SECONDS = float(os.environ.get("ISOFLOP_RECONCILE_SECONDS", "10"))
 IMMUTABLE = (("model", "family"), ("data",), ("flopsAccounting",))
+
+
+RECONCILE_SECONDS = float(os.environ.get("ISOFLOP_RECONCILE_SECONDS", "10"))
+WEBHOOK_PORT = os.environ.get("ISOFLOP_WEBHOOK_PORT")
 
 
 @dataclass
 class Clients:
     batch: Any
     core: Any
+    authorization: Any = None
 
 
 def make_clients() -> Clients:
@@ -74,7 +82,11 @@ def make_clients() -> Clients:
         # the kubernetes package snapshots $KUBECONFIG at import: pass the path explicitly
         kubernetes.config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
     client = kubernetes.client.ApiClient()
-    return Clients(kubernetes.client.BatchV1Api(client), kubernetes.client.CoreV1Api(client))
+    return Clients(
+        kubernetes.client.BatchV1Api(client),
+        kubernetes.client.CoreV1Api(client),
+        kubernetes.client.AuthorizationV1Api(client),
+    )
 
 
 @kopf.on.startup()
@@ -91,6 +103,13 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         )
     memo.clients = make_clients()
     memo.policy = policy.Policy.from_env()
+    if WEBHOOK_PORT:
+        settings.admission.server = kopf.WebhookServer(
+            addr=os.environ.get("ISOFLOP_WEBHOOK_ADDRESS", "0.0.0.0"),
+            port=int(WEBHOOK_PORT),
+            certfile=os.environ["ISOFLOP_WEBHOOK_CERT"],
+            pkeyfile=os.environ["ISOFLOP_WEBHOOK_KEY"],
+        )
     port = os.environ.get("ISOFLOP_METRICS_PORT")
     if port:  # the operator's own metrics (trials by phase, exponents, errors, latency)
         address = os.environ.get("ISOFLOP_METRICS_ADDRESS", "0.0.0.0")
@@ -159,6 +178,69 @@ def admissible(name: str, spec: Any, memo: Any) -> api.ScalingSweepSpec:
     if refused is not None:
         raise api.ManifestError(refused)
     return parsed
+
+
+def can(clients: Clients, userinfo: Any, namespace: str, access: admission.Access) -> bool:
+    """The API server's answer (a SubjectAccessReview) to whether the user may do this."""
+    review = kubernetes.client.V1SubjectAccessReview(
+        spec=kubernetes.client.V1SubjectAccessReviewSpec(
+            user=userinfo.get("username"),
+            groups=userinfo.get("groups"),
+            uid=userinfo.get("uid"),
+            extra=userinfo.get("extra"),
+            resource_attributes=kubernetes.client.V1ResourceAttributes(
+                namespace=namespace,
+                verb=access.verb,
+                group=access.group,
+                resource=access.resource,
+                name=access.name,
+            ),
+        )
+    )
+    answer = clients.authorization.create_subject_access_review(review)
+    return bool(answer.status and answer.status.allowed)
+
+
+def validate(
+    *,
+    name: str,
+    namespace: str | None,
+    spec: kopf.Spec,
+    userinfo: kopf.UserInfo,
+    memo: Any,
+    old: Any = None,
+    new: Any = None,
+    operation: str | None = None,
+    **_: Any,
+) -> None:
+    """The admission webhook: refuse, before it is stored, a sweep the operator would refuse
+    (InvalidSpec's sentence) or one that asks for more than its sender may do."""
+    if not admission.spec_changed(operation, old, new or {}):
+        return  # metadata only (kopf's annotations, a label): nothing new can run
+    try:
+        parsed = admissible(name, spec, memo)
+    except api.ManifestError as err:
+        raise kopf.AdmissionError(str(err), code=422) from None
+    user = userinfo.get("username") or "the requesting user"
+    refused = admission.refusal(
+        user,
+        namespace or "default",
+        parsed,
+        lambda a: can(memo.clients, userinfo, namespace or "default", a),
+    )
+    if refused is not None:
+        raise kopf.AdmissionError(refused, code=403)
+
+
+if WEBHOOK_PORT:  # kopf refuses to start with admission handlers and no server to serve them
+    kopf.on.validate(
+        api.GROUP,
+        api.VERSION,
+        api.PLURAL,
+        id=admission.WEBHOOK_ID,
+        operations=["CREATE", "UPDATE"],
+        side_effects=False,
+    )(validate)
 
 
 def identity(spec: api.ScalingSweepSpec) -> dict[str, str]:

@@ -475,8 +475,8 @@ def env_with(kubeconfig_path: Path) -> dict[str, str]:
 class Operator:
     """The operator as a process, with the chart's ServiceAccount token (not an administrator)."""
 
-    def __init__(self, kubeconfig: Path, log: Path) -> None:
-        env = env_with(kubeconfig) | {"ISOFLOP_RECONCILE_SECONDS": "0.5"}
+    def __init__(self, kubeconfig: Path, log: Path, env: dict[str, str] | None = None) -> None:
+        env = env_with(kubeconfig) | {"ISOFLOP_RECONCILE_SECONDS": "0.5"} | (env or {})
         self.log = log
         with open(log, "ab") as f:
             self.proc = subprocess.Popen(

@@ -43,6 +43,12 @@ def installed(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Pat
     cluster.kubectl(
         "wait", "--for=condition=Established", "crd/scalingsweeps.isoflop.dev", "--timeout=60s"
     )
+    # Nothing serves the chart's webhook Service here (kwok pods run no process): with it
+    # registered, every sweep would be refused. test_admission registers the chart's own
+    # configuration again, at the address of an operator it runs on 127.0.0.1.
+    cluster.kubectl(
+        "delete", "validatingwebhookconfigurations", "-l", "app.kubernetes.io/instance=isoflop"
+    )
     accounts = json.loads(
         cluster.kubectl(
             "get", "serviceaccounts", "-n", NAMESPACE, "-l",

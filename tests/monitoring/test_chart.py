@@ -204,6 +204,7 @@ NEEDED = [("isoflop.dev", "scalingsweeps", verb) for verb in ("list", "watch", "
     ("", "events", "create"),
 ]
 KOPF = {("apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("get", "list", "watch")}
+WEBHOOK = {("authorization.k8s.io", "subjectaccessreviews", "create")}  # cluster-scoped
 
 
 def test_cluster_wide_rbac_by_default(helm: str) -> None:
@@ -220,7 +221,7 @@ def test_cluster_wide_rbac_by_default(helm: str) -> None:
         for r in rule["resources"]
         for v in rule["verbs"]
     ]
-    assert set(flat) == set(NEEDED) | KOPF  # no verb the code never uses
+    assert set(flat) == set(NEEDED) | KOPF | WEBHOOK  # no verb the code never uses
     assert all("*" not in item for item in flat)  # no wildcards
     assert not any(r == "secrets" for _, r, _ in flat)  # trials get S3 keys by reference only
     binding = one(objs, "ClusterRoleBinding")
@@ -242,13 +243,18 @@ def test_namespaced_rbac_is_limited_to_the_listed_namespaces(helm: str) -> None:
             assert covers(role["rules"], *need), need
     bindings = {b["metadata"]["namespace"] for b in by_kind(objs, "RoleBinding")}
     assert bindings == {"ml", "research"}
-    cluster = one(objs, "ClusterRole")["rules"]  # only what kopf needs cluster-wide
+    cluster = one(objs, "ClusterRole")["rules"]  # only what kopf and the webhook need
     assert cluster == [
         {
             "apiGroups": ["apiextensions.k8s.io"],
             "resources": ["customresourcedefinitions"],
             "verbs": ["get", "list", "watch"],
-        }
+        },
+        {
+            "apiGroups": ["authorization.k8s.io"],
+            "resources": ["subjectaccessreviews"],
+            "verbs": ["create"],
+        },
     ]
     args = one(objs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--namespace=ml" in args
@@ -274,10 +280,10 @@ def test_operator_pod_is_restricted_and_serves_metrics_and_health(helm: str) -> 
     assert "ISOFLOP_PEERING" not in env
     assert container["resources"]["limits"]["memory"] == "1Gi"
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"metrics": 8080, "health": 8081}
+    assert ports == {"metrics": 8080, "health": 8081, "webhook": 9443}
     assert "--liveness=http://0.0.0.0:8081/healthz" in container["args"]
     assert container["livenessProbe"]["httpGet"]["port"] == "health"
-    service = one(objs, "Service")
+    (service,) = [s for s in by_kind(objs, "Service") if s["metadata"]["name"].endswith("-metrics")]
     assert (
         service["spec"]["selector"].items()
         <= deploy["spec"]["template"]["metadata"]["labels"].items()
@@ -313,10 +319,14 @@ def test_ha_runs_peered_replicas(helm: str) -> None:
 
 def test_monitors_select_the_operator_and_the_trial_pods(helm: str) -> None:
     objs = render(helm, MONITORS)
-    service, monitor = one(objs, "Service"), one(objs, "ServiceMonitor")
-    assert (
-        monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
-    )
+    monitor = one(objs, "ServiceMonitor")
+    selected = [
+        s
+        for s in by_kind(objs, "Service")
+        if monitor["spec"]["selector"]["matchLabels"].items() <= s["metadata"]["labels"].items()
+    ]
+    assert [s["metadata"]["name"] for s in selected] == ["isoflop-metrics"]  # not the webhook's
+    service = selected[0]
     endpoint = monitor["spec"]["endpoints"][0]
     assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
     assert endpoint["honorLabels"] is True  # the sweep's namespace label, not the operator's
@@ -400,6 +410,8 @@ def test_every_value_is_documented_and_in_the_schema() -> None:
         ("operator.prometheusUrl=prometheus:9090", "/operator/prometheusUrl"),
         ("watch.namespaces={ML}", "/watch/namespaces/0"),
         ("metrics.port=80000", "/metrics/port"),
+        ("admission.failurePolicy=Never", "/admission/failurePolicy"),
+        ("admission.timeoutSeconds=31", "/admission/timeoutSeconds"),
     ],
 )
 def test_bad_values_fail_to_render_naming_the_value(helm: str, value: str, named: str) -> None:
@@ -431,3 +443,88 @@ def test_policy_allowlists_reach_the_operator_as_environment_variables(helm: str
     assert chosen["ISOFLOP_ALLOWED_IMAGES"] == "ghcr.io/isoflop/*,registry.corp/ml/*"
     assert chosen["ISOFLOP_ALLOWED_SERVICE_ACCOUNTS"] == "default"
     assert chosen["ISOFLOP_ALLOWED_PROMETHEUS_URLS"] == "http://prometheus-operated.monitoring:9090"
+
+
+# ------------------------------------------------------------------------------------------------
+# the admission webhook
+
+
+def pem_certificate(b64: str) -> Any:
+    import base64
+
+    from cryptography import x509
+
+    return x509.load_pem_x509_certificate(base64.b64decode(b64))
+
+
+def test_the_webhook_is_registered_with_its_own_ca_and_served_by_the_operator(helm: str) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    from isoflop.admission import WEBHOOK_ID
+
+    objs = render(helm, [])
+    (config,) = by_kind(objs, "ValidatingWebhookConfiguration")
+    (hook,) = config["webhooks"]
+    assert hook["failurePolicy"] == "Fail"  # an unreachable webhook admits nothing unchecked
+    assert hook["sideEffects"] == "None"
+    (rule,) = hook["rules"]
+    assert rule["apiGroups"] == [api.GROUP]
+    assert rule["resources"] == [api.PLURAL]
+    assert rule["operations"] == ["CREATE", "UPDATE"]  # not status: the operator's own writes
+    assert "namespaceSelector" not in hook  # every namespace, as the operator watches
+    client = hook["clientConfig"]
+    assert client["service"]["path"] == f"/{WEBHOOK_ID}"  # kopf's route for the handler
+    (service,) = [s for s in by_kind(objs, "Service") if s["metadata"]["name"].endswith("-webhook")]
+    assert client["service"]["name"] == service["metadata"]["name"]
+    assert client["service"]["namespace"] == NAMESPACE
+    deploy = one(objs, "Deployment")
+    pod = deploy["spec"]["template"]["spec"]
+    assert (
+        service["spec"]["selector"].items()
+        <= deploy["spec"]["template"]["metadata"]["labels"].items()
+    )
+    assert service["spec"]["ports"] == [{"name": "webhook", "port": 443, "targetPort": "webhook"}]
+
+    # the serving certificate: signed by the CA the API server is given, for the Service's name
+    (secret,) = [
+        s for s in by_kind(objs, "Secret") if s["metadata"]["name"].endswith("-webhook-tls")
+    ]
+    ca, cert = pem_certificate(client["caBundle"]), pem_certificate(secret["data"]["tls.crt"])
+    assert secret["data"]["ca.crt"] == client["caBundle"]
+    ca.public_key().verify(  # raises unless the CA signed it
+        cert.signature,
+        cert.tbs_certificate_bytes,
+        padding.PKCS1v15(),
+        cert.signature_hash_algorithm,
+    )
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert f"isoflop-webhook.{NAMESPACE}.svc" in names.get_values_for_type(x509.DNSName)
+
+    # the operator serves it: port, certificate files from the Secret, SubjectAccessReviews allowed
+    (container,) = pod["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["ISOFLOP_WEBHOOK_PORT"] == "9443"
+    mount = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}["webhook-tls"]
+    assert env["ISOFLOP_WEBHOOK_CERT"] == f"{mount}/tls.crt"
+    assert env["ISOFLOP_WEBHOOK_KEY"] == f"{mount}/tls.key"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["webhook-tls"]["secret"]["secretName"] == secret["metadata"]["name"]
+    assert covers(one(objs, "ClusterRole")["rules"], *next(iter(WEBHOOK)))
+
+
+def test_the_webhook_follows_the_watched_namespaces_and_can_be_turned_off(helm: str) -> None:
+    (config,) = by_kind(render(helm, CASES["namespaced"]), "ValidatingWebhookConfiguration")
+    (hook,) = config["webhooks"]
+    (expr,) = hook["namespaceSelector"]["matchExpressions"]
+    assert expr == {
+        "key": "kubernetes.io/metadata.name",
+        "operator": "In",
+        "values": ["ml", "research"],
+    }
+    objs = render(helm, ["admission.enabled=false", "admission.failurePolicy=Ignore"])
+    assert not by_kind(objs, "ValidatingWebhookConfiguration")
+    assert not by_kind(objs, "Secret")
+    container = one(objs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert not any(e["name"].startswith("ISOFLOP_WEBHOOK") for e in container["env"])
+    assert not covers(one(objs, "ClusterRole")["rules"], *next(iter(WEBHOOK)))
