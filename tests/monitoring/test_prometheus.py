@@ -26,7 +26,7 @@ from isoflop import api
 from isoflop.plan import plan
 from isoflop.trials import train_config
 from tests.monitoring.conftest import DASHBOARD, RULES, Prometheus, start_prometheus
-from tests.operator.conftest import k8s, threaded_operator, wait_for  # noqa: F401
+from tests.operator.conftest import k8s, operator_process, wait_for  # noqa: F401
 from tests.operator.emulator import SWEEPS_URL, finish, trial_records
 from tests.operator.test_operator import jobs, loss_of
 from tests.trainer.helpers import env, free_port, train_command
@@ -151,7 +151,7 @@ async def test_prometheus_serves_results_dashboard_and_alerts(
 
     names = {f"{SWEEP}-{t.id}": t for t in trials}
     flaky = f"{SWEEP}-{trials[1].id}"
-    async with threaded_operator(k8s):
+    async with operator_process(k8s, tmp_path / "operator.log"):
         resp = await k8s.post(SWEEPS_URL, json=obj)
         assert resp.status == 200
         await wait_for(lambda: flaky in jobs(k8s), timeout=30)

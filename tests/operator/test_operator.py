@@ -16,7 +16,7 @@ from prometheus_client import REGISTRY
 
 from isoflop import api
 from isoflop.plan import plan
-from tests.operator.conftest import running_operator, threaded_operator, wait_for
+from tests.operator.conftest import operator_process, running_operator, wait_for
 from tests.operator.emulator import SWEEPS, finish, trial_records
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -198,14 +198,16 @@ async def run_to_end(k8s: Any, trials: dict[str, Any], done: set[str]) -> None:
         await asyncio.sleep(0.05)
 
 
-async def test_restarts_at_random_points_run_every_trial_once_and_lose_nothing(k8s: Any) -> None:
+async def test_restarts_at_random_points_run_every_trial_once_and_lose_nothing(
+    k8s: Any, tmp_path: Path
+) -> None:
     obj = manifest(parallelism=3)
     trials = {f"qs-{t.id}": t for t in plan(api.parse_sweep(obj).spec).trials}
     rng = random.Random(20261125)
     done: set[str] = set()
     posted = False
-    for _ in range(8):  # start, run a random while (finishing some Jobs), stop; again
-        async with threaded_operator(k8s):
+    for _ in range(8):  # start, run a random while (finishing some Jobs), SIGKILL; again
+        async with operator_process(k8s, tmp_path / "operator.log"):
             if not posted:
                 await k8s.post(
                     "/apis/isoflop.dev/v1alpha1/namespaces/default/scalingsweeps", json=obj
