@@ -57,7 +57,7 @@ from isoflop.manifests import (
     trial_objects,
 )
 from isoflop.opmetrics import ERRORS, LATENCY, forget
-from isoflop.plan import Plan, plan, runnable_plan
+from isoflop.plan import Plan, runnable_plan
 from isoflop.trials import fit, train_config
 from isoflop_trainer.store import is_shards
 
@@ -168,16 +168,16 @@ def admit(name: str, spec: kopf.Spec, patch: kopf.Patch, memo: Any, **_: Any) ->
         raise invalid(patch, str(err)) from None
 
 
-def admissible(name: str, spec: Any, memo: Any) -> api.ScalingSweepSpec:
-    """The spec of a sweep the operator may run: a usable name, a valid spec that can be
+def admissible(name: str, spec: Any, memo: Any) -> tuple[api.ScalingSweepSpec, Plan]:
+    """The spec and plan of a sweep the operator may run: a usable name, a valid spec that can be
     planned, and nothing the installation's policy forbids; else a ManifestError's sentence."""
     api.parse_name(name)
     parsed = api.parse_spec(dict(spec))
-    runnable_plan(parsed)
+    p = runnable_plan(parsed)
     refused = policy.check(parsed, getattr(memo, "policy", None) or policy.Policy())
     if refused is not None:
         raise api.ManifestError(refused)
-    return parsed
+    return parsed, p
 
 
 def can(clients: Clients, userinfo: Any, namespace: str, access: admission.Access) -> bool:
@@ -218,7 +218,7 @@ def validate(
     if not admission.spec_changed(operation, old, new or {}):
         return  # metadata only (kopf's annotations, a label): nothing new can run
     try:
-        parsed = admissible(name, spec, memo)
+        parsed = admissible(name, spec, memo)[0]
     except api.ManifestError as err:
         raise kopf.AdmissionError(str(err), code=422) from None
     user = userinfo.get("username") or "the requesting user"
@@ -310,9 +310,9 @@ def reconcile(
     start = time.monotonic()
     namespace = namespace or "default"
     try:
+        parsed, p = admissible(name, spec, memo)
         sweep = api.ScalingSweep(
-            metadata=api.ObjectMeta(name=name, namespace=namespace),
-            spec=admissible(name, spec, memo),
+            metadata=api.ObjectMeta(name=name, namespace=namespace), spec=parsed
         )
     except (api.ManifestError, ValidationError):
         return  # admit() has recorded why
@@ -327,6 +327,7 @@ def reconcile(
     try:
         _reconcile(
             sweep,
+            p,
             uid,
             namespace,
             dict(status),
@@ -393,6 +394,7 @@ def states_from_records(records: Iterable[dict[str, Any]]) -> dict[str, TrialSta
 
 def _reconcile(
     sweep: api.ScalingSweep,
+    p: Plan,
     uid: str,
     namespace: str,
     status: dict[str, Any],
@@ -403,7 +405,6 @@ def _reconcile(
     logger: logging.Logger | logging.LoggerAdapter[Any],
 ) -> None:
     spec = sweep.spec
-    p = plan(spec)
     limit = 1 + spec.retries.per_trial
     stored = records.read(clients.core, namespace, sweep.name)
     legacy = status.get("trials") or []  # sweeps whose status kept the records themselves
