@@ -221,12 +221,11 @@ def validate(
         parsed = admissible(name, spec, memo)[0]
     except api.ManifestError as err:
         raise kopf.AdmissionError(str(err), code=422) from None
+    if not namespace:  # the API server fills it in; never guess where rights are checked
+        raise kopf.AdmissionError("the sweep names no namespace", code=400)
     user = userinfo.get("username") or "the requesting user"
     refused = admission.refusal(
-        user,
-        namespace or "default",
-        parsed,
-        lambda a: can(memo.clients, userinfo, namespace or "default", a),
+        user, namespace, parsed, lambda a: can(memo.clients, userinfo, namespace, a)
     )
     if refused is not None:
         raise kopf.AdmissionError(refused, code=403)

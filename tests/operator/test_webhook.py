@@ -1,0 +1,99 @@
+"""The webhook handler as kopf calls it, with a recording authorizer in place of the API server:
+what it asks (SubjectAccessReviews as the requesting user), and how it answers kopf (the
+AdmissionError code and sentence). The real server's answers are in tests/e2e/test_admission.py."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import kopf
+import pytest
+
+from isoflop import operator, policy
+from tests.corpus import base_manifest
+
+ALICE = {"username": "alice", "uid": "u-1", "groups": ["team-a", "system:authenticated"]}
+
+
+class Authorization:
+    """Allows what `allowed` lists as (verb, resource, name); records each review it gets."""
+
+    def __init__(self, *allowed: tuple[str, str, str | None]) -> None:
+        self.allowed = set(allowed)
+        self.reviews: list[Any] = []
+
+    def create_subject_access_review(self, review: Any) -> Any:
+        self.reviews.append(review)
+        a = review.spec.resource_attributes
+        return SimpleNamespace(
+            status=SimpleNamespace(allowed=(a.verb, a.resource, a.name) in self.allowed)
+        )
+
+
+def call(
+    auth: Authorization, spec: dict[str, Any], operation: str = "CREATE", old: Any = None
+) -> None:
+    memo = SimpleNamespace(
+        clients=operator.Clients(batch=None, core=None, authorization=auth),
+        policy=policy.Policy(),
+    )
+    operator.validate(
+        name="quick",
+        namespace="ml",
+        spec=spec,
+        userinfo=ALICE,
+        memo=memo,
+        old=old,
+        new={"spec": spec},
+        operation=operation,
+    )
+
+
+def test_reviews_are_asked_as_the_requesting_user_for_exactly_what_the_sweep_names() -> None:
+    spec = base_manifest()["spec"]
+    spec["resources"] = {"serviceAccountName": "trainer"}
+    auth = Authorization(("create", "jobs", None), ("impersonate", "serviceaccounts", "trainer"))
+    call(auth, spec)  # allowed: no exception
+    asked = [r.spec for r in auth.reviews]
+    assert {(s.user, s.uid, tuple(s.groups)) for s in asked} == {
+        ("alice", "u-1", ("team-a", "system:authenticated"))
+    }
+    attrs = [
+        (a.namespace, a.verb, a.group, a.resource, a.name)
+        for a in (s.resource_attributes for s in asked)
+    ]
+    assert attrs == [
+        ("ml", "create", "batch", "jobs", None),
+        ("ml", "use", "", "serviceaccounts", "trainer"),
+        ("ml", "impersonate", "", "serviceaccounts", "trainer"),
+    ]
+
+
+def test_a_missing_right_is_a_403_with_the_sentence_and_an_invalid_spec_a_422() -> None:
+    spec = base_manifest()["spec"]
+    spec["resources"] = {"s3CredentialsSecret": "keys"}
+    with pytest.raises(kopf.AdmissionError) as refused:
+        call(Authorization(("create", "jobs", None)), spec)
+    assert refused.value.code == 403
+    assert str(refused.value) == (
+        "alice may not get the Secret 'keys' (spec.resources.s3CredentialsSecret) in namespace "
+        "'ml'; a sweep runs only what its creator could run"
+    )
+    bad = base_manifest()["spec"]
+    bad["model"]["mlpRatio"] = 1e-9
+    auth = Authorization()
+    with pytest.raises(kopf.AdmissionError) as invalid:
+        call(auth, bad)
+    assert invalid.value.code == 422
+    assert "mlp_ratio 1e-09 gives an empty MLP" in str(invalid.value)
+    assert auth.reviews == []  # nothing asked for a sweep that cannot run anyway
+
+
+def test_an_update_that_keeps_the_spec_asks_nothing() -> None:
+    spec = base_manifest()["spec"]
+    auth = Authorization()  # would refuse everything
+    call(auth, spec, operation="UPDATE", old={"spec": spec})
+    assert auth.reviews == []
+    with pytest.raises(kopf.AdmissionError):
+        call(auth, spec, operation="UPDATE", old={"spec": {**spec, "budgets": [1e11]}})
