@@ -252,7 +252,6 @@ def test_with_the_webhook_the_server_refuses_every_invalid_manifest(
     cluster: Cluster, webhook: Operator, tmp_path: Path
 ) -> None:
     """The probe: what the server alone stored (InvalidSpec later) is now refused before storing."""
-    cluster.kubectl("create", "namespace", "corpus", check=False)
     files = write_corpus(tmp_path / "corpus")
     refused = server_verdicts(cluster, tmp_path / "corpus", files)
     print(f"corpus with the webhook: {len(files)} manifests, {len(refused)} refused by the server")
