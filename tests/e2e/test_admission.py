@@ -7,7 +7,8 @@ the administrator (`kubectl --as`), so the API server sends their names to the w
 the server (SubjectAccessReviews) what each may do.
 
 - alice may create sweeps, create Jobs, use the ServiceAccount `trainer` and get the Secret
-  `s3-keys`; bob may create and edit sweeps, nothing else.
+  `s3-keys`; bob may create and edit sweeps, nothing else; erin holds Kubernetes' built-in
+  `edit` role in the namespace (impersonate, not use, on ServiceAccounts).
 """
 
 from __future__ import annotations
@@ -81,6 +82,17 @@ def rbac() -> list[dict[str, Any]]:
         binding("sweeps", ["alice", "bob"]),
         role("runs", runs),
         binding("runs", ["alice"]),
+        {  # erin edits the namespace: Kubernetes' own "edit" role, nothing of ours
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": "erin-edits", "namespace": NAMESPACE},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "edit",
+            },
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "erin"}],
+        },
         {
             "apiVersion": "v1",
             "kind": "ServiceAccount",
@@ -199,6 +211,13 @@ def test_a_sweep_runs_only_what_its_sender_may_run(
         return json.loads(got.stdout)["items"]  # type: ignore[no-any-return]
 
     cluster.wait_for(lambda: bool(jobs()), 60, "alice's first trial Job")
+    # a namespace editor needs no grant of ours (dry run: checked by the webhook, not stored)
+    edited = small_sweep("edited", NAMESPACE)
+    edited["spec"]["resources"] = manifest["spec"]["resources"]
+    out = cluster.kubectl(
+        "apply", "--as=erin", "--dry-run=server", "-f", "-", stdin=json.dumps(edited), check=False
+    )
+    assert out.returncode == 0, out.stderr
     pod = jobs()[0]["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == "trainer"
 

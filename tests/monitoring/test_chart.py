@@ -180,6 +180,12 @@ def test_crds_in_the_chart_are_identical_to_crds(helm: str) -> None:
     }
 
 
+def operator_role(objs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The operator's own ClusterRole (the others are users' rights, aggregated)."""
+    (role,) = [o for o in by_kind(objs, "ClusterRole") if o["metadata"]["name"] == "isoflop"]
+    return role
+
+
 def covers(rules: list[dict[str, Any]], group: str, resource: str, verb: str) -> bool:
     return any(
         group in r["apiGroups"] and resource in r["resources"] and verb in r["verbs"] for r in rules
@@ -210,7 +216,7 @@ WEBHOOK = {("authorization.k8s.io", "subjectaccessreviews", "create")}  # cluste
 def test_cluster_wide_rbac_by_default(helm: str) -> None:
     objs = render(helm, [])
     assert not by_kind(objs, "Role")
-    rules = one(objs, "ClusterRole")["rules"]
+    rules = operator_role(objs)["rules"]
     for need in NEEDED:
         assert covers(rules, *need), need
     assert covers(rules, "apiextensions.k8s.io", "customresourcedefinitions", "watch")
@@ -243,7 +249,7 @@ def test_namespaced_rbac_is_limited_to_the_listed_namespaces(helm: str) -> None:
             assert covers(role["rules"], *need), need
     bindings = {b["metadata"]["namespace"] for b in by_kind(objs, "RoleBinding")}
     assert bindings == {"ml", "research"}
-    cluster = one(objs, "ClusterRole")["rules"]  # only what kopf and the webhook need
+    cluster = operator_role(objs)["rules"]  # only what kopf and the webhook need
     assert cluster == [
         {
             "apiGroups": ["apiextensions.k8s.io"],
@@ -306,7 +312,7 @@ def test_ha_runs_peered_replicas(helm: str) -> None:
     }
     assert env["ISOFLOP_PEERING"] == "isoflop"
     assert one(objs, "ClusterKopfPeering")["metadata"]["name"] == "isoflop"
-    assert covers(one(objs, "ClusterRole")["rules"], "kopf.dev", "clusterkopfpeerings", "patch")
+    assert covers(operator_role(objs)["rules"], "kopf.dev", "clusterkopfpeerings", "patch")
     # namespaced: one KopfPeering per served namespace, and the Role may patch it
     objs = render(helm, CASES["ha-namespaced-monitors"])
     peerings = by_kind(objs, "KopfPeering")
@@ -510,7 +516,7 @@ def test_the_webhook_is_registered_with_its_own_ca_and_served_by_the_operator(he
     assert env["ISOFLOP_WEBHOOK_KEY"] == f"{mount}/tls.key"
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["webhook-tls"]["secret"]["secretName"] == secret["metadata"]["name"]
-    assert covers(one(objs, "ClusterRole")["rules"], *next(iter(WEBHOOK)))
+    assert covers(operator_role(objs)["rules"], *next(iter(WEBHOOK)))
 
 
 def test_the_webhook_follows_the_watched_namespaces_and_can_be_turned_off(helm: str) -> None:
@@ -527,4 +533,20 @@ def test_the_webhook_follows_the_watched_namespaces_and_can_be_turned_off(helm: 
     assert not by_kind(objs, "Secret")
     container = one(objs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
     assert not any(e["name"].startswith("ISOFLOP_WEBHOOK") for e in container["env"])
-    assert not covers(one(objs, "ClusterRole")["rules"], *next(iter(WEBHOOK)))
+    assert not covers(operator_role(objs)["rules"], *next(iter(WEBHOOK)))
+
+
+def test_users_get_sweeps_through_the_built_in_roles(helm: str) -> None:
+    roles = {o["metadata"]["name"]: o for o in by_kind(render(helm, []), "ClusterRole")}
+    edit, view = roles["isoflop-edit"], roles["isoflop-view"]
+    labels = "rbac.authorization.k8s.io/aggregate-to-"
+    assert {k for k, v in edit["metadata"]["labels"].items() if k.startswith(labels)} == {
+        f"{labels}admin",
+        f"{labels}edit",
+    }
+    assert view["metadata"]["labels"][f"{labels}view"] == "true"
+    assert covers(edit["rules"], api.GROUP, api.PLURAL, "create")
+    assert not covers(view["rules"], api.GROUP, api.PLURAL, "create")
+    assert covers(view["rules"], api.GROUP, api.PLURAL, "watch")
+    off = render(helm, ["rbac.aggregateToDefaultRoles=false"])
+    assert [o["metadata"]["name"] for o in by_kind(off, "ClusterRole")] == ["isoflop"]
