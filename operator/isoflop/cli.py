@@ -222,8 +222,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from isoflop.backends import make_backend
+    from isoflop.devices import DeviceError, parse_gpus
     from isoflop.forecast import Law
-    from isoflop.runner import Display, Run, RunError, make_backend
+    from isoflop.runner import Display, Run, RunError
 
     sweep = api.load_sweep(args.file)
     if args.parallelism is not None:
@@ -240,7 +242,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         if report.train is not None:
             print(f"isoflop: {report.text()}", flush=True)
     directory = Path(args.run_dir or Path("runs") / sweep.name)
-    backend = make_backend("simulated" if args.simulate else "local", sweep.spec, law, args.noise)
+    try:
+        gpus = None if args.gpus is None else parse_gpus(args.gpus)
+        backend = make_backend(
+            "simulated" if args.simulate else "local", sweep.spec, law, args.noise, gpus
+        )
+    except DeviceError as err:
+        raise UsageError(str(err)) from None
     try:
         run = Run(sweep, directory, backend)
     except RunError as err:
@@ -366,6 +374,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--law", help=law_help)
     p.add_argument("--noise", type=float, default=0.005, help="simulated multiplicative noise")
     p.add_argument("--parallelism", type=int, help="trials at once (default: the spec's)")
+    p.add_argument(
+        "--gpus",
+        help="GPUs to use, e.g. 0,1,2,3, or none (default: CUDA_VISIBLE_DEVICES, else all); each "
+        "trial gets spec.resources.gpusPerNode of them, never shared",
+    )
     p.add_argument("--plain", action="store_true", help="one line per event, no live display")
     p.set_defaults(func=cmd_run)
 

@@ -14,8 +14,9 @@ import pytest
 import yaml
 
 from isoflop import api
+from isoflop.backends import SimulatedBackend
 from isoflop.forecast import Law, forecast
-from isoflop.runner import Display, Run, SimulatedBackend
+from isoflop.runner import Display, Run
 
 ROOT = Path(__file__).resolve().parents[2]
 

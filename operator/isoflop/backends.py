@@ -1,0 +1,233 @@
+"""Where `isoflop run` trains its trials: backends that launch, observe and stop them.
+
+    SimulatedBackend   each trial's loss drawn from a known law with noise; instant (--simulate)
+    LocalBackend       each trial a local torchrun process group of the trainer (its torchx
+                       launch description), in its own session so a signal reaches every rank
+
+A backend reports what it sees as Observations; the run (isoflop.runner) owns the state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from isoflop import api
+from isoflop.devices import DevicePool, visible_devices
+from isoflop.forecast import Law, simulated_loss
+from isoflop.plan import Trial
+from isoflop_trainer.config import TrainConfig
+
+ObservedPhase = Literal["Running", "Succeeded", "Failed", "Interrupted"]
+
+
+@dataclass
+class Observation:
+    phase: ObservedPhase
+    loss: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+    step: int | None = None
+    steps: int | None = None
+    current_loss: float | None = None
+    permanent: bool = False  # a failure no retry can mend (missing data): not retried
+
+
+class Backend(Protocol):
+    def launch(self, trial: Trial, attempt: int, config: TrainConfig, workdir: Path) -> None: ...
+    def observe(self) -> dict[str, Observation]: ...
+    def cancel(self, trial_id: str) -> None: ...
+    def shutdown(self) -> None: ...
+    def free_slots(self) -> int | None:
+        """How many more trials can start now (free GPUs); None: as many as parallelism allows."""
+        ...
+
+
+# ------------------------------------------------------------------------------------------------
+# simulated backend
+
+
+class SimulatedBackend:
+    """Each trial's loss drawn from a known law with multiplicative noise; instant."""
+
+    def __init__(self, law: Law, noise: float = 0.005, seed: int = 0) -> None:
+        self.law, self.noise, self.seed = law, noise, seed
+        self.done: dict[str, Observation] = {}
+
+    def launch(self, trial: Trial, attempt: int, config: TrainConfig, workdir: Path) -> None:
+        loss = simulated_loss(self.law, trial.id, trial.params, trial.tokens, self.noise, self.seed)
+        self.done[trial.id] = Observation("Succeeded", loss=loss)
+
+    def observe(self) -> dict[str, Observation]:
+        out, self.done = self.done, {}
+        return out
+
+    def cancel(self, trial_id: str) -> None:
+        self.done.pop(trial_id, None)
+
+    def shutdown(self) -> None:
+        self.done.clear()
+
+    def free_slots(self) -> int | None:
+        return None
+
+
+# ------------------------------------------------------------------------------------------------
+# local backend
+
+
+class LocalBackend:
+    """Trials as local processes: the trainer's torchx launch description run with torchrun, each
+    on GPUs of its own from the pool (isoflop.devices), or on the CPU."""
+
+    def __init__(self, parallelism: int, pool: DevicePool) -> None:
+        self.procs: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
+        self.pool = pool
+        self.threads = max(1, (os.cpu_count() or 1) // max(parallelism, 1))
+
+    def free_slots(self) -> int | None:
+        return self.pool.free_slots()
+
+    def launch(self, trial: Trial, attempt: int, config: TrainConfig, workdir: Path) -> None:
+        from isoflop_trainer.component import trial as component
+
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "result.json").unlink(missing_ok=True)  # a stale result must not be read
+        (workdir / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
+        devices = self.pool.acquire(trial.id)
+        app = component(config.to_dict(), image="local", name=trial.id, gpus_per_node=len(devices))
+        role = app.roles[0]
+        env = {**os.environ, **role.env, "OMP_NUM_THREADS": str(self.threads)}
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(devices)  # its own GPUs only; "" is the CPU
+        cmd = [sys.executable, "-m", "torch.distributed.run", *role.args]
+        on = f"GPU {','.join(devices)}" if devices else "CPU"
+        with open(workdir / "log.txt", "ab") as log:
+            log.write(f"--- attempt {attempt} on {on}: {' '.join(cmd[:8])} ...\n".encode())
+            proc = subprocess.Popen(
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=workdir,
+                start_new_session=True,
+            )
+        self.procs[trial.id] = (proc, workdir)
+
+    def observe(self) -> dict[str, Observation]:
+        out: dict[str, Observation] = {}
+        for tid, (proc, workdir) in list(self.procs.items()):
+            code = proc.poll()
+            if code is None:
+                progress = read_json(workdir / "progress.json")
+                out[tid] = Observation(
+                    "Running",
+                    step=progress.get("step"),
+                    steps=progress.get("steps"),
+                    current_loss=progress.get("loss"),
+                )
+                continue
+            del self.procs[tid]
+            self.pool.release(tid)
+            out[tid] = result_observation(workdir)
+        return out
+
+    def cancel(self, trial_id: str) -> None:
+        entry = self.procs.pop(trial_id, None)
+        if entry is not None:
+            stop([entry[0]])
+        self.pool.release(trial_id)
+
+    def shutdown(self) -> None:
+        stop([p for p, _ in self.procs.values()])
+        for tid in self.procs:
+            self.pool.release(tid)
+        self.procs.clear()
+
+
+def detect_gpus() -> int:
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    return (
+        sum(line.startswith("GPU ") for line in out.stdout.splitlines())
+        if out.returncode == 0
+        else 0
+    )
+
+
+def stop(procs: list[subprocess.Popen[bytes]], grace: float = 60.0) -> None:
+    """SIGTERM (the trainers checkpoint), then SIGKILL whatever is left after `grace` seconds."""
+    for p in procs:
+        if p.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(p.pid, signal.SIGTERM)
+    deadline = time.time() + grace
+    for p in procs:
+        try:
+            p.wait(timeout=max(deadline - time.time(), 0.1))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def result_observation(workdir: Path) -> Observation:
+    """What a finished trial process left behind."""
+    result = read_json(workdir / "result.json")
+    status = result.get("status")
+    if status == "succeeded" and isinstance(result.get("eval_loss"), int | float):
+        metrics = {
+            k.removeprefix("eval_"): float(v)
+            for k, v in result.items()
+            if k in ("eval_bpd", "eval_fid", "eval_loss_se") and isinstance(v, int | float)
+        }
+        return Observation("Succeeded", loss=float(result["eval_loss"]), metrics=metrics)
+    if status == "preempted":
+        return Observation("Interrupted", error=result.get("error"))
+    if status == "failed":
+        return Observation(
+            "Failed", error=str(result.get("error")), permanent=result.get("permanent") is True
+        )
+    try:
+        log = (workdir / "log.txt").read_text(errors="replace").splitlines()
+    except OSError:
+        log = []
+    said = [
+        line for line in log if line.startswith(("isoflop-train:", "Traceback", "RuntimeError"))
+    ]
+    last = (said or [line for line in log if line.strip() and not line.startswith("---")] or [""])[
+        -1
+    ]
+    return Observation("Failed", error=f"the trainer exited without a result: {last.strip()}")
+
+
+def make_backend(
+    kind: str,
+    spec: api.ScalingSweepSpec,
+    law: Law,
+    noise: float,
+    gpus: tuple[str, ...] | None = None,
+) -> Backend:
+    """`gpus`: the devices to use (--gpus); None: CUDA_VISIBLE_DEVICES, else every GPU found.
+    Raises DeviceError when a trial needs more GPUs than there are."""
+    if kind == "simulated":
+        return SimulatedBackend(law, noise, spec.fit.seed)
+    devices = visible_devices(os.environ, detect_gpus()) if gpus is None else gpus
+    return LocalBackend(spec.parallelism, DevicePool(devices, spec.resources.gpus_per_node))
