@@ -5,6 +5,13 @@
                        launch description), in its own session so a signal reaches every rank
 
 A backend reports what it sees as Observations; the run (isoflop.runner) owns the state.
+
+A local trainer outlives a runner killed with SIGKILL: torchrun's agent runs in its own session and
+starts each rank in another. Every process of a trial carries its folder in its environment
+(ISOFLOP_TRIAL), and each launch records the agent's pid in `trials/<id>/pid.json`. The next run's
+`recover` stops every process a dead runner left (SIGTERM: the trainers checkpoint) before anything
+is launched again, and keeps the results of trials that finished meanwhile: no trial is trained
+twice at once, or trained again.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -25,6 +33,10 @@ from isoflop.devices import DevicePool, visible_devices
 from isoflop.forecast import Law, simulated_loss
 from isoflop.plan import Trial
 from isoflop_trainer.config import TrainConfig
+from isoflop_trainer.store import atomic_write
+
+PIDFILE = "pid.json"  # a running trainer's agent pid, attempt and GPUs, in its trial's folder
+TRIAL_ENV = "ISOFLOP_TRIAL"  # every process of a trial has its folder in its environment
 
 ObservedPhase = Literal["Running", "Succeeded", "Failed", "Interrupted"]
 
@@ -48,6 +60,11 @@ class Backend(Protocol):
     def shutdown(self) -> None: ...
     def free_slots(self) -> int | None:
         """How many more trials can start now (free GPUs); None: as many as parallelism allows."""
+        ...
+
+    def recover(self, trials: Path, finished: set[str]) -> list[str]:
+        """Before the first launch: deal with what a dead runner left in `trials`; returns a
+        line for each thing done."""
         ...
 
 
@@ -79,6 +96,9 @@ class SimulatedBackend:
     def free_slots(self) -> int | None:
         return None
 
+    def recover(self, trials: Path, finished: set[str]) -> list[str]:
+        return []
+
 
 # ------------------------------------------------------------------------------------------------
 # local backend
@@ -92,6 +112,27 @@ class LocalBackend:
         self.procs: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
         self.pool = pool
         self.threads = max(1, (os.cpu_count() or 1) // max(parallelism, 1))
+        self.recovered: dict[str, Observation] = {}
+
+    def recover(self, trials: Path, finished: set[str]) -> list[str]:
+        said = []
+        for workdir in sorted(p for p in trials.glob("*") if p.is_dir()):
+            tid = workdir.name
+            left = trial_processes(workdir)
+            if left:
+                stop_trials([workdir])
+                said.append(
+                    f"stopped trial {tid}'s trainer ({len(left)} processes), left running by a "
+                    "runner that died"
+                )
+            (workdir / PIDFILE).unlink(missing_ok=True)
+            if tid in finished or not (workdir / "result.json").exists():
+                continue
+            obs = result_observation(workdir)  # launch removes older results: this is the last
+            if obs.phase == "Succeeded":
+                self.recovered[tid] = obs
+                said.append(f"trial {tid} finished while no runner watched it: result kept")
+        return said
 
     def free_slots(self) -> int | None:
         return self.pool.free_slots()
@@ -107,6 +148,7 @@ class LocalBackend:
         role = app.roles[0]
         env = {**os.environ, **role.env, "OMP_NUM_THREADS": str(self.threads)}
         env["CUDA_VISIBLE_DEVICES"] = ",".join(devices)  # its own GPUs only; "" is the CPU
+        env[TRIAL_ENV] = str(workdir)  # how a later runner finds every process of this trial
         cmd = [sys.executable, "-m", "torch.distributed.run", *role.args]
         on = f"GPU {','.join(devices)}" if devices else "CPU"
         with open(workdir / "log.txt", "ab") as log:
@@ -120,9 +162,11 @@ class LocalBackend:
                 start_new_session=True,
             )
         self.procs[trial.id] = (proc, workdir)
+        record = {"pid": proc.pid, "attempt": attempt, "devices": list(devices)}
+        atomic_write(workdir / PIDFILE, json.dumps(record))
 
     def observe(self) -> dict[str, Observation]:
-        out: dict[str, Observation] = {}
+        out, self.recovered = self.recovered, {}
         for tid, (proc, workdir) in list(self.procs.items()):
             code = proc.poll()
             if code is None:
@@ -136,17 +180,18 @@ class LocalBackend:
                 continue
             del self.procs[tid]
             self.pool.release(tid)
+            (workdir / PIDFILE).unlink(missing_ok=True)
             out[tid] = result_observation(workdir)
         return out
 
     def cancel(self, trial_id: str) -> None:
         entry = self.procs.pop(trial_id, None)
         if entry is not None:
-            stop([entry[0]])
+            stop_trials([entry[1]], [entry[0]])
         self.pool.release(trial_id)
 
     def shutdown(self) -> None:
-        stop([p for p, _ in self.procs.values()])
+        stop_trials([w for _, w in self.procs.values()], [p for p, _ in self.procs.values()])
         for tid in self.procs:
             self.pool.release(tid)
         self.procs.clear()
@@ -164,20 +209,56 @@ def detect_gpus() -> int:
     )
 
 
-def stop(procs: list[subprocess.Popen[bytes]], grace: float = 60.0) -> None:
-    """SIGTERM (the trainers checkpoint), then SIGKILL whatever is left after `grace` seconds."""
-    for p in procs:
-        if p.poll() is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(p.pid, signal.SIGTERM)
-    deadline = time.time() + grace
-    for p in procs:
+def trial_processes(workdir: Path) -> list[int]:
+    """The live processes of a trial: every process whose environment carries its folder as
+    ISOFLOP_TRIAL (torchrun's agent and its ranks, which run in sessions of their own). Linux's
+    /proc; elsewhere, none are found and only the agent's process group is signalled."""
+    marker = f"{TRIAL_ENV}={workdir}".encode()
+    out = []
+    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
+        if not entry.name.isdigit():
+            continue
         try:
-            p.wait(timeout=max(deadline - time.time(), 0.1))
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
+            stat = (entry / "stat").read_text()
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if stat[stat.rindex(")") + 2 :][:1] not in ("Z", "X") and marker in environ.split(b"\0"):
+            out.append(int(entry.name))
+    return out
+
+
+def _signal_all(pids: list[int], sig: signal.Signals) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+
+
+def stop_trials(
+    workdirs: list[Path],
+    procs: Sequence[subprocess.Popen[bytes]] = (),
+    grace: float = 60.0,
+) -> None:
+    """Stop trials' trainers: SIGTERM to each of their processes (the trainers checkpoint), SIGKILL
+    to what is left after `grace` seconds; returns once none is alive. `procs`, the agents this
+    process started, are signalled by process group too, and reaped."""
+
+    def alive() -> list[int]:
+        for p in procs:
+            p.poll()  # reap: a zombie is not alive
+        return [pid for w in workdirs for pid in trial_processes(w)]
+
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 30.0)):
+        for p in procs:
+            if p.poll() is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(p.pid, sig)
+        _signal_all(alive(), sig)
+        deadline = time.monotonic() + wait
+        while (alive() or any(p.poll() is None for p in procs)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if not alive() and all(p.poll() is not None for p in procs):
+            return
 
 
 def read_json(path: Path) -> dict[str, Any]:

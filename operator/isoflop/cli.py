@@ -261,6 +261,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"run directory {directory}{resumed}",
         flush=True,
     )
+    for line in run.recovered:
+        print(f"isoflop: {line}", flush=True)
     try:
         decision = run.run(Display(live=False if args.plain else None))
     except KeyboardInterrupt:

@@ -28,6 +28,7 @@ from isoflop import __version__, api, engine
 from isoflop.backends import Backend, Observation, SimulatedBackend, read_json
 from isoflop.engine import TrialState
 from isoflop.plan import Plan, format_flops, plan
+from isoflop.runlock import LockedError, RunLock
 from isoflop.trials import fit, train_config
 from isoflop_trainer.store import atomic_write
 
@@ -63,7 +64,19 @@ class Run:
         self.fit_key: str | None = None
         self.fitting = False  # Ctrl-C stops a fit at once rather than waiting for it
         self.plots: list[Path] = []
-        self.load()
+        self.lock = RunLock(self.dir)
+        try:
+            self.load()
+            finished = {tid for tid, st in self.states.items() if st.phase == "Succeeded"}
+            # what a runner killed before this one left: its trainers stopped, its results kept
+            self.recovered = self.backend.recover(self.dir / "trials", finished)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def close(self) -> None:
+        """Let another run use the directory (the process's end does the same)."""
+        self.lock.release()
 
     # -- persistence ------------------------------------------------------------------------------
 
@@ -77,6 +90,10 @@ class Run:
             raise RunError(
                 f"cannot write to the run directory {self.dir}: {err.strerror or err}"
             ) from None
+        try:
+            self.lock.acquire()
+        except LockedError as err:
+            raise RunError(str(err)) from None
         saved = read_json(self.dir / "state.json")
         if not saved:
             return
@@ -203,7 +220,14 @@ class Run:
         return status
 
     def run(self, display: Display, poll: float = 0.5) -> engine.Decision:
-        """Until the sweep succeeds or fails; Ctrl-C or SIGTERM stops it resumably."""
+        """Until the sweep succeeds or fails; Ctrl-C or SIGTERM stops it resumably. The run
+        directory is locked until its trainers are stopped and its state and report written."""
+        try:
+            return self._run(display, poll)
+        finally:
+            self.lock.release()
+
+    def _run(self, display: Display, poll: float) -> engine.Decision:
         interrupted: list[int] = []
 
         def on_signal(signum: int, frame: Any) -> None:
