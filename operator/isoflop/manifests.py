@@ -12,7 +12,7 @@ from isoflop.plan import Trial, budget_tag
 from isoflop_trainer.component import MASTER_PORT, METRICS_PORT
 from isoflop_trainer.component import trial as component
 from isoflop_trainer.config import TrainConfig
-from isoflop_trainer.store import DATA_ERROR_EXIT_CODE
+from isoflop_trainer.store import PERMANENT_EXIT_CODE
 
 MANAGED_BY = {"app.kubernetes.io/managed-by": "isoflop", "app.kubernetes.io/name": "isoflop-trial"}
 SWEEP_LABEL, TRIAL_LABEL, BUDGET_LABEL = (
@@ -40,11 +40,12 @@ POD_SECURITY: dict[str, Any] = {
     "fsGroup": UID,
     "seccompProfile": {"type": "RuntimeDefault"},
 }
-# missing or mismatched data (the trainer's exit 65): one failure says it, retries cannot mend it
-FAIL_ON_DATA_ERROR: dict[str, Any] = {
+# a permanent failure (the trainer's exit 65: data, config, a deterministic error): one failure
+# says it, retries cannot mend it
+FAIL_ON_PERMANENT_ERROR: dict[str, Any] = {
     "action": "FailJob",
     "onPodConditions": [],
-    "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [DATA_ERROR_EXIT_CODE]},
+    "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [PERMANENT_EXIT_CODE]},
 }
 ROLE_LABEL = "isoflop.dev/role"
 DATA_CHECK = "data-check"  # the role and the name suffix of a sweep's data check Job
@@ -181,7 +182,7 @@ def trial_objects(
                         "values": [PREEMPTED_EXIT_CODE],
                     },
                 },
-                FAIL_ON_DATA_ERROR,
+                FAIL_ON_PERMANENT_ERROR,
             ]
         },
         "template": {"metadata": {"labels": labels(sweep.name, trial)}, "spec": pod},
@@ -275,7 +276,7 @@ def data_check_job(sweep: api.ScalingSweep, uid: str, namespace: str) -> dict[st
             "backoffLimit": 2,  # an unreachable store may come back; a wrong index does not
             "activeDeadlineSeconds": 600,
             "ttlSecondsAfterFinished": spec.resources.finished_ttl_seconds,
-            "podFailurePolicy": {"rules": [FAIL_ON_DATA_ERROR]},
+            "podFailurePolicy": {"rules": [FAIL_ON_PERMANENT_ERROR]},
             "template": {"metadata": {"labels": job_labels}, "spec": pod},
         },
     }

@@ -417,6 +417,7 @@ def _reconcile(
         if (j.metadata.labels or {}).get(SWEEP_LABEL) == sweep.name
     ]
     data = data_status(sweep, uid, namespace, status, jobs, p, clients)
+    given_up: list[str] = []  # Jobs of trials failed for good, still retrying: deleted below
     for job in jobs:
         tid = (job.metadata.labels or {}).get(TRIAL_LABEL)
         if tid is None or (tid in states and states[tid].phase in ("Succeeded", "Failed")):
@@ -441,6 +442,19 @@ def _reconcile(
         else:
             # pods that failed so far, retried by the Job's backoff (preemptions are not counted)
             attempts = 1 + (st.failed or 0)
+            said = (
+                (termination_message(clients, namespace, job.metadata.name) or {})
+                if st.failed
+                else {}
+            )
+            if said.get("permanent") is True:
+                # the trainer says no retry can mend it (torchrun exits 1 whatever its ranks
+                # did, so the Job's exit-code rule cannot see it): fail once, stop the Job
+                error = str(said.get("error") or "failed")
+                states[tid] = TrialState("Failed", attempts, error=error, permanent=True)
+                kopf.warn(body, reason="TrialFailed", message=f"{tid}: {error}")
+                given_up.append(job.metadata.name)
+                continue
             states[tid] = TrialState("Running" if st.active else "Starting", attempts)
     # the server writes a float such as 1.29746337890625e17 back as the integer of its shortest
     # decimal form, which Python keeps exact: float() gives the budget back
@@ -458,13 +472,7 @@ def _reconcile(
             message=data.message,
         )
     for cancel in decision.cancels:
-        try:
-            clients.batch.delete_namespaced_job(
-                job_name(sweep.name, cancel.trial_id), namespace, propagation_policy="Background"
-            )
-        except ApiException as err:
-            if err.status != 404:
-                raise
+        delete_job(clients, job_name(sweep.name, cancel.trial_id), namespace)
     for launch in decision.launches:
         t = launch.trial
         cfg = train_config(spec, sweep.name, t, **cluster_config(sweep, t))
@@ -519,6 +527,8 @@ def _reconcile(
         r for r in full.trials if r.phase in ("Succeeded", "Failed") and stored.get(r.id) != r
     ]
     records.write(clients.core, sweep, uid, namespace, {t.id: t.budget for t in p.trials}, finished)
+    for name in given_up:  # once their failure is recorded: a crash before this retries once more
+        delete_job(clients, name, namespace)
     new = full.to_wire()
     del new["trials"]
     for summary in new["budgets"]:
@@ -537,6 +547,15 @@ def _reconcile(
         fit_result.laws if fit_result else None,
         {tid: s.failed_attempts for tid, s in states.items()},
     )
+
+
+def delete_job(clients: Clients, name: str, namespace: str) -> None:
+    """Delete a Job, and through owner references its pods and Service; gone already is fine."""
+    try:
+        clients.batch.delete_namespaced_job(name, namespace, propagation_policy="Background")
+    except ApiException as err:
+        if err.status != 404:
+            raise
 
 
 def data_status(

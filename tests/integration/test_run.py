@@ -216,3 +216,34 @@ def test_a_run_directory_of_another_sweep_is_refused(tmp_path: Path) -> None:
     )
     assert other.returncode == 2
     assert "holds the run of sweep 'quickstart', not 'paper-in-context'" in other.stderr
+
+
+def test_a_missing_data_source_fails_each_trial_once_with_the_trainers_sentence(
+    tmp_path: Path,
+) -> None:
+    manifest = api.yaml_load(write_tiny(tmp_path / "tiny.yaml").read_text())
+    gone = tmp_path / "gone"
+    manifest["spec"]["data"]["source"] = f"file://{gone}"
+    manifest["spec"]["retries"] = {"perTrial": 2, "maxFailedTrials": 2}
+    path = tmp_path / "gone.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    # the CLI refuses it before any trial starts, in one sentence
+    out = subprocess.run(isoflop("run", str(path), "--run-dir", str(tmp_path / "cli")),
+                         capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1
+    assert f"no shard index at file://{gone}" in out.stderr
+    assert not (tmp_path / "cli" / "trials").exists()
+    # data that goes away after that check: each trial fails at its first attempt, not 3 times
+    from isoflop.backends import make_backend
+
+    sweep = api.parse_sweep(manifest)
+    run = Run(sweep, tmp_path / "run", make_backend("local", sweep.spec, Law(), 0.0, gpus=()))
+    decision = run.run(Display(stream=io.StringIO(), live=False))
+    assert decision.phase == "Failed"
+    launched = list((tmp_path / "run" / "trials").glob("*/log.txt"))
+    assert len(launched) >= 3  # maxFailedTrials 2: the third failure ends the sweep
+    for log in launched:
+        assert log.read_text().count("--- attempt") == 1, log
+    failed = [s for s in run.states.values() if s.phase == "Failed" and s.error]
+    assert any(s.error.startswith(f"no shard index at file://{gone}") for s in failed), failed

@@ -68,11 +68,22 @@ async def finish(k8s: Any, name: str, result: dict[str, Any], exit_code: int = 0
     await k8s.patch(
         f"/apis/batch/v1/namespaces/default/jobs/{name}/status", json={"status": job_status}
     )
+    await ended_pod(k8s, name, result, exit_code)
+
+
+async def ended_pod(
+    k8s: Any, job: str, result: dict[str, Any], exit_code: int, suffix: str = "x"
+) -> None:
+    """A pod of the Job that ended with this exit code and termination message."""
     state = {"terminated": {"exitCode": exit_code, "message": json.dumps(result)}}
     pod = {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": f"{name}-x", "namespace": "default", "labels": {"job-name": name}},
+        "metadata": {
+            "name": f"{job}-{suffix}",
+            "namespace": "default",
+            "labels": {"job-name": job},
+        },
         "spec": {"containers": [{"name": "trainer", "image": "t"}]},
         "status": {
             "containerStatuses": [

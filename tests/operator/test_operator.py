@@ -17,7 +17,7 @@ from prometheus_client import REGISTRY
 from isoflop import api
 from isoflop.plan import plan
 from tests.operator.conftest import operator_process, running_operator, wait_for
-from tests.operator.emulator import SWEEPS, finish, trial_records
+from tests.operator.emulator import SWEEPS, ended_pod, finish, trial_records
 
 ROOT = Path(__file__).resolve().parents[2]
 JOBS = kmock.resource("batch/v1/jobs")
@@ -266,6 +266,29 @@ async def test_failed_jobs_spend_the_failure_budget_then_fail_the_sweep(k8s: Any
     assert failed["reason"] == "TooManyFailedTrials"
     assert "3e10-d01" in failed["message"]
     assert "qs-3e10-d03" not in jobs(k8s)  # the running trial was cancelled
+
+
+async def test_a_permanent_failure_fails_its_trial_once_though_torchrun_exits_1(k8s: Any) -> None:
+    """torchrun exits 1 whatever its ranks did, so the Job's exit-code rule (65) cannot see a
+    permanent failure of a trial: the termination message says it, and the operator stops the
+    Job's retries and records the failure once."""
+    obj = manifest(parallelism=1, retries={"perTrial": 3, "maxFailedTrials": 5})
+    error = "training loss became nan at step 0"
+    async with running_operator(k8s):
+        await k8s.post("/apis/isoflop.dev/v1alpha1/namespaces/default/scalingsweeps", json=obj)
+        await wait_for(lambda: "qs-3e10-d01" in jobs(k8s))
+        await k8s.patch(  # one pod failed; the Job, within its backoff limit, runs another
+            "/apis/batch/v1/namespaces/default/jobs/qs-3e10-d01/status",
+            json={"status": {"active": 1, "failed": 1}},
+        )
+        await ended_pod(k8s, "qs-3e10-d01", {"status": "failed", "error": error,
+                                             "permanent": True}, exit_code=1)  # fmt: skip
+        await wait_for(lambda: "qs-3e10-d01" not in jobs(k8s))  # deleted: no more retries
+        await wait_for(lambda: "qs-3e10-d02" in jobs(k8s))  # and the sweep goes on
+    (record,) = [r for r in trial_records(k8s) if r["id"] == "3e10-d01"]
+    assert record["phase"] == "Failed"
+    assert record["error"] == error
+    assert record["attempts"] == 2
 
 
 async def test_adding_a_budget_to_a_running_sweep_adds_only_its_trials(k8s: Any) -> None:

@@ -429,3 +429,28 @@ def test_fsdp_matches_one_process_and_its_checkpoint_resumes_anywhere(tmp_path: 
     )
     assert code == 0
     assert resumed["losses"] == pytest.approx(one["losses"], rel=2e-4)
+
+
+def test_failures_that_recur_are_permanent_and_what_the_machine_did_is_not() -> None:
+    from isoflop_trainer.train import DataError, TrialFailed, permanent
+
+    assert permanent(TrialFailed("training loss became nan at step 3"), stepped=True)
+    assert permanent(DataError("no shard index"), stepped=False)
+    oom = torch.OutOfMemoryError("CUDA out of memory")
+    assert permanent(oom, stepped=False)  # the same batch at the first step: every time
+    assert not permanent(oom, stepped=True)  # after steps ran: fragmentation, a neighbour
+    assert not permanent(torch.distributed.DistError("store timeout"), stepped=False)
+    assert not permanent(RuntimeError("NCCL watchdog thread terminated"), stepped=True)
+    assert not permanent(ConnectionResetError(), stepped=False)
+    shapes = RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x8 and 16x8)")
+    assert permanent(shapes, stepped=False)  # before any step: the model or config itself
+    assert not permanent(RuntimeError("an unknown fault"), stepped=True)
+    assert permanent(ValueError("a config the trainer cannot take"), stepped=True)
+
+
+def test_a_nan_fails_the_trial_for_good_with_exit_65(tmp_path: Path) -> None:
+    result, code = train(tiny(tmp_path, steps=20, learning_rate=1e6))
+    assert result["status"] == "failed"
+    assert result["error"].startswith(("training loss became", "training diverged"))
+    assert result["permanent"] is True
+    assert code == 65  # the runner and the Job fail it at once: training is deterministic

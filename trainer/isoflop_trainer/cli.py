@@ -118,7 +118,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 def cmd_check_data(args: argparse.Namespace) -> int:
     """Check that a sweep's shards exist and fit its shapes (the operator runs this as a Job with
     the sweep's own credentials); exit 65 with one sentence when they do not."""
-    from isoflop_trainer.store import DATA_ERROR_EXIT_CODE, check_shards
+    from isoflop_trainer.store import PERMANENT_EXIT_CODE, check_shards
     from isoflop_trainer.telemetry import write_result
 
     c, h, w = args.latent_shape
@@ -130,7 +130,7 @@ def cmd_check_data(args: argparse.Namespace) -> int:
         result: dict[str, object] = {"status": "failed", "error": str(err), "permanent": True}
         write_result(result, None, args.termination_log)
         print(f"isoflop-train: error: {err}", file=sys.stderr)
-        return DATA_ERROR_EXIT_CODE
+        return PERMANENT_EXIT_CODE
     result = {
         "status": "succeeded",
         "samples": train.samples,

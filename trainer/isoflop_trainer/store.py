@@ -25,10 +25,11 @@ from typing import Any
 from urllib.parse import urlparse
 
 FORMAT = "isoflop-shards/v1"
-# sysexits' EX_DATAERR: a trial's data (or a model it names) is missing or does not fit the sweep.
-# No retry can mend it: the trainer exits with it, the runner and the Job's podFailurePolicy fail
-# the trial at once.
-DATA_ERROR_EXIT_CODE = 65
+# sysexits' EX_DATAERR: a failure no retry can mend. The trial's data (or a model it names) is
+# missing or does not fit the sweep, its config cannot run, or it fails the same way every time
+# (training is deterministic: a NaN, a divergence, out of memory at the first step). The trainer
+# exits with it; the runner and the Job's podFailurePolicy fail the trial at once.
+PERMANENT_EXIT_CODE = 65
 
 
 def atomic_write(path: Path, data: bytes | str) -> None:

@@ -49,7 +49,7 @@ from isoflop_trainer.evaluate import likelihood_bpd, validation_loss_and_error
 from isoflop_trainer.fid import fid, load_decoder, load_features
 from isoflop_trainer.flow import drop_text, flow_loss, keep_captions, sample_timesteps
 from isoflop_trainer.model import DiT
-from isoflop_trainer.store import DATA_ERROR_EXIT_CODE
+from isoflop_trainer.store import PERMANENT_EXIT_CODE
 from isoflop_trainer.telemetry import Telemetry, write_result
 
 CHECKPOINT = "checkpoint.pt"
@@ -64,12 +64,33 @@ class TrialFailed(Exception):
     """The trial cannot succeed (NaN, divergence, bad data): a clear failure result, not a retry."""
 
 
+# What the machine or the network did, not the trial: worth another attempt.
+TRANSIENT = (dist.DistError, ConnectionError, TimeoutError, OSError)
+TRANSIENT_WORDS = ("NCCL", "CUDA error", "ECC", "Xid", "socket", "timed out")
+
+
+def permanent(err: BaseException, stepped: bool) -> bool:
+    """Whether a failure will recur on every retry. Training is deterministic (seeded data, init and
+    noise), so what the trial itself runs into does: missing or mismatched data, a config the
+    model or batch cannot take, a NaN or divergence, any error before its first step completes,
+    out of memory at the first step. Transient, and retried: what the machine or the network did
+    (NCCL, CUDA errors, timeouts, lost peers, I/O), and running out of memory after steps ran."""
+    if isinstance(err, TrialFailed | DataError):
+        return True
+    if isinstance(err, torch.OutOfMemoryError):
+        return not stepped
+    if isinstance(err, TRANSIENT) or any(w in str(err) for w in TRANSIENT_WORDS):
+        return False
+    return not stepped or isinstance(err, ValueError | TypeError | KeyError | IndexError)
+
+
 @dataclass
 class Runtime:
     rank: int
     world: int
     local_rank: int
     device: torch.device
+    stepped: bool = False  # a training step completed in this process (see `permanent`)
 
     @property
     def main(self) -> bool:
@@ -177,7 +198,8 @@ class Checkpointer:
 
 
 def train(cfg: TrainConfig) -> tuple[dict[str, Any], int]:
-    """Run a trial; returns its result and the process exit code (0, 1 failed, 143 preempted)."""
+    """Run a trial; returns its result and the process exit code (0; 1 failed, worth a retry; 65
+    failed for good, see `permanent`; 143 preempted)."""
     rt = setup()
     telemetry = None
     if rt.main:
@@ -187,19 +209,13 @@ def train(cfg: TrainConfig) -> tuple[dict[str, Any], int]:
     start = time.time()
     try:
         result, code = _train(cfg, rt, telemetry)
-    except TrialFailed as err:
-        result, code = {"status": "failed", "error": str(err)}, 1
-    except DataError as err:
-        result, code = (
-            {"status": "failed", "error": str(err), "permanent": True},
-            DATA_ERROR_EXIT_CODE,
-        )
-    except Exception as err:  # anything else still ends in a readable failure result
-        tail = traceback.format_exc(limit=3)
-        result, code = (
-            {"status": "failed", "error": f"{type(err).__name__}: {err}", "trace": tail},
-            1,
-        )
+    except Exception as err:  # every failure ends in a readable result, classed for retries
+        result = {"status": "failed", "error": str(err) or type(err).__name__}
+        if not isinstance(err, TrialFailed | DataError):
+            result["error"] = f"{type(err).__name__}: {err}"
+            result["trace"] = traceback.format_exc(limit=3)
+        result["permanent"] = permanent(err, rt.stepped)
+        code = PERMANENT_EXIT_CODE if result["permanent"] else 1
     result = {
         "sweep": cfg.sweep,
         "trial": cfg.trial,
@@ -411,6 +427,7 @@ def _train(
             if ema is not None:
                 ema.update_parameters(model)
             state.step, state.samples = step + 1, state.samples + B
+            rt.stepped = True
             window_samples += B
             stop = vote(preempted)
             # this process's first step is logged on its own: that window is the warm-up
