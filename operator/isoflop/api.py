@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 import types
 import typing
@@ -902,20 +903,50 @@ def _field_path(loc: tuple[int | str, ...]) -> str:
     return path
 
 
-def describe_validation_error(err: ValidationError, prefix: str = "") -> str:
-    """One sentence naming the first offending field."""
-    first = err.errors()[0]
-    path = _field_path(tuple(first["loc"]))
-    if prefix:
-        path = f"{prefix}.{path}" if path else prefix
-    msg = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
-        msg = "is not a known field"
-    elif first["type"] == "missing":
-        msg = "is required"
-    more = len(err.errors()) - 1
-    tail = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
-    return f"{path}: {msg}{tail}" if path else f"{msg}{tail}"
+def _known_fields(model: Any, loc: tuple[int | str, ...]) -> list[str]:
+    """The camelCase keys allowed at `loc` below `model` (for a did-you-mean); [] if unknown."""
+    for part in loc:
+        if isinstance(part, int) or not (isinstance(model, type) and issubclass(model, BaseModel)):
+            continue
+        field = next((f for n, f in model.model_fields.items() if part in (n, f.alias)), None)
+        if field is None:
+            return []
+        models = [a for a in _flatten(field.annotation) if isinstance(a, type)]
+        model = next((m for m in models if issubclass(m, BaseModel)), None)
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return [f.alias or n for n, f in model.model_fields.items()]
+    return []
+
+
+def _flatten(annotation: Any) -> list[Any]:
+    args = typing.get_args(annotation)
+    return [annotation] if not args else [a for arg in args for a in _flatten(arg)]
+
+
+MAX_PROBLEMS = 5  # named in one sentence; more are counted
+
+
+def describe_validation_error(err: ValidationError, prefix: str = "", model: Any = None) -> str:
+    """One sentence naming every offending field (up to MAX_PROBLEMS), an unknown key with the
+    known one it is closest to."""
+    problems = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        path = _field_path(loc)
+        if prefix:
+            path = f"{prefix}.{path}" if path else prefix
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "is not a known field"
+            close = difflib.get_close_matches(str(loc[-1]), _known_fields(model, loc[:-1]), n=1)
+            if close:
+                msg += f" (did you mean {close[0]}?)"
+        elif e["type"] == "missing":
+            msg = "is required"
+        problems.append(f"{path}: {msg}" if path else msg)
+    more = len(problems) - MAX_PROBLEMS
+    tail = f" (and {more} more problem{'s' if more > 1 else ''})" if more > 0 else ""
+    return "; ".join(problems[:MAX_PROBLEMS]) + tail
 
 
 def parse_sweep(obj: Mapping[str, Any]) -> ScalingSweep:
@@ -932,7 +963,7 @@ def parse_sweep(obj: Mapping[str, Any]) -> ScalingSweep:
     try:
         return ScalingSweep.model_validate(obj, by_alias=True, by_name=False)
     except ValidationError as err:
-        raise ManifestError(describe_validation_error(err)) from None
+        raise ManifestError(describe_validation_error(err, model=ScalingSweep)) from None
     except RecursionError:
         raise ManifestError("the manifest nests too deep for a ScalingSweep") from None
 
@@ -950,7 +981,9 @@ def parse_spec(spec: Mapping[str, Any]) -> ScalingSweepSpec:
     try:
         return ScalingSweepSpec.model_validate(spec, by_alias=True, by_name=False)
     except ValidationError as err:
-        raise ManifestError(describe_validation_error(err, prefix="spec")) from None
+        raise ManifestError(
+            describe_validation_error(err, prefix="spec", model=ScalingSweepSpec)
+        ) from None
 
 
 def load_sweep(path: str | Path) -> ScalingSweep:

@@ -139,9 +139,27 @@ def test_missing_spec_fields_and_wrong_kind() -> None:
         api.parse_sweep({**MINIMAL, "metadata": {"name": "Bad_Name"}})
 
 
-def test_several_problems_are_counted_in_one_sentence() -> None:
-    with pytest.raises(api.ManifestError, match=r"\(and 1 more problem\)$"):
+def test_every_problem_is_named_in_one_sentence_with_a_did_you_mean() -> None:
+    with pytest.raises(api.ManifestError) as err:
         api.parse_sweep(with_spec(parallelism=0, **{"model.family": "x"}))
+    said = str(err.value)
+    assert "\n" not in said
+    assert said.count("; ") == 1
+    assert "spec.parallelism: " in said
+    assert "spec.model.family: " in said
+    typo = dict(MINIMAL["spec"])
+    typo["budget"] = typo.pop("budgets")
+    typo["training"] = {"learningrate": 0.1}
+    with pytest.raises(api.ManifestError) as err:
+        api.parse_sweep({**MINIMAL, "spec": typo})
+    assert str(err.value) == (
+        "spec.budgets: is required; spec.training.learningrate: is not a known field (did you "
+        "mean learningRate?); spec.budget: is not a known field (did you mean budgets?)"
+    )
+    many = {**MINIMAL["spec"], **{f"extra{i}": 1 for i in range(7)}}
+    with pytest.raises(api.ManifestError, match=r"; spec\.extra4: is not a known field \(and 2 "
+                       r"more problems\)$"):  # fmt: skip
+        api.parse_sweep({**MINIMAL, "spec": many})
 
 
 def test_parse_spec_prefixes_paths() -> None:
