@@ -17,6 +17,7 @@ from isoflop.plan import (
     H100_BF16_PEAK_FLOPS,
     Plan,
     format_flops,
+    law_problems,
     plan,
     runnable_plan,
 )
@@ -108,6 +109,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     sweep = api.load_sweep(args.file)
     planned = runnable_plan(sweep.spec)
+    short = law_problems(sweep.spec, planned)
+    if short is not None:
+        raise UsageError(short)
     report = None if args.no_data else check_data(sweep.spec, planned)
     print(f"{args.file}: ScalingSweep '{sweep.name}' is valid.")
     if report is not None:
@@ -235,6 +239,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         sweep = sweep.model_copy(update={"spec": spec})
     law = Law.parse(args.law) if args.law else Law()
     planned = runnable_plan(sweep.spec)
+    short = law_problems(sweep.spec, planned)
+    if short is not None:
+        raise UsageError(short)
     if not args.simulate:  # a real run: its data must be there before any trial starts
         from isoflop.datacheck import check_data
 

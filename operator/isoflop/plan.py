@@ -226,3 +226,30 @@ def runnable_plan(spec: ScalingSweepSpec) -> Plan:
             f"{spec.training.min_steps}): raise the budgets or lower training.minSteps"
         )
     return p
+
+
+MIN_LAW_BUDGETS, MIN_RUNGS = 2, 3  # a power law through optima; a parabola through each budget
+
+
+def law_problems(spec: ScalingSweepSpec, p: Plan) -> str | None:
+    """Why this plan cannot give a scaling law, in one sentence naming every budget that falls
+    short and why; None when at least 2 budgets have 3 or more feasible model sizes."""
+    rungs: dict[float, set[str]] = {b: set() for b in spec.budgets}
+    for t in p.trials:
+        rungs[t.budget].add(t.rung)
+    if sum(len(r) >= MIN_RUNGS for r in rungs.values()) >= MIN_LAW_BUDGETS:
+        return None
+    why: dict[float, list[str]] = {b: [] for b in spec.budgets}
+    for i in p.infeasible:
+        why[i.budget].append(f"{i.rung}: {i.reason}")
+    each = []
+    for b in sorted(rungs):
+        n = len(rungs[b])
+        said = f"{b:g} has {n} feasible model size{'s' if n != 1 else ''}"
+        if n < MIN_RUNGS and why[b]:
+            said += f" ({'; '.join(why[b][:2])}{'; ...' if len(why[b]) > 2 else ''})"
+        each.append(said)
+    return (
+        f"spec.budgets: a scaling law needs {MIN_LAW_BUDGETS} or more budgets with "
+        f"{MIN_RUNGS} or more feasible model sizes each: " + ", ".join(each)
+    )

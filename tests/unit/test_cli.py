@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from isoflop import cli
+from isoflop import api, cli
 from isoflop_trainer import cli as train_cli
 from tests.unit.synthetic import paper_rows
 
@@ -87,6 +87,21 @@ def test_invalid_manifest_exit_code_from_a_real_process(tmp_path: Path) -> None:
 def test_validate_ok(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["validate", str(ROOT / "examples/quickstart.yaml")]) == 0
     assert "ScalingSweep 'quickstart' is valid" in capsys.readouterr().out
+
+
+def test_validate_and_run_refuse_a_sweep_that_cannot_give_a_law(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest = api.yaml_load((ROOT / "examples/quickstart.yaml").read_text())
+    manifest["spec"]["budgets"] = manifest["spec"]["budgets"][:1]  # one budget: no power law
+    path = tmp_path / "one.yaml"
+    path.write_text(json.dumps(manifest))
+    for command in (["validate", "--no-data"], ["run", "--simulate", "--run-dir", str(tmp_path)]):
+        assert cli.main([*command, str(path)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("isoflop: error: spec.budgets: a scaling law needs 2 or more budgets")
+        assert err.count("\n") == 1
+    assert not (tmp_path / "state.json").exists()  # refused before anything ran
 
 
 def test_crd_write_and_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

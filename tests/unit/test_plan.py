@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from isoflop import api
-from isoflop.plan import budget_tag, ladder, plan, trial_id
+from isoflop.plan import budget_tag, ladder, law_problems, plan, trial_id
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -214,3 +214,21 @@ def test_every_trial_gets_the_evaluation_and_its_rungs_learning_rate() -> None:
     assert got == pytest.approx({"a": 3e-3, "b": 5e-4})
     with pytest.raises(api.ManifestError, match=r"spec\.evaluation\.fid\.features"):
         spec(evaluation={"fid": {"features": "resnet"}})
+
+
+def test_a_plan_that_cannot_give_a_law_says_which_budgets_fall_short_and_why() -> None:
+    ok = spec(budgets=[1e17, 1e18])
+    assert law_problems(ok, plan(ok)) is None  # 2 budgets x 3 sizes
+    one = spec(budgets=[1e17])
+    assert law_problems(one, plan(one)) == (
+        "spec.budgets: a scaling law needs 2 or more budgets with 3 or more feasible model sizes "
+        "each: 1e+17 has 3 feasible model sizes"
+    )
+    short = spec(budgets=[1e13, 1e17], training={"minSteps": 5})  # 1e13 loses depths 3 and 4
+    said = law_problems(short, plan(short))
+    assert said is not None
+    assert "1e+13 has 1 feasible model size (d03: 3 steps of batch 1024, fewer than" in said
+    assert "fewer than minSteps 5)" in said
+    assert said.endswith("1e+17 has 3 feasible model sizes")
+    replicated = spec(budgets=[1e17, 1e18], model={"depths": [2, 3]}, training={"replicates": 3})
+    assert law_problems(replicated, plan(replicated)) is not None  # replicates are no new sizes
