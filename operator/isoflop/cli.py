@@ -15,6 +15,8 @@ from isoflop import __version__, api, crd
 from isoflop.plan import (
     DEFAULT_MFU,
     H100_BF16_PEAK_FLOPS,
+    H100_MFU_CURVE,
+    MfuCurve,
     Plan,
     format_flops,
     law_problems,
@@ -54,7 +56,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def format_plan(p: Plan, mfu: float, peak: float) -> str:
+def format_plan(p: Plan, mfu: MfuCurve, peak: float) -> str:
     headers = [
         "budget",
         "trial",
@@ -68,6 +70,7 @@ def format_plan(p: Plan, mfu: float, peak: float) -> str:
         "FLOPs exact",
         "6ND",
         "rounding",
+        "MFU",
         "GPU-h",
     ]
     rows = [
@@ -84,6 +87,7 @@ def format_plan(p: Plan, mfu: float, peak: float) -> str:
             f"{t.flops_exact:.4e}",
             f"{t.flops_6nd:.4e}",
             f"{t.rounding:+.2%}",
+            f"{mfu.at(t.params):.1%}",
             f"{t.gpu_hours(mfu, peak):.3g}",
         ]
         for t in p.trials
@@ -93,12 +97,15 @@ def format_plan(p: Plan, mfu: float, peak: float) -> str:
         out.append(f"\ninfeasible ({len(p.infeasible)}):")
         out += [f"  {i.id} ({si(i.params)} params): {i.reason}" for i in p.infeasible]
     exact = sum(t.flops_exact for t in p.trials)
+    six_nd = sum(t.flops_6nd for t in p.trials)
     hours = sum(t.gpu_hours(mfu, peak) for t in p.trials)
+    flat = sum(t.gpu_hours(DEFAULT_MFU, peak) for t in p.trials)
     budgets = len({t.budget for t in p.trials})
     out.append(
-        f"\n{len(p.trials)} trials over {budgets} budgets, FLOPs counted as {p.accounting}; "
-        f"{exact:.3e} FLOPs in all, about {hours:.3g} GPU-hours at {mfu:.0%} MFU "
-        f"of a {peak / 1e12:.0f} TFLOP/s GPU."
+        f"\n{len(p.trials)} trials over {budgets} budgets (budgets counted as {p.accounting}); "
+        f"{exact:.3e} FLOPs in all counted exactly ({six_nd:.3e} as 6ND). About {hours:.3g} "
+        f"GPU-hours on a {peak / 1e12:.0f} TFLOP/s GPU, at {mfu.source}"
+        + (f" ({flat:.3g} at a flat {DEFAULT_MFU:.0%})." if len(mfu.points) > 1 else ".")
     )
     return "\n".join(out)
 
@@ -119,19 +126,38 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def mfu_curve(args: argparse.Namespace) -> MfuCurve:
+    """--mfu (one figure for every size), --mfu-curve FILE, or the trainer's H100 figures."""
+    if args.mfu is not None and args.mfu_curve is not None:
+        raise UsageError("give --mfu or --mfu-curve, not both")
+    if args.mfu is not None:
+        if not 0 < args.mfu <= 1:
+            raise UsageError(f"--mfu must lie in (0, 1], got {args.mfu}")
+        return MfuCurve.flat(args.mfu)
+    if args.mfu_curve is not None:
+        try:
+            text = Path(args.mfu_curve).read_text()
+        except OSError as err:
+            raise UsageError(f"cannot read {args.mfu_curve}: {err.strerror or err}") from None
+        try:
+            return MfuCurve.from_jsonl(text, args.mfu_curve)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+    return H100_MFU_CURVE
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
-    if not 0 < args.mfu <= 1:
-        raise UsageError(f"--mfu must lie in (0, 1], got {args.mfu}")
+    mfu = mfu_curve(args)
     if args.peak_tflops <= 0:
         raise UsageError(f"--peak-tflops must be positive, got {args.peak_tflops}")
     sweep = api.load_sweep(args.file)
     p = plan(sweep.spec)
     peak = args.peak_tflops * 1e12
     if args.json:
-        print(json.dumps(p.to_json(args.mfu, peak), indent=2))
+        print(json.dumps(p.to_json(mfu, peak), indent=2))
     else:
         print(f"ScalingSweep '{sweep.name}' ({sweep.spec.model.family})")
-        print(format_plan(p, args.mfu, peak))
+        print(format_plan(p, mfu, peak))
     return 0
 
 
@@ -434,7 +460,18 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("file")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--mfu", type=float, default=DEFAULT_MFU, help="MFU for the GPU-hour estimate")
+    p.add_argument(
+        "--mfu",
+        type=float,
+        help="one MFU for every model size in the GPU-hour estimate (default: the trainer's "
+        "measured H100 curve, 4.7%% at 5M parameters to 42%% at 800M)",
+    )
+    p.add_argument(
+        "--mfu-curve",
+        metavar="FILE",
+        help="MFU by model size from JSON lines with params and mfu (benchmarks/"
+        "bench_trainer.py output on your GPUs)",
+    )
     p.add_argument(
         "--peak-tflops",
         type=float,

@@ -391,9 +391,10 @@ def report_markdown(run: Run, status: api.ScalingSweepStatus, fit_text: str | No
 class Display:
     """Live progress on a terminal; one line per event otherwise."""
 
-    def __init__(self, stream: TextIO = sys.stdout, live: bool | None = None) -> None:
-        self.stream = stream
-        self.live = stream.isatty() if live is None else live
+    def __init__(self, stream: TextIO | None = None, live: bool | None = None) -> None:
+        # sys.stdout when called, not when this module was imported (a test's capture, closed)
+        self.stream = stream or sys.stdout
+        self.live = self.stream.isatty() if live is None else live
         self.lines = 0
         self.seen: dict[str, str] = {}
 

@@ -21,7 +21,7 @@ def test_plan_table(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     lines = [line for line in out.splitlines() if "-d" in line and line.strip()[0].isdigit()]
     assert len(lines) == 84
-    assert "84 trials over 6 budgets, FLOPs counted as 6ND" in out
+    assert "84 trials over 6 budgets (budgets counted as 6ND)" in out
     row = next(line for line in lines if "6e18-d15" in line).split()
     assert row[:4] == ["6e18", "6e18-d15", "15", "960"]
     assert float(row[10]) == pytest.approx(6e18, rel=1e-3)  # the 6ND column is the budget
@@ -31,7 +31,9 @@ def test_plan_json_matches_the_table(capsys: pytest.CaptureFixture[str]) -> None
     assert cli.main(["plan", str(ROOT / "examples/quickstart.yaml"), "--json", "--mfu", "0.5"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["accounting"] == "exact"
-    assert data["mfu"] == 0.5
+    assert data["mfu"] == {"source": "50% MFU at every size", "points": [[1.0, 0.5]]}
+    assert all(t["mfu"] == 0.5 for t in data["trials"])
+    assert data["gpuHours"] == pytest.approx(sum(t["gpu_hours"] for t in data["trials"]))
     assert len(data["trials"]) == 36
     assert data["infeasible"] == []
     for t in data["trials"]:
@@ -87,6 +89,28 @@ def test_invalid_manifest_exit_code_from_a_real_process(tmp_path: Path) -> None:
 def test_validate_ok(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["validate", str(ROOT / "examples/quickstart.yaml")]) == 0
     assert "ScalingSweep 'quickstart' is valid" in capsys.readouterr().out
+
+
+def test_plan_estimates_gpu_hours_from_an_mfu_curve(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    paper = str(ROOT / "examples/paper-in-context.yaml")
+    assert cli.main(["plan", paper]) == 0
+    said = capsys.readouterr().out.splitlines()[-1]
+    assert "1.106e+20 FLOPs in all counted exactly (1.540e+20 as 6ND)" in said
+    assert "About 257 GPU-hours" in said
+    assert said.endswith("(77.7 at a flat 40%).")
+    curve = tmp_path / "bench.jsonl"
+    curve.write_text('{"params": 1e6, "mfu": 0.1}\n{"params": 1e9, "mfu": 0.1}\n')
+    assert cli.main(["plan", paper, "--json", "--mfu-curve", str(curve)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["gpuHours"] == pytest.approx(4 * 77.7, rel=0.01)  # 10% is a quarter of 40%
+    assert {t["mfu"] for t in out["trials"]} == {0.1}
+    assert cli.main(["plan", paper, "--mfu", "0.4", "--mfu-curve", str(curve)]) == 2
+    assert "give --mfu or --mfu-curve, not both" in capsys.readouterr().err
+    curve.write_text("not json\n")
+    assert cli.main(["plan", paper, "--mfu-curve", str(curve)]) == 2
+    assert f"{curve} line 1: expected JSON" in capsys.readouterr().err
 
 
 def test_validate_and_run_refuse_a_sweep_that_cannot_give_a_law(

@@ -9,7 +9,15 @@ from typing import Any
 import pytest
 
 from isoflop import api
-from isoflop.plan import budget_tag, ladder, law_problems, plan, trial_id
+from isoflop.plan import (
+    H100_MFU_CURVE,
+    MfuCurve,
+    budget_tag,
+    ladder,
+    law_problems,
+    plan,
+    trial_id,
+)
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -232,3 +240,28 @@ def test_a_plan_that_cannot_give_a_law_says_which_budgets_fall_short_and_why() -
     assert said.endswith("1e+17 has 3 feasible model sizes")
     replicated = spec(budgets=[1e17, 1e18], model={"depths": [2, 3]}, training={"replicates": 3})
     assert law_problems(replicated, plan(replicated)) is not None  # replicates are no new sizes
+
+
+def test_the_mfu_curve_interpolates_in_log_size_and_holds_its_ends() -> None:
+    curve = MfuCurve(((1e6, 0.05), (1e8, 0.35)), "test")
+    assert curve.at(1e7) == pytest.approx(0.20)  # halfway in log(params)
+    assert curve.at(1e3) == 0.05  # held below the smallest measured size
+    assert curve.at(1e10) == 0.35  # and above the largest
+    t = plan(spec(budgets=[1e17, 1e18])).trials[0]
+    assert t.gpu_hours(curve) == pytest.approx(t.gpu_hours(curve.at(t.params)))
+    lines = '{"params": 1e8, "mfu": 0.2, "mode": "eager"}\n{"params": 1e8, "mfu": 0.3}\n\n'
+    lines += '{"params": 1e6, "mfu": 0.04}\n'
+    read = MfuCurve.from_jsonl(lines, "bench.jsonl")
+    assert read.points == ((1e6, 0.04), (1e8, 0.3))  # sorted; the best of one size's lines
+    with pytest.raises(ValueError, match=r"^bench.jsonl line 2: expected JSON with numbers"):
+        MfuCurve.from_jsonl('{"params": 1, "mfu": 0.1}\n{"tflops": 3}', "bench.jsonl")
+    with pytest.raises(ValueError, match="0 < mfu <= 1"):
+        MfuCurve.from_jsonl('{"params": 1e6, "mfu": 40}', "bench.jsonl")
+
+
+def test_small_models_cost_more_gpu_hours_per_flop_than_a_flat_mfu_says() -> None:
+    paper = api.load_sweep(Path(__file__).resolve().parents[2] / "examples/paper-in-context.yaml")
+    p = plan(paper.spec)
+    curve = sum(t.gpu_hours(H100_MFU_CURVE) for t in p.trials)
+    flat = sum(t.gpu_hours(0.40) for t in p.trials)
+    assert 3 < curve / flat < 4  # 257 against 77.7 GPU-hours: the paper's rungs are small
