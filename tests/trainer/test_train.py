@@ -343,7 +343,9 @@ def test_bad_data_source_is_a_clear_failure_that_no_retry_repeats(tmp_path: Path
     assert result["error"].startswith(f"no shard index at {tmp_path / 'no-such-shards'}")
 
 
-def test_the_ema_is_evaluated_and_survives_a_restart(tmp_path: Path) -> None:
+def test_the_ema_is_evaluated_and_survives_a_restart(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     plain, _ = train(tiny(steps=10))
     averaged, _ = train(tiny(steps=10, ema_decay=0.9))
     assert averaged["losses"] == plain["losses"]  # the average never feeds back into training
@@ -353,9 +355,13 @@ def test_the_ema_is_evaluated_and_survives_a_restart(tmp_path: Path) -> None:
     assert code == 0
     saved = torch.load(tmp_path / "ckpt" / "checkpoint.pt", weights_only=False)
     assert set(saved) >= {"ema", "scaler"}
+    capsys.readouterr()
     resumed, code = train(tiny(steps=10, ema_decay=0.9, checkpoint=ckpt))
     assert code == 0
     assert resumed["eval_loss"] == averaged["eval_loss"]  # the average resumed, not restarted
+    assert re.search(
+        rf"trial \S+ resumed from step 5 of 10 \({re.escape(ckpt)}\)", capsys.readouterr().out
+    )
     with pytest.raises(ValueError, match="ema_decay must lie in"):
         tiny(ema_decay=1.0)
 

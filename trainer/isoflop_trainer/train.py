@@ -294,6 +294,12 @@ def _train(
             scaler.load_state_dict(saved["scaler"])
         if ema is not None and "ema" in saved:
             ema.load_state_dict(saved["ema"])
+        if rt.main:  # the trial's log says where this attempt starts
+            print(
+                f"isoflop-train: trial {cfg.trial} resumed from step {state.step} of {cfg.steps} "
+                f"({cfg.checkpoint})",
+                flush=True,
+            )
     cache = None
     if cfg.compile:
         if cfg.compile_cache:
