@@ -1,8 +1,8 @@
 """Where `isoflop run` trains its trials: backends that launch, observe and stop them.
 
     SimulatedBackend   each trial's loss drawn from a known law with noise; instant (--simulate)
-    LocalBackend       each trial a local torchrun process group of the trainer (its torchx
-                       launch description), in its own session so a signal reaches every rank
+    LocalBackend       each trial the trainer's torchx launch description run with torchrun, on
+                       GPUs of its own (isoflop.devices) or the CPU
 
 A backend reports what it sees as Observations; the run (isoflop.runner) owns the state.
 
@@ -50,7 +50,7 @@ class Observation:
     step: int | None = None
     steps: int | None = None
     current_loss: float | None = None
-    permanent: bool = False  # a failure no retry can mend (missing data): not retried
+    permanent: bool = False  # a failure no retry can mend (the trainer's class): not retried
 
 
 class Backend(Protocol):

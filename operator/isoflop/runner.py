@@ -5,7 +5,9 @@ The run directory holds everything, and survives Ctrl-C, crashes and reboots:
     state.json      every trial's state and the fitted budgets; rewritten after every change
     status.json     the ScalingSweep status document (what the operator writes to the resource)
     trials.csv      the trial table;  report.md  a short report;  plots/  isoFLOP curves and laws
-    trials/<id>/    config.json, log.txt, progress.json, result.json, checkpoint/ of each trial
+    trials/<id>/    config.json, log.txt, progress.json, result.json, checkpoint/ of each trial,
+                    and pid.json while its trainer runs
+    run.lock        held (flock) by the one run working here, naming it (isoflop.runlock)
 
 Running the same command again resumes: finished trials are never trained again, interrupted ones
 continue from their checkpoints.
