@@ -23,7 +23,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -116,13 +116,13 @@ class LocalBackend:
 
     def recover(self, trials: Path, finished: set[str]) -> list[str]:
         said = []
-        for workdir in sorted(p for p in trials.glob("*") if p.is_dir()):
+        left = trial_processes(p for p in trials.glob("*") if p.is_dir())
+        stop_trials([w for w, pids in left.items() if pids])  # all at once: one grace period
+        for workdir, pids in sorted(left.items()):
             tid = workdir.name
-            left = trial_processes(workdir)
-            if left:
-                stop_trials([workdir])
+            if pids:
                 said.append(
-                    f"stopped trial {tid}'s trainer ({len(left)} processes), left running by a "
+                    f"stopped trial {tid}'s trainer ({len(pids)} processes), left running by a "
                     "runner that died"
                 )
             (workdir / PIDFILE).unlink(missing_ok=True)
@@ -209,12 +209,13 @@ def detect_gpus() -> int:
     )
 
 
-def trial_processes(workdir: Path) -> list[int]:
-    """The live processes of a trial: every process whose environment carries its folder as
-    ISOFLOP_TRIAL (torchrun's agent and its ranks, which run in sessions of their own). Linux's
-    /proc; elsewhere, none are found and only the agent's process group is signalled."""
-    marker = f"{TRIAL_ENV}={workdir}".encode()
-    out = []
+def trial_processes(workdirs: Iterable[Path]) -> dict[Path, list[int]]:
+    """The live processes of each trial, in one pass over /proc: every process whose environment
+    carries its folder as ISOFLOP_TRIAL (torchrun's agent and its ranks, which run in sessions of
+    their own). Linux's /proc; elsewhere none are found and only the agents' process groups are
+    signalled."""
+    markers = {f"{TRIAL_ENV}={w}".encode(): w for w in workdirs}
+    out: dict[Path, list[int]] = {w: [] for w in markers.values()}
     for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
         if not entry.name.isdigit():
             continue
@@ -223,8 +224,12 @@ def trial_processes(workdir: Path) -> list[int]:
             environ = (entry / "environ").read_bytes()
         except OSError:
             continue
-        if stat[stat.rindex(")") + 2 :][:1] not in ("Z", "X") and marker in environ.split(b"\0"):
-            out.append(int(entry.name))
+        if stat[stat.rindex(")") + 2 :][:1] in ("Z", "X"):
+            continue
+        for var in environ.split(b"\0"):
+            if var in markers:
+                out[markers[var]].append(int(entry.name))
+                break
     return out
 
 
@@ -246,7 +251,7 @@ def stop_trials(
     def alive() -> list[int]:
         for p in procs:
             p.poll()  # reap: a zombie is not alive
-        return [pid for w in workdirs for pid in trial_processes(w)]
+        return [pid for pids in trial_processes(workdirs).values() for pid in pids]
 
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 30.0)):
         for p in procs:

@@ -24,8 +24,9 @@ def trainers(run_dir: Path) -> dict[str, int]:
     in their environment, as the runner finds them (torchrun's agent and its ranks form one tree;
     a rank whose agent is gone is a tree of its own)."""
     out = {}
-    for folder in (run_dir / "trials").glob("*"):
-        pids = set(trial_processes(folder.resolve()))
+    found = trial_processes(f.resolve() for f in (run_dir / "trials").glob("*"))
+    for folder, listed in found.items():
+        pids = set(listed)
         roots = 0
         for pid in pids:
             try:
