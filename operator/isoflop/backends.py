@@ -149,7 +149,7 @@ class LocalBackend:
         env = {**os.environ, **role.env, "OMP_NUM_THREADS": str(self.threads)}
         env["CUDA_VISIBLE_DEVICES"] = ",".join(devices)  # its own GPUs only; "" is the CPU
         env[TRIAL_ENV] = str(workdir)  # how a later runner finds every process of this trial
-        cmd = [sys.executable, "-m", "torch.distributed.run", *role.args]
+        cmd = [sys.executable, "-m", "isoflop_trainer.launch", *role.args]
         on = f"GPU {','.join(devices)}" if devices else "CPU"
         with open(workdir / "log.txt", "ab") as log:
             log.write(f"--- attempt {attempt} on {on}: {' '.join(cmd[:8])} ...\n".encode())

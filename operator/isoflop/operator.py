@@ -448,8 +448,9 @@ def _reconcile(
                 else {}
             )
             if said.get("permanent") is True:
-                # the trainer says no retry can mend it (torchrun exits 1 whatever its ranks
-                # did, so the Job's exit-code rule cannot see it): fail once, stop the Job
+                # the trainer says no retry can mend it, and the Job's exit-code rule did not
+                # see it (a pod that exited 1: an image whose launcher is plain torchrun): fail
+                # once, stop the Job
                 error = str(said.get("error") or "failed")
                 states[tid] = TrialState("Failed", attempts, error=error, permanent=True)
                 kopf.warn(body, reason="TrialFailed", message=f"{tid}: {error}")

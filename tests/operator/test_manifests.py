@@ -58,7 +58,7 @@ def test_single_node_job_pod_spec() -> None:
     assert spec["podFailurePolicy"]["rules"][1]["onExitCodes"]["values"] == [143]
     pod = spec["template"]["spec"]
     (c,) = pod["containers"]
-    assert c["command"] == ["torchrun"]
+    assert c["command"] == ["isoflop-torchrun"]
     assert c["args"][:5] == ["--nnodes", "1", "--nproc-per-node", "8", "--standalone"]
     cfg = TrainConfig.from_dict(json.loads(c["args"][c["args"].index("--config-json") + 1]))
     assert cfg.checkpoint == "s3://bucket/ckpt/paper-in-context/1e17-d02"

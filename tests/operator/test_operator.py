@@ -67,7 +67,7 @@ async def test_a_sweep_runs_its_trials_within_parallelism_to_fitted_laws(k8s: An
         first = jobs(k8s)
         assert sorted(first) == ["qs-3e10-d01", "qs-3e10-d02", "qs-3e10-d03"]  # smallest first
         pod = first["qs-3e10-d01"]["spec"]["template"]["spec"]
-        assert pod["containers"][0]["command"] == ["torchrun"]
+        assert pod["containers"][0]["command"] == ["isoflop-torchrun"]
         assert first["qs-3e10-d01"]["metadata"]["ownerReferences"][0]["uid"] == "uid-qs"
         done: set[str] = set()
         while len(done) < len(trials):
@@ -268,10 +268,12 @@ async def test_failed_jobs_spend_the_failure_budget_then_fail_the_sweep(k8s: Any
     assert "qs-3e10-d03" not in jobs(k8s)  # the running trial was cancelled
 
 
-async def test_a_permanent_failure_fails_its_trial_once_though_torchrun_exits_1(k8s: Any) -> None:
-    """torchrun exits 1 whatever its ranks did, so the Job's exit-code rule (65) cannot see a
-    permanent failure of a trial: the termination message says it, and the operator stops the
-    Job's retries and records the failure once."""
+async def test_a_permanent_failure_fails_its_trial_once_whatever_the_pod_exited_with(
+    k8s: Any,
+) -> None:
+    """A pod that failed with exit 1 (a launcher that does not pass its ranks' 65 on: an older
+    image's plain torchrun) escapes the Job's exit-code rule: the termination message still says
+    the failure is permanent, and the operator stops the Job's retries and records it once."""
     obj = manifest(parallelism=1, retries={"perTrial": 3, "maxFailedTrials": 5})
     error = "training loss became nan at step 0"
     async with running_operator(k8s):

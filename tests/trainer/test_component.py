@@ -15,7 +15,7 @@ def test_component_describes_a_torchrun_trial() -> None:
     cfg = tiny(steps=5)
     one = trial(cfg.to_dict(), image="img:1", gpus_per_node=8, cpu=32, memMB=256_000)
     role = one.roles[0]
-    assert role.entrypoint == "torchrun"
+    assert role.entrypoint == "isoflop-torchrun"
     assert role.args[:5] == ["--nnodes", "1", "--nproc-per-node", "8", "--standalone"]
     assert role.args[5:9] == ["-m", "isoflop_trainer.cli", "train", "--config-json"]
     assert TrainConfig.from_dict(json.loads(role.args[9])) == cfg

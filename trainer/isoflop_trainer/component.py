@@ -1,4 +1,5 @@
-"""The launch description of one trial: a torchx AppDef running the trainer under torchrun.
+"""The launch description of one trial: a torchx AppDef running the trainer under torchrun (through
+`isoflop-torchrun`, isoflop_trainer.launch, which passes the ranks' exit code on).
 
 The local runner executes it as a process; the Kubernetes backend turns it into a pod template.
 Single node: `torchrun --standalone`. Several nodes: the node rank and the rank-0 address come from
@@ -14,6 +15,8 @@ from typing import Any
 from torchx import specs
 
 ROLE = "trainer"
+# torchrun that exits with its ranks' exit code, and without a traceback when stopped
+LAUNCHER = "isoflop-torchrun"
 MASTER_PORT = 29500
 METRICS_PORT = 9400
 
@@ -43,7 +46,7 @@ def trial(
     role = specs.Role(
         name=ROLE,
         image=image,
-        entrypoint="torchrun",
+        entrypoint=LAUNCHER,
         args=args,
         env={"PYTHONUNBUFFERED": "1", **(env or {})},
         num_replicas=nodes,
