@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,7 +21,6 @@ from isoflop.plan import (
     MfuCurve,
     Plan,
     format_flops,
-    law_problems,
     plan,
     runnable_plan,
 )
@@ -116,9 +117,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     sweep = api.load_sweep(args.file)
     planned = runnable_plan(sweep.spec)
-    short = law_problems(sweep.spec, planned)
-    if short is not None:
-        raise UsageError(short)
     report = None if args.no_data else check_data(sweep.spec, planned)
     print(f"{args.file}: ScalingSweep '{sweep.name}' is valid.")
     if report is not None:
@@ -241,14 +239,31 @@ def cmd_fit(args: argparse.Namespace) -> int:
     print(format_text(analysis))
     if comparison is not None:
         print()
-        first, second = Path(args.table), Path(args.compare)
-        names = (first.stem, second.stem)
-        if names[0] == names[1]:  # runs/a/trials.csv vs runs/b/trials.csv: name them by folder
-            names = (first.parent.name or first.stem, second.parent.name or second.stem)
-        print(format_comparison(comparison, *names))
+        print(format_comparison(comparison, *table_labels(Path(args.table), Path(args.compare))))
     for p in plots:
         print(f"wrote {p}")
     return 0
+
+
+def table_labels(first: Path, second: Path) -> tuple[str, str]:
+    """Names for two compared tables: the sweep of the run directory each lies in (its state.json),
+    else the file's name; the folder's, then the whole path, where those are the same."""
+
+    def sweep_of(table: Path) -> str | None:
+        try:
+            name = json.loads((table.parent / "state.json").read_text()).get("sweep")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return name if isinstance(name, str) and name else None
+
+    for names in (
+        (sweep_of(first) or first.stem, sweep_of(second) or second.stem),
+        (first.parent.name or first.stem, second.parent.name or second.stem),
+        (str(first), str(second)),
+    ):
+        if names[0] != names[1]:
+            return names
+    return str(first), str(second)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -265,9 +280,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         sweep = sweep.model_copy(update={"spec": spec})
     law = Law.parse(args.law) if args.law else Law()
     planned = runnable_plan(sweep.spec)
-    short = law_problems(sweep.spec, planned)
-    if short is not None:
-        raise UsageError(short)
     if not args.simulate:  # a real run: its data must be there before any trial starts
         from isoflop.datacheck import check_data
 
@@ -551,6 +563,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, ValueError) as err:  # ManifestError is a ValueError
         print(f"isoflop: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `isoflop plan --json | head`: the reader has all it wanted
+        # nothing more can reach stdout, not even the interpreter's flush at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE  # what a shell reports for a writer its reader left
     return code
 
 

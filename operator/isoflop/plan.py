@@ -274,8 +274,8 @@ def plan(spec: ScalingSweepSpec) -> Plan:
 
 
 def runnable_plan(spec: ScalingSweepSpec) -> Plan:
-    """The plan of a sweep that can run, or a ManifestError saying in one sentence why it cannot:
-    what `isoflop validate`, `isoflop run` and the operator's admission all check."""
+    """The plan of a sweep that can run and give a law, or a ManifestError saying in one sentence
+    why not: what `isoflop validate`, `isoflop run` and the operator's admission all check."""
     try:
         p = plan(spec)
     except ValueError as err:
@@ -292,6 +292,9 @@ def runnable_plan(spec: ScalingSweepSpec) -> Plan:
             f"{spec.training.global_batch_size}, fewer than minSteps "
             f"{spec.training.min_steps}): raise the budgets or lower training.minSteps"
         )
+    short = law_problems(spec, p)
+    if short is not None:  # it would run, and end with no law to show for its compute
+        raise ManifestError(short)
     return p
 
 

@@ -206,7 +206,7 @@ def test_a_multi_node_trials_headless_service_goes_with_its_job(
     Job goes (cancelled, expired by its TTL, collected with the sweep), the garbage collector
     takes the Service too (before, the Service stayed until the sweep was deleted)."""
     manifest = small_sweep("multi")
-    manifest["spec"]["budgets"] = [3e10]
+    manifest["spec"]["budgets"] = [3e10, 1e11]  # a law needs 2; parallelism 1 runs one
     manifest["spec"]["parallelism"] = 1
     manifest["spec"]["resources"] = {"nodes": 2, "gpusPerNode": 1, "cpu": "1", "memory": "1Gi"}
     path = tmp_path / "sweep.yaml"

@@ -15,6 +15,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import yaml
+
 from isoflop.backends import trial_processes
 from tests.integration.test_run import isoflop, write_tiny
 
@@ -57,6 +59,9 @@ def test_twenty_sigkills_of_the_runner_leave_no_duplicate_trainer_and_no_retrain
     tmp_path: Path,
 ) -> None:
     manifest = write_tiny(tmp_path / "tiny.yaml")
+    longer = yaml.safe_load(manifest.read_text())  # long enough to outlast twenty kills
+    longer["spec"]["budgets"] = [6e10, 2e11]
+    manifest.write_text(yaml.safe_dump(longer))
     run_dir = tmp_path / "run"
     cmd = isoflop("run", str(manifest), "--run-dir", str(run_dir), "--plain")
     rng = random.Random(20261130)

@@ -150,6 +150,8 @@ def test_a_local_sweep_survives_an_interrupt_and_never_retrains(tmp_path: Path) 
     before = {tid: s["loss"] for tid, s in state["trials"].items() if s["phase"] == "Succeeded"}
     assert len(before) >= 2
     assert not [s for s in state["trials"].values() if s["phase"] in ("Starting", "Running")]
+    for log in run_dir.glob("trials/*/log.txt"):  # stopped trials: a line, not a traceback
+        assert "Traceback" not in log.read_text(), log
 
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -192,6 +194,21 @@ def test_bad_input_ends_in_one_sentence(args: list[str], message: str) -> None:
     assert out.returncode == 2
     assert out.stderr.startswith(message), out.stderr
     assert out.stderr.count("\n") == 1
+
+
+def test_a_reader_that_stops_early_gets_no_traceback() -> None:
+    """`isoflop plan --json | head`: the pipe closes mid-output."""
+    proc = subprocess.Popen(
+        isoflop("plan", "examples/paper-in-context.yaml", "--json"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    assert proc.stdout.read(10) == b'{\n  "accou'
+    proc.stdout.close()
+    assert proc.wait(timeout=60) == 141  # 128 + SIGPIPE, as a shell reports it
+    assert proc.stderr.read() == b""
 
 
 def test_a_run_directory_of_another_sweep_is_refused(tmp_path: Path) -> None:

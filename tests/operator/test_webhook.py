@@ -88,6 +88,12 @@ def test_a_missing_right_is_a_403_with_the_sentence_and_an_invalid_spec_a_422() 
     assert invalid.value.code == 422
     assert "mlp_ratio 1e-09 gives an empty MLP" in str(invalid.value)
     assert auth.reviews == []  # nothing asked for a sweep that cannot run anyway
+    one_budget = {**base_manifest()["spec"], "budgets": [1e11]}  # runs, but gives no law
+    with pytest.raises(kopf.AdmissionError) as lawless:
+        call(auth, one_budget)
+    assert lawless.value.code == 422
+    assert "a scaling law needs 2 or more budgets with 3 or more feasible model sizes each: " \
+        "1e+11 has" in str(lawless.value)  # fmt: skip
 
 
 def test_an_update_that_keeps_the_spec_asks_nothing() -> None:

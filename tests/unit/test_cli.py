@@ -214,6 +214,25 @@ def test_fit_text_plots_and_comparison(tmp_path: Path, capsys: pytest.CaptureFix
         assert len(png) > 20_000
 
 
+def test_compared_tables_are_named_by_their_sweeps(tmp_path: Path) -> None:
+    def run_dir(folder: str, sweep: str | None) -> Path:
+        (tmp_path / folder).mkdir()
+        if sweep is not None:
+            (tmp_path / folder / "state.json").write_text(json.dumps({"sweep": sweep}))
+        return tmp_path / folder / "trials.csv"
+
+    a, b = run_dir("run-1", "dit-in-context"), run_dir("run-2", "dit-cross-attention")
+    assert cli.table_labels(a, b) == ("dit-in-context", "dit-cross-attention")
+    c, d = run_dir("monday", "same"), run_dir("tuesday", "same")  # one sweep run twice
+    assert cli.table_labels(c, d) == ("monday", "tuesday")
+    e, f = run_dir("x", None), tmp_path / "other.csv"  # no run directory: the file names
+    assert cli.table_labels(e, f) == ("trials", "other")
+    (tmp_path / "y").mkdir()
+    g, h = tmp_path / "x" / "t.csv", tmp_path / "y" / "x" / "t.csv"
+    (tmp_path / "y" / "x").mkdir()
+    assert cli.table_labels(g, h) == (str(g), str(h))
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [
