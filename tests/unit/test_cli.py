@@ -290,3 +290,26 @@ def test_a_full_disk_ends_a_run_in_one_sentence_and_leaves_no_temporary_file(
     assert sorted(p.name for p in run_dir.rglob("*.tmp")) == []
     for written in run_dir.glob("*.json"):  # what was written before is whole
         json.loads(written.read_text())
+
+
+def test_every_option_with_a_default_shows_it_in_help() -> None:
+    import argparse
+
+    root = cli.parser()
+    (sub,) = [a for a in root._actions if isinstance(a, argparse._SubParsersAction)]
+    checked = 0
+    for name, command in sub.choices.items():
+        text = command.format_help()
+        for action in command._actions:
+            if action.default in (None, False, [], argparse.SUPPRESS) or not action.help:
+                continue
+            checked += 1
+            help_start = " ".join(action.help.split()[:3])
+            assert "default" in " ".join(text.split()).split(help_start, 1)[1][:400], (
+                name,
+                action.dest,
+            )
+    assert checked >= 7  # run --noise, forecast --runs, plan --peak-tflops, fit --bootstrap, ...
+    assert "simulated sweeps (default: 40)" in " ".join(
+        sub.choices["forecast"].format_help().split()
+    )
