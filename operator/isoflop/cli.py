@@ -368,6 +368,16 @@ def cmd_forecast(args: argparse.Namespace) -> int:
             variants=not args.no_variants,
         )
     print(format_forecast(result))
+    if args.strategies:
+        from isoflop.forecast import compare_strategies, format_strategies
+
+        noise = 0.005 if noise is None else noise
+        with threadpool_limits(limits=1):
+            rows = compare_strategies(
+                sweep.spec, law, noise, args.runs, args.bootstrap, window=window
+            )
+        print()
+        print(format_strategies(rows, args.runs, noise))
     return 0
 
 
@@ -451,6 +461,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--window", type=float, help="local-fit loss rise (0: whole ladder)")
     p.add_argument("--target", type=float, help="the N* exponent precision (+-) you need")
     p.add_argument("--no-variants", action="store_true", help="skip the grid changes")
+    p.add_argument(
+        "--strategies",
+        action="store_true",
+        help="also compare the full grid with WSD branches and adaptive ladders on the same law",
+    )
     p.set_defaults(func=cmd_forecast)
 
     p = sub.add_parser(

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy.optimize import minimize_scalar
@@ -21,7 +21,16 @@ from isoflop import api
 from isoflop.fit import Analysis, Points, analyze
 from isoflop.fit.analysis import Method
 from isoflop.fit.parabola import DEFAULT_WINDOW, flops_per_param_token
-from isoflop.plan import Plan, plan
+from isoflop.plan import Plan, Trial, plan
+from isoflop.strategy import (
+    STRATEGIES,
+    Adaptive,
+    Strategy,
+    Wsd,
+    densified,
+    run_adaptive,
+    wsd_flops,
+)
 
 LAWS = ("params", "tokens", "loss")
 METHODS = ("parabola", "parametric")
@@ -201,6 +210,177 @@ def simulate(
         )
         for m in methods
     }
+
+
+@dataclass(frozen=True)
+class StrategyRuns:
+    """A strategy's simulated sweeps: the parabola fit's exponents and the compute each spent."""
+
+    estimates: Estimates
+    compute: np.ndarray  # (runs,) FLOPs as the strategy accounts them
+    trials: np.ndarray  # (runs,) trials trained (branches count one each)
+
+
+def simulate_strategy(
+    spec: api.ScalingSweepSpec,
+    law: Law,
+    noise: float,
+    runs: int,
+    bootstrap: int,
+    adaptive: Adaptive | None = None,
+    wsd: Wsd | None = None,
+    window: float | None = DEFAULT_WINDOW,
+    seed: int = 0,
+) -> StrategyRuns:
+    """Like `simulate` for one strategy (neither: the full grid). A WSD branch's loss is drawn
+    from the law like a trial trained from scratch to the same (N, D): what the branches are
+    meant to give (the real comparison is in the closing evidence of the strategies' issue)."""
+    p = plan(spec)
+    if not p.trials:
+        raise ValueError("the plan has no feasible trial to simulate")
+    out = {k: np.full((3, runs), np.nan) for k in LAWS}
+    compute, count = np.zeros(runs), np.zeros(runs)
+    failed = 0
+    rng = np.random.default_rng(seed)
+
+    def train(chosen: Sequence[Trial]) -> dict[str, float]:
+        clean = law(
+            np.array([float(t.params) for t in chosen]), np.array([float(t.tokens) for t in chosen])
+        )
+        drawn = clean * np.exp(noise * rng.standard_normal(len(chosen)))
+        return {t.id: float(v) for t, v in zip(chosen, drawn, strict=True)}
+
+    for r in range(runs):
+        try:
+            losses = run_adaptive(p.trials, adaptive, train) if adaptive else train(p.trials)
+        except ValueError:  # the seeds gave no law to predict from
+            failed += 1
+            continue
+        trained = [t for t in p.trials if t.id in losses]
+        compute[r] = wsd_flops(trained, wsd) if wsd else sum(t.flops_exact for t in trained)
+        count[r] = len(trained)
+        points = Points.from_rows(
+            {
+                "budget": t.budget,
+                "params": float(t.params),
+                "tokens": float(t.tokens),
+                "loss": losses[t.id],
+            }
+            for t in trained
+        )
+        try:
+            a = analyze(
+                points, method="parabola", bootstrap=bootstrap, seed=seed + r, window=window
+            )
+        except ValueError:
+            failed += 1
+            continue
+        for name in LAWS:
+            value, ci = _exponent(a, "parabola", name)
+            out[name][0, r] = value
+            if ci is not None:
+                out[name][1:, r] = ci
+    est = Estimates(
+        {k: v[0] for k, v in out.items()},
+        {k: v[1] for k, v in out.items()},
+        {k: v[2] for k, v in out.items()},
+        failed,
+    )
+    return StrategyRuns(est, compute, count)
+
+
+@dataclass(frozen=True)
+class StrategyForecast:
+    """One strategy's simulated sweeps, against the full grid's on the same law and noise."""
+
+    strategy: Strategy
+    budgets: int
+    trials: float  # mean trials trained per sweep
+    compute: float  # mean FLOPs per sweep, as the strategy accounts them, / the full grid's
+    exponent: ExponentForecast | None  # the N* exponent; None when no sweep could be fitted
+    equal_precision: float | None  # compute for the full grid's N* scatter, / the full grid's
+
+
+def compare_strategies(
+    spec: api.ScalingSweepSpec,
+    law: Law,
+    noise: float,
+    runs: int,
+    bootstrap: int,
+    strategies: Sequence[Strategy] = STRATEGIES,
+    window: float | None = DEFAULT_WINDOW,
+    seed: int = 0,
+) -> list[StrategyForecast]:
+    """Each strategy simulated `runs` times on the same law and noise: the compute it spends,
+    its N* exponent's bias, scatter, interval width and coverage, and the compute it would need,
+    buying precision with replicates (scatter ~ 1/sqrt(r)), to match the full grid's scatter."""
+    full_compute = float(sum(t.flops_exact for t in plan(spec).trials))
+    out, reference = [], None
+    for s in strategies:
+        grid = densified(spec, s.budget_factor)
+        runs_of = simulate_strategy(
+            grid, law, noise, runs, bootstrap, s.adaptive, s.wsd, window, seed
+        )
+        true = truth(plan(grid), law).exponents
+        exp = next(
+            (e for e in summarize(runs_of.estimates, true, "parabola") if e.law == "params"), None
+        )
+        ok = np.isfinite(runs_of.estimates.value["params"])
+        compute = float(runs_of.compute[ok].mean()) / full_compute if ok.any() else math.nan
+        cost = None if exp is None or not exp.spread > 0 else compute * exp.spread**2
+        if reference is None and not s.adaptive and not s.wsd and s.budget_factor == 1:
+            reference = cost
+        out.append(
+            StrategyForecast(
+                s,
+                len(grid.budgets),
+                float(runs_of.trials[ok].mean()) if ok.any() else 0.0,
+                compute,
+                exp,
+                cost,
+            )
+        )
+    return [
+        replace(
+            f,
+            equal_precision=None
+            if f.equal_precision is None or not reference
+            else f.equal_precision / reference,
+        )
+        for f in out
+    ]
+
+
+def format_strategies(rows: Sequence[StrategyForecast], runs: int, noise: float) -> str:
+    lines = [
+        f"Strategies, {runs} simulated sweeps each at {noise:.2%} noise (N* exponent; compute as a "
+        "multiple of the full grid's):",
+        f"  {'strategy':<30} {'budgets':>7} {'trials':>6} {'compute':>8} {'bias':>8} "
+        f"{'scatter':>8} {'interval':>8} {'coverage':>8} {'same precision':>14}",
+    ]
+    for r in rows:
+        e = r.exponent
+        cells = (
+            ("-",) * 4
+            if e is None
+            else (
+                f"{e.bias:+.4f}",
+                f"{e.spread:.4f}",
+                f"{e.interval_width:.4f}" if math.isfinite(e.interval_width) else "n/a",
+                f"{e.coverage:.0%}" if e.coverage is not None else "n/a",
+            )
+        )
+        same = f"{r.equal_precision:.2f}x" if r.equal_precision is not None else "-"
+        lines.append(
+            f"  {r.strategy.name:<30} {r.budgets:>7} {r.trials:>6.1f} {r.compute:>7.2f}x "
+            + " ".join(f"{c:>8}" for c in cells)
+            + f" {same:>14}"
+        )
+    lines.append(
+        "  'same precision': the compute to match the full grid's scatter, buying precision with "
+        "replicates; WSD branch losses are drawn as if trained from scratch."
+    )
+    return "\n".join(lines)
 
 
 def _exponent(a: Analysis, method: str, name: str) -> tuple[float, tuple[float, float] | None]:

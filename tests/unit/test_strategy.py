@@ -1,0 +1,124 @@
+"""Sweep strategies: adaptive ladders' decisions and WSD branches' compute, and their simulation."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+
+from isoflop import api
+from isoflop.forecast import (
+    Law,
+    compare_strategies,
+    format_strategies,
+    simulate,
+    simulate_strategy,
+)
+from isoflop.plan import Trial, plan
+from isoflop.strategy import Adaptive, Wsd, around, by_budget, run_adaptive, widen, wsd_flops
+
+PAPER = api.load_sweep("examples/paper-in-context.yaml").spec
+
+
+def test_wsd_charges_each_rungs_shared_stable_run_once() -> None:
+    p = plan(PAPER)
+    rung = [t for t in p.trials if t.rung == p.trials[0].rung]
+    per_token = rung[0].flops_exact / rung[0].tokens
+    tokens = [t.tokens for t in rung]
+    expected = per_token * (0.8 * max(tokens) + 0.2 * sum(tokens))
+    assert wsd_flops(rung, Wsd(0.2)) == pytest.approx(expected, rel=1e-12)
+    assert wsd_flops(rung, Wsd(1.0)) == pytest.approx(sum(t.flops_exact for t in rung), rel=1e-9)
+    full = sum(t.flops_exact for t in p.trials)
+    # the paper's budgets sum to 1.1e19 against a largest of 6e18: 0.8*6/11 + 0.2 = 0.636
+    assert wsd_flops(p.trials, Wsd(0.2)) / full == pytest.approx(0.8 * 6 / 11 + 0.2, abs=0.003)
+    with pytest.raises(ValueError, match="cooldown"):
+        Wsd(0.0)
+
+
+def test_around_centres_on_the_target_and_stops_at_the_ladders_ends() -> None:
+    ladder = by_budget(plan(PAPER).trials)[1e18]
+    sizes = [t.params for t in ladder]
+    chosen = around(ladder, sizes[6] * 1.05, 5)
+    assert [t.params for t in chosen] == sizes[4:9]
+    assert [t.params for t in around(ladder, 1.0, 5)] == sizes[:5]  # below the ladder
+    assert [t.params for t in around(ladder, 1e12, 5)] == sizes[-5:]
+    assert around(ladder, 1e7, 40) == ladder
+    with pytest.raises(ValueError, match="at least 3"):
+        Adaptive(rungs=2)
+    with pytest.raises(ValueError, match="seed_budgets"):
+        Adaptive(seed_budgets=1)
+
+
+def test_widen_adds_the_neighbour_beyond_an_edge_minimum_until_bracketed() -> None:
+    ladder = by_budget(plan(PAPER).trials)[1e18]
+    chosen = ladder[4:9]
+    falling = {t.id: 1.0 - 0.01 * i for i, t in enumerate(ladder)}  # the minimum is above
+    assert widen(ladder, chosen, falling) == ladder[9]
+    rising = {t.id: 1.0 + 0.01 * i for i, t in enumerate(ladder)}
+    assert widen(ladder, chosen, rising) == ladder[3]
+    valley = {t.id: (i - 6) ** 2 for i, t in enumerate(ladder)}
+    assert widen(ladder, chosen, valley) is None
+    assert widen(ladder, ladder[-5:], falling) is None  # the ladder ends: nothing to add
+
+
+def law_losses(law: Law) -> dict[str, float]:
+    return {t.id: float(law(t.params, t.tokens)) for t in plan(PAPER).trials}
+
+
+def test_an_adaptive_sweep_trains_the_seeds_whole_and_later_budgets_around_the_optimum() -> None:
+    exact = law_losses(Law())
+    asked: list[list[str]] = []
+
+    def train(chosen: Sequence[Trial]) -> dict[str, float]:
+        asked.append([t.id for t in chosen])
+        return {t.id: exact[t.id] for t in chosen}
+
+    losses = run_adaptive(plan(PAPER).trials, Adaptive(seed_budgets=2, rungs=5), train)
+    ladders = by_budget(plan(PAPER).trials)
+    budgets = list(ladders)
+    assert asked[0] == [t.id for t in ladders[budgets[0]]]  # seeds: the whole ladder
+    assert asked[1] == [t.id for t in ladders[budgets[1]]]
+    for budget in budgets[2:]:
+        mine = [t for t in ladders[budget] if t.id in losses]
+        assert 5 <= len(mine) < len(ladders[budget])
+        # the true optimum of the law at this budget is bracketed by what was trained
+        best = min(mine, key=lambda t: losses[t.id])
+        assert mine[0].params < best.params < mine[-1].params
+        n_star = 0.0009 * budget**0.5681  # the default law's N*(C)
+        assert mine[0].params < n_star < mine[-1].params
+    again = run_adaptive(plan(PAPER).trials, Adaptive(seed_budgets=2, rungs=5), train)
+    assert again == losses  # the same losses give the same decisions: a restart repeats them
+
+
+def test_the_full_strategy_simulates_as_the_forecast_does_and_wsd_only_changes_compute() -> None:
+    law = Law()
+    full = simulate_strategy(PAPER, law, 0.005, 6, 0)
+    grid = simulate(PAPER, law, 0.005, 6, 0)["parabola"]
+    assert np.allclose(full.estimates.value["params"], grid.value["params"])
+    wsd = simulate_strategy(PAPER, law, 0.005, 6, 0, wsd=Wsd(0.2))
+    assert np.array_equal(wsd.estimates.value["params"], full.estimates.value["params"])
+    assert np.allclose(wsd.compute / full.compute, 0.8 * 6 / 11 + 0.2, atol=0.003)
+    adaptive = simulate_strategy(PAPER, law, 0.005, 6, 0, adaptive=Adaptive(rungs=5))
+    assert (adaptive.trials < full.trials).all()
+    assert (adaptive.compute < 0.6 * full.compute).all()
+    assert np.isfinite(adaptive.estimates.value["params"]).all()
+    assert math.isclose(full.trials[0], len(plan(PAPER).trials))
+
+
+def test_strategies_are_compared_on_the_same_law_and_noise() -> None:
+    rows = compare_strategies(PAPER, Law(), 0.005, 8, 0)
+    by = {r.strategy.name: r for r in rows}
+    full, wsd = by["full grid"], by["wsd branches (cooldown 0.2)"]
+    assert (full.compute, full.equal_precision, full.budgets, full.trials) == (1.0, 1.0, 6, 84.0)
+    assert full.exponent is not None
+    assert abs(full.exponent.bias) < 0.05
+    assert wsd.compute == pytest.approx(0.8 * 6 / 11 + 0.2, abs=0.003)
+    assert wsd.equal_precision == pytest.approx(wsd.compute)  # the same losses, the same scatter
+    dense = by["wsd branches, 2x budgets"]
+    assert (dense.budgets, dense.trials) == (12, 168.0)
+    adaptive = by["adaptive ladder (5 rungs)"]
+    assert adaptive.trials < 84
+    text = format_strategies(rows, 8, 0.005)
+    assert "wsd branches (cooldown 0.2)          6   84.0    0.64x" in text
