@@ -253,6 +253,12 @@ class TrainConfig:
     vae: str | None = None  # decoder for FID; default: the VAE the data's index records
     checkpoint: str | None = None  # folder, file:// or s3:// prefix
     checkpoint_every: int = 0  # steps; 0: only on SIGTERM
+    # WSD branches: a stable (constant-rate) run keeps a checkpoint at each of these steps, kept
+    # beside its rolling one; a cooldown trial starts from one of them (`branch_from`, the
+    # parent's checkpoint location, at `branch_step`) unless it has a checkpoint of its own
+    branch_points: tuple[int, ...] = ()
+    branch_from: str | None = None
+    branch_step: int = 0
     results: str | None = None  # result JSON path
     progress: str | None = None  # a small JSON file (step, loss) rewritten as training goes
     termination_log: str | None = "/dev/termination-log"
@@ -282,6 +288,12 @@ class TrainConfig:
             raise ValueError("ema_decay is not supported with fsdp: its average is not sharded")
         if self.checkpoint_every < 0:
             raise ValueError(f"checkpoint_every must be 0 or more, got {self.checkpoint_every}")
+        if any(not 0 < b <= self.steps for b in self.branch_points):
+            raise ValueError(f"branch_points must lie in 1..steps ({self.steps})")
+        if self.branch_points and not self.checkpoint:
+            raise ValueError("branch_points need a checkpoint location to keep them in")
+        if self.branch_from is not None and not 0 < self.branch_step < self.steps:
+            raise ValueError(f"branch_step must lie in 1..steps-1 ({self.steps - 1})")
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -292,6 +304,8 @@ class TrainConfig:
         fields["model"] = DiTConfig(**fields["model"])
         if "betas" in fields:
             fields["betas"] = tuple(fields["betas"])
+        if "branch_points" in fields:
+            fields["branch_points"] = tuple(fields["branch_points"])
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(fields) - known)
         if unknown:

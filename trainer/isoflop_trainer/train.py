@@ -178,23 +178,28 @@ def peak_flops(cfg: TrainConfig, device: torch.device) -> float | None:
     return None
 
 
+def branch_name(step: int) -> str:
+    """The checkpoint a stable run keeps at a branch point."""
+    return f"branch-{step:09d}.pt"
+
+
 class Checkpointer:
     """Atomic checkpoints in a folder or an S3 prefix (a local rename; a single S3 PUT)."""
 
     def __init__(self, uri: str) -> None:
         self.store = Store(uri)
 
-    def load(self) -> dict[str, Any] | None:
-        if not self.store.exists(CHECKPOINT):
+    def load(self, name: str = CHECKPOINT) -> dict[str, Any] | None:
+        if not self.store.exists(name):
             return None
-        raw = self.store.read(CHECKPOINT)
+        raw = self.store.read(name)
         loaded: dict[str, Any] = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=False)
         return loaded
 
-    def save(self, payload: dict[str, Any]) -> None:
+    def save(self, payload: dict[str, Any], name: str = CHECKPOINT) -> None:
         buf = io.BytesIO()
         torch.save(payload, buf)
-        self.store.write(CHECKPOINT, buf.getvalue())
+        self.store.write(name, buf.getvalue())
 
 
 def train(cfg: TrainConfig) -> tuple[dict[str, Any], int]:
@@ -284,7 +289,22 @@ def _train(
     full = StateDictOptions(full_state_dict=True, cpu_offload=True)
     state = State()
     ckpt = Checkpointer(cfg.checkpoint) if cfg.checkpoint else None
-    if ckpt is not None and (saved := ckpt.load()) is not None:
+    saved = ckpt.load() if ckpt is not None else None
+    resumed = saved is not None
+    # a branch: the step it started from and the samples its stable run trained before it
+    branched: int | None = saved.get("branched_from") if saved is not None else None
+    prefix_samples: int = saved.get("prefix_samples", 0) if saved is not None else 0
+    if saved is None and cfg.branch_from is not None:  # a cooldown branch's first attempt
+        saved = Checkpointer(cfg.branch_from).load(branch_name(cfg.branch_step))
+        if saved is None:
+            raise FileNotFoundError(  # transient: the stable run may still get there
+                f"no branch checkpoint at step {cfg.branch_step} in {cfg.branch_from}: its "
+                "stable run has not reached it"
+            )
+        branched, prefix_samples = saved["state"]["step"], saved["state"]["samples"]
+        # this trial's own steps, time and throughput only; the prefix is the parent's
+        saved["state"].update(losses=[], seconds=0.0, steady_seconds=0.0, steady_samples=0)
+    if saved is not None:
         load = StateDictOptions(full_state_dict=True)
         set_model_state_dict(model, saved["model"], options=load)
         set_optimizer_state_dict(model, opt, saved["optimizer"], options=load)
@@ -295,9 +315,10 @@ def _train(
         if ema is not None and "ema" in saved:
             ema.load_state_dict(saved["ema"])
         if rt.main:  # the trial's log says where this attempt starts
+            how = "resumed" if resumed else "branched"
             print(
-                f"isoflop-train: trial {cfg.trial} resumed from step {state.step} of {cfg.steps} "
-                f"({cfg.checkpoint})",
+                f"isoflop-train: trial {cfg.trial} {how} from step {state.step} of {cfg.steps} "
+                f"({cfg.checkpoint if resumed else cfg.branch_from})",
                 flush=True,
             )
     cache = None
@@ -331,7 +352,7 @@ def _train(
 
     previous = signal.signal(signal.SIGTERM, on_sigterm)
 
-    def checkpoint() -> None:
+    def checkpoint(name: str = CHECKPOINT) -> None:
         if ckpt is None:
             return
         # collective under FSDP (every rank gathers), written by rank 0 alone
@@ -347,7 +368,10 @@ def _train(
                     "scaler": scaler.state_dict(),
                     **({"ema": ema.state_dict()} if ema is not None else {}),
                     "config": cfg.to_dict(),
-                }
+                    "branched_from": branched,
+                    "prefix_samples": prefix_samples,
+                },
+                name,
             )
 
     def vote(stop: bool) -> bool:
@@ -438,7 +462,8 @@ def _train(
             stop = vote(preempted)
             # this process's first step is logged on its own: that window is the warm-up
             log = step % cfg.log_every == 0 or step == first_step or state.step == cfg.steps
-            save = bool(cfg.checkpoint_every) and state.step % cfg.checkpoint_every == 0
+            branch = state.step in cfg.branch_points
+            save = branch or (bool(cfg.checkpoint_every) and state.step % cfg.checkpoint_every == 0)
             if not (log or save or stop):
                 continue
             # the same steps on every rank (stop is agreed), so the collectives line up
@@ -471,6 +496,8 @@ def _train(
                 cache.save()  # the first step compiled forward and backward: share the kernels
             if save:
                 checkpoint()
+            if branch:  # kept for the cooldown branches that start here
+                checkpoint(branch_name(state.step))
             if stop:  # every rank agrees, so the collective checkpoint cannot hang
                 checkpoint()
                 note = f"SIGTERM at step {state.step}; checkpoint saved"
@@ -504,6 +531,9 @@ def _train(
         "samples": state.samples,
         "tokens": state.samples * tokens_per_sample,
         "flops": state.samples * flops_per_sample,
+        # a branch's own share: the prefix it started from was paid for by its stable run
+        "branched_from_step": branched,
+        "own_flops": (state.samples - prefix_samples) * flops_per_sample,
         "params": n_params,
         "train_loss_ema": state.loss_ema,
         **metrics,
