@@ -35,7 +35,7 @@ import torch
 from isoflop import api
 from isoflop.fit import Points, analyze
 from isoflop.plan import Trial, plan
-from isoflop.strategy import Wsd, wsd_flops
+from isoflop.strategy import Branch, Wsd, branch_plan, wsd_flops
 from isoflop.trials import train_config
 from isoflop_trainer.config import TrainConfig
 from isoflop_trainer.train import train
@@ -61,9 +61,10 @@ def main() -> None:
     spec = sweep.spec
     torch.set_num_threads(os.cpu_count() or 1)
     p = plan(spec)
-    rungs: dict[str, list[Trial]] = {}
-    for t in sorted(p.trials, key=lambda t: t.steps):
-        rungs.setdefault(t.rung, []).append(t)
+    stable_runs, branches = branch_plan(p.trials, Wsd(args.cooldown), spec.training.warmup_fraction)
+    rungs: dict[str, list[Branch]] = {}
+    for b in branches:
+        rungs.setdefault(b.trial.rung, []).append(b)
     date = datetime.date.today().isoformat()
     out = Path(args.out or f"benchmarks/results/branches-{date}.jsonl")
     losses: dict[str, dict[str, float]] = {way: {} for way in WAYS}
@@ -71,34 +72,36 @@ def main() -> None:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        for name, trials in rungs.items():
-            warmup = round(spec.training.warmup_fraction * trials[0].steps)
+        for name, mine in rungs.items():
+            stable_run = stable_runs[name]
 
-            def config(t: Trial, way: str, warmup: int = warmup, **kw: Any) -> TrainConfig:
+            def config(
+                t: Trial, way: str, warmup: int = stable_run.warmup_steps, **kw: Any
+            ) -> TrainConfig:
                 base = train_config(spec, sweep.name, t, termination_log=None)
                 return dataclasses.replace(base, warmup_steps=warmup, trial=f"{t.id}-{way}", **kw)
 
-            for t in trials:
+            for b in mine:
                 for way, schedule in (("cosine", "cosine"), ("constant", "constant")):
-                    r = run(config(t, way, schedule=schedule))
-                    losses[way][t.id], flops[way] = r["eval_loss"], flops[way] + r["flops"]
+                    r = run(config(b.trial, way, schedule=schedule))
+                    losses[way][b.trial.id] = r["eval_loss"]
+                    flops[way] += r["flops"]
             # the stable run: constant after the warmup, to the last branch point
-            points = {t.id: t.steps - max(round(args.cooldown * t.steps), 1) for t in trials}
             stable = root / name
-            longest = max(trials, key=lambda t: t.steps)
             parent = run(
                 config(
-                    longest,
+                    max((b.trial for b in mine), key=lambda t: t.steps),
                     "stable",
-                    steps=max(points.values()),
+                    steps=stable_run.steps,
                     schedule="constant",
                     checkpoint=str(stable),
-                    branch_points=tuple(sorted(set(points.values()))),
+                    branch_points=stable_run.branch_points,
                     eval_samples=0,
                 )
             )
             flops["wsd-branches"] += parent["flops"]
-            for t in trials:
+            for b in mine:
+                t = b.trial
                 r = run(
                     config(
                         t,
@@ -107,13 +110,13 @@ def main() -> None:
                         decay_fraction=args.cooldown,
                         checkpoint=str(root / f"{t.id}-branch"),
                         branch_from=str(stable),
-                        branch_step=points[t.id],
+                        branch_step=b.branch_step,
                     )
                 )
                 losses["wsd-branches"][t.id] = r["eval_loss"]
                 flops["wsd-branches"] += r["own_flops"]
             print(
-                f"{name}: {len(trials)} trials three ways, "
+                f"{name}: {len(mine)} trials three ways, "
                 f"{time.perf_counter() - started:.0f} s so far",
                 file=sys.stderr,
                 flush=True,

@@ -25,6 +25,7 @@ import numpy as np
 from isoflop import api
 from isoflop.fit import Points, analyze
 from isoflop.plan import Trial
+from isoflop_trainer.config import decay_start
 
 MIN_FIT_BUDGETS = 2  # a power law of N* through budget optima needs two
 
@@ -133,6 +134,49 @@ def wsd_flops(trials: Iterable[Trial], wsd: Wsd) -> float:
         tokens = (1 - wsd.cooldown) * longest + wsd.cooldown * sum(t.tokens for t in branches)
         total += per_token * tokens
     return total
+
+
+@dataclass(frozen=True)
+class StableRun:
+    """One rung's constant-rate run: to its last branch point, keeping a checkpoint at each."""
+
+    rung: str
+    steps: int
+    branch_points: tuple[int, ...]
+    warmup_steps: int  # shared by every branch of the rung, so their prefixes are this run's
+
+
+@dataclass(frozen=True)
+class Branch:
+    """A trial trained as a cooldown from its rung's stable run at `branch_step`."""
+
+    trial: Trial
+    branch_step: int
+
+
+def branch_plan(
+    trials: Iterable[Trial], wsd: Wsd, warmup_fraction: float
+) -> tuple[dict[str, StableRun], list[Branch]]:
+    """The stable runs and branches that train these trials as WSD cooldowns. A rung's warmup is
+    its shortest trial's (warmup_fraction of its steps); a trial's branch point is where its own
+    WSD schedule's cooldown starts. ValueError when a rung's trials differ in batch size (their
+    steps would not be one run's) or a warmup would reach into a cooldown."""
+    rungs: dict[str, list[Trial]] = {}
+    for t in sorted(trials, key=lambda t: (t.rung, t.steps, t.id)):
+        rungs.setdefault(t.rung, []).append(t)
+    stable, branches = {}, []
+    for rung, mine in rungs.items():
+        if len({t.batch_size for t in mine}) > 1:
+            raise ValueError(f"rung {rung}: branches need one batch size for all its budgets")
+        warmup = round(warmup_fraction * mine[0].steps)
+        points = {t.id: decay_start(t.steps, wsd.cooldown) for t in mine}
+        if min(points.values()) <= warmup:
+            raise ValueError(f"rung {rung}: its warmup ({warmup} steps) reaches a cooldown")
+        stable[rung] = StableRun(
+            rung, max(points.values()), tuple(sorted(set(points.values()))), warmup
+        )
+        branches += [Branch(t, points[t.id]) for t in mine]
+    return stable, branches
 
 
 def densified(spec: api.ScalingSweepSpec, factor: int) -> api.ScalingSweepSpec:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 
@@ -17,7 +18,17 @@ from isoflop.forecast import (
     simulate_strategy,
 )
 from isoflop.plan import Trial, plan
-from isoflop.strategy import Adaptive, Wsd, around, by_budget, run_adaptive, widen, wsd_flops
+from isoflop.strategy import (
+    Adaptive,
+    Wsd,
+    around,
+    branch_plan,
+    by_budget,
+    run_adaptive,
+    widen,
+    wsd_flops,
+)
+from isoflop_trainer.config import DiTConfig, TrainConfig
 
 PAPER = api.load_sweep("examples/paper-in-context.yaml").spec
 
@@ -122,3 +133,46 @@ def test_strategies_are_compared_on_the_same_law_and_noise() -> None:
     assert adaptive.trials < 84
     text = format_strategies(rows, 8, 0.005)
     assert "wsd branches (cooldown 0.2)          6   84.0    0.64x" in text
+
+
+def test_a_branch_plan_gives_each_rung_one_stable_run_and_each_trial_its_cooldown() -> None:
+    p = plan(PAPER)
+    stable, branches = branch_plan(p.trials, Wsd(0.2), warmup_fraction=0.05)
+    assert sorted(b.trial.id for b in branches) == sorted(t.id for t in p.trials)
+    for b in branches:
+        run = stable[b.trial.rung]
+        assert b.branch_step in run.branch_points
+        # where the trial's own WSD schedule starts its cooldown: the prefix is the stable run's
+        cfg = TrainConfig(
+            model=DiTConfig("in-context", 2, 128, 2),
+            steps=b.trial.steps,
+            global_batch_size=b.trial.batch_size,
+            schedule="wsd",
+            decay_fraction=0.2,
+            warmup_steps=run.warmup_steps,
+        )
+        constant = dataclasses.replace(cfg, schedule="constant")
+        steps = range(b.branch_step)
+        assert [cfg.lr_multiplier(s) for s in steps] == [constant.lr_multiplier(s) for s in steps]
+        assert cfg.lr_multiplier(b.branch_step) < 1.0
+    for rung, run in stable.items():
+        mine = [b for b in branches if b.trial.rung == rung]
+        assert run.steps == max(b.branch_step for b in mine)
+        shortest = min(b.trial.steps for b in mine)
+        assert run.warmup_steps == round(0.05 * shortest)
+    # its compute is what wsd_flops charges: the stable runs once, plus each cooldown
+    by_rung = {t.rung: t for t in p.trials}
+    charged = sum(
+        run.steps * by_rung[r].batch_size * by_rung[r].flops_exact / by_rung[r].samples
+        for r, run in stable.items()
+    ) + sum((b.trial.steps - b.branch_step) * b.trial.flops_exact / b.trial.steps for b in branches)
+    assert charged == pytest.approx(wsd_flops(p.trials, Wsd(0.2)), rel=2e-3)
+
+
+def test_a_branch_plan_refuses_what_one_stable_run_cannot_serve() -> None:
+    t = plan(PAPER).trials[0]
+    other = dataclasses.replace(t, id="x", budget=t.budget * 2, batch_size=t.batch_size * 2)
+    with pytest.raises(ValueError, match="one batch size"):
+        branch_plan([t, other], Wsd(0.2), 0.05)
+    with pytest.raises(ValueError, match="reaches a cooldown"):
+        branch_plan([t], Wsd(0.6), 0.5)  # warmup to half the steps, cooldown from 40%

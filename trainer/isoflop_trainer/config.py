@@ -214,6 +214,12 @@ Schedule = Literal["constant", "cosine", "wsd"]
 Precision = Literal["bf16", "fp16", "fp32"]
 
 
+def decay_start(steps: int, decay_fraction: float) -> int:
+    """The first step of a WSD schedule's cooldown (at least one step long): where a cooldown
+    branch starts from its stable run."""
+    return steps - max(round(decay_fraction * steps), 1)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything one trial's trainer needs; saved, resolved, in every checkpoint and result."""
@@ -322,8 +328,7 @@ class TrainConfig:
             span = max(self.steps - self.warmup_steps, 1)
             progress = min((step - self.warmup_steps) / span, 1.0)
             return 0.5 * (1.0 + math.cos(math.pi * progress))
-        decay_steps = max(round(self.decay_fraction * self.steps), 1)
-        decay_start = self.steps - decay_steps
-        if step < decay_start:
+        start = decay_start(self.steps, self.decay_fraction)
+        if step < start:
             return 1.0
-        return max(0.0, 1.0 - (step - decay_start + 1) / decay_steps)
+        return max(0.0, 1.0 - (step - start + 1) / (self.steps - start))
