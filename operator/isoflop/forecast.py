@@ -29,6 +29,7 @@ from isoflop.strategy import (
     Wsd,
     densified,
     run_adaptive,
+    trial_points,
     wsd_flops,
 )
 
@@ -259,15 +260,7 @@ def simulate_strategy(
         trained = [t for t in p.trials if t.id in losses]
         compute[r] = wsd_flops(trained, wsd) if wsd else sum(t.flops_exact for t in trained)
         count[r] = len(trained)
-        points = Points.from_rows(
-            {
-                "budget": t.budget,
-                "params": float(t.params),
-                "tokens": float(t.tokens),
-                "loss": losses[t.id],
-            }
-            for t in trained
-        )
+        points = trial_points(trained, losses)
         try:
             a = analyze(
                 points, method="parabola", bootstrap=bootstrap, seed=seed + r, window=window

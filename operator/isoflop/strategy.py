@@ -59,9 +59,9 @@ def by_budget(trials: Iterable[Trial]) -> dict[float, list[Trial]]:
     return out
 
 
-def predicted_optimum(trials: Sequence[Trial], losses: Mapping[str, float], budget: float) -> float:
-    """N* at `budget` from the parabola laws fitted to these finished trials (no bootstrap)."""
-    points = Points.from_rows(
+def trial_points(trials: Iterable[Trial], losses: Mapping[str, float]) -> Points:
+    """The fit's rows for these trials and their losses."""
+    return Points.from_rows(
         {
             "budget": t.budget,
             "params": float(t.params),
@@ -70,7 +70,11 @@ def predicted_optimum(trials: Sequence[Trial], losses: Mapping[str, float], budg
         }
         for t in trials
     )
-    law = analyze(points, method="parabola", bootstrap=0).laws["params"]
+
+
+def predicted_optimum(trials: Sequence[Trial], losses: Mapping[str, float], budget: float) -> float:
+    """N* at `budget` from the parabola laws fitted to these finished trials (no bootstrap)."""
+    law = analyze(trial_points(trials, losses), method="parabola", bootstrap=0).laws["params"]
     return float(law.coefficient * budget**law.exponent)
 
 

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -97,3 +98,15 @@ def run_trial(cfg: TrainConfig, procs: int = 1, timeout: float = 300) -> tuple[i
     path = Path(cfg.results)
     assert path.exists(), out.stderr[-3000:]
     return out.returncode, json.loads(path.read_text())
+
+
+def wait_for_file(proc: subprocess.Popen[str], path: Path, timeout: float) -> None:
+    """Wait until `path` exists (a trainer's first checkpoint: training is under way), failing
+    with the process's output if it exits first or the time runs out."""
+    deadline = time.time() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            out = proc.stdout or proc.stderr
+            raise AssertionError(out.read() if out else f"exited {proc.returncode}")
+        assert time.time() < deadline, f"no {path} after {timeout} s"
+        time.sleep(0.05)

@@ -8,7 +8,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ import pytest
 from isoflop_trainer.component import trial
 from isoflop_trainer.config import TrainConfig
 from isoflop_trainer.launch import exit_code
-from tests.trainer.helpers import env, tiny
+from tests.trainer.helpers import env, tiny, wait_for_file
 
 
 def launch(cfg: TrainConfig, procs: int = 1) -> list[str]:
@@ -57,11 +56,7 @@ def test_sigterm_stops_the_ranks_after_their_checkpoint_without_a_traceback(
     proc = subprocess.Popen(
         launch(cfg, procs), env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    deadline = time.time() + 180
-    while not (tmp_path / "ckpt" / "checkpoint.pt").exists():  # training is under way
-        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-        assert time.time() < deadline
-        time.sleep(0.05)
+    wait_for_file(proc, tmp_path / "ckpt" / "checkpoint.pt", 180)
     proc.send_signal(signal.SIGTERM)
     said, _ = proc.communicate(timeout=120)
     assert proc.returncode == 143, said[-3000:]  # the Job's rule: preempted, retried uncounted

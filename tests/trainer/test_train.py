@@ -24,7 +24,14 @@ from isoflop_trainer.evaluate import validation_loss
 from isoflop_trainer.flow import flow_loss
 from isoflop_trainer.model import DiT
 from isoflop_trainer.train import step_seed, train
-from tests.trainer.helpers import env, free_port, run_trial, tiny, train_command
+from tests.trainer.helpers import (
+    env,
+    free_port,
+    run_trial,
+    tiny,
+    train_command,
+    wait_for_file,
+)
 
 
 def test_a_tiny_trial_lowers_validation_loss(tmp_path: Path) -> None:
@@ -79,11 +86,7 @@ def test_sigterm_checkpoints_and_a_restart_resumes_exactly(tmp_path: Path) -> No
         checkpoint_every=100,
     )
     proc = subprocess.Popen(train_command(cfg), env=env(), stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not (tmp_path / "ckpt" / "checkpoint.pt").exists():  # training is under way
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-        assert time.time() < deadline
-        time.sleep(0.05)
+    wait_for_file(proc, tmp_path / "ckpt" / "checkpoint.pt", 120)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 143  # preempted: the Job retries
     stopped = json.loads((tmp_path / "run" / "result.json").read_text())
