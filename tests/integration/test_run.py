@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -197,16 +199,22 @@ def test_bad_input_ends_in_one_sentence(args: list[str], message: str) -> None:
 
 
 def test_a_reader_that_stops_early_gets_no_traceback() -> None:
-    """`isoflop plan --json | head`: the pipe closes mid-output."""
-    proc = subprocess.Popen(
-        isoflop("plan", "examples/paper-in-context.yaml", "--json"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    assert proc.stdout is not None
+    """`isoflop plan --json | head`: the pipe closes mid-output.
+
+    The plan (~53 kB) fits in a default 64 KiB pipe, so the writer could finish before the reader
+    closes; a one-page pipe makes it block mid-output, as it would on a longer plan.
+    """
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 4096)
+    with os.fdopen(write_end, "wb") as child_stdout:
+        proc = subprocess.Popen(
+            isoflop("plan", "examples/paper-in-context.yaml", "--json"),
+            stdout=child_stdout,
+            stderr=subprocess.PIPE,
+        )
     assert proc.stderr is not None
-    assert proc.stdout.read(10) == b'{\n  "accou'
-    proc.stdout.close()
+    with os.fdopen(read_end, "rb") as reader:
+        assert reader.read(10) == b'{\n  "accou'
     assert proc.wait(timeout=60) == 141  # 128 + SIGPIPE, as a shell reports it
     assert proc.stderr.read() == b""
 
