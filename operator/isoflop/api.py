@@ -449,6 +449,44 @@ class RetrySpec(SpecModel):
     )
 
 
+class AdaptiveSpec(SpecModel):
+    """An adaptive ladder: the smallest budgets train every rung; each later budget trains the
+    rungs nearest the N* that the laws fitted on the budgets before it predict, and widens one
+    rung at a time until its loss minimum is bracketed or the ladder ends."""
+
+    seed_budgets: int = Field(
+        default=2, ge=2, le=64, description="The smallest budgets, trained over the whole ladder."
+    )
+    rungs: int = Field(
+        default=5,
+        ge=3,
+        le=64,
+        description="Rungs per later budget around its predicted optimum, before widening.",
+    )
+
+
+class WsdBranchesSpec(SpecModel):
+    """Warmup-stable-decay branches: each rung trains once at a constant learning rate, keeping a
+    checkpoint where each budget's trial of that rung starts its cooldown; each trial is that
+    cooldown alone, branched from the checkpoint (the shared prefix is paid for once)."""
+
+    cooldown: float = Field(
+        default=0.2, gt=0, lt=1, description="A branch's cooldown as a fraction of its steps."
+    )
+    decay_shape: Literal["linear", "1-sqrt"] = Field(
+        default="linear",
+        description="The cooldown's learning-rate shape: linear to zero, or 1 - sqrt(progress) "
+        "(Hägele et al., 2024).",
+    )
+
+
+class StrategySpec(SpecModel):
+    """How the grid is trained; unset: every (budget, rung) from scratch. Both may be combined."""
+
+    adaptive: AdaptiveSpec | None = None
+    wsd_branches: WsdBranchesSpec | None = None
+
+
 class MetricsSpec(SpecModel):
     prometheus_url: str | None = Field(
         default=None,
@@ -590,6 +628,7 @@ class ScalingSweepSpec(SpecModel):
     storage: StorageSpec = Field(default_factory=StorageSpec)
     metrics: MetricsSpec = Field(default_factory=MetricsSpec)
     fit: FitSpec = Field(default_factory=FitSpec)
+    strategy: StrategySpec = Field(default_factory=StrategySpec)
 
     @model_validator(mode="after")
     def _cross_fields(self) -> ScalingSweepSpec:
@@ -609,6 +648,17 @@ class ScalingSweepSpec(SpecModel):
         held = self.fit.hold_out_budget
         if held is not None and held not in self.budgets:
             raise ValueError(f"fit.holdOutBudget {held:g} is not one of budgets")
+        if self.strategy.wsd_branches is not None and self.training.schedule == "cosine":
+            raise ValueError(
+                "strategy.wsdBranches trains every trial as a WSD cooldown; training.schedule "
+                "cosine contradicts it (leave it unset or say wsd)"
+            )
+        seeds = self.strategy.adaptive.seed_budgets if self.strategy.adaptive else 0
+        if seeds > len(self.budgets):
+            raise ValueError(
+                f"strategy.adaptive.seedBudgets is {seeds}, more than the {len(self.budgets)} "
+                "budgets"
+            )
         return self
 
 
@@ -616,7 +666,9 @@ class ScalingSweepSpec(SpecModel):
 # status
 
 Phase = Literal["Pending", "Running", "Fitting", "Succeeded", "Failed"]
-TrialPhase = Literal["Pending", "Running", "Succeeded", "Failed", "Cancelled", "Infeasible"]
+TrialPhase = Literal[
+    "Pending", "Running", "Succeeded", "Failed", "Cancelled", "Infeasible", "Skipped"
+]
 ResultSource = Literal["prometheus", "termination-message", "results-file", "simulated"]
 
 
@@ -642,6 +694,16 @@ class TrialRecord(Model):
         default=None, description="fid, bpd, loss_se: what the trial measured beside its loss."
     )
     error: str | None = Field(default=None, description="Why a failed trial failed, in short.")
+    kind: Literal["stable", "branch"] | None = Field(
+        default=None,
+        description="branch: a trial trained as a WSD cooldown from a stable run's checkpoint; "
+        "stable: a segment of a rung's constant-rate run (not a point of the fit); unset: a "
+        "trial trained from scratch.",
+    )
+    branched_from: str | None = Field(
+        default=None, description="The stable segment whose last checkpoint it starts from."
+    )
+    branch_step: int | None = None
 
 
 class BudgetSummary(Model):
@@ -655,6 +717,7 @@ class BudgetSummary(Model):
     running: int = 0
     pending: int = 0
     infeasible: int = 0
+    skipped: int = 0
     best_trial: str | None = Field(default=None, description="The trial of lowest loss so far.")
     best_loss: float | None = None
     records: str | None = Field(
@@ -669,6 +732,7 @@ class TrialCounts(Model):
     succeeded: int = 0
     failed: int = 0
     infeasible: int = 0
+    skipped: int = Field(default=0, description="Trials the adaptive ladder left out.")
 
 
 class Interval(Model):
@@ -816,6 +880,21 @@ class DataStatus(Model):
     message: str = ""
 
 
+class StrategyStatus(Model):
+    """What the sweep's strategy trains, against the full grid trained from scratch."""
+
+    full_grid_flops: float = Field(description="Every planned trial from scratch.")
+    planned_flops: float = Field(
+        description="What the strategy trains: stable runs charged once, branches their "
+        "cooldowns, trials the adaptive ladder left out not at all (undecided ones counted)."
+    )
+    compute_fraction: float = Field(description="plannedFlops / fullGridFlops.")
+    spent_flops: float = Field(description="Trained so far (succeeded runs).")
+    branches: int = 0
+    stable_segments: int = 0
+    skipped: int = 0
+
+
 class ScalingSweepStatus(Model):
     """The status both the operator and the local runner write."""
 
@@ -835,6 +914,9 @@ class ScalingSweepStatus(Model):
         default_factory=list, description="Budgets of the last fit."
     )
     fit: FitResult | None = None
+    strategy: StrategyStatus | None = Field(
+        default=None, description="Set when spec.strategy asks for adaptive ladders or branches."
+    )
     data: DataStatus | None = None
     admitted: dict[str, str] | None = Field(
         default=None,

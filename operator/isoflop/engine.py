@@ -17,6 +17,7 @@ from typing import Literal
 
 from isoflop import api
 from isoflop.plan import Plan, Trial
+from isoflop.strategy import Adaptive, Graph, Node, adapt, graph
 
 TrialPhase = Literal["Pending", "Starting", "Running", "Succeeded", "Failed"]
 ACTIVE: tuple[TrialPhase, ...] = ("Starting", "Running")
@@ -68,8 +69,12 @@ class TrialState:
 
 @dataclass(frozen=True)
 class Launch:
-    trial: Trial
+    node: Node  # what to train: a grid trial, a WSD branch, or a stable segment
     attempt: int  # 1 for the first launch; drivers name their processes or Jobs by it
+
+    @property
+    def trial(self) -> Trial:
+        return self.node.trial
 
 
 @dataclass(frozen=True)
@@ -83,12 +88,52 @@ class Decision:
     phase: api.Phase
     launches: tuple[Launch, ...] = ()
     cancels: tuple[Cancel, ...] = ()
-    gave_up: tuple[str, ...] = ()  # trials that failed for good
+    gave_up: tuple[str, ...] = ()  # trials (and stable segments) that failed for good
     complete_budgets: tuple[float, ...] = ()  # budgets with every trial finished
     fit_due: bool = False  # complete budgets changed since the last fit
     reason: str = ""
     message: str = ""
     counts: dict[str, int] = field(default_factory=dict)
+    skipped: tuple[str, ...] = ()  # grid trials the adaptive ladder left out
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """The spec's plan as its strategy trains it, and where the strategy's decisions stand."""
+
+    graph: Graph
+    states: Mapping[str, TrialState]  # a failed stable run's dependants failed with it
+    chosen: frozenset[str]  # grid trials to train (so far)
+    skipped: frozenset[str]  # grid trials the adaptive ladder left out
+    settled: tuple[float, ...]  # budgets whose choice of trials is final
+
+
+def resolve(spec: api.ScalingSweepSpec, plan: Plan, states: Mapping[str, TrialState]) -> Sweep:
+    """The strategy's nodes, their effective states and the adaptive ladder's choice."""
+    limit = 1 + spec.retries.per_trial
+    g = graph(spec, plan.trials)
+    effective = dict(states)
+    for n in g.nodes:  # parents come before their children
+        parent = effective.get(n.after) if n.after else None
+        mine = effective.get(n.id, TrialState())
+        if parent is not None and parent.exhausted(limit) and mine.phase != "Succeeded":
+            error = f"its stable run {n.after} failed for good"
+            if parent.error and parent.error.startswith("its stable run"):
+                error = parent.error  # the segment that failed, not the one between
+            effective[n.id] = mine.fail(error, permanent=True)
+    grid = plan.trials
+    adaptive = spec.strategy.adaptive
+    if adaptive is None:
+        chosen = frozenset(t.id for t in grid)
+        return Sweep(g, effective, chosen, frozenset(), tuple(sorted({t.budget for t in grid})))
+    finished = {
+        t.id
+        for t in grid
+        if (s := effective.get(t.id)) is not None and (s.phase == "Succeeded" or s.exhausted(limit))
+    }
+    losses = {tid: s.loss for tid in finished if (s := effective[tid]).loss is not None}
+    choice = adapt(grid, Adaptive(adaptive.seed_budgets, adaptive.rungs), losses, finished)
+    return Sweep(g, effective, choice.chosen, choice.skipped, choice.settled)
 
 
 def decide(
@@ -99,27 +144,33 @@ def decide(
 ) -> Decision:
     """The next actions and the sweep's phase."""
     limit = 1 + spec.retries.per_trial
+    sweep = resolve(spec, plan, states)
+    nodes = sweep.graph.nodes
+    states = sweep.states
 
     def state(trial_id: str) -> TrialState:
         return states.get(trial_id, TrialState())
 
-    planned = {t.id for t in plan.trials}
+    planned = set(sweep.graph.by_id)
+    grid = [t for t in plan.trials if t.id not in sweep.skipped]
     cancels = tuple(
         Cancel(tid, "its budget or rung was removed from the spec")
         for tid, s in sorted(states.items())
         if tid not in planned and s.phase == "Starting"
     )
-    gave_up = tuple(t.id for t in plan.trials if state(t.id).exhausted(limit))
-    active = [t.id for t in plan.trials if state(t.id).phase in ACTIVE]
+    gave_up = tuple(n.id for n in nodes if state(n.id).exhausted(limit))
+    active = [n.id for n in nodes if state(n.id).phase in ACTIVE]
     active += [tid for tid, s in states.items() if tid not in planned and s.phase == "Running"]
-    succeeded = [t for t in plan.trials if state(t.id).phase == "Succeeded"]
+    succeeded = [t for t in grid if state(t.id).phase == "Succeeded"]
+    failed = [t.id for t in grid if state(t.id).exhausted(limit)]
     counts = {
-        "total": len(plan.trials),
-        "pending": sum(state(t.id).phase == "Pending" for t in plan.trials),
-        "running": len(active),
+        "total": len(grid),
+        "pending": sum(state(t.id).phase == "Pending" for t in grid),
+        "running": len(active),  # stable segments train too
         "succeeded": len(succeeded),
-        "failed": len(gave_up),
+        "failed": len(failed),
         "infeasible": len(plan.infeasible),
+        "skipped": len(sweep.skipped),
     }
     if len(gave_up) > spec.retries.max_failed_trials:
         return Decision(
@@ -131,29 +182,53 @@ def decide(
             f"retries.maxFailedTrials ({spec.retries.max_failed_trials}): {', '.join(gave_up[:5])}"
             + (f"; {gave_up[0]}: {first}" if (first := state(gave_up[0]).error) else ""),
             counts=counts,
+            skipped=tuple(sorted(sweep.skipped)),
         )
 
-    # launch: retries and new trials, smallest budgets (then smallest models) first
+    # what is wanted: the chosen grid trials, and the stable segments their open branches need
+    open_branches = [
+        n
+        for n in nodes
+        if n.kind == "branch"
+        and n.id in sweep.chosen
+        and not (state(n.id).phase == "Succeeded" or state(n.id).exhausted(limit))
+    ]
+    reach: dict[str | None, int] = {}  # each stable run: the furthest branch point still needed
+    for n in open_branches:
+        reach[n.run] = max(reach.get(n.run, 0), n.branch_step)
+
+    def wanted(n: Node) -> bool:
+        if n.kind == "stable":
+            return n.trial.steps <= reach.get(n.run, 0)
+        return n.id in sweep.chosen
+
+    def ready(n: Node) -> bool:
+        return n.after is None or state(n.after).phase == "Succeeded"
+
+    # launch: retries and new trials, smallest budgets (then smallest models) first; a branch
+    # or segment once the segment before it has succeeded (its checkpoint exists)
     slots = spec.parallelism - len(active)
     candidates = [
-        t
-        for t in plan.trials
-        if state(t.id).phase == "Pending"
-        or (state(t.id).phase == "Failed" and not state(t.id).exhausted(limit))
+        n
+        for n in nodes
+        if wanted(n)
+        and ready(n)
+        and (
+            state(n.id).phase == "Pending"
+            or (state(n.id).phase == "Failed" and not state(n.id).exhausted(limit))
+        )
     ]
-    candidates.sort(key=lambda t: (t.budget, t.params, t.id))
-    launches = tuple(Launch(t, state(t.id).attempts + 1) for t in candidates[: max(slots, 0)])
+    candidates.sort(key=lambda n: (n.trial.budget, n.trial.params, n.id))
+    launches = tuple(Launch(n, state(n.id).attempts + 1) for n in candidates[: max(slots, 0)])
 
-    terminal = {t.id for t in succeeded} | set(gave_up)
+    terminal = {t.id for t in succeeded} | set(failed)
     complete = tuple(
-        b
-        for b in sorted({t.budget for t in plan.trials})
-        if all(t.id in terminal for t in plan.trials if t.budget == b)
+        b for b in sweep.settled if all(t.id in terminal for t in grid if t.budget == b)
     )
     usable = tuple(b for b in complete if sum(1 for t in succeeded if t.budget == b) >= MIN_POINTS)
     fit_due = len(usable) >= 2 and usable != tuple(fitted)
-    all_done = len(terminal) == len(plan.trials) and not active
-    done = f"{len(terminal)}/{len(plan.trials)} trials finished"
+    all_done = len(terminal) == len(grid) and not active
+    done = f"{len(terminal)}/{len(grid)} trials finished"
     if all_done:
         if len(usable) < 2:
             return Decision(
@@ -165,6 +240,7 @@ def decide(
                 message=f"every trial finished, but only {len(usable)} budget(s) have "
                 f"{MIN_POINTS} or more successful trials; scaling laws need 2",
                 counts=counts,
+                skipped=tuple(sorted(sweep.skipped)),
             )
         phase: api.Phase = "Fitting" if fit_due else "Succeeded"
         return Decision(
@@ -176,8 +252,9 @@ def decide(
             reason="Fitted" if not fit_due else "Fitting",
             message=done,
             counts=counts,
+            skipped=tuple(sorted(sweep.skipped)),
         )
-    started = any(state(t.id).attempts > 0 for t in plan.trials) or launches
+    started = any(state(n.id).attempts > 0 for n in nodes) or launches
     return Decision(
         phase="Running" if started else "Pending",
         launches=launches,
@@ -188,6 +265,7 @@ def decide(
         reason="TrialsRunning" if started else "Planned",
         message=done,
         counts=counts,
+        skipped=tuple(sorted(sweep.skipped)),
     )
 
 
@@ -198,11 +276,13 @@ def decide(
 def budget_summaries(
     spec: api.ScalingSweepSpec, plan: Plan, records: list[api.TrialRecord]
 ) -> list[api.BudgetSummary]:
-    """Per-budget counts and the best trial so far, from the trial records."""
+    """Per-budget counts and the best trial so far, from the trial records (stable segments are
+    no budget's points)."""
     budget_of = {t.id: t.budget for t in plan.trials} | {i.id: i.budget for i in plan.infeasible}
     by_budget: dict[float, list[api.TrialRecord]] = {b: [] for b in spec.budgets}
     for r in records:
-        by_budget[budget_of[r.id]].append(r)
+        if r.kind != "stable":
+            by_budget[budget_of[r.id]].append(r)
     out = []
     for budget in sorted(spec.budgets):
         mine = by_budget[budget]
@@ -211,12 +291,13 @@ def budget_summaries(
         out.append(
             api.BudgetSummary(
                 budget=budget,
-                trials=sum(r.phase != "Infeasible" for r in mine),
+                trials=sum(r.phase not in ("Infeasible", "Skipped") for r in mine),
                 succeeded=len(done),
                 failed=sum(r.phase == "Failed" for r in mine),
                 running=sum(r.phase == "Running" for r in mine),
                 pending=sum(r.phase == "Pending" for r in mine),
                 infeasible=sum(r.phase == "Infeasible" for r in mine),
+                skipped=sum(r.phase == "Skipped" for r in mine),
                 best_trial=best.id if best else None,
                 best_loss=best.loss if best else None,
             )
@@ -224,15 +305,18 @@ def budget_summaries(
     return out
 
 
-def trial_records(
-    plan: Plan, states: Mapping[str, TrialState], limit: int
-) -> list[api.TrialRecord]:
-    """Compact per-trial records for the status (infeasible trials included)."""
+def trial_records(sweep: Sweep, plan: Plan, limit: int) -> list[api.TrialRecord]:
+    """Compact per-trial records for the status: every node the strategy trains (stable segments
+    among them), the trials it skipped, and the infeasible ones."""
     records = []
-    for t in plan.trials:
-        s = states.get(t.id, TrialState())
+    planned = {n.id for n in sweep.graph.planned(sweep.skipped)}
+    for n in sweep.graph.nodes:
+        t = n.trial
+        s = sweep.states.get(t.id, TrialState())
         phase: api.TrialPhase
-        if s.phase in ACTIVE:
+        if t.id not in planned and s.phase == "Pending":  # left out, or no branch needs it
+            phase = "Skipped"
+        elif s.phase in ACTIVE:
             phase = "Running"
         elif s.phase == "Failed" and not s.exhausted(limit):
             phase = "Pending"  # will be retried
@@ -249,6 +333,9 @@ def trial_records(
                 source=s.source,
                 metrics=dict(s.metrics) or None,
                 error=(s.error or "")[:ERROR_CHARS] or None if phase == "Failed" else None,
+                kind=None if n.kind == "trial" else n.kind,
+                branched_from=n.after if n.kind == "branch" else None,
+                branch_step=n.branch_step if n.kind == "branch" else None,
             )
         )
     records += [
@@ -256,6 +343,25 @@ def trial_records(
         for i in plan.infeasible
     ]
     return records
+
+
+def strategy_status(spec: api.ScalingSweepSpec, sweep: Sweep) -> api.StrategyStatus | None:
+    """The strategy's compute against the full grid's; None for the full grid itself."""
+    if spec.strategy.adaptive is None and spec.strategy.wsd_branches is None:
+        return None
+    planned = sweep.graph.planned(sweep.skipped)
+    done = [n for n in planned if sweep.states.get(n.id, TrialState()).phase == "Succeeded"]
+    full = sweep.graph.full_grid_flops
+    flops = sum(n.own_flops for n in planned)
+    return api.StrategyStatus(
+        full_grid_flops=full,
+        planned_flops=flops,
+        compute_fraction=round(flops / full, 4) if full else 1.0,
+        spent_flops=sum(n.own_flops for n in done),
+        branches=sum(n.kind == "branch" for n in planned),
+        stable_segments=sum(n.kind == "stable" for n in planned),
+        skipped=len(sweep.skipped),
+    )
 
 
 def results_table(plan: Plan, states: Mapping[str, TrialState]) -> list[dict[str, float]]:
@@ -335,7 +441,8 @@ def status(
         reason = {True: "DataFits", False: "InvalidData", None: "CheckingData"}[data.ready]
         wanted.insert(0, ("DataReady", data.ready is True, reason, data.message))
     conditions = _conditions(previous or [], now, wanted)
-    records = trial_records(plan, states, 1 + spec.retries.per_trial)
+    sweep = resolve(spec, plan, states)
+    records = trial_records(sweep, plan, 1 + spec.retries.per_trial)
     return api.ScalingSweepStatus(
         fitted_budgets=list(fitted),
         phase=decision.phase,
@@ -347,6 +454,7 @@ def status(
         budgets=budget_summaries(spec, plan, records),
         trials=records,
         fit=fit,
+        strategy=strategy_status(spec, sweep),
         data=data,
     )
 

@@ -300,6 +300,12 @@ def _resources(res: api.ResourcesSpec) -> dict[str, Any]:
     return {"requests": amounts, "limits": limits}
 
 
+def stable_root(sweep: api.ScalingSweep) -> str | None:
+    """Where a sweep's stable runs keep the checkpoints their WSD branches start from."""
+    base = sweep.spec.storage.checkpoints
+    return f"{base.rstrip('/')}/{sweep.name}/stable" if base else None
+
+
 def cluster_config(sweep: api.ScalingSweep, trial: Trial) -> dict[str, Any]:
     """Paths and telemetry of a trial on a cluster, for `trials.train_config`."""
     base = sweep.spec.storage.checkpoints

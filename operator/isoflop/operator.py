@@ -54,11 +54,13 @@ from isoflop.manifests import (
     job_name,
     job_owner,
     records_name,
+    stable_root,
     trial_objects,
 )
 from isoflop.opmetrics import ERRORS, LATENCY, forget
 from isoflop.plan import Plan, runnable_plan
-from isoflop.trials import fit, train_config
+from isoflop.strategy import graph
+from isoflop.trials import fit, node_config
 from isoflop_trainer.store import is_shards
 
 IMMUTABLE = (("model", "family"), ("data",), ("flopsAccounting",))
@@ -174,6 +176,11 @@ def admissible(name: str, spec: Any, memo: Any) -> tuple[api.ScalingSweepSpec, P
     api.parse_name(name)
     parsed = api.parse_spec(dict(spec))
     p = runnable_plan(parsed)
+    if parsed.strategy.wsd_branches is not None and not parsed.storage.checkpoints:
+        raise api.ManifestError(
+            "spec.strategy.wsdBranches needs spec.storage.checkpoints on a cluster: each branch "
+            "starts from a checkpoint its stable run's pod wrote there"
+        )
     refused = policy.check(parsed, getattr(memo, "policy", None) or policy.Policy())
     if refused is not None:
         raise api.ManifestError(refused)
@@ -476,7 +483,9 @@ def _reconcile(
         delete_job(clients, job_name(sweep.name, cancel.trial_id), namespace)
     for launch in decision.launches:
         t = launch.trial
-        cfg = train_config(spec, sweep.name, t, **cluster_config(sweep, t))
+        cfg = node_config(
+            spec, sweep.name, launch.node, stable_root(sweep), **cluster_config(sweep, t)
+        )
         refused = None
         job_uid = ""
         for obj in trial_objects(sweep, uid, namespace, t, cfg):
@@ -527,7 +536,8 @@ def _reconcile(
     finished = [
         r for r in full.trials if r.phase in ("Succeeded", "Failed") and stored.get(r.id) != r
     ]
-    records.write(clients.core, sweep, uid, namespace, {t.id: t.budget for t in p.trials}, finished)
+    budgets = {n.id: n.trial.budget for n in graph(spec, p.trials).nodes}  # segments too
+    records.write(clients.core, sweep, uid, namespace, budgets, finished)
     for name in given_up:  # once their failure is recorded: a crash before this retries once more
         delete_job(clients, name, namespace)
     new = full.to_wire()

@@ -295,6 +295,13 @@ def runnable_plan(spec: ScalingSweepSpec) -> Plan:
     short = law_problems(spec, p)
     if short is not None:  # it would run, and end with no law to show for its compute
         raise ManifestError(short)
+    if spec.strategy.wsd_branches is not None:
+        from isoflop.strategy import graph  # the strategy builds on the plan
+
+        try:
+            graph(spec, p.trials)
+        except ValueError as err:
+            raise ManifestError(f"spec.strategy.wsdBranches: {err}") from None
     return p
 
 

@@ -6,7 +6,9 @@ The run directory holds everything, and survives Ctrl-C, crashes and reboots:
     status.json     the ScalingSweep status document (what the operator writes to the resource)
     trials.csv      the trial table;  report.md  a short report;  plots/  isoFLOP curves and laws
     trials/<id>/    config.json, log.txt, progress.json, result.json, checkpoint/ of each trial,
-                    and pid.json while its trainer runs
+                    and pid.json while its trainer runs (a stable segment's trial folder too)
+    stable/<run>/   with WSD branches: the checkpoints of each rung's stable run, which its
+                    segments continue and its branches start from
     run.lock        held (flock) by the one run working here, naming it (isoflop.runlock)
 
 Running the same command again resumes: finished trials are never trained again, interrupted ones
@@ -31,7 +33,8 @@ from isoflop.backends import Backend, Observation, SimulatedBackend, read_json
 from isoflop.engine import TrialState
 from isoflop.plan import Plan, format_flops, plan
 from isoflop.runlock import LockedError, RunLock
-from isoflop.trials import fit, train_config
+from isoflop.strategy import graph
+from isoflop.trials import fit, node_config
 from isoflop_trainer.store import atomic_write
 
 
@@ -54,6 +57,8 @@ class Run:
         self.sweep, self.spec, self.backend = sweep, sweep.spec, backend
         self.dir = directory.resolve()  # trials run in their own folders: paths must be absolute
         self.plan: Plan = plan(self.spec)
+        self.graph = graph(self.spec, self.plan.trials)  # what the strategy trains
+        self.skipped: frozenset[str] = frozenset()  # what the adaptive ladder left out so far
         self.states: dict[str, TrialState] = {}
         self.fitted: tuple[float, ...] = ()
         self.fit: api.FitResult | None = None
@@ -161,6 +166,7 @@ class Run:
             else:
                 self.states[tid] = s.fail(obs.error or "failed", permanent=obs.permanent)
         decision = engine.decide(self.spec, self.plan, self.states, self.fitted)
+        self.skipped = frozenset(decision.skipped)
         for c in decision.cancels:
             self.backend.cancel(c.trial_id)
             s = self.states.get(c.trial_id, TrialState())
@@ -170,10 +176,11 @@ class Run:
         for launch in decision.launches[:slots]:
             t = launch.trial
             workdir = self.dir / "trials" / t.id
-            cfg = train_config(
+            cfg = node_config(
                 self.spec,
                 self.sweep.name,
-                t,
+                launch.node,
+                str(self.dir / "stable"),
                 results=str(workdir / "result.json"),
                 progress=str(workdir / "progress.json"),
                 checkpoint=str(workdir / "checkpoint"),
@@ -297,6 +304,7 @@ class Run:
             )
             for t in self.plan.trials:
                 s = self.states.get(t.id, TrialState())
+                phase = "Skipped" if t.id in decision.skipped else s.phase
                 w.writerow(
                     [
                         t.id,
@@ -306,7 +314,7 @@ class Run:
                         t.params,
                         t.tokens,
                         t.steps,
-                        s.phase,
+                        phase,
                         s.attempts,
                         "" if s.loss is None else s.loss,
                         dict(s.metrics).get("loss_se", ""),
@@ -357,6 +365,7 @@ def report_markdown(run: Run, status: api.ScalingSweepStatus, fit_text: str | No
         f"- model family: {run.spec.model.family}; FLOPs counted as {run.spec.flops_accounting}",
         f"- budgets: {', '.join(format_flops(b) for b in run.spec.budgets)}",
         f"- wall time: {run.elapsed / 60:.1f} min",
+        *strategy_lines(run.spec, status.strategy),
         "",
     ]
     if fit_text is not None:
@@ -375,15 +384,40 @@ def report_markdown(run: Run, status: api.ScalingSweepStatus, fit_text: str | No
     lines += [
         "## Trials",
         "",
-        "| trial | params | tokens | phase | attempts | loss |",
-        "|---|---:|---:|---|---:|---:|",
+        "| trial | params | tokens | phase | attempts | loss | trained as |",
+        "|---|---:|---:|---|---:|---:|---|",
     ]
     for r in status.trials:
         loss = "" if r.loss is None else f"{r.loss:.4f}"
+        how = {
+            "branch": f"cooldown from {r.branched_from} at step {r.branch_step}",
+            "stable": "stable run (not a fit point)",
+        }.get(r.kind or "", "from scratch")
         lines.append(
-            f"| {r.id} | {r.params:,} | {r.tokens:,} | {r.phase} | {r.attempts} | {loss} |"
+            f"| {r.id} | {r.params:,} | {r.tokens:,} | {r.phase} | {r.attempts} | {loss} | {how} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def strategy_lines(spec: api.ScalingSweepSpec, st: api.StrategyStatus | None) -> list[str]:
+    """The report's account of what the strategy trained and saved."""
+    if st is None:
+        return []
+    parts = []
+    if spec.strategy.wsd_branches is not None:
+        w = spec.strategy.wsd_branches
+        parts.append(
+            f"{st.branches} trials as WSD cooldown branches ({w.cooldown:g} of their steps, "
+            f"{w.decay_shape}) from {st.stable_segments} stable-run segments"
+        )
+    if spec.strategy.adaptive is not None:
+        parts.append(f"{st.skipped} trials left out by the adaptive ladder")
+    return [
+        f"- strategy: {'; '.join(parts)}",
+        f"- compute: {format_flops(st.planned_flops)} FLOPs planned, "
+        f"{st.compute_fraction:.3f} of the full grid from scratch "
+        f"({format_flops(st.full_grid_flops)}); {format_flops(st.spent_flops)} spent",
+    ]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -463,17 +497,21 @@ def law_line(fit_result: api.FitResult) -> str:
 
 
 def eta(run: Run) -> float | None:
-    """Seconds left, from the FLOPs done so far in this session."""
-    total = sum(t.flops for t in run.plan.trials)
+    """Seconds left, from the FLOPs done so far in this session (each node's own: a branch its
+    cooldown, a stable segment its stretch of the run)."""
+    nodes = run.graph.planned(run.skipped)
+    total = sum(n.own_flops for n in nodes)
     done: float = sum(
-        t.flops
-        for t in run.plan.trials
-        if run.states.get(t.id, TrialState()).phase in ("Succeeded", "Failed")
+        n.own_flops
+        for n in nodes
+        if run.states.get(n.id, TrialState()).phase in ("Succeeded", "Failed")
     )
     for tid, obs in run.live.items():
-        t = next((t for t in run.plan.trials if t.id == tid), None)
-        if t is not None and obs.step and obs.steps:
-            done += t.flops * obs.step / obs.steps
+        n = run.graph.by_id.get(tid)
+        if n is not None and obs.step and obs.steps:
+            first = n.start_step or n.branch_step  # where its own steps begin
+            own = max(obs.step - first, 0) / max(obs.steps - first, 1)
+            done += n.own_flops * own
     spent = time.time() - run.started
     if done <= 0 or spent < 1:
         return None

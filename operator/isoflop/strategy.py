@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from typing import Literal
 
 import numpy as np
 
 from isoflop import api
 from isoflop.fit import Points, analyze
-from isoflop.plan import Trial
+from isoflop.plan import Trial, budget_tag
 from isoflop_trainer.config import decay_start
 
 MIN_FIT_BUDGETS = 2  # a power law of N* through budget optima needs two
@@ -73,8 +74,12 @@ def trial_points(trials: Iterable[Trial], losses: Mapping[str, float]) -> Points
 
 
 def predicted_optimum(trials: Sequence[Trial], losses: Mapping[str, float], budget: float) -> float:
-    """N* at `budget` from the parabola laws fitted to these finished trials (no bootstrap)."""
-    law = analyze(trial_points(trials, losses), method="parabola", bootstrap=0).laws["params"]
+    """N* at `budget` from the parabola laws fitted to these finished trials (no bootstrap);
+    ValueError when they give no N* law."""
+    laws = analyze(trial_points(trials, losses), method="parabola", bootstrap=0).laws
+    if "params" not in laws:  # no budget's loss curves upward: no optimum to follow
+        raise ValueError("no N* law through these budgets")
+    law = laws["params"]
     return float(law.coefficient * budget**law.exponent)
 
 
@@ -103,26 +108,82 @@ def widen(
     return None
 
 
+@dataclass(frozen=True)
+class Choice:
+    """The adaptive ladder's decisions so far, from the losses of finished trials alone."""
+
+    chosen: frozenset[str]  # trials to train: the whole seed budgets, the windows after them
+    skipped: frozenset[str]  # trials of settled budgets that the ladder leaves out
+    settled: tuple[float, ...]  # budgets whose every chosen trial finished, minimum bracketed
+
+
+def adapt(
+    trials: Iterable[Trial],
+    adaptive: Adaptive,
+    losses: Mapping[str, float],
+    finished: Iterable[str],
+) -> Choice:
+    """Which trials the adaptive ladder trains, given the losses of the trials that succeeded and
+    the ids of every finished one (succeeded or failed for good). Budgets are decided in order:
+    one is open until its chosen trials finish and its minimum is bracketed, and the budgets after
+    an open one are undecided (neither chosen nor skipped). Rungs are chosen with all their
+    replicates, and a rung's loss is its replicates' mean. Deterministic: a restarted driver that
+    knows the same losses makes the same choice."""
+    done = set(finished)
+    chosen: set[str] = set()
+    skipped: set[str] = set()
+    settled: list[float] = []
+    fitted: list[Trial] = []  # the trials with losses of settled budgets: the laws so far
+    for i, (budget, mine) in enumerate(by_budget(trials).items()):
+        rungs: dict[str, list[Trial]] = {}
+        for t in mine:
+            rungs.setdefault(t.rung, []).append(t)
+        ladder = [group[0] for group in rungs.values()]  # ascending size, one per rung
+        window = list(ladder)
+        if i >= adaptive.seed_budgets:
+            try:
+                target = predicted_optimum(fitted, losses, budget)
+                window = around(ladder, target, adaptive.rungs)
+            except (ValueError, FloatingPointError):  # no law yet (failed trials): every rung
+                pass
+        while True:
+            ids = {t.id for rep in window for t in rungs[rep.rung]}
+            chosen |= ids
+            if not ids <= done:
+                return Choice(frozenset(chosen), frozenset(skipped), tuple(settled))
+            rung_loss = {
+                rep.id: float(np.mean(got))
+                for rep in window
+                if (got := [losses[t.id] for t in rungs[rep.rung] if t.id in losses])
+            }
+            measured = [rep for rep in window if rep.id in rung_loss]
+            extra = widen(ladder, measured, rung_loss) if measured else None
+            if extra is None or extra in window:  # bracketed, or beyond a rung that failed
+                break
+            window.append(extra)
+        settled.append(budget)
+        skipped |= {t.id for t in mine} - chosen
+        fitted += [t for t in mine if t.id in chosen and t.id in losses]
+    return Choice(frozenset(chosen), frozenset(skipped), tuple(settled))
+
+
 def run_adaptive(
     trials: Iterable[Trial],
     adaptive: Adaptive,
     train: Callable[[Sequence[Trial]], Mapping[str, float]],
 ) -> dict[str, float]:
-    """Drive an adaptive sweep to its end with `train` (trials -> their losses): seeds, then
-    each later budget around its prediction, widened until bracketed. Returns every loss."""
+    """Drive an adaptive sweep to its end with `train` (trials -> their losses; a trial missing
+    from its answer failed): the engine's decisions, made as each batch of trials finishes.
+    Returns every loss."""
+    trials = list(trials)
     losses: dict[str, float] = {}
-    done: list[Trial] = []
-    for i, (budget, ladder) in enumerate(by_budget(trials).items()):
-        if i < adaptive.seed_budgets:
-            chosen = list(ladder)
-        else:
-            chosen = around(ladder, predicted_optimum(done, losses, budget), adaptive.rungs)
-        losses.update(train(chosen))
-        while (extra := widen(ladder, chosen, losses)) is not None:
-            chosen.append(extra)
-            losses.update(train([extra]))
-        done += chosen
-    return losses
+    finished: set[str] = set()
+    while True:
+        todo = adapt(trials, adaptive, losses, finished).chosen - finished
+        if not todo:
+            return losses
+        losses.update(train([t for t in trials if t.id in todo]))
+        finished |= todo
 
 
 def wsd_flops(trials: Iterable[Trial], wsd: Wsd) -> float:
@@ -140,11 +201,16 @@ def wsd_flops(trials: Iterable[Trial], wsd: Wsd) -> float:
     return total
 
 
+def run_name(trial: Trial) -> str:
+    """The stable run a trial branches from: one per rung and seed (replicates differ in seed)."""
+    return trial.rung + (f"-r{trial.replicate}" if trial.replicate else "")
+
+
 @dataclass(frozen=True)
 class StableRun:
     """One rung's constant-rate run: to its last branch point, keeping a checkpoint at each."""
 
-    rung: str
+    rung: str  # its run_name: the rung, and the replicate after the first
     steps: int
     branch_points: tuple[int, ...]
     warmup_steps: int  # shared by every branch of the rung, so their prefixes are this run's
@@ -161,13 +227,14 @@ class Branch:
 def branch_plan(
     trials: Iterable[Trial], wsd: Wsd, warmup_fraction: float
 ) -> tuple[dict[str, StableRun], list[Branch]]:
-    """The stable runs and branches that train these trials as WSD cooldowns. A rung's warmup is
-    its shortest trial's (warmup_fraction of its steps); a trial's branch point is where its own
-    WSD schedule's cooldown starts. ValueError when a rung's trials differ in batch size (their
-    steps would not be one run's) or a warmup would reach into a cooldown."""
+    """The stable runs and branches that train these trials as WSD cooldowns, one stable run per
+    rung and replicate (`run_name`). A run's warmup is its shortest trial's (warmup_fraction of
+    its steps); a trial's branch point is where its own WSD schedule's cooldown starts.
+    ValueError when a rung's trials differ in batch size (their steps would not be one run's) or a
+    warmup would reach into a cooldown."""
     rungs: dict[str, list[Trial]] = {}
-    for t in sorted(trials, key=lambda t: (t.rung, t.steps, t.id)):
-        rungs.setdefault(t.rung, []).append(t)
+    for t in sorted(trials, key=lambda t: (t.rung, t.replicate, t.steps, t.id)):
+        rungs.setdefault(run_name(t), []).append(t)
     stable, branches = {}, []
     for rung, mine in rungs.items():
         if len({t.batch_size for t in mine}) > 1:
@@ -181,6 +248,126 @@ def branch_plan(
         )
         branches += [Branch(t, points[t.id]) for t in mine]
     return stable, branches
+
+
+NodeKind = Literal["trial", "stable", "branch"]
+
+
+@dataclass(frozen=True)
+class Node:
+    """One training run the engine launches: a grid trial trained from scratch, a WSD branch (a
+    grid trial trained as a cooldown from its stable run), or a segment of a stable run."""
+
+    trial: Trial  # a stable segment's stand-in: its run from step 0 to `trial.steps`
+    kind: NodeKind = "trial"
+    after: str | None = None  # the node that must have succeeded before this one starts
+    run: str | None = None  # the stable run it continues or branches from (its checkpoints)
+    warmup_steps: int | None = None  # the run's shared warmup (None: the trial's own)
+    branch_step: int = 0  # a branch: the step it leaves its stable run at
+    start_step: int = 0  # a stable segment: the step it continues its run from
+    own_flops: int = 0  # the compute it adds, under the sweep's accounting
+
+    @property
+    def id(self) -> str:
+        return self.trial.id
+
+
+@dataclass(frozen=True)
+class Graph:
+    """Everything a strategy trains: the grid's trials as nodes, and the stable segments their
+    branches wait for. A stable run is trained in segments, each to the next branch point and
+    each a launch of its own that resumes the run's checkpoint: a segment's success is what
+    tells a branch its checkpoint exists, to the local runner and the operator alike."""
+
+    nodes: tuple[Node, ...]
+    full_grid_flops: int  # the grid's trials from scratch
+    by_id: Mapping[str, Node] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "by_id", {n.id: n for n in self.nodes})
+
+    def planned(self, skipped: Iterable[str] = ()) -> list[Node]:
+        """The nodes trained when these grid trials are skipped: the rest of the grid, and each
+        stable run's segments up to the last branch point a trial of it still has."""
+        left_out = set(skipped)
+        reach: dict[str | None, int] = {}
+        for n in self.nodes:
+            if n.kind == "branch" and n.id not in left_out:
+                reach[n.run] = max(reach.get(n.run, 0), n.branch_step)
+        return [
+            n
+            for n in self.nodes
+            if (
+                n.trial.steps <= reach.get(n.run, 0) if n.kind == "stable" else n.id not in left_out
+            )
+        ]
+
+
+def stable_id(run: str, budget: float) -> str:
+    """A stable segment's id: the run up to the branch point of this budget's trial."""
+    return f"{budget_tag(budget)}-{run}-stable"
+
+
+def graph(spec: api.ScalingSweepSpec, trials: Sequence[Trial]) -> Graph:
+    """The nodes that train these grid trials under the spec's strategy. ValueError when WSD
+    branches cannot serve them (see `branch_plan`)."""
+    full = sum(t.flops for t in trials)
+    wsd = spec.strategy.wsd_branches
+    if wsd is None:
+        return Graph(tuple(Node(t, own_flops=t.flops) for t in trials), full)
+    stable, branches = branch_plan(trials, Wsd(wsd.cooldown), spec.training.warmup_fraction)
+    nodes: list[Node] = []
+    segment_of: dict[tuple[str, int], str] = {}
+    for run, sr in stable.items():
+        mine = sorted(
+            (b for b in branches if run_name(b.trial) == run),
+            key=lambda b: (b.branch_step, b.trial.budget),
+        )
+        previous: Node | None = None
+        for end in sr.branch_points:
+            first = next(b.trial for b in mine if b.branch_step == end)
+            stand_in = _prefix(first, end, stable_id(run, first.budget))
+            node = Node(
+                stand_in,
+                kind="stable",
+                after=previous.id if previous else None,
+                run=run,
+                warmup_steps=sr.warmup_steps,
+                start_step=previous.trial.steps if previous else 0,
+                own_flops=stand_in.flops - (previous.trial.flops if previous else 0),
+            )
+            nodes.append(node)
+            segment_of[run, end] = node.id
+            previous = node
+    for b in branches:
+        t, run = b.trial, run_name(b.trial)
+        nodes.append(
+            Node(
+                t,
+                kind="branch",
+                after=segment_of[run, b.branch_step],
+                run=run,
+                warmup_steps=stable[run].warmup_steps,
+                branch_step=b.branch_step,
+                own_flops=t.flops - _prefix(t, b.branch_step, t.id).flops,
+            )
+        )
+    return Graph(tuple(nodes), full)
+
+
+def _prefix(trial: Trial, steps: int, node_id: str) -> Trial:
+    """The first `steps` steps of a trial's run, as a trial of its own (a stable segment)."""
+    samples = steps * trial.batch_size
+    return replace(
+        trial,
+        id=node_id,
+        steps=steps,
+        samples=samples,
+        tokens=samples * trial.tokens_per_sample,
+        flops=samples * trial.flops_per_sample,
+        flops_exact=trial.flops_exact * samples // trial.samples,
+        flops_6nd=trial.flops_6nd * samples // trial.samples,
+    )
 
 
 def densified(spec: api.ScalingSweepSpec, factor: int) -> api.ScalingSweepSpec:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from isoflop import api
 from isoflop.plan import Rung, Trial, ladder
+from isoflop.strategy import Node
 from isoflop_trainer.config import TrainConfig
 
 if TYPE_CHECKING:
@@ -51,6 +53,41 @@ def train_config(spec: api.ScalingSweepSpec, sweep: str, trial: Trial, **paths: 
         trial=trial.id,
         budget=trial.budget,
         **paths,
+    )
+
+
+def node_config(
+    spec: api.ScalingSweepSpec, sweep: str, node: Node, stable_root: str | None, **paths: Any
+) -> TrainConfig:
+    """The trainer's settings for one node of the strategy's graph. A stable segment trains its
+    run's shared checkpoint (`stable_root`/<run>) at a constant rate to its end, keeping the
+    branch checkpoint there; a branch starts from that checkpoint and cools down to its own
+    steps; a plain trial is `train_config`'s. ValueError when a strategy node has no stable root
+    (the trials of a cluster sweep without storage.checkpoints share no files)."""
+    cfg = train_config(spec, sweep, node.trial, **paths)
+    if node.kind == "trial":
+        return cfg
+    wsd = spec.strategy.wsd_branches
+    if stable_root is None or wsd is None:
+        raise ValueError("WSD branches need a checkpoint location shared by their trials")
+    run = f"{stable_root.rstrip('/')}/{node.run}"
+    warmup = cfg.warmup_steps if node.warmup_steps is None else node.warmup_steps
+    if node.kind == "stable":
+        return replace(
+            cfg,
+            schedule="constant",
+            warmup_steps=warmup,
+            checkpoint=run,
+            branch_points=(node.trial.steps,),
+        )
+    return replace(
+        cfg,
+        schedule="wsd",
+        decay_fraction=wsd.cooldown,
+        decay_shape=wsd.decay_shape,
+        warmup_steps=warmup,
+        branch_from=run,
+        branch_step=node.branch_step,
     )
 
 

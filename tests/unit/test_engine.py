@@ -27,18 +27,33 @@ def spec(**kw: Any) -> api.ScalingSweepSpec:
 OUTCOME = st.sampled_from(["succeed", "fail", "start", "succeed", "succeed"])
 
 
+WSD = {"wsdBranches": {"cooldown": 0.2}}
+ADAPTIVE = {"adaptive": {"seedBudgets": 2, "rungs": 3}}
+
+
 @settings(max_examples=150, deadline=None)
 @given(
     outcomes=st.lists(st.tuples(st.integers(0, 1000), OUTCOME), max_size=300),
     parallelism=st.integers(1, 5),
     per_trial=st.integers(0, 3),
     max_failed=st.integers(0, 4),
+    strategy=st.sampled_from([{}, {}, WSD, ADAPTIVE, {**WSD, **ADAPTIVE}]),
 )
 def test_engine_invariants_over_random_outcomes(
-    outcomes: list[tuple[int, str]], parallelism: int, per_trial: int, max_failed: int
+    outcomes: list[tuple[int, str]],
+    parallelism: int,
+    per_trial: int,
+    max_failed: int,
+    strategy: dict[str, Any],
 ) -> None:
+    """Under every strategy: parallelism and retries hold, a branch or stable segment starts
+    only once the segment before it succeeded (its checkpoint exists), every sweep ends, and
+    the decisions (the adaptive ladder's among them) are the same when made again from any
+    saved state, as a restarted driver makes them."""
     s = spec(
-        parallelism=parallelism, retries={"perTrial": per_trial, "maxFailedTrials": max_failed}
+        parallelism=parallelism,
+        retries={"perTrial": per_trial, "maxFailedTrials": max_failed},
+        strategy=strategy,
     )
     p = plan(s)
     states: dict[str, TrialState] = {}
@@ -54,6 +69,8 @@ def test_engine_invariants_over_random_outcomes(
             before = states.get(launch.trial.id, TrialState())
             assert before.phase not in ACTIVE  # never launched twice while running
             assert launch.attempt == before.attempts + 1 <= per_trial + 1  # retries stop
+            if launch.node.after is not None:  # its parent's checkpoint exists
+                assert states[launch.node.after].phase == "Succeeded"
         if d.fit_due:
             fitted = d.complete_budgets
         if d.phase in ("Succeeded", "Failed"):

@@ -211,6 +211,7 @@ class DiTConfig:
 
 
 Schedule = Literal["constant", "cosine", "wsd"]
+DecayShape = Literal["linear", "1-sqrt"]
 Precision = Literal["bf16", "fp16", "fp32"]
 
 
@@ -234,6 +235,7 @@ class TrainConfig:
     warmup_steps: int = 0
     schedule: Schedule = "constant"
     decay_fraction: float = 0.2  # the cooldown of wsd
+    decay_shape: DecayShape = "linear"  # the cooldown's shape: to zero linearly, or 1 - sqrt
     grad_clip: float = 1.0
     ema_decay: float = 0.0  # evaluate an EMA of the weights (0: off)
     precision: Precision = "bf16"  # on GPU; CPU runs in fp32
@@ -296,6 +298,8 @@ class TrainConfig:
             raise ValueError(f"checkpoint_every must be 0 or more, got {self.checkpoint_every}")
         if any(not 0 < b <= self.steps for b in self.branch_points):
             raise ValueError(f"branch_points must lie in 1..steps ({self.steps})")
+        if self.decay_shape not in ("linear", "1-sqrt"):
+            raise ValueError(f"decay_shape must be linear or 1-sqrt, got {self.decay_shape!r}")
         if self.branch_points and not self.checkpoint:
             raise ValueError("branch_points need a checkpoint location to keep them in")
         if self.branch_from is not None and not 0 < self.branch_step < self.steps:
@@ -331,4 +335,7 @@ class TrainConfig:
         start = decay_start(self.steps, self.decay_fraction)
         if step < start:
             return 1.0
-        return max(0.0, 1.0 - (step - start + 1) / (self.steps - start))
+        progress = min((step - start + 1) / (self.steps - start), 1.0)
+        if self.decay_shape == "1-sqrt":
+            return 1.0 - math.sqrt(progress)
+        return 1.0 - progress
