@@ -16,6 +16,7 @@ restarted driver makes the same ones.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -124,9 +125,10 @@ def adapt(
     finished: Iterable[str],
 ) -> Choice:
     """Which trials the adaptive ladder trains, given the losses of the trials that succeeded and
-    the ids of every finished one (succeeded or failed for good). Budgets are decided in order:
-    one is open until its chosen trials finish and its minimum is bracketed, and the budgets after
-    an open one are undecided (neither chosen nor skipped). Rungs are chosen with all their
+    the ids of every finished one (succeeded or failed for good). The seed budgets train every
+    rung at once; the later ones are decided in order: one is open until its chosen trials finish
+    and its minimum is bracketed, and the budgets after an open one are undecided (neither chosen
+    nor skipped). Rungs are chosen with all their
     replicates, and a rung's loss is its replicates' mean. Deterministic: a restarted driver that
     knows the same losses makes the same choice."""
     done = set(finished)
@@ -140,12 +142,16 @@ def adapt(
             rungs.setdefault(t.rung, []).append(t)
         ladder = [group[0] for group in rungs.values()]  # ascending size, one per rung
         window = list(ladder)
-        if i >= adaptive.seed_budgets:
-            try:
-                target = predicted_optimum(fitted, losses, budget)
-                window = around(ladder, target, adaptive.rungs)
-            except (ValueError, FloatingPointError):  # no law yet (failed trials): every rung
-                pass
+        if i < adaptive.seed_budgets:  # the seeds do not wait for each other
+            chosen |= {t.id for t in mine}
+            if {t.id for t in mine} <= done:
+                settled.append(budget)
+                fitted += [t for t in mine if t.id in losses]
+            continue
+        if len(settled) < i:  # a budget before this one is still open
+            break
+        with contextlib.suppress(ValueError, FloatingPointError):  # no law yet: every rung
+            window = around(ladder, predicted_optimum(fitted, losses, budget), adaptive.rungs)
         while True:
             ids = {t.id for rep in window for t in rungs[rep.rung]}
             chosen |= ids

@@ -215,3 +215,89 @@ def test_unidentified_intervals_and_disagreeing_methods_are_conditions() -> None
     by_type = {c.type: c for c in st_.conditions}
     assert by_type["Identified"].status == "True"
     assert by_type["MethodsAgree"].status == "True"
+
+
+def drive(
+    s: api.ScalingSweepSpec, p: Plan, fail: frozenset[str] = frozenset()
+) -> tuple[dict[str, TrialState], engine.Decision]:
+    """Every launch finishes at once (the ids in `fail` fail), until the sweep ends."""
+    states: dict[str, TrialState] = {}
+    fitted: tuple[float, ...] = ()
+    for _ in range(1000):
+        d = decide(s, p, states, fitted)
+        if d.fit_due:
+            fitted = d.complete_budgets
+        if d.phase in ("Succeeded", "Failed"):
+            return states, d
+        for launch in d.launches:
+            start = TrialState(phase="Running", attempts=launch.attempt)
+            loss = 1.0 + abs(launch.trial.params - 3e5) / 1e6
+            states[launch.trial.id] = (
+                start.fail("boom")
+                if launch.trial.id in fail
+                else start.finish(loss, {}, "simulated")
+            )
+    raise AssertionError("the sweep never ended")
+
+
+def test_a_stable_run_that_fails_for_good_fails_the_branches_that_wait_for_it() -> None:
+    s = spec(strategy=WSD, retries={"perTrial": 0, "maxFailedTrials": 10})
+    p = plan(s)
+    states, d = drive(s, p, fail=frozenset({"1e11-d02-stable"}))
+    d02 = sorted(t.id for t in p.trials if t.rung == "d02")
+    assert d02 == ["1e11-d02", "3e10-d02", "3e11-d02"]
+    assert states["3e10-d02"].phase == "Succeeded"  # it branched before the failure
+    for tid in ("1e11-d02", "3e11-d02"):  # never launched: their checkpoint never came
+        assert "3e11-d02-stable" not in states
+        assert tid not in states
+    status = engine.status(s, p, states, d, None)
+    records = {r.id: r for r in status.trials}
+    for tid in ("1e11-d02", "3e11-d02", "3e11-d02-stable"):
+        assert records[tid].phase == "Failed"
+        assert records[tid].error == "its stable run 1e11-d02-stable failed for good"
+    assert d.gave_up == ("1e11-d02-stable", "3e11-d02-stable", "1e11-d02", "3e11-d02")
+    assert d.counts["failed"] == 2  # grid trials; the segments are no points of the fit
+    assert d.phase == "Succeeded"  # 3 rungs left per budget: still a law
+
+
+def test_the_status_says_what_was_branched_and_what_the_strategy_saved() -> None:
+    s = spec(strategy=WSD)
+    p = plan(s)
+    states, d = drive(s, p)
+    status = engine.status(s, p, states, d, None)
+    records = {r.id: r for r in status.trials}
+    for t in p.trials:
+        r = records[t.id]
+        assert (r.kind, r.phase) == ("branch", "Succeeded")
+        parent = records[r.branched_from or ""]
+        assert parent.kind == "stable"
+        assert r.branch_step == round(parent.tokens / t.tokens_per_sample / t.batch_size)
+    assert sum(b.trials for b in status.budgets) == len(p.trials)  # segments are no budget's
+    st_ = status.strategy
+    assert st_ is not None
+    assert st_.full_grid_flops == sum(t.flops for t in p.trials)
+    spent = sum(n.own_flops for n in engine.resolve(s, p, states).graph.nodes)
+    assert st_.spent_flops == st_.planned_flops == spent
+    assert st_.compute_fraction == round(spent / st_.full_grid_flops, 4) < 0.8
+    assert (
+        engine.status(spec(), plan(spec()), {}, decide(spec(), plan(spec()), {}), None).strategy
+        is None
+    )
+
+
+def test_the_adaptive_ladder_skips_rungs_far_from_the_predicted_optimum() -> None:
+    s = spec(
+        model={"depths": [1, 2, 3, 4, 5, 6], "widthPerDepth": 32, "headDim": 32, "patchSize": 4},
+        strategy=ADAPTIVE,
+    )
+    p = plan(s)
+    states, d = drive(s, p)
+    status = engine.status(s, p, states, d, None)
+    skipped = [r.id for r in status.trials if r.phase == "Skipped"]
+    assert skipped == list(d.skipped)
+    assert skipped
+    assert all(tid.startswith("3e11-") for tid in skipped)
+    assert d.counts["skipped"] == len(skipped) == status.strategy.skipped  # type: ignore[union-attr]
+    assert d.counts["total"] == len(p.trials) - len(skipped)
+    assert status.strategy is not None
+    assert status.strategy.compute_fraction < 1

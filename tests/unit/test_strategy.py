@@ -20,15 +20,19 @@ from isoflop.forecast import (
 from isoflop.plan import Trial, plan
 from isoflop.strategy import (
     Adaptive,
+    Node,
     Wsd,
+    adapt,
     around,
     branch_plan,
     by_budget,
+    graph,
     run_adaptive,
     widen,
     wsd_flops,
 )
-from isoflop_trainer.config import DiTConfig, TrainConfig
+from isoflop.trials import node_config, train_config
+from isoflop_trainer.config import DiTConfig, TrainConfig, decay_start
 
 PAPER = api.load_sweep("examples/paper-in-context.yaml").spec
 
@@ -89,8 +93,8 @@ def test_an_adaptive_sweep_trains_the_seeds_whole_and_later_budgets_around_the_o
     losses = run_adaptive(plan(PAPER).trials, Adaptive(seed_budgets=2, rungs=5), train)
     ladders = by_budget(plan(PAPER).trials)
     budgets = list(ladders)
-    assert asked[0] == [t.id for t in ladders[budgets[0]]]  # seeds: the whole ladder
-    assert asked[1] == [t.id for t in ladders[budgets[1]]]
+    # the seeds: the whole ladder of both, at once
+    assert asked[0] == [t.id for b in budgets[:2] for t in ladders[b]]
     for budget in budgets[2:]:
         mine = [t for t in ladders[budget] if t.id in losses]
         assert 5 <= len(mine) < len(ladders[budget])
@@ -176,3 +180,91 @@ def test_a_branch_plan_refuses_what_one_stable_run_cannot_serve() -> None:
         branch_plan([t, other], Wsd(0.2), 0.05)
     with pytest.raises(ValueError, match="reaches a cooldown"):
         branch_plan([t], Wsd(0.6), 0.5)  # warmup to half the steps, cooldown from 40%
+
+
+def with_strategy(spec: api.ScalingSweepSpec, **strategy: object) -> api.ScalingSweepSpec:
+    return api.parse_spec({**spec.to_wire(), "strategy": strategy})
+
+
+def test_the_graph_chains_each_stable_run_and_hangs_each_branch_at_its_cooldown() -> None:
+    s = with_strategy(PAPER, wsdBranches={"cooldown": 0.2})
+    p = plan(s)
+    g = graph(s, p.trials)
+    stable = [n for n in g.nodes if n.kind == "stable"]
+    branches = [n for n in g.nodes if n.kind == "branch"]
+    assert sorted(n.id for n in branches) == sorted(t.id for t in p.trials)
+    for n in stable:  # a segment continues the one before it, to its own end
+        before = g.by_id[n.after] if n.after else None
+        assert n.start_step == (before.trial.steps if before else 0) < n.trial.steps
+        assert before is None or before.run == n.run
+    for n in branches:  # a branch waits for the segment that ends where its cooldown starts
+        parent = g.by_id[n.after or ""]
+        assert (parent.kind, parent.run, parent.trial.steps) == ("stable", n.run, n.branch_step)
+        assert n.branch_step == decay_start(n.trial.steps, 0.2)
+    # the prefix is charged once: every node's own compute sums to the strategy's
+    # (the paper's sweep counts FLOPs as 6ND: the same fraction of the grid as exact FLOPs)
+    assert g.full_grid_flops == sum(t.flops for t in p.trials)
+    fraction = wsd_flops(p.trials, Wsd(0.2)) / sum(t.flops_exact for t in p.trials)
+    assert sum(n.own_flops for n in g.nodes) / g.full_grid_flops == pytest.approx(fraction, 2e-3)
+    assert graph(PAPER, p.trials).nodes == tuple(Node(t, own_flops=t.flops) for t in p.trials)
+
+
+def test_node_configs_continue_one_stable_run_and_branch_from_its_checkpoints() -> None:
+    s = with_strategy(PAPER, wsdBranches={"cooldown": 0.2, "decayShape": "1-sqrt"})
+    g = graph(s, plan(s).trials)
+    branch = next(n for n in g.nodes if n.kind == "branch" and n.trial.budget == 6e18)
+    parent = g.by_id[branch.after or ""]
+    first = g.by_id[next(n.id for n in g.nodes if n.run == branch.run and n.after is None)]
+    b = node_config(s, "sw", branch, "/ckpt/stable", checkpoint="/ckpt/own")
+    seg = node_config(s, "sw", parent, "/ckpt/stable", checkpoint="/ckpt/seg")
+    seg0 = node_config(s, "sw", first, "/ckpt/stable", checkpoint="/ckpt/seg0")
+    run = f"/ckpt/stable/{branch.run}"
+    assert (seg.checkpoint, seg0.checkpoint, b.branch_from) == (run, run, run)
+    assert b.checkpoint == "/ckpt/own"  # a branch's own checkpoints: its resumes start there
+    assert seg.steps == b.branch_step
+    assert seg.branch_points == (b.branch_step,)
+    assert seg.warmup_steps == seg0.warmup_steps == b.warmup_steps
+    assert (seg.schedule, b.schedule, b.decay_shape) == ("constant", "wsd", "1-sqrt")
+    before = range(b.branch_step)
+    assert [b.lr_multiplier(i) for i in before] == [seg.lr_multiplier(i) for i in before]
+    # 1 - sqrt: the cooldown's first step already falls by sqrt(1/len), to zero at the end
+    cooldown = b.steps - b.branch_step
+    assert b.lr_multiplier(b.branch_step) == pytest.approx(1 - math.sqrt(1 / cooldown))
+    assert b.lr_multiplier(b.steps - 1) == 0.0
+    with pytest.raises(ValueError, match="shared"):
+        node_config(s, "sw", branch, None, checkpoint="/tmp/x")
+    plain = graph(PAPER, plan(PAPER).trials).nodes[0]
+    assert node_config(PAPER, "sw", plain, None) == train_config(PAPER, "sw", plain.trial)
+
+
+def test_the_adaptive_ladder_chooses_from_finished_losses_and_stops_at_a_failed_rung() -> None:
+    trials = plan(PAPER).trials
+    ladder = by_budget(trials)
+    budgets = sorted(ladder)
+    law = Law()  # the paper's
+    losses = {t.id: float(law(t.params, t.tokens)) for t in trials}
+    seeds = {t.id for b in budgets[:2] for t in ladder[b]}
+    nothing = adapt(trials, Adaptive(2, 5), {}, ())
+    assert (nothing.chosen, nothing.skipped, nothing.settled) == (seeds, frozenset(), ())
+    done = adapt(trials, Adaptive(2, 5), {i: losses[i] for i in seeds}, seeds)
+    assert done.settled == tuple(budgets[:2])
+    third = {t.id for t in ladder[budgets[2]]} & done.chosen
+    assert len(third) == 5
+    assert done.chosen == seeds | third
+    # the same losses, the same choice: what a restarted driver decides
+    assert adapt(trials, Adaptive(2, 5), {i: losses[i] for i in seeds}, seeds) == done
+    # the window's smallest rung is best: the rung below it is added, and the budget stays open
+    window = sorted((t for t in ladder[budgets[2]] if t.id in third), key=lambda t: t.params)
+    below = ladder[budgets[2]][ladder[budgets[2]].index(window[0]) - 1]
+    known = {
+        **{i: losses[i] for i in seeds},
+        **{t.id: 1.0 + 0.01 * i for i, t in enumerate(window)},
+    }
+    widened = adapt(trials, Adaptive(2, 5), known, seeds | third)
+    assert widened.chosen == done.chosen | {below.id}
+    assert budgets[2] not in widened.settled
+    # that rung failed for good (no loss): the budget settles rather than widening past it
+    settled = adapt(trials, Adaptive(2, 5), known, seeds | third | {below.id})
+    assert budgets[2] in settled.settled
+    assert below.id in settled.chosen
+    assert settled.skipped >= {t.id for t in ladder[budgets[2]]} - settled.chosen

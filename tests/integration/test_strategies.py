@@ -1,0 +1,97 @@
+"""Strategies run for real: a WSD-branch sweep trained by the local runner with the real trainer,
+its stable run killed mid-segment (SIGKILL, no checkpoint on the way out)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from isoflop.backends import trial_processes
+from tests.integration.test_run import isoflop, write_tiny
+
+KILLED = "2e11-d01-stable"  # the longest segment: d01's stable run from 3e10's branch point on
+
+
+def read(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def test_killing_a_stable_run_mid_segment_loses_no_finished_branch(tmp_path: Path) -> None:
+    manifest = write_tiny(tmp_path / "tiny.yaml")
+    m = yaml.safe_load(manifest.read_text())
+    m["spec"]["budgets"] = [3e10, 2e11]
+    m["spec"]["strategy"] = {"wsdBranches": {"cooldown": 0.2}}
+    manifest.write_text(yaml.safe_dump(m))
+    run_dir = tmp_path / "run"
+    trials = run_dir / "trials"
+    log = open(tmp_path / "runner.log", "w")  # noqa: SIM115 - closed below
+    runner = subprocess.Popen(
+        isoflop("run", str(manifest), "--run-dir", str(run_dir), "--plain"),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        # wait until a branch has finished and the segment is past its first checkpoint
+        deadline = time.monotonic() + 300
+        before: dict[str, tuple[float, float]] = {}
+        while True:
+            assert runner.poll() is None, (tmp_path / "runner.log").read_text()
+            assert time.monotonic() < deadline, "the segment never got going"
+            progress = read(trials / KILLED / "progress.json") or {}
+            before = {
+                r.parent.name: (r.stat().st_mtime, result["eval_loss"])
+                for r in trials.glob("3e10-*/result.json")
+                if not r.parent.name.endswith("-stable")
+                and (result := read(r))
+                and result.get("status") == "succeeded"
+            }
+            if before and progress.get("step", 0) > 636 + 400:  # 636: its start (3e10's branch)
+                break
+            time.sleep(0.05)
+        killed_at = progress["step"]
+        pids = trial_processes([(trials / KILLED).resolve()])[(trials / KILLED).resolve()]
+        assert pids
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        assert runner.wait(timeout=600) == 0, (tmp_path / "runner.log").read_text()
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+        log.close()
+
+    state = read(run_dir / "state.json")["trials"]
+    # the killed segment was retried, from its own last checkpoint: not from its start
+    assert state[KILLED]["attempts"] == 2
+    text = (trials / KILLED / "log.txt").read_text()
+    resumed = [int(s) for s in re.findall(r"resumed from step (\d+) of 4242", text)]
+    assert resumed[0] == 636  # the first attempt continued the run from the segment before
+    assert 636 < resumed[-1] <= killed_at  # the retry: its rolling checkpoint, not step 636
+    # no finished branch was trained again; each branch started from its segment's checkpoint
+    for tid, (mtime, loss) in before.items():
+        assert state[tid]["attempts"] == 1
+        result = read(trials / tid / "result.json")
+        assert (trials / tid / "result.json").stat().st_mtime == mtime
+        assert result["eval_loss"] == loss == state[tid]["loss"]
+    status = read(run_dir / "status.json")
+    assert status["phase"] == "Succeeded"
+    records = {r["id"]: r for r in status["trials"]}
+    for tid in ("3e10-d01", "3e10-d02", "3e10-d03", "2e11-d01", "2e11-d02", "2e11-d03"):
+        result = read(trials / tid / "result.json")
+        record = records[tid]
+        assert record["kind"] == "branch"
+        assert result["branched_from_step"] == record["branchStep"]
+        # its own compute is its cooldown: the prefix was its stable run's
+        assert result["own_flops"] < 0.25 * result["flops"]
+    assert 0.6 < status["strategy"]["computeFraction"] < 0.9
+    assert "cooldown from 2e11-d01-stable" in (run_dir / "report.md").read_text()
