@@ -1,8 +1,10 @@
-"""Strategies run for real: a WSD-branch sweep trained by the local runner with the real trainer,
-its stable run killed mid-segment (SIGKILL, no checkpoint on the way out)."""
+"""Strategies run by the local runner: an adaptive sweep with WSD branches stopped and resumed
+(simulated), and a WSD-branch sweep trained with the real trainer whose stable run is killed
+mid-segment (SIGKILL, no checkpoint on the way out)."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -14,8 +16,12 @@ from typing import Any
 
 import yaml
 
-from isoflop.backends import trial_processes
-from tests.integration.test_run import isoflop, write_tiny
+from isoflop import api
+from isoflop.backends import SimulatedBackend, trial_processes
+from isoflop.forecast import Law
+from isoflop.runner import Display
+from isoflop.runner import Run as LocalRun
+from tests.integration.test_run import isoflop, paper, write_tiny
 
 KILLED = "2e11-d01-stable"  # the longest segment: d01's stable run from 3e10's branch point on
 
@@ -25,6 +31,35 @@ def read(path: Path) -> Any:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+
+
+def adaptive_paper() -> api.ScalingSweep:
+    sweep = paper(bootstrap=0)
+    strategy = api.StrategySpec.model_validate(
+        {"adaptive": {"seedBudgets": 2, "rungs": 5}, "wsdBranches": {"cooldown": 0.2}}
+    )
+    return sweep.model_copy(update={"spec": sweep.spec.model_copy(update={"strategy": strategy})})
+
+
+def test_an_adaptive_sweep_stopped_anywhere_resumes_to_the_same_decisions(tmp_path: Path) -> None:
+    whole = LocalRun(adaptive_paper(), tmp_path / "whole", SimulatedBackend(Law(), seed=1))
+    assert whole.run(Display(stream=io.StringIO(), live=False)).phase == "Succeeded"
+    expected = read(tmp_path / "whole" / "status.json")
+    for stop_after in (3, 9, 14):  # in the seeds; while a later budget is open; near the end
+        where = tmp_path / f"stopped-{stop_after}"
+        first = LocalRun(adaptive_paper(), where, SimulatedBackend(Law(), seed=1))
+        for _ in range(stop_after):
+            first.step()
+        first.close()  # a crash: what was launched and not seen to finish is launched again
+        again = LocalRun(adaptive_paper(), where, SimulatedBackend(Law(), seed=1))
+        assert again.run(Display(stream=io.StringIO(), live=False)).phase == "Succeeded"
+        got = read(where / "status.json")
+        assert got["strategy"] == expected["strategy"]
+        assert got["fit"]["laws"] == expected["fit"]["laws"]
+        phases = {r["id"]: (r["phase"], r.get("loss")) for r in got["trials"]}
+        assert phases == {r["id"]: (r["phase"], r.get("loss")) for r in expected["trials"]}
+        assert {r["attempts"] for r in got["trials"] if r["phase"] == "Succeeded"} == {1}
+    assert expected["strategy"]["skipped"] > 0
 
 
 def test_killing_a_stable_run_mid_segment_loses_no_finished_branch(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import math
 import random
 from collections import Counter
@@ -16,6 +17,7 @@ from prometheus_client import REGISTRY
 
 from isoflop import api
 from isoflop.plan import plan
+from isoflop.strategy import graph
 from tests.operator.conftest import operator_process, running_operator, wait_for
 from tests.operator.emulator import SWEEPS, ended_pod, finish, trial_records
 
@@ -159,6 +161,10 @@ INVALID = [
     ("parallelism", 0, "spec.parallelism"),
     ("metrics.prometheusUrl", "prometheus:9090", "spec.metrics.prometheusUrl"),
     ("fit.holdOutBudget", 7e10, "spec"),
+    ("strategy.wsdBranches", {"cooldown": 1.5}, "spec.strategy.wsdBranches.cooldown"),
+    # a branch starts from a checkpoint another pod wrote: without storage there is none to share
+    ("strategy.wsdBranches", {"cooldown": 0.2}, "spec.strategy.wsdBranches needs"),
+    ("strategy.adaptive", {"seedBudgets": 4}, "spec"),
 ]
 
 
@@ -474,3 +480,58 @@ async def test_a_sweep_outside_the_installations_policy_is_refused_and_creates_n
         ready = next(c for c in conditions if c["type"] == "Ready")
         assert ready["reason"] == "InvalidSpec"
         assert ready["message"].startswith(field), ready["message"]
+
+
+def train_config(job: dict[str, Any]) -> dict[str, Any]:
+    """The trainer's settings a trial's Job carries (the component's --config-json)."""
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    return dict(json.loads(args[args.index("--config-json") + 1]))
+
+
+async def test_wsd_branches_wait_for_their_stable_segment_and_share_its_checkpoints(
+    k8s: Any,
+) -> None:
+    obj = manifest(
+        parallelism=20,
+        strategy={"wsdBranches": {"cooldown": 0.2}},
+        storage={"checkpoints": "s3://bucket/ckpt"},
+    )
+    sweep = api.parse_sweep(obj)
+    nodes = {f"qs-{n.id}": n for n in graph(sweep.spec, plan(sweep.spec).trials).nodes}
+    async with running_operator(k8s):
+        await k8s.post("/apis/isoflop.dev/v1alpha1/namespaces/default/scalingsweeps", json=obj)
+        await wait_for(lambda: len(jobs(k8s)) == 4)
+        # first: each rung's stable run to its first branch point, and nothing that waits for one
+        assert set(jobs(k8s)) == {
+            "qs-3e10-d01-stable",
+            "qs-3e10-d02-stable",
+            "qs-3e10-d03-stable",
+            "qs-1e11-d04-stable",  # d04 does not fit 3e10
+        }
+        done: set[str] = set()
+        while sweep_status(k8s).get("phase") != "Succeeded":
+            for name, job in jobs(k8s).items():
+                if name in done:
+                    continue
+                node = nodes[name]
+                if node.after is not None:  # its parent's checkpoint was written first
+                    assert f"qs-{node.after}" in done
+                cfg = train_config(job)
+                run = f"s3://bucket/ckpt/qs/stable/{node.run}"
+                if node.kind == "stable":
+                    assert (cfg["checkpoint"], cfg["schedule"]) == (run, "constant")
+                    assert cfg["branch_points"] == [node.trial.steps]
+                else:
+                    assert (cfg["branch_from"], cfg["branch_step"]) == (run, node.branch_step)
+                    assert cfg["checkpoint"] == f"s3://bucket/ckpt/qs/{node.id}"
+                await finish(k8s, name, {"status": "succeeded", "eval_loss": loss_of(node.trial)})
+                done.add(name)
+            await asyncio.sleep(0.05)
+    assert done == set(nodes)
+    status = sweep_status(k8s)
+    records = {r["id"]: r for r in trial_records(k8s)}
+    assert {r.get("kind") for r in records.values()} == {"stable", "branch"}
+    assert records["1e11-d02"]["branchedFrom"] == "1e11-d02-stable"
+    assert status["strategy"]["branches"] == len(plan(sweep.spec).trials)
+    assert status["strategy"]["computeFraction"] < 0.8
+    assert abs(status["fit"]["laws"]["params"]["exponent"] - 0.5) < 0.05
