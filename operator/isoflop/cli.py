@@ -156,7 +156,38 @@ def cmd_plan(args: argparse.Namespace) -> int:
     else:
         print(f"ScalingSweep '{sweep.name}' ({sweep.spec.model.family})")
         print(format_plan(p, mfu, peak))
+        if (line := strategy_text(sweep.spec, p)) is not None:
+            print(line)
     return 0
+
+
+def strategy_text(spec: api.ScalingSweepSpec, p: Plan) -> str | None:
+    """What spec.strategy trains in place of the grid above, in a sentence or two."""
+    from isoflop.strategy import graph
+
+    wsd, adaptive = spec.strategy.wsd_branches, spec.strategy.adaptive
+    if wsd is None and adaptive is None:
+        return None
+    try:
+        g = graph(spec, p.trials)
+    except ValueError as err:
+        raise UsageError(f"spec.strategy.wsdBranches: {err}") from None
+    parts = []
+    if wsd is not None:
+        segments = sum(n.kind == "stable" for n in g.nodes)
+        own = sum(n.own_flops for n in g.nodes)
+        parts.append(
+            f"WSD branches: each trial trained as a {wsd.cooldown:g} cooldown ({wsd.decay_shape}) "
+            f"from its rung's stable run, {segments} stable-run segments in all: {own:.3e} FLOPs, "
+            f"{own / g.full_grid_flops:.3f} of the grid above"
+        )
+    if adaptive is not None:
+        parts.append(
+            f"adaptive ladder: the {adaptive.seed_budgets} smallest budgets train every rung, each "
+            f"later one the {adaptive.rungs} nearest the N* fitted so far (widened until its "
+            "minimum is bracketed): what it saves is known as it runs"
+        )
+    return "\nstrategy: " + "; ".join(parts) + "."
 
 
 def cmd_fit(args: argparse.Namespace) -> int:

@@ -172,15 +172,15 @@ def decide(
         "infeasible": len(plan.infeasible),
         "skipped": len(sweep.skipped),
     }
-    if len(gave_up) > spec.retries.max_failed_trials:
+    if len(failed) > spec.retries.max_failed_trials:  # grid trials: segments are no points
         return Decision(
             phase="Failed",
             cancels=cancels + tuple(Cancel(tid, "the sweep failed") for tid in sorted(active)),
             gave_up=gave_up,
             reason="TooManyFailedTrials",
-            message=f"{len(gave_up)} trials failed for good, more than "
-            f"retries.maxFailedTrials ({spec.retries.max_failed_trials}): {', '.join(gave_up[:5])}"
-            + (f"; {gave_up[0]}: {first}" if (first := state(gave_up[0]).error) else ""),
+            message=f"{len(failed)} trials failed for good, more than "
+            f"retries.maxFailedTrials ({spec.retries.max_failed_trials}): {', '.join(failed[:5])}"
+            + (f"; {failed[0]}: {first}" if (first := state(failed[0]).error) else ""),
             counts=counts,
             skipped=tuple(sorted(sweep.skipped)),
         )

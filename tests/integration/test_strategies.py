@@ -130,3 +130,16 @@ def test_killing_a_stable_run_mid_segment_loses_no_finished_branch(tmp_path: Pat
         assert result["own_flops"] < 0.25 * result["flops"]
     assert 0.6 < status["strategy"]["computeFraction"] < 0.9
     assert "cooldown from 2e11-d01-stable" in (run_dir / "report.md").read_text()
+
+
+def test_plan_says_what_the_strategy_trains_and_its_share_of_the_grid(tmp_path: Path) -> None:
+    manifest = yaml.safe_load(
+        (Path(__file__).parents[2] / "examples/paper-in-context.yaml").read_text()
+    )
+    manifest["spec"]["strategy"] = {"wsdBranches": {"cooldown": 0.2}}
+    path = tmp_path / "wsd.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    out = subprocess.run(isoflop("plan", str(path)), capture_output=True, text=True, check=True)
+    # 14 rungs x 6 budgets: one segment per branch point; 0.8 x 6/11 + 0.2 of the grid
+    assert "84 stable-run segments in all" in out.stdout
+    assert "0.636 of the grid above" in out.stdout

@@ -241,7 +241,7 @@ def drive(
 
 
 def test_a_stable_run_that_fails_for_good_fails_the_branches_that_wait_for_it() -> None:
-    s = spec(strategy=WSD, retries={"perTrial": 0, "maxFailedTrials": 10})
+    s = spec(strategy=WSD, retries={"perTrial": 0, "maxFailedTrials": 2})
     p = plan(s)
     states, d = drive(s, p, fail=frozenset({"1e11-d02-stable"}))
     d02 = sorted(t.id for t in p.trials if t.rung == "d02")
@@ -256,8 +256,13 @@ def test_a_stable_run_that_fails_for_good_fails_the_branches_that_wait_for_it() 
         assert records[tid].phase == "Failed"
         assert records[tid].error == "its stable run 1e11-d02-stable failed for good"
     assert d.gave_up == ("1e11-d02-stable", "3e11-d02-stable", "1e11-d02", "3e11-d02")
-    assert d.counts["failed"] == 2  # grid trials; the segments are no points of the fit
+    # 2 grid trials failed, within maxFailedTrials 2: the segments are no points of the fit
+    assert d.counts["failed"] == 2
     assert d.phase == "Succeeded"  # 3 rungs left per budget: still a law
+    failing = spec(strategy=WSD, retries={"perTrial": 0, "maxFailedTrials": 1})
+    _, gave_up = drive(failing, plan(failing), fail=frozenset({"1e11-d02-stable"}))
+    assert gave_up.reason == "TooManyFailedTrials"
+    assert gave_up.message.startswith("2 trials failed for good, more than retries.maxFailedTrials")
 
 
 def test_the_status_says_what_was_branched_and_what_the_strategy_saved() -> None:
