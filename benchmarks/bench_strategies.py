@@ -43,10 +43,11 @@ STRATEGIES: dict[str, tuple[Adaptive | None, Wsd | None, int]] = {
     "wsd-0.1": (None, Wsd(0.1), 1),
     "wsd-0.2-2x-budgets": (None, Wsd(0.2), 2),
     "wsd-0.1-4x-budgets": (None, Wsd(0.1), 4),
-    "adaptive-5": (Adaptive(rungs=5), None, 1),
-    "adaptive-9": (Adaptive(rungs=9), None, 1),
-    "adaptive-9+wsd-0.1": (Adaptive(rungs=9), Wsd(0.1), 1),
-    "adaptive-9+wsd-0.1-4x-budgets": (Adaptive(rungs=9), Wsd(0.1), 4),
+    "adaptive-5-adjacent": (Adaptive(rungs=5, stride=1), None, 1),
+    "adaptive-5-stride-3": (Adaptive(rungs=5, stride=3), None, 1),
+    "adaptive-4-stride-4": (Adaptive(rungs=4, stride=4), None, 1),
+    "adaptive-5-stride-3+wsd-0.1": (Adaptive(rungs=5, stride=3), Wsd(0.1), 1),
+    "adaptive-5-stride-3+wsd-0.1-4x-budgets": (Adaptive(rungs=5, stride=3), Wsd(0.1), 4),
 }
 
 

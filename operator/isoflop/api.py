@@ -463,6 +463,13 @@ class AdaptiveSpec(SpecModel):
         le=64,
         description="Rungs per later budget around its predicted optimum, before widening.",
     )
+    stride: int = Field(
+        default=3,
+        ge=1,
+        le=64,
+        description="Ladder steps between the chosen rungs (fewer where the ladder is too short): "
+        "a wide span pins a flat curve's minimum far better than adjacent rungs.",
+    )
 
 
 class WsdBranchesSpec(SpecModel):

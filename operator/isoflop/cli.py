@@ -184,7 +184,8 @@ def strategy_text(spec: api.ScalingSweepSpec, p: Plan) -> str | None:
     if adaptive is not None:
         parts.append(
             f"adaptive ladder: the {adaptive.seed_budgets} smallest budgets train every rung, each "
-            f"later one the {adaptive.rungs} nearest the N* fitted so far (widened until its "
+            f"later one {adaptive.rungs} rungs {adaptive.stride} ladder steps apart around the N* "
+            "fitted so far (widened until its "
             "minimum is bracketed): what it saves is known as it runs"
         )
     return "\nstrategy: " + "; ".join(parts) + "."

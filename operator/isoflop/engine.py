@@ -132,7 +132,9 @@ def resolve(spec: api.ScalingSweepSpec, plan: Plan, states: Mapping[str, TrialSt
         if (s := effective.get(t.id)) is not None and (s.phase == "Succeeded" or s.exhausted(limit))
     }
     losses = {tid: s.loss for tid in finished if (s := effective[tid]).loss is not None}
-    choice = adapt(grid, Adaptive(adaptive.seed_budgets, adaptive.rungs), losses, finished)
+    choice = adapt(
+        grid, Adaptive(adaptive.seed_budgets, adaptive.rungs, adaptive.stride), losses, finished
+    )
     return Sweep(g, effective, choice.chosen, choice.skipped, choice.settled)
 
 

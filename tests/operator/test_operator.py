@@ -165,6 +165,7 @@ INVALID = [
     # a branch starts from a checkpoint another pod wrote: without storage there is none to share
     ("strategy.wsdBranches", {"cooldown": 0.2}, "spec.strategy.wsdBranches needs"),
     ("strategy.adaptive", {"seedBudgets": 4}, "spec"),
+    ("strategy.adaptive", {"stride": 0}, "spec.strategy.adaptive.stride"),
 ]
 
 

@@ -60,6 +60,14 @@ def test_around_centres_on_the_target_and_stops_at_the_ladders_ends() -> None:
     assert [t.params for t in around(ladder, 1.0, 5)] == sizes[:5]  # below the ladder
     assert [t.params for t in around(ladder, 1e12, 5)] == sizes[-5:]
     assert around(ladder, 1e7, 40) == ladder
+    # strided: the same centre, every third rung, the span shifted to fit inside the ladder
+    assert [t.params for t in around(ladder, sizes[6] * 1.05, 5, 3)] == sizes[0:13:3]
+    assert [t.params for t in around(ladder, 1.0, 4, 3)] == sizes[0:10:3]
+    assert [t.params for t in around(ladder, 1e12, 4, 3)] == sizes[4:14:3]
+    # a span longer than the ladder: the widest stride that fits (14 rungs, 5 of them: 3)
+    assert [t.params for t in around(ladder, 1e7, 5, 9)] == sizes[0:13:3]
+    with pytest.raises(ValueError, match="stride"):
+        Adaptive(stride=0)
     with pytest.raises(ValueError, match="at least 3"):
         Adaptive(rungs=2)
     with pytest.raises(ValueError, match="seed_budgets"):
@@ -76,6 +84,11 @@ def test_widen_adds_the_neighbour_beyond_an_edge_minimum_until_bracketed() -> No
     valley = {t.id: (i - 6) ** 2 for i, t in enumerate(ladder)}
     assert widen(ladder, chosen, valley) is None
     assert widen(ladder, ladder[-5:], falling) is None  # the ladder ends: nothing to add
+    # strided windows widen a stride further out, or to the ladder's end if that is nearer
+    assert widen(ladder, ladder[2:11:2], falling, 2) == ladder[12]
+    assert widen(ladder, ladder[2:11:2], rising, 2) == ladder[0]
+    assert widen(ladder, ladder[1:12:3], rising, 3) == ladder[0]
+    assert widen(ladder, ladder[1:12:3], falling, 3) == ladder[13]
 
 
 def law_losses(law: Law) -> dict[str, float]:
@@ -133,7 +146,7 @@ def test_strategies_are_compared_on_the_same_law_and_noise() -> None:
     assert wsd.equal_precision == pytest.approx(wsd.compute)  # the same losses, the same scatter
     dense = by["wsd branches, 2x budgets"]
     assert (dense.budgets, dense.trials) == (12, 168.0)
-    adaptive = by["adaptive ladder (5 rungs)"]
+    adaptive = by["adaptive ladder (5 rungs, stride 3)"]
     assert adaptive.trials < 84
     text = format_strategies(rows, 8, 0.005)
     assert "wsd branches (cooldown 0.2)          6   84.0    0.64x" in text
@@ -238,21 +251,21 @@ def test_node_configs_continue_one_stable_run_and_branch_from_its_checkpoints() 
 
 
 def test_the_adaptive_ladder_chooses_from_finished_losses_and_stops_at_a_failed_rung() -> None:
-    trials = plan(PAPER).trials
+    trials = plan(PAPER).trials  # adjacent rungs (stride 1): each widening is one step
     ladder = by_budget(trials)
     budgets = sorted(ladder)
     law = Law()  # the paper's
     losses = {t.id: float(law(t.params, t.tokens)) for t in trials}
     seeds = {t.id for b in budgets[:2] for t in ladder[b]}
-    nothing = adapt(trials, Adaptive(2, 5), {}, ())
+    nothing = adapt(trials, Adaptive(2, 5, 1), {}, ())
     assert (nothing.chosen, nothing.skipped, nothing.settled) == (seeds, frozenset(), ())
-    done = adapt(trials, Adaptive(2, 5), {i: losses[i] for i in seeds}, seeds)
+    done = adapt(trials, Adaptive(2, 5, 1), {i: losses[i] for i in seeds}, seeds)
     assert done.settled == tuple(budgets[:2])
     third = {t.id for t in ladder[budgets[2]]} & done.chosen
     assert len(third) == 5
     assert done.chosen == seeds | third
     # the same losses, the same choice: what a restarted driver decides
-    assert adapt(trials, Adaptive(2, 5), {i: losses[i] for i in seeds}, seeds) == done
+    assert adapt(trials, Adaptive(2, 5, 1), {i: losses[i] for i in seeds}, seeds) == done
     # the window's smallest rung is best: the rung below it is added, and the budget stays open
     window = sorted((t for t in ladder[budgets[2]] if t.id in third), key=lambda t: t.params)
     below = ladder[budgets[2]][ladder[budgets[2]].index(window[0]) - 1]
@@ -260,11 +273,11 @@ def test_the_adaptive_ladder_chooses_from_finished_losses_and_stops_at_a_failed_
         **{i: losses[i] for i in seeds},
         **{t.id: 1.0 + 0.01 * i for i, t in enumerate(window)},
     }
-    widened = adapt(trials, Adaptive(2, 5), known, seeds | third)
+    widened = adapt(trials, Adaptive(2, 5, 1), known, seeds | third)
     assert widened.chosen == done.chosen | {below.id}
     assert budgets[2] not in widened.settled
     # that rung failed for good (no loss): the budget settles rather than widening past it
-    settled = adapt(trials, Adaptive(2, 5), known, seeds | third | {below.id})
+    settled = adapt(trials, Adaptive(2, 5, 1), known, seeds | third | {below.id})
     assert budgets[2] in settled.settled
     assert below.id in settled.chosen
     assert settled.skipped >= {t.id for t in ladder[budgets[2]]} - settled.chosen
