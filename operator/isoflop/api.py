@@ -252,6 +252,13 @@ class TrainingSpec(SpecModel):
     decay_fraction: float = Field(default=0.2, ge=0, le=1, description="Cooldown fraction for wsd.")
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"
     compile: bool = Field(default=True, description="torch.compile the model (GPU).")
+    compile_mode: (
+        Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] | None
+    ) = Field(
+        default=None,
+        description="torch.compile's mode; unset: its default. reduce-overhead captures CUDA "
+        "graphs, for small rungs bound by kernel launches.",
+    )
     seed: int = Field(
         default=0, ge=0, le=2**53 - 1, description="At most 2^53 - 1, exact in any JSON client."
     )
@@ -391,11 +398,34 @@ class Affinity(SpecModel):
     pod_anti_affinity: PodAffinity | None = None
 
 
+class PackingSpec(SpecModel):
+    """Several small trials on one GPU: a rung whose trial alone would leave a GPU mostly idle
+    trains on 1/k of one GPU (k = floor(saturationMfu / its MFU alone), at most maxTrialsPerGpu,
+    as many as fit the GPU's memory) instead of gpusPerNode x nodes GPUs; larger rungs train as
+    before. A packed trial counts as 1/(k x gpusPerNode x nodes) of `parallelism`."""
+
+    max_trials_per_gpu: int = Field(default=8, ge=1, le=64, description="1: never packed.")
+    saturation_mfu: float = Field(
+        default=0.40, gt=0, le=1, description="The MFU a busy GPU reaches (large rungs alone)."
+    )
+
+
 class ResourcesSpec(SpecModel):
     """What one trial gets on Kubernetes (the local runner uses GPUs it finds)."""
 
     image: str = Field(default="ghcr.io/isoflop/trainer:0.1.0", min_length=1, max_length=1024)
     gpus_per_node: int = Field(default=1, ge=0, le=64)
+    packing: PackingSpec | None = Field(
+        default=None, description="Unset: every trial has its GPUs to itself."
+    )
+    gpu_memory_gib: float = Field(
+        default=80,
+        alias="gpuMemoryGiB",
+        gt=0,
+        le=4096,
+        description="Memory of one GPU: sets the automatic micro-batch and how many packed "
+        "trials fit.",
+    )
     nodes: int = Field(default=1, ge=1, le=1024)
     cpu: str = Field(default="8", pattern=QUANTITY_PATTERN, max_length=32)
     memory: str = Field(default="64Gi", pattern=QUANTITY_PATTERN, max_length=32)

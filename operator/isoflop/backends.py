@@ -25,6 +25,7 @@ import sys
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -35,6 +36,7 @@ from isoflop.plan import Trial
 from isoflop_trainer.config import TrainConfig
 from isoflop_trainer.store import atomic_write
 
+ONE = Fraction(1)  # a trial's GPUs whole (not packed)
 PIDFILE = "pid.json"  # a running trainer's agent pid, attempt and GPUs, in its trial's folder
 TRIAL_ENV = "ISOFLOP_TRIAL"  # every process of a trial has its folder in its environment
 
@@ -54,12 +56,19 @@ class Observation:
 
 
 class Backend(Protocol):
-    def launch(self, trial: Trial, attempt: int, config: TrainConfig, workdir: Path) -> None: ...
+    def launch(
+        self, trial: Trial, attempt: int, config: TrainConfig, workdir: Path, share: Fraction = ONE
+    ) -> None: ...
     def observe(self) -> dict[str, Observation]: ...
     def cancel(self, trial_id: str) -> None: ...
     def shutdown(self) -> None: ...
-    def free_slots(self) -> int | None:
-        """How many more trials can start now (free GPUs); None: as many as parallelism allows."""
+    def can_start(self, share: Fraction = ONE) -> bool:
+        """Whether a trial taking `share` of a GPU slot (1: its GPUs whole) can start now."""
+        ...
+
+    @property
+    def packs(self) -> bool:
+        """Whether trials can share a GPU here (there are GPUs to share)."""
         ...
 
     def recover(self, trials: Path, finished: set[str]) -> list[str]:
@@ -79,7 +88,9 @@ class SimulatedBackend:
         self.law, self.noise, self.seed = law, noise, seed
         self.done: dict[str, Observation] = {}
 
-    def launch(self, trial: Trial, attempt: int, config: TrainConfig, workdir: Path) -> None:
+    def launch(
+        self, trial: Trial, attempt: int, config: TrainConfig, workdir: Path, share: Fraction = ONE
+    ) -> None:
         loss = simulated_loss(self.law, trial.id, trial.params, trial.tokens, self.noise, self.seed)
         self.done[trial.id] = Observation("Succeeded", loss=loss)
 
@@ -93,8 +104,10 @@ class SimulatedBackend:
     def shutdown(self) -> None:
         self.done.clear()
 
-    def free_slots(self) -> int | None:
-        return None
+    def can_start(self, share: Fraction = ONE) -> bool:
+        return True
+
+    packs = False
 
     def recover(self, trials: Path, finished: set[str]) -> list[str]:
         return []
@@ -134,16 +147,22 @@ class LocalBackend:
                 said.append(f"trial {tid} finished while no runner watched it: result kept")
         return said
 
-    def free_slots(self) -> int | None:
-        return self.pool.free_slots()
+    def can_start(self, share: Fraction = ONE) -> bool:
+        return self.pool.fits(share)
 
-    def launch(self, trial: Trial, attempt: int, config: TrainConfig, workdir: Path) -> None:
+    @property
+    def packs(self) -> bool:
+        return self.pool.per_trial > 0  # there are GPUs, and trials use them
+
+    def launch(
+        self, trial: Trial, attempt: int, config: TrainConfig, workdir: Path, share: Fraction = ONE
+    ) -> None:
         from isoflop_trainer.component import trial as component
 
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "result.json").unlink(missing_ok=True)  # a stale result must not be read
         (workdir / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
-        devices = self.pool.acquire(trial.id)
+        devices = self.pool.acquire(trial.id, share)
         app = component(config.to_dict(), image="local", name=trial.id, gpus_per_node=len(devices))
         role = app.roles[0]
         env = {**os.environ, **role.env, "OMP_NUM_THREADS": str(self.threads)}
@@ -151,6 +170,8 @@ class LocalBackend:
         env[TRIAL_ENV] = str(workdir)  # how a later runner finds every process of this trial
         cmd = [sys.executable, "-m", "isoflop_trainer.launch", *role.args]
         on = f"GPU {','.join(devices)}" if devices else "CPU"
+        if devices and share < 1:
+            on += f" (packed: {share} of it)"
         with open(workdir / "log.txt", "ab") as log:
             log.write(f"--- attempt {attempt} on {on}: {' '.join(cmd[:8])} ...\n".encode())
             proc = subprocess.Popen(
@@ -162,7 +183,12 @@ class LocalBackend:
                 start_new_session=True,
             )
         self.procs[trial.id] = (proc, workdir)
-        record = {"pid": proc.pid, "attempt": attempt, "devices": list(devices)}
+        record = {
+            "pid": proc.pid,
+            "attempt": attempt,
+            "devices": list(devices),
+            "share": str(share),
+        }
         atomic_write(workdir / PIDFILE, json.dumps(record))
 
     def observe(self) -> dict[str, Observation]:

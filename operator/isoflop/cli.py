@@ -158,7 +158,34 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(format_plan(p, mfu, peak))
         if (line := strategy_text(sweep.spec, p)) is not None:
             print(line)
+        if (line := packing_text(sweep.spec, p, mfu, peak)) is not None:
+            print(line)
     return 0
+
+
+def packing_text(spec: api.ScalingSweepSpec, p: Plan, mfu: MfuCurve, peak: float) -> str | None:
+    """What spec.resources.packing does to the plan: trials per GPU by rung, the GPU-hours."""
+    from dataclasses import replace
+
+    from isoflop.packing import Packing, sweep_mfu
+
+    packing = replace(Packing.of(spec), curve=mfu)
+    if packing.max_per_gpu <= 1:
+        return None
+    per_rung: dict[str, int] = {}
+    for t in p.trials:
+        per_rung[t.rung] = packing.per_gpu(t)
+    packed = {r: k for r, k in per_rung.items() if k > 1}
+    if not packed:
+        return "\npacking: no rung is small enough to share a GPU."
+    est = sweep_mfu(list(p.trials), packing, peak)
+    shown = ", ".join(f"{r} x{k}" for r, k in packed.items())
+    return (
+        f"\npacking: {len(packed)} of {len(per_rung)} rungs share GPUs ({shown}): about "
+        f"{est['gpu_hours_packed']:.3g} GPU-hours in place of {est['gpu_hours_alone']:.3g}, "
+        f"sweep MFU {est['mfu_alone']:.1%} -> {est['mfu_packed']:.1%} (an estimate: packed "
+        "trials assumed to keep their speed alone)."
+    )
 
 
 def strategy_text(spec: api.ScalingSweepSpec, p: Plan) -> str | None:
@@ -338,7 +365,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"run directory {directory}{resumed}",
         flush=True,
     )
-    for line in run.recovered:
+    for line in [*run.notices, *run.recovered]:
         print(f"isoflop: {line}", flush=True)
     try:
         decision = run.run(Display(live=False if args.plain else None))

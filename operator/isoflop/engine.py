@@ -13,9 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from fractions import Fraction
 from typing import Literal
 
 from isoflop import api
+from isoflop.packing import Packing
 from isoflop.plan import Plan, Trial
 from isoflop.strategy import Adaptive, Graph, Node, adapt, graph
 
@@ -209,7 +211,11 @@ def decide(
 
     # launch: retries and new trials, smallest budgets (then smallest models) first; a branch
     # or segment once the segment before it has succeeded (its checkpoint exists)
-    slots = spec.parallelism - len(active)
+    # (a trial packed k to a GPU takes 1/k of a slot: spec.resources.packing)
+    packing = Packing.of(spec)
+    by_id = sweep.graph.by_id
+    used = sum((packing.share(by_id[i].trial) for i in active if i in by_id), Fraction(0))
+    used += sum(1 for i in active if i not in by_id)  # trials of an older plan: a slot each
     candidates = [
         n
         for n in nodes
@@ -221,7 +227,14 @@ def decide(
         )
     ]
     candidates.sort(key=lambda n: (n.trial.budget, n.trial.params, n.id))
-    launches = tuple(Launch(n, state(n.id).attempts + 1) for n in candidates[: max(slots, 0)])
+    picked: list[Launch] = []
+    for n in candidates:
+        share = packing.share(n.trial)
+        if used + share > spec.parallelism:
+            break  # in order: a large trial is not overtaken by smaller ones forever
+        used += share
+        picked.append(Launch(n, state(n.id).attempts + 1))
+    launches = tuple(picked)
 
     terminal = {t.id for t in succeeded} | set(failed)
     complete = tuple(

@@ -181,6 +181,11 @@ def admissible(name: str, spec: Any, memo: Any) -> tuple[api.ScalingSweepSpec, P
             "spec.strategy.wsdBranches needs spec.storage.checkpoints on a cluster: each branch "
             "starts from a checkpoint its stable run's pod wrote there"
         )
+    if parsed.resources.packing is not None:
+        raise api.ManifestError(
+            "spec.resources.packing runs on `isoflop run` only for now: on a cluster each trial "
+            "has its own Job and GPUs; remove it (or run the sweep locally)"
+        )
     refused = policy.check(parsed, getattr(memo, "policy", None) or policy.Policy())
     if refused is not None:
         raise api.ManifestError(refused)

@@ -31,6 +31,7 @@ from typing import Any, TextIO
 from isoflop import __version__, api, engine
 from isoflop.backends import Backend, Observation, SimulatedBackend, read_json
 from isoflop.engine import TrialState
+from isoflop.packing import Packing
 from isoflop.plan import Plan, format_flops, plan
 from isoflop.runlock import LockedError, RunLock
 from isoflop.strategy import graph
@@ -58,6 +59,17 @@ class Run:
         self.dir = directory.resolve()  # trials run in their own folders: paths must be absolute
         self.plan: Plan = plan(self.spec)
         self.graph = graph(self.spec, self.plan.trials)  # what the strategy trains
+        # the engine's spec: packing only where trials have GPUs to share
+        self.engine_spec = self.spec
+        self.notices: list[str] = []
+        if self.spec.resources.packing is not None and not backend.packs:
+            resources = self.spec.resources.model_copy(update={"packing": None})
+            self.engine_spec = self.spec.model_copy(update={"resources": resources})
+            self.notices.append(
+                "spec.resources.packing shares GPUs, and this run has none: parallelism alone "
+                "limits the trials at once"
+            )
+        self.packing = Packing.of(self.engine_spec)
         self.skipped: frozenset[str] = frozenset()  # what the adaptive ladder left out so far
         self.states: dict[str, TrialState] = {}
         self.fitted: tuple[float, ...] = ()
@@ -165,19 +177,21 @@ class Run:
                 self.states[tid] = TrialState(phase="Pending", attempts=max(s.attempts - 1, 0))
             else:
                 self.states[tid] = s.fail(obs.error or "failed", permanent=obs.permanent)
-        decision = engine.decide(self.spec, self.plan, self.states, self.fitted)
+        decision = engine.decide(self.engine_spec, self.plan, self.states, self.fitted)
         self.skipped = frozenset(decision.skipped)
         for c in decision.cancels:
             self.backend.cancel(c.trial_id)
             s = self.states.get(c.trial_id, TrialState())
             self.states[c.trial_id] = s.fail(f"cancelled: {c.reason}")
             changed = True
-        slots = self.backend.free_slots()  # GPUs: never more trials than devices
-        for launch in decision.launches[:slots]:
+        for launch in decision.launches:
             t = launch.trial
+            share = self.packing.gpu_share(t)  # packed: a share of one GPU
+            if not self.backend.can_start(share):  # GPUs: never more trials than devices
+                break
             workdir = self.dir / "trials" / t.id
             cfg = node_config(
-                self.spec,
+                self.engine_spec,
                 self.sweep.name,
                 launch.node,
                 str(self.dir / "stable"),
@@ -187,13 +201,13 @@ class Run:
                 termination_log=None,
                 checkpoint_every=max(t.steps // 10, 50),
             )
-            self.backend.launch(t, launch.attempt, cfg, workdir)
+            self.backend.launch(t, launch.attempt, cfg, workdir, share)
             self.states[t.id] = TrialState(phase="Starting", attempts=launch.attempt)
             changed = True
         if decision.fit_due:
             self.refit(decision.complete_budgets, final=decision.phase == "Fitting")
             changed = True
-            decision = engine.decide(self.spec, self.plan, self.states, self.fitted)
+            decision = engine.decide(self.engine_spec, self.plan, self.states, self.fitted)
         if changed:
             self.write_status(decision)
             self.save()

@@ -6,6 +6,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from isoflop import api
+from isoflop.packing import Packing
 from isoflop.plan import Rung, Trial, ladder
 from isoflop.strategy import Node
 from isoflop_trainer.config import TrainConfig
@@ -23,7 +24,7 @@ def train_config(spec: api.ScalingSweepSpec, sweep: str, trial: Trial, **paths: 
         model=rung.config,
         steps=trial.steps,
         global_batch_size=trial.batch_size,
-        micro_batch_size=t.micro_batch_size,
+        micro_batch_size=t.micro_batch_size or auto_micro_batch(spec, trial),
         learning_rate=learning_rate(spec, rung.name, rungs),
         betas=(t.betas[0], t.betas[1]),
         weight_decay=t.weight_decay,
@@ -33,6 +34,7 @@ def train_config(spec: api.ScalingSweepSpec, sweep: str, trial: Trial, **paths: 
         grad_clip=t.grad_clip,
         precision=t.precision,
         compile=t.compile,
+        compile_mode=t.compile_mode,
         seed=t.seed + trial.replicate,
         timestep_sampling=t.timestep_sampling,
         text_dropout=t.text_dropout,
@@ -54,6 +56,17 @@ def train_config(spec: api.ScalingSweepSpec, sweep: str, trial: Trial, **paths: 
         budget=trial.budget,
         **paths,
     )
+
+
+def auto_micro_batch(spec: api.ScalingSweepSpec, trial: Trial) -> int | None:
+    """training.microBatchSize unset: the largest micro-batch the trial's GPU (or its packed
+    share of one) holds, by the calibrated memory estimate; None (the rank's whole share) when
+    that fits. Before this, a large rung's whole share went to one step and ran out of memory."""
+    packing = Packing.of(spec)
+    if packing.gpus == 0:  # CPU trials
+        return None
+    m = packing.micro_batch(trial)
+    return None if m >= trial.batch_size // packing.ranks(trial) else m
 
 
 def node_config(

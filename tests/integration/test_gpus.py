@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from isoflop import api, backends
+from isoflop import api, backends, engine
 from isoflop.devices import DevicePool
 from isoflop.forecast import Law, simulated_loss
 from isoflop.runner import Run
@@ -126,3 +126,87 @@ def test_two_trials_train_at_once_on_two_gpus(tmp_path: Path) -> None:
     logs = [p.read_text() for p in (tmp_path / "run" / "trials").glob("*/log.txt")]
     on = {gpu for log in logs for gpu in ("0", "1") if f"on GPU {gpu}:" in log}
     assert on == {"0", "1"}
+
+
+def test_small_trials_pack_onto_shared_gpus_and_one_failing_loses_none_of_the_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Packing (spec.resources.packing): the quickstart's tiny rungs pack 3 to a GPU, so two GPUs
+    and parallelism 2 train 6 at once, no GPU ever holds more than 3, a trial that fails leaves
+    its pack-mates running to their results (it alone is retried), and a runner restarted
+    mid-sweep relaunches no finished trial."""
+    started: list[Trainer] = []
+
+    def popen(cmd: list[str], **kwargs: Any) -> Trainer:
+        started.append(Trainer(cmd, **kwargs))
+        return started[-1]
+
+    monkeypatch.setattr(backends.subprocess, "Popen", popen)
+    manifest = api.yaml_load((ROOT / "examples" / "quickstart.yaml").read_text())
+    manifest["spec"]["parallelism"] = 2
+    manifest["spec"]["resources"] = {"gpusPerNode": 1, "packing": {"maxTrialsPerGpu": 3}}
+    manifest["spec"]["fit"] = {"bootstrap": 100, "method": "parabola"}
+    s = api.parse_sweep(manifest)
+    devices = ("0", "1")
+    run = Run(s, tmp_path, backends.LocalBackend(2, DevicePool(devices, 1)))
+    trials = {t.id: t for t in run.plan.trials}
+    assert run.packing.per_gpu(next(iter(trials.values()))) == 3
+    rng = random.Random(1)
+    most, failed, restarted = 0, "", False
+    finished_before_restart: set[str] = set()
+    for step in range(10_000):
+        decision = run.step()
+        if decision.phase in ("Succeeded", "Failed"):
+            break
+        live = [t for t in started if t.code is None]
+        most = max(most, len(live))
+        for d in devices:  # never more than 3 trials, i.e. 3 thirds, on one GPU
+            assert sum(t.devices == d for t in live) <= 3
+        for t in live:
+            assert t.devices in devices  # one GPU each
+            assert t.cmd[t.cmd.index("--nproc-per-node") + 1] == "1"
+        if not failed and len(live) == 6:  # a full house: one trial of a pack fails
+            victim = rng.choice(live)
+            failed, victim.code = victim.cwd.name, 1
+            mates = [t for t in live if t.devices == victim.devices and t is not victim]
+            assert len(mates) == 2
+            continue
+        if not restarted and step > 12:  # the runner dies; a new one takes the directory over
+            finished_before_restart = {
+                tid for tid, st in run.states.items() if st.phase == "Succeeded"
+            }
+            assert finished_before_restart
+            for t in live:  # the old runner's trainers are gone with it
+                t.code = -9
+            run.close()
+            run = Run(s, tmp_path, backends.LocalBackend(2, DevicePool(devices, 1)))
+            launched_before = len(started)
+            restarted = True
+            continue
+        if live:
+            t = rng.choice(live)
+            trial = trials[t.cwd.name]
+            t.finish(simulated_loss(Law(), trial.id, trial.params, trial.tokens, 0.005, 0))
+    assert decision.phase == "Succeeded", decision.message
+    assert most == 6  # two GPUs, three to each
+    assert failed
+    assert all(st.phase == "Succeeded" for st in run.states.values())
+    assert run.states[failed].attempts >= 2  # it alone was retried
+    relaunched = [t.cwd.name for t in started[launched_before:]]
+    assert not set(relaunched) & finished_before_restart  # nothing finished trains again
+    log = (tmp_path / "trials" / started[0].cwd.name / "log.txt").read_text()
+    assert "(packed: 1/3 of it)" in log
+
+
+def test_packing_without_gpus_is_said_and_parallelism_alone_limits(tmp_path: Path) -> None:
+    manifest = api.yaml_load((ROOT / "examples" / "quickstart.yaml").read_text())
+    manifest["spec"]["parallelism"] = 2
+    manifest["spec"]["resources"] = {"gpusPerNode": 1, "packing": {"maxTrialsPerGpu": 3}}
+    run = Run(api.parse_sweep(manifest), tmp_path, backends.LocalBackend(2, DevicePool((), 1)))
+    assert run.notices == [
+        "spec.resources.packing shares GPUs, and this run has none: parallelism alone limits "
+        "the trials at once"
+    ]
+    decision = engine.decide(run.engine_spec, run.plan, {})
+    assert len(decision.launches) == 2  # not 6: no GPU to pack onto
+    run.close()

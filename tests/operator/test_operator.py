@@ -166,6 +166,9 @@ INVALID = [
     ("strategy.wsdBranches", {"cooldown": 0.2}, "spec.strategy.wsdBranches needs"),
     ("strategy.adaptive", {"seedBudgets": 4}, "spec"),
     ("strategy.adaptive", {"stride": 0}, "spec.strategy.adaptive.stride"),
+    # the operator does not pack trials yet: refused in a sentence, not run unpacked
+    ("resources.packing", {"maxTrialsPerGpu": 4}, "spec.resources.packing runs on"),
+    ("resources.packing", {"saturationMfu": 2}, "spec.resources.packing.saturationMfu"),
 ]
 
 

@@ -239,6 +239,28 @@ def test_trials_of_one_shape_share_compiled_kernels(tmp_path: Path) -> None:
     assert cache_name(tiny(model={"depth": 3}), 1, "cpu") != name
     assert cache_name(first, 2, "cpu") != name
     assert cache_name(tiny(low_precision_residual=True), 1, "cpu") != name
+    assert cache_name(tiny(compile_mode="reduce-overhead"), 1, "cpu") != name
+
+
+def test_the_compile_mode_reaches_torch_compile_and_nonsense_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """CPU sibling of test_bf16_compiled_trial_on_gpu's reduce-overhead case: the mode the config
+    names is the one torch.compile gets (the model itself is trained eagerly here)."""
+    import isoflop_trainer.train as train_module
+
+    modes: list[str | None] = []
+
+    def record(model: Any, mode: str | None = None, **_: Any) -> Any:
+        modes.append(mode)
+        return model
+
+    monkeypatch.setattr(train_module.torch, "compile", record)
+    result, code = train(tiny(steps=3, eval_samples=0, compile=True, compile_mode="max-autotune"))
+    assert code == 0, result.get("error")
+    assert modes == ["max-autotune"]
+    with pytest.raises(ValueError, match="compile_mode must be one of"):
+        tiny(compile_mode="fast")
 
 
 def test_a_broken_compile_cache_never_fails_a_trial(
@@ -390,22 +412,24 @@ def test_config_round_trips_and_validates() -> None:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("low_precision_residual", [False, True])
-def test_bf16_compiled_trial_on_gpu(tmp_path: Path, low_precision_residual: bool) -> None:
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {},
+        {"low_precision_residual": True},
+        # CUDA graphs for small rungs, with gradient accumulation over micro-batches
+        {"compile_mode": "reduce-overhead", "micro_batch_size": 4},
+    ],
+)
+def test_bf16_compiled_trial_on_gpu(tmp_path: Path, settings: dict[str, Any]) -> None:
     """GPU sibling of test_a_tiny_trial_lowers_validation_loss: bf16 autocast, torch.compile,
-    with the residual stream in fp32 or bf16 (CPU sibling: test_model's residual test)."""
-    cfg = tiny(
-        tmp_path,
-        steps=150,
-        eval_samples=64,
-        precision="bf16",
-        compile=True,
-        low_precision_residual=low_precision_residual,
-    )
+    with the residual stream in fp32 or bf16 (CPU sibling: test_model's residual test), and
+    compiled with CUDA graphs (CPU sibling: test_the_compile_mode_reaches_torch_compile...)."""
+    cfg = tiny(tmp_path, steps=150, eval_samples=64, precision="bf16", compile=True, **settings)
     val = ProceduralShapes((3, 16, 16), 8, 16, split=1)
     before = validation_loss(DiT(cfg.model).cuda(), val, 64, device="cuda")
     result, code = train(cfg)
-    assert code == 0
+    assert code == 0, result.get("error")
     assert result["status"] == "succeeded"
     assert result["eval_loss"] < 0.6 * before
     assert result["mfu"] is not None

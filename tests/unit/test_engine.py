@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from fractions import Fraction
 from typing import Any
 
 from hypothesis import given, settings
@@ -10,6 +11,7 @@ from hypothesis import strategies as st
 
 from isoflop import api, engine
 from isoflop.engine import ACTIVE, TrialState, decide
+from isoflop.packing import Packing
 from isoflop.plan import Plan, plan
 
 
@@ -38,6 +40,7 @@ ADAPTIVE = {"adaptive": {"seedBudgets": 2, "rungs": 3}}
     per_trial=st.integers(0, 3),
     max_failed=st.integers(0, 4),
     strategy=st.sampled_from([{}, {}, WSD, ADAPTIVE, {**WSD, **ADAPTIVE}]),
+    packed=st.sampled_from([1, 1, 2, 3]),
 )
 def test_engine_invariants_over_random_outcomes(
     outcomes: list[tuple[int, str]],
@@ -45,17 +48,22 @@ def test_engine_invariants_over_random_outcomes(
     per_trial: int,
     max_failed: int,
     strategy: dict[str, Any],
+    packed: int,
 ) -> None:
     """Under every strategy: parallelism and retries hold, a branch or stable segment starts
     only once the segment before it succeeded (its checkpoint exists), every sweep ends, and
     the decisions (the adaptive ladder's among them) are the same when made again from any
-    saved state, as a restarted driver makes them."""
+    saved state, as a restarted driver makes them. Packed trials (`packed` to a GPU: these rungs
+    are all small) count as 1/packed of a slot."""
     s = spec(
         parallelism=parallelism,
         retries={"perTrial": per_trial, "maxFailedTrials": max_failed},
         strategy=strategy,
+        resources={"packing": {"maxTrialsPerGpu": packed}},
     )
     p = plan(s)
+    share = Fraction(1, packed)
+    assert all(Packing.of(s).share(t) == share for t in p.trials)
     states: dict[str, TrialState] = {}
     fitted: tuple[float, ...] = ()
     history: list[tuple[dict[str, TrialState], tuple[float, ...], engine.Decision]] = []
@@ -64,7 +72,8 @@ def test_engine_invariants_over_random_outcomes(
         d = decide(s, p, states, fitted)
         history.append((dict(states), fitted, d))
         active = [tid for tid, st_ in states.items() if st_.phase in ACTIVE]
-        assert len(active) + len(d.launches) <= parallelism  # parallelism is never exceeded
+        # parallelism is never exceeded, in slots: a packed trial is 1/packed of one
+        assert (len(active) + len(d.launches)) * share <= parallelism
         for launch in d.launches:
             before = states.get(launch.trial.id, TrialState())
             assert before.phase not in ACTIVE  # never launched twice while running

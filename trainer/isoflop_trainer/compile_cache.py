@@ -46,6 +46,8 @@ def cache_name(cfg: TrainConfig, world: int, device: str) -> str:
         "torch": torch.__version__,
         "device": device,
     }
+    if cfg.compile_mode is not None:  # (unset: the names caches had before modes existed)
+        identity["compile_mode"] = cfg.compile_mode
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
     m = cfg.model
     return f"{m.family}-d{m.depth}-w{m.width}-{digest}.tar.gz"

@@ -221,6 +221,9 @@ def decay_start(steps: int, decay_fraction: float) -> int:
     return steps - max(round(decay_fraction * steps), 1)
 
 
+COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything one trial's trainer needs; saved, resolved, in every checkpoint and result."""
@@ -240,6 +243,9 @@ class TrainConfig:
     ema_decay: float = 0.0  # evaluate an EMA of the weights (0: off)
     precision: Precision = "bf16"  # on GPU; CPU runs in fp32
     compile: bool = False
+    # torch.compile's mode: None (its default), reduce-overhead (CUDA graphs: small models are
+    # bound by kernel launches), max-autotune, max-autotune-no-cudagraphs
+    compile_mode: str | None = None
     compile_cache: str | None = None  # folder or s3:// prefix: compiled kernels shared by trials
     # keep the residual stream in the autocast dtype (GPU) rather than fp32: faster, less exact
     low_precision_residual: bool = False
@@ -298,6 +304,11 @@ class TrainConfig:
             raise ValueError(f"checkpoint_every must be 0 or more, got {self.checkpoint_every}")
         if any(not 0 < b <= self.steps for b in self.branch_points):
             raise ValueError(f"branch_points must lie in 1..steps ({self.steps})")
+        if self.compile_mode not in COMPILE_MODES:
+            raise ValueError(
+                f"compile_mode must be one of {', '.join(str(m) for m in COMPILE_MODES)}, "
+                f"got {self.compile_mode!r}"
+            )
         if self.decay_shape not in ("linear", "1-sqrt"):
             raise ValueError(f"decay_shape must be linear or 1-sqrt, got {self.decay_shape!r}")
         if self.branch_points and not self.checkpoint:

@@ -327,7 +327,7 @@ def _train(
             device = torch.cuda.get_device_name(rt.device) if cuda else "cpu"
             cache = CompileCache(cfg.compile_cache, cache_name(cfg, rt.world, device))
             cache.restore()
-        wrapped = torch.compile(wrapped)
+        wrapped = torch.compile(wrapped, mode=cfg.compile_mode)
 
     shape = (cfg.model.latent_channels, cfg.model.latent_height, cfg.model.latent_width)
     data = open_data(cfg, TRAIN)
