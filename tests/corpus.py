@@ -51,7 +51,14 @@ def _valid(schema: dict[str, Any]) -> Any:
         return True
     if kind == "string":
         pattern = schema.get("pattern")
-        for candidate in ("a", "1", "s3://bucket/prefix", "http://127.0.0.1:9090", "1h"):
+        for candidate in (
+            "a",
+            "1",
+            "s3://bucket/prefix",
+            "http://127.0.0.1:9090",
+            "1h",
+            "example.com/resource",
+        ):
             if pattern is None or re.search(pattern, candidate):
                 return candidate
         raise ValueError(f"no candidate string matches {pattern}")

@@ -408,6 +408,27 @@ class PackingSpec(SpecModel):
     saturation_mfu: float = Field(
         default=0.40, gt=0, le=1, description="The MFU a busy GPU reaches (large rungs alone)."
     )
+    shared_gpu_resource: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$",
+        max_length=253,
+        description="On a cluster: the resource a GPU-sharing device plugin advertises (NVIDIA "
+        "time-slicing or MPS, e.g. nvidia.com/gpu.shared), which packed trials request in place "
+        "of whole GPUs. Required there; `isoflop run` shares its GPUs itself.",
+    )
+    replicas_per_gpu: int | None = Field(
+        default=None,
+        ge=1,
+        le=64,
+        description="How many of sharedGpuResource the plugin advertises per GPU: a trial packed "
+        "k to a GPU requests ceil(replicas / k) of them, so no GPU takes more than k.",
+    )
+
+    @model_validator(mode="after")
+    def _resource_and_replicas_together(self) -> PackingSpec:
+        if (self.shared_gpu_resource is None) != (self.replicas_per_gpu is None):
+            raise ValueError("sharedGpuResource and replicasPerGpu go together")
+        return self
 
 
 class ResourcesSpec(SpecModel):

@@ -5,9 +5,13 @@ headless Service when a trial spans nodes). No I/O and no Kubernetes client: dic
 from __future__ import annotations
 
 import hashlib
+import math
 from typing import Any
 
+from kubernetes.utils import parse_quantity
+
 from isoflop import api
+from isoflop.packing import Packing
 from isoflop.plan import Trial, budget_tag
 from isoflop_trainer.component import MASTER_PORT, METRICS_PORT
 from isoflop_trainer.component import trial as component
@@ -93,12 +97,15 @@ def trial_objects(
     caller gives the Service its Job as owner: job_owner)."""
     spec, res = sweep.spec, sweep.spec.resources
     name = job_name(sweep.name, trial.id)
+    packing = Packing.of(spec)
+    packed = packing.per_gpu(trial) > 1  # one process on a share of one GPU (isoflop.packing)
+    nodes = 1 if packed else res.nodes
     app = component(
         config.to_dict(),
         image=res.image,
         name=name,
-        nodes=res.nodes,
-        gpus_per_node=res.gpus_per_node,
+        nodes=nodes,
+        gpus_per_node=1 if packed else res.gpus_per_node,
     )
     role = app.roles[0]
     meta = {
@@ -108,7 +115,7 @@ def trial_objects(
         "ownerReferences": [owner_reference(sweep, uid)],
     }
     env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in sorted(role.env.items())]
-    multi = res.nodes > 1
+    multi = nodes > 1
     if multi:  # torchrun reads PET_* for the arguments the component leaves out
         env += [
             {
@@ -129,7 +136,7 @@ def trial_objects(
             {"name": "metrics", "containerPort": METRICS_PORT},
             {"name": "c10d", "containerPort": MASTER_PORT},
         ],
-        "resources": _resources(res),
+        "resources": _packed_resources(res, packing, trial) if packed else _resources(res),
         "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
         "terminationMessagePath": "/dev/termination-log",
         "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -297,6 +304,19 @@ def _resources(res: api.ResourcesSpec) -> dict[str, Any]:
     limits = dict(amounts)
     if res.gpus_per_node:
         limits["nvidia.com/gpu"] = str(res.gpus_per_node)
+    return {"requests": amounts, "limits": limits}
+
+
+def _packed_resources(res: api.ResourcesSpec, packing: Packing, trial: Trial) -> dict[str, Any]:
+    """A packed trial's share: ceil(replicas / k) of the GPU-sharing plugin's resource, and 1/k
+    of the CPU and memory an unpacked trial gets (k of them share a node's GPU)."""
+    if res.packing is None or res.packing.shared_gpu_resource is None:  # admission refuses it
+        raise ValueError("a packed trial on a cluster needs packing.sharedGpuResource")
+    k = packing.per_gpu(trial)
+    cpu = max(math.floor(parse_quantity(res.cpu) * 1000 / k), 1)
+    memory = max(math.floor(parse_quantity(res.memory) / k), 1)
+    amounts: dict[str, Any] = {"cpu": f"{cpu}m", "memory": str(memory)}
+    limits = {**amounts, res.packing.shared_gpu_resource: str(packing.replicas_requested(trial))}
     return {"requests": amounts, "limits": limits}
 
 

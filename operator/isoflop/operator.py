@@ -181,10 +181,12 @@ def admissible(name: str, spec: Any, memo: Any) -> tuple[api.ScalingSweepSpec, P
             "spec.strategy.wsdBranches needs spec.storage.checkpoints on a cluster: each branch "
             "starts from a checkpoint its stable run's pod wrote there"
         )
-    if parsed.resources.packing is not None:
+    packing = parsed.resources.packing
+    if packing is not None and packing.shared_gpu_resource is None:
         raise api.ManifestError(
-            "spec.resources.packing runs on `isoflop run` only for now: on a cluster each trial "
-            "has its own Job and GPUs; remove it (or run the sweep locally)"
+            "spec.resources.packing needs sharedGpuResource and replicasPerGpu on a cluster: "
+            "packed trials request the resource a GPU-sharing device plugin (NVIDIA time-slicing "
+            "or MPS) advertises, e.g. nvidia.com/gpu.shared, in place of whole GPUs"
         )
     refused = policy.check(parsed, getattr(memo, "policy", None) or policy.Policy())
     if refused is not None:

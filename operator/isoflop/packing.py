@@ -61,6 +61,7 @@ class Packing:
     gpu_memory_gib: float = 80.0
     gpus: int = 1  # an unpacked trial's GPUs: gpusPerNode x nodes (0: CPU trials)
     curve: MfuCurve = H100_MFU_CURVE
+    replicas: int | None = None  # a cluster's GPU-sharing plugin: its replicas per GPU
 
     @classmethod
     def of(cls, spec: api.ScalingSweepSpec) -> Packing:
@@ -68,7 +69,9 @@ class Packing:
         gpus = r.gpus_per_node * r.nodes
         if r.packing is None or gpus == 0:
             return cls(gpu_memory_gib=r.gpu_memory_gib, gpus=gpus)
-        return cls(r.packing.max_trials_per_gpu, r.packing.saturation_mfu, r.gpu_memory_gib, gpus)
+        p = r.packing
+        limit = min(p.max_trials_per_gpu, p.replicas_per_gpu or p.max_trials_per_gpu)
+        return cls(limit, p.saturation_mfu, r.gpu_memory_gib, gpus, replicas=p.replicas_per_gpu)
 
     def per_gpu(self, trial: Trial) -> int:
         """How many trials like this one share one GPU (1: not packed, it trains on its
@@ -89,6 +92,13 @@ class Packing:
         """The part of a `parallelism` slot (one unpacked trial's GPUs) this trial takes."""
         k = self.per_gpu(trial)
         return Fraction(1) if k == 1 else Fraction(1, k * max(self.gpus, 1))
+
+    def replicas_requested(self, trial: Trial) -> int:
+        """A packed trial's request of the cluster's shared-GPU resource: ceil(replicas / k), so
+        the scheduler puts at most k such trials on one GPU (fewer when k does not divide it)."""
+        if self.replicas is None:
+            raise ValueError("no shared-GPU resource: spec.resources.packing.replicasPerGpu")
+        return math.ceil(self.replicas / self.per_gpu(trial))
 
     def ranks(self, trial: Trial) -> int:
         """Training processes of the trial: one when packed, else one per GPU (at least one)."""

@@ -92,6 +92,47 @@ def test_single_node_job_pod_spec() -> None:
     assert pod["automountServiceAccountToken"] is False  # the trainer needs no API token
 
 
+def test_packed_trials_request_a_share_of_a_shared_gpu_and_large_rungs_whole_gpus() -> None:
+    sweep = paper(
+        packing={"sharedGpuResource": "nvidia.com/gpu.shared", "replicasPerGpu": 8},
+        gpusPerNode=8,
+        nodes=2,
+    )
+    trials = [t for t in plan(sweep.spec).trials if t.budget == 1e18]
+    jobs = {}
+    for t in trials:
+        cfg = train_config(sweep.spec, sweep.name, t, **cluster_config(sweep, t))
+        jobs[t.rung] = (cfg, trial_objects(sweep, "uid-1", "ml", t, cfg))
+    # d02: 8 to a GPU (4.65% MFU alone), one replica of 8 each; d05: 3, ceil(8/3) = 3 replicas
+    # so at most 2 share a GPU (never more than 3); d06: 2, 4 replicas
+    for rung, replicas, cpu, memory in (
+        ("d02", "1", "8000m", str(512 * 2**30 // 8)),
+        ("d05", "3", "21333m", str(512 * 2**30 // 3)),
+        ("d06", "4", "32000m", str(512 * 2**30 // 2)),
+    ):
+        cfg, objs = jobs[rung]
+        (job,) = objs  # one node: no Service, though the sweep's trials span 2
+        assert "completions" not in job["spec"]
+        (c,) = job["spec"]["template"]["spec"]["containers"]
+        assert c["resources"]["limits"] == {
+            "cpu": cpu,
+            "memory": memory,
+            "nvidia.com/gpu.shared": replicas,
+        }
+        assert c["resources"]["requests"] == {"cpu": cpu, "memory": memory}
+        assert c["args"][:4] == ["--nnodes", "1", "--nproc-per-node", "1"]  # one process
+        assert cfg.micro_batch_size is None  # 1024 fits its share of 80 GiB
+        kubernetes_validate.validate(copy.deepcopy(job), "1.33", strict=True)
+    # a large rung: its 8 GPUs on each of 2 nodes, as without packing
+    cfg, objs = jobs["d15"]
+    job, service = objs
+    (c,) = job["spec"]["template"]["spec"]["containers"]
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "8"
+    assert "nvidia.com/gpu.shared" not in c["resources"]["limits"]
+    assert job["spec"]["completions"] == 2
+    assert service["kind"] == "Service"
+
+
 def test_deadline_and_ttl_come_from_the_spec_and_the_data_check_mounts_no_token() -> None:
     sweep = paper(maxRuntimeSeconds=3600, finishedTtlSeconds=60, serviceAccountName="trainer")
     (job,) = objects(sweep)

@@ -166,8 +166,10 @@ INVALID = [
     ("strategy.wsdBranches", {"cooldown": 0.2}, "spec.strategy.wsdBranches needs"),
     ("strategy.adaptive", {"seedBudgets": 4}, "spec"),
     ("strategy.adaptive", {"stride": 0}, "spec.strategy.adaptive.stride"),
-    # the operator does not pack trials yet: refused in a sentence, not run unpacked
-    ("resources.packing", {"maxTrialsPerGpu": 4}, "spec.resources.packing runs on"),
+    # packed trials need a GPU-sharing plugin's resource on a cluster
+    ("resources.packing", {"maxTrialsPerGpu": 4}, "spec.resources.packing needs sharedGpu"),
+    ("resources.packing", {"replicasPerGpu": 4}, "spec.resources.packing"),
+    ("resources.packing", {"sharedGpuResource": "gpu", "replicasPerGpu": 4}, "spec.resources"),
     ("resources.packing", {"saturationMfu": 2}, "spec.resources.packing.saturationMfu"),
 ]
 
@@ -539,3 +541,37 @@ async def test_wsd_branches_wait_for_their_stable_segment_and_share_its_checkpoi
     assert status["strategy"]["branches"] == len(plan(sweep.spec).trials)
     assert status["strategy"]["computeFraction"] < 0.8
     assert abs(status["fit"]["laws"]["params"]["exponent"] - 0.5) < 0.05
+
+
+async def test_packed_trials_share_gpus_through_the_sharing_plugins_resource(k8s: Any) -> None:
+    """spec.resources.packing on a cluster: each packed trial is its own Job requesting a share
+    of a GPU-sharing plugin's resource; parallelism 1 (one GPU's worth) runs 4 tiny trials at
+    once, and one of them failing leaves the others to finish."""
+    packing = {"maxTrialsPerGpu": 4, "sharedGpuResource": "nvidia.com/gpu.shared"}
+    obj = manifest(parallelism=1, resources={"packing": {**packing, "replicasPerGpu": 4}})
+    sweep = api.parse_sweep(obj)
+    trials = {f"qs-{t.id}": t for t in plan(sweep.spec).trials}
+    most, failed = 0, ""
+    async with running_operator(k8s):
+        await k8s.post("/apis/isoflop.dev/v1alpha1/namespaces/default/scalingsweeps", json=obj)
+        await wait_for(lambda: len(jobs(k8s)) == 4)
+        done: set[str] = set()
+        while sweep_status(k8s).get("phase") != "Succeeded":
+            live = {n: j for n, j in jobs(k8s).items() if n not in done}
+            most = max(most, len(live))
+            for name, job in live.items():
+                (c,) = job["spec"]["template"]["spec"]["containers"]
+                assert c["resources"]["limits"]["nvidia.com/gpu.shared"] == "1"
+                assert "nvidia.com/gpu" not in c["resources"]["limits"]
+                if not failed:  # the first pack-mate fails; the other three go on
+                    failed = name
+                    await finish(k8s, name, {"status": "failed", "error": "boom"}, exit_code=1)
+                else:
+                    loss = loss_of(trials[name])
+                    await finish(k8s, name, {"status": "succeeded", "eval_loss": loss})
+                done.add(name)
+            await asyncio.sleep(0.05)
+    assert most == 4  # never more than one GPU's worth: 4 quarters
+    records = {r["id"]: r for r in trial_records(k8s)}
+    assert records[failed.removeprefix("qs-")]["phase"] == "Failed"
+    assert sum(r["phase"] == "Succeeded" for r in records.values()) == len(trials) - 1
