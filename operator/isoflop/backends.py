@@ -165,7 +165,8 @@ class LocalBackend:
         devices = self.pool.acquire(trial.id, share)
         app = component(config.to_dict(), image="local", name=trial.id, gpus_per_node=len(devices))
         role = app.roles[0]
-        env = {**os.environ, **role.env, "OMP_NUM_THREADS": str(self.threads)}
+        threads = max(1, int(self.threads * share))  # packed: its share of a slot's cores
+        env = {**os.environ, **role.env, "OMP_NUM_THREADS": str(threads)}
         env["CUDA_VISIBLE_DEVICES"] = ",".join(devices)  # its own GPUs only; "" is the CPU
         env[TRIAL_ENV] = str(workdir)  # how a later runner finds every process of this trial
         cmd = [sys.executable, "-m", "isoflop_trainer.launch", *role.args]

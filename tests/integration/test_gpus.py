@@ -29,6 +29,7 @@ class Trainer:
 
     def __init__(self, cmd: list[str], env: dict[str, str], cwd: Path, **_: Any) -> None:
         self.cmd, self.devices, self.cwd = cmd, env["CUDA_VISIBLE_DEVICES"], Path(cwd)
+        self.threads = int(env["OMP_NUM_THREADS"])
         self.code: int | None = None
         self.pid = -1
 
@@ -148,7 +149,9 @@ def test_small_trials_pack_onto_shared_gpus_and_one_failing_loses_none_of_the_ot
     manifest["spec"]["fit"] = {"bootstrap": 100, "method": "parabola"}
     s = api.parse_sweep(manifest)
     devices = ("0", "1")
-    run = Run(s, tmp_path, backends.LocalBackend(2, DevicePool(devices, 1)))
+    backend = backends.LocalBackend(2, DevicePool(devices, 1))
+    backend.threads = 6  # a slot's cores (here: whatever this machine has)
+    run = Run(s, tmp_path, backend)
     trials = {t.id: t for t in run.plan.trials}
     assert run.packing.per_gpu(next(iter(trials.values()))) == 3
     rng = random.Random(1)
@@ -164,6 +167,7 @@ def test_small_trials_pack_onto_shared_gpus_and_one_failing_loses_none_of_the_ot
             assert sum(t.devices == d for t in live) <= 3
         for t in live:
             assert t.devices in devices  # one GPU each
+            assert t.threads == 2  # a third of a slot's cores
             assert t.cmd[t.cmd.index("--nproc-per-node") + 1] == "1"
         if not failed and len(live) == 6:  # a full house: one trial of a pack fails
             victim = rng.choice(live)
@@ -179,7 +183,9 @@ def test_small_trials_pack_onto_shared_gpus_and_one_failing_loses_none_of_the_ot
             for t in live:  # the old runner's trainers are gone with it
                 t.code = -9
             run.close()
-            run = Run(s, tmp_path, backends.LocalBackend(2, DevicePool(devices, 1)))
+            backend = backends.LocalBackend(2, DevicePool(devices, 1))
+            backend.threads = 6
+            run = Run(s, tmp_path, backend)
             launched_before = len(started)
             restarted = True
             continue
