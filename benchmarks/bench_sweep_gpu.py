@@ -106,8 +106,14 @@ def main() -> None:
     ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     ap.add_argument(
         "--compile-mode",
-        choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
-        help="torch.compile's mode for every rung (default: its default)",
+        choices=[
+            "auto",
+            "default",
+            "reduce-overhead",
+            "max-autotune",
+            "max-autotune-no-cudagraphs",
+        ],
+        help="torch.compile's mode (auto: CUDA graphs for the small rungs; default: its default)",
     )
     ap.add_argument("--peak-tflops", type=float, help="default: the GPU's bf16 peak")
     ap.add_argument("--out", help="default: benchmarks/results/sweep-gpu-<date>.jsonl")
@@ -165,6 +171,7 @@ def main() -> None:
                     "wall_mfu": round(flops / (wall * peak), 4),
                     "steady_mfu": round(steady * trial.flops_per_sample / peak, 4),
                     "micro_batch": base.micro_batch_size or trial.batch_size,
+                    "compile_mode": base.compile_mode,
                 }
             rows.append(row)
             print(json.dumps(row), flush=True)

@@ -253,11 +253,13 @@ class TrainingSpec(SpecModel):
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"
     compile: bool = Field(default=True, description="torch.compile the model (GPU).")
     compile_mode: (
-        Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] | None
+        Literal["auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+        | None
     ) = Field(
         default=None,
         description="torch.compile's mode; unset: its default. reduce-overhead captures CUDA "
-        "graphs, for small rungs bound by kernel launches.",
+        "graphs, for small rungs bound by kernel launches; auto: reduce-overhead for rungs whose "
+        "MFU alone is under 20% on the trainer's H100 curve, the default above.",
     )
     seed: int = Field(
         default=0, ge=0, le=2**53 - 1, description="At most 2^53 - 1, exact in any JSON client."

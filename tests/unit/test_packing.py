@@ -194,3 +194,18 @@ def test_the_sweep_benchmark_weights_every_rung_by_equal_flops() -> None:
     assert harmonic([0.05, 0.40]) == pytest.approx(2 / (20 + 2.5))
     assert harmonic([0.3, 0.3, 0.3]) == pytest.approx(0.3)
     assert math.isnan(harmonic([0.3, 0.0]))  # a rung that measured nothing: no figure
+
+
+def test_compile_mode_auto_gives_cuda_graphs_to_the_launch_bound_rungs_only() -> None:
+    from isoflop.trials import compile_mode, train_config
+
+    training = PAPER.training.model_copy(update={"compile_mode": "auto"})
+    s = PAPER.model_copy(update={"training": training})
+    modes = {t.rung: compile_mode(s, t) for t in plan(s).trials}
+    small = {r for r, m in modes.items() if m == "reduce-overhead"}
+    # under 20% MFU alone on the H100 curve: up to 26M parameters (d07), not 39M (d08)
+    assert small == {f"d{d:02d}" for d in range(2, 8)}
+    assert {m for r, m in modes.items() if r not in small} == {None}
+    t = plan(s).trials[0]
+    assert train_config(s, "s", t).compile_mode == "reduce-overhead"
+    assert train_config(PAPER, "s", t).compile_mode is None  # unset: torch.compile's default
