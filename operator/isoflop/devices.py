@@ -47,8 +47,8 @@ def visible_devices(env: Mapping[str, str], detected: int) -> tuple[str, ...]:
 
 class DevicePool:
     """Hands out `per_trial` devices to each trial and takes them back when it ends. A packed
-    trial (isoflop.packing: single-GPU trials of small rungs) takes a share 1/k of one GPU
-    instead: up to k of them share it, filling a GPU before opening the next."""
+    trial (isoflop.packing: a small rung's) takes a share 1/k of one GPU instead: up to k of
+    them share it, filling a GPU before opening the next."""
 
     def __init__(self, devices: Sequence[str], per_trial: int) -> None:
         self.devices = tuple(devices)

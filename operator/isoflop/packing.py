@@ -5,8 +5,12 @@ A trial alone on a GPU reaches the MFU the curve gives for its size (plan.H100_M
 the node runs it) share its throughput: k trials at MFU m each use about k*m of it, so a rung packs
 k = floor(saturation / m) trials, where `saturation` is the MFU a GPU reaches when kept busy
 (what the large rungs reach alone), capped by `maxTrialsPerGpu` and by memory (k trials' peak
-memory, estimated below, must fit the GPU with headroom). Multi-GPU and multi-node trials are
-never packed. Pure: the engine counts a packed trial as 1/k of a slot and the backends place it.
+memory at the micro-batch the MFU figures were measured at, estimated below, must fit the GPU
+with headroom). A packed trial trains as one process on 1/k of one GPU whatever gpusPerNode and
+nodes say (a 1M-parameter model gains nothing from eight GPUs); rungs with k = 1 train as
+configured. Pure: the engine counts a packed trial as 1/(k x gpusPerNode x nodes) of a
+`parallelism` slot; the local device pool places it on a GPU with room, the operator requests a
+GPU-sharing plugin's resource for it; its automatic micro-batch is the largest its share holds.
 
 The memory estimate is calibrated on the trainer's H100 figures
 (benchmarks/results/trainer-h100-2026-11-25.jsonl, bf16, compiled, batch 64): 16 bytes per
@@ -29,8 +33,6 @@ BYTES_PER_PARAM = 16.0  # fp32 weights + grads + AdamW m and v
 BYTES_PER_ACTIVATION = 38.0  # per batch x token x width x layer, bf16 with fused attention
 CONTEXT_GIB = 0.5  # a process's CUDA context and allocator slack
 HEADROOM = 0.9  # of the GPU's memory that packed trials may plan to use
-
-
 MEASURED_BATCH = 64  # the micro-batch at which the MFU curve was measured
 
 
