@@ -402,8 +402,9 @@ class Cluster:
         ).stdout.strip()
         return kubeconfig(path, self.server, self.pki.ca, {"token": token}, namespace)
 
-    def add_gpu_node(self, name: str, gpus: int = 8) -> None:
-        """A fake GPU node that kwok keeps Ready; the scheduler places trial pods on it."""
+    def add_gpu_node(self, name: str, gpus: int = 8, extra: dict[str, str] | None = None) -> None:
+        """A fake GPU node that kwok keeps Ready; the scheduler places trial pods on it. `extra`:
+        more resources it advertises (a GPU-sharing plugin's replicas)."""
         node = {
             "apiVersion": "v1",
             "kind": "Node",
@@ -418,6 +419,7 @@ class Cluster:
                     "memory": "512Gi",
                     "pods": "110",
                     "nvidia.com/gpu": str(gpus),
+                    **(extra or {}),
                 },
             },
         }

@@ -454,3 +454,64 @@ def test_the_api_server_and_isoflop_validate_refuse_too_few_resamples_alike(
     manifest["spec"]["fit"]["bootstrap"] = 100
     path.write_text(yaml.safe_dump(manifest))
     cluster.kubectl("apply", "--dry-run=server", "-f", str(path))
+
+
+def test_packed_trials_share_a_gpu_as_the_sharing_plugins_replicas_allow(
+    cluster: Cluster, installed: Path, tmp_path: Path
+) -> None:
+    """spec.resources.packing on a real scheduler: a node whose one GPU a sharing plugin
+    advertises as 4 replicas of nvidia.com/gpu.shared; the tiny rungs pack 4 to a GPU (1 replica
+    each), so parallelism 2 would allow 8 at once, but the scheduler binds at most 4 there, and
+    every packed trial runs on that node and finishes."""
+    cluster.add_gpu_node("shared-0", gpus=0, extra={"nvidia.com/gpu.shared": "4"})
+    manifest = small_sweep("packed")
+    manifest["spec"]["parallelism"] = 2
+    manifest["spec"]["resources"] = {
+        "packing": {
+            "maxTrialsPerGpu": 4,
+            "sharedGpuResource": "nvidia.com/gpu.shared",
+            "replicasPerGpu": 4,
+        }
+    }
+    trials = {t.id: t for t in plan(api.parse_sweep(manifest).spec).trials}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    operator = Operator(installed, tmp_path / "operator.log")
+    most = 0
+
+    def pods(phase: str) -> list[dict[str, Any]]:
+        out = cluster.kubectl(
+            "get", "pods", "-n", "default", "-l", "isoflop.dev/sweep=packed", "-o", "json"
+        )
+        return [p for p in json.loads(out.stdout)["items"] if p["status"].get("phase") == phase]
+
+    try:
+        cluster.kubectl("apply", "-f", str(path))
+        # the engine launches 8 (2 slots of 4 quarters); the node takes 4, the rest wait
+        cluster.wait_for(
+            lambda: len(running_trial_pods(cluster, "packed")) == 4 and len(pods("Pending")) == 4,
+            120,
+            "4 packed trials running and 4 waiting for a replica: "
+            + (tmp_path / "operator.log").read_text()[-2000:],
+        )
+        deadline = time.monotonic() + 300
+        while sweep(cluster, "packed").get("status", {}).get("phase") != "Succeeded":
+            assert time.monotonic() < deadline, (tmp_path / "operator.log").read_text()[-3000:]
+            running = running_trial_pods(cluster, "packed")
+            most = max(most, len(running))
+            assert len(running) <= 4  # the node's four replicas
+            for pod in running:
+                assert pod["spec"]["nodeName"] == "shared-0"
+                (c,) = pod["spec"]["containers"]
+                assert c["resources"]["limits"]["nvidia.com/gpu.shared"] == "1"
+                trial = trials[pod["metadata"]["labels"]["isoflop.dev/trial"]]
+                result = {"status": "succeeded", "eval_loss": loss_of(trial.budget, trial.params)}
+                cluster.exit_pod("default", pod["metadata"]["name"], 0, result)
+            time.sleep(0.3)
+        assert most == 4
+        done = [t for t in trial_records(cluster, "packed") if t["phase"] == "Succeeded"]
+        assert len(done) == len(trials)
+    finally:  # while the operator runs: it removes its finalizer
+        cluster.kubectl("delete", "scalingsweep", "packed", "-n", "default", check=False)
+        operator.stop()
+        cluster.kubectl("delete", "node", "shared-0", check=False)
