@@ -60,7 +60,8 @@ def test_twenty_sigkills_of_the_runner_leave_no_duplicate_trainer_and_no_retrain
 ) -> None:
     manifest = write_tiny(tmp_path / "tiny.yaml")
     longer = yaml.safe_load(manifest.read_text())  # long enough to outlast twenty kills
-    longer["spec"]["budgets"] = [6e10, 2e11]
+    longer["spec"]["budgets"] = [1.2e11, 4e11]  # 2x the work of [6e10, 2e11], which a fast
+    # machine finished within 18 kills
     manifest.write_text(yaml.safe_dump(longer))
     run_dir = tmp_path / "run"
     cmd = isoflop("run", str(manifest), "--run-dir", str(run_dir), "--plain")
