@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from isoflop import api
 from isoflop.packing import Packing
-from isoflop.plan import Rung, Trial, ladder
+from isoflop.plan import H100_MFU_CURVE, Rung, Trial, ladder
 from isoflop.strategy import Node
 from isoflop_trainer.config import TrainConfig
 
@@ -68,7 +68,7 @@ def compile_mode(spec: api.ScalingSweepSpec, trial: Trial) -> str | None:
     mode = spec.training.compile_mode
     if mode != "auto":
         return mode
-    small = Packing.of(spec).curve.at(trial.params) < GRAPHS_BELOW_MFU
+    small = H100_MFU_CURVE.at(trial.params) < GRAPHS_BELOW_MFU
     return "reduce-overhead" if small else None
 
 
