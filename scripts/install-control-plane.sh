@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# Builds the real Kubernetes control plane the end-to-end tests start (tests/e2e), from the
-# published Go modules pinned in scripts/control-plane/*/go.mod (their `tool` directives):
+# Builds the real Kubernetes control plane and node the end-to-end tests start (tests/e2e), from
+# the published Go modules pinned in scripts/control-plane/*/go.mod (their `tool` directives):
 #   kube-apiserver, kube-controller-manager,           k8s.io/kubernetes (staging modules pinned by
-#   kube-scheduler, kubectl                            replace lines to the matching v0.x release)
+#   kube-scheduler, kubectl, kubelet, kube-proxy       replace lines to the matching v0.x release)
 #   etcd                                               go.etcd.io/etcd/server/v3
 #   kwok                                               sigs.k8s.io/kwok (fake nodes and pods)
-# into .tools/control-plane/<versions>/bin, linked as .tools/control-plane/current. A second run
-# with the same versions builds nothing. A build takes about 8 minutes on 2 cores and about 5 GB of
-# scratch disk (Go's module and build caches), given back when it ends: the binaries (0.5 GB) are
-# the cache. ISOFLOP_KEEP_GO_CACHE=1 uses Go's own caches instead and keeps them, so that a rebuild
+#   coredns                                            github.com/coredns/coredns (cluster DNS)
+# into the user's data directory, shared by every clone on the machine as setup-envtest shares its
+# binaries: ${ISOFLOP_CACHE:-${XDG_DATA_HOME:-~/.local/share}/isoflop}/control-plane/<versions>/bin,
+# linked from the clone as .tools/control-plane/current. A second run with the same versions, from
+# any clone, builds nothing. A build takes about 14 minutes on 2 cores and about 6 GB of scratch
+# disk (Go's module and build caches), given back when it ends: the binaries (0.7 GB) are the cache. ISOFLOP_KEEP_GO_CACHE=1 uses Go's own caches instead and keeps them, so that a rebuild
 # after a version change takes seconds rather than minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,9 +19,12 @@ ROOT="$PWD"
 KUBERNETES=v1.37.2
 ETCD=v3.7.3
 KWOK=v0.8.0
-NAME="k8s-$KUBERNETES-etcd-$ETCD-kwok-$KWOK"
-DEST=".tools/control-plane/$NAME"
-BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok)
+COREDNS=v1.14.1
+NAME="k8s-$KUBERNETES-etcd-$ETCD-kwok-$KWOK-coredns-$COREDNS"
+CACHE="${ISOFLOP_CACHE:-${XDG_DATA_HOME:-$HOME/.local/share}/isoflop}"
+DEST="$CACHE/control-plane/$NAME"
+BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy etcd kwok
+  coredns)
 
 built() {
   for b in "${BINARIES[@]}"; do [ -x "$DEST/bin/$b" ] || return 1; done
@@ -27,14 +32,15 @@ built() {
 
 if ! built; then
   command -v go >/dev/null || { echo "install-control-plane: needs Go (1.26) on PATH" >&2; exit 1; }
-  work="$ROOT/.tools/control-plane/.build-$$"
+  work="$CACHE/control-plane/.build-$$"
   rm -rf "$work"
   mkdir -p "$work/bin"
   trap 'if [ -d "$work" ]; then chmod -R u+w "$work"; rm -rf "$work"; fi' EXIT
   if [ "${ISOFLOP_KEEP_GO_CACHE:-0}" != 1 ]; then
     export GOCACHE="$work/go-cache" GOMODCACHE="$work/go-mod" GOFLAGS="${GOFLAGS:-} -modcacherw"
   fi
-  df -h . | awk 'NR==2 {print "install-control-plane: " $4 " of disk free before the build"}'
+  mkdir -p "$CACHE/control-plane"
+  df -h "$CACHE" | awk 'NR==2 {print "install-control-plane: " $4 " of disk free before the build"}'
   minor="${KUBERNETES#v1.}"
   minor="${minor%%.*}"
   stamp=""
@@ -45,7 +51,7 @@ if ! built; then
   start=$(date +%s)
   (
     cd scripts/control-plane/kubernetes
-    for cmd in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+    for cmd in kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy; do
       echo "install-control-plane: building $cmd $KUBERNETES"
       go build -trimpath -ldflags "-s -w $stamp" -o "$work/bin/$cmd" "k8s.io/kubernetes/cmd/$cmd"
     done
@@ -57,12 +63,18 @@ if ! built; then
     echo "install-control-plane: building kwok $KWOK"
     go build -trimpath -ldflags "-s -w" -o "$work/bin/kwok" sigs.k8s.io/kwok/cmd/kwok
   )
+  (
+    cd scripts/control-plane/coredns
+    echo "install-control-plane: building coredns $COREDNS"
+    go build -trimpath -ldflags "-s -w" -o "$work/bin/coredns" github.com/coredns/coredns
+  )
   rm -rf "$work/go-cache" "$work/go-mod"
   rm -rf "$DEST"
   mkdir -p "$(dirname "$DEST")"
   mv "$work" "$DEST"  # whole or not at all: a killed build is never taken for a cached one
   echo "install-control-plane: built in $(( $(date +%s) - start )) s"
 fi
-ln -sfn "$NAME" .tools/control-plane/current
+mkdir -p .tools/control-plane
+ln -sfn "$DEST" .tools/control-plane/current
 "$DEST/bin/kube-apiserver" --version
 "$DEST/bin/etcd" --version | sed -n 1p  # sed reads it all: head would SIGPIPE etcd (pipefail)
