@@ -11,7 +11,7 @@ STAMP := $(VENV)/.isoflop-installed
 TORCH ?= torch==2.13.0 torchvision==0.28.0
 PIP := $(BIN)/python -m pip --disable-pip-version-check --no-cache-dir -q
 
-.PHONY: setup tools cluster run test e2e lint typecheck unit crd clean
+.PHONY: setup tools cluster node images local-cluster run test e2e lint typecheck unit crd clean
 
 setup: $(STAMP)
 
@@ -26,10 +26,26 @@ tools: .tools/bin/helm
 .tools/bin/helm: scripts/install-tools.sh
 	scripts/install-tools.sh
 
-# the real Kubernetes control plane of tests/e2e (kube-apiserver, controller-manager, scheduler,
-# kubectl, etcd, kwok), built with Go from their published modules: ~8 min cold, cached after
+# the real Kubernetes control plane and node of tests/e2e (kube-apiserver, controller-manager,
+# scheduler, kubectl, kubelet, kube-proxy, etcd, kwok, CoreDNS), built with Go from their published
+# modules: ~14 min cold, then cached in the user's data directory for every clone on the machine
 cluster:
 	scripts/install-control-plane.sh
+
+# what a real node runs on (Debian's containerd, runc, CNI plugins) and builds images with
+# (buildah, debootstrap); needs root for apt-get
+node:
+	scripts/install-node.sh
+
+# the operator and trainer images from their Dockerfiles, without a Docker engine or a registry
+# (OCI archives in the user's data directory, keyed by a hash of what goes into them)
+images: node
+	scripts/build-images.sh
+
+# a one-node Kubernetes on this machine with the operator installed: prints the kubeconfig,
+# Ctrl-C takes it all down (needs root)
+local-cluster: $(STAMP) tools cluster images
+	$(BIN)/python -m tests.e2e.up
 
 run: $(STAMP)
 	$(BIN)/isoflop run examples/quickstart.yaml
@@ -41,11 +57,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP) tools cluster
+unit: $(STAMP) tools cluster images
 	$(BIN)/python -m pytest
 
 # the end-to-end tests alone, on the real control plane
-e2e: $(STAMP) tools cluster
+e2e: $(STAMP) tools cluster images
 	$(BIN)/python -m pytest tests/e2e
 
 test: lint typecheck unit

@@ -32,6 +32,10 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = ROOT / ".tools" / "control-plane" / "current" / "bin"
 SERVICE_CIDR = "10.0.0.0/24"
 STAGES = Path(__file__).with_name("kwok-stages.yaml")
+# The real node (tests/e2e/node.py) lives in a network namespace joined to this one by a veth:
+# this end's address is where the node reaches the API server (a forwarder to 127.0.0.1), the S3
+# server and Prometheus; it is in the API server's certificate.
+NODE_HOST_IP = "10.213.0.1"
 FAKE_NODE = "kwok.x-k8s.io/node"  # the annotation of nodes kwok plays the kubelet for
 EXIT_CODE, MESSAGE = "isoflop.test/exit-code", "isoflop.test/message"  # see kwok-stages.yaml
 
@@ -39,6 +43,10 @@ EXIT_CODE, MESSAGE = "isoflop.test/exit-code", "isoflop.test/message"  # see kwo
 def binaries_missing() -> list[str]:
     names = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl"]
     return [n for n in [*names, "kwok"] if not (BIN / n).exists()]
+
+
+def node_binaries_missing() -> list[str]:
+    return [n for n in ("kubelet", "kube-proxy", "coredns") if not (BIN / n).exists()]
 
 
 def free_port() -> int:
@@ -140,7 +148,8 @@ class Pki:
                     )
                 ]
                 names += [
-                    x509.IPAddress(ipaddress.ip_address(a)) for a in ("127.0.0.1", "10.0.0.1")
+                    x509.IPAddress(ipaddress.ip_address(a))
+                    for a in ("127.0.0.1", "10.0.0.1", NODE_HOST_IP)
                 ]
                 builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
             cert = builder.sign(ca_key, hashes.SHA256())
@@ -156,6 +165,10 @@ class Pki:
         )
         self.scheduler = issue("scheduler", "system:kube-scheduler", None, server=False)
         self.kwok = issue("kwok", "kwok", "system:masters", server=False)
+        # the real node's components: the Node authorizer and the default RBAC know these names
+        self.kubelet = issue("kubelet", "system:node:isoflop-node", "system:nodes", server=False)
+        self.kube_proxy = issue("kube-proxy", "system:kube-proxy", None, server=False)
+        self.coredns = issue("coredns", "coredns", "system:masters", server=False)
         sa = key()
         self.sa_key = self.root / "sa.key"
         write_key(sa, self.sa_key)
@@ -261,6 +274,13 @@ class Cluster:
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
                 "--authorization-mode=Node,RBAC",
+                # a real kubelet (tests/e2e/node.py): logs and exec by its address, not a DNS name
+                f"--kubelet-client-certificate={self.pki.admin[0]}",
+                f"--kubelet-client-key={self.pki.admin[1]}",
+                "--kubelet-preferred-address-types=InternalIP,Hostname",
+                # webhooks served by pods: call the pod's address (routed to the node's network
+                # namespace), since no kube-proxy runs in this namespace for a Service's ClusterIP
+                "--enable-aggregator-routing=true",
                 f"--cert-dir={self.root / 'certs'}",
                 "--profiling=false",
                 "--v=1",

@@ -6,10 +6,14 @@ import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.e2e.cluster import ROOT, Cluster, binaries_missing
+
+if TYPE_CHECKING:
+    from tests.e2e.node import Node
 
 HELM = ROOT / ".tools" / "bin" / "helm"
 NAMESPACE = "isoflop-system"
@@ -61,3 +65,66 @@ def installed(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Pat
     cluster.add_gpu_node("gpu-0")
     cluster.add_gpu_node("gpu-1")
     return path
+
+
+# ------------------------------------------------------------------------------------------------
+# a real node: kubelet, containerd and the images built from our Dockerfiles (tests/e2e/node.py)
+
+PODS_NAMESPACE = "isoflop-pods"  # where the operator runs as the chart's Deployment
+TRIALS_NAMESPACE = "trials"  # the only namespace it watches; restricted Pod Security enforced
+
+
+@pytest.fixture(scope="session")
+def images() -> dict[str, tuple[str, Path]]:
+    """The images (name -> reference, OCI archive), built by scripts/build-images.sh or reused."""
+    from tests.e2e.node import images_built
+
+    return images_built()
+
+
+@pytest.fixture(scope="session")
+def node(
+    cluster: Cluster, images: dict[str, tuple[str, Path]], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Node]:
+    from tests.e2e.node import Node, missing
+
+    lacking = missing()
+    if lacking:  # `make test` installs and builds them first; a plain pytest run says how
+        pytest.fail(f"a real node needs {', '.join(lacking)}", pytrace=False)
+    ordered = [images["pause"], *(v for k, v in images.items() if k not in ("pause", "base"))]
+    n = Node(Path(tmp_path_factory.mktemp("node")))
+    try:
+        n.start(cluster, dict(ordered))
+        yield n
+    finally:
+        n.stop()
+
+
+@pytest.fixture(scope="session")
+def deployed(cluster: Cluster, node: Node, images: dict[str, tuple[str, Path]]) -> dict[str, str]:
+    """`helm install` with the operator image, running as the chart's Deployment on the real node
+    and serving its webhook through the chart's Service; it watches TRIALS_NAMESPACE alone, so
+    the kwok tests' operators and sweeps never meet it. Yields the release's names."""
+    repository, tag = images["operator"][0].rsplit(":", 1)
+    cluster.kubectl("create", "namespace", TRIALS_NAMESPACE, check=False)
+    cluster.kubectl(
+        "label", "namespace", TRIALS_NAMESPACE, "--overwrite",
+        "pod-security.kubernetes.io/enforce=restricted",
+        "pod-security.kubernetes.io/enforce-version=latest",
+    )  # fmt: skip
+    out = subprocess.run(
+        [str(HELM), "upgrade", "--install", "isoflop-pods", str(ROOT / "helm" / "isoflop"),
+         "--namespace", PODS_NAMESPACE, "--create-namespace",
+         "--kubeconfig", str(cluster.kubeconfig),
+         "--set", f"image.repository={repository}", "--set", f"image.tag={tag}",
+         "--set", "image.pullPolicy=Never",
+         "--set", f"watch.namespaces={{{TRIALS_NAMESPACE}}}",
+         "--set", "operator.reconcileSeconds=1",
+         "--set", "nodeSelector.kubernetes\\.io/hostname=isoflop-node",
+         "--wait", "--timeout=300s"],
+        capture_output=True, text=True, timeout=360, check=False,
+    )  # fmt: skip
+    if out.returncode != 0:
+        pods = cluster.kubectl("describe", "pods", "-n", PODS_NAMESPACE, check=False).stdout
+        raise AssertionError(f"helm install: {out.stderr}\n{pods[-4000:]}")
+    return {"namespace": PODS_NAMESPACE, "release": "isoflop-pods", "trials": TRIALS_NAMESPACE}
