@@ -126,6 +126,12 @@ def trial_objects(
             },
             {"name": "PET_MASTER_ADDR", "value": f"{name}-0.{name}.{namespace}.svc"},
         ]
+    resources = _packed_resources(res, packing, trial) if packed else _resources(res)
+    # each rank's torch threads: its share of the pod's cores, as the local runner gives each
+    # trial its share of the machine (the image's default would oversubscribe the CPU limit)
+    ranks = 1 if packed else max(res.gpus_per_node, 1)  # torchrun's --nproc-per-node
+    threads = max(1, math.floor(parse_quantity(resources["requests"]["cpu"]) / ranks))
+    env.append({"name": "OMP_NUM_THREADS", "value": str(threads)})
     container: dict[str, Any] = {
         "name": "trainer",
         "image": res.image,
@@ -136,7 +142,7 @@ def trial_objects(
             {"name": "metrics", "containerPort": METRICS_PORT},
             {"name": "c10d", "containerPort": MASTER_PORT},
         ],
-        "resources": _packed_resources(res, packing, trial) if packed else _resources(res),
+        "resources": resources,
         "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
         "terminationMessagePath": "/dev/termination-log",
         "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -326,8 +332,15 @@ def stable_root(sweep: api.ScalingSweep) -> str | None:
     return f"{base.rstrip('/')}/{sweep.name}/stable" if base else None
 
 
-def cluster_config(sweep: api.ScalingSweep, trial: Trial) -> dict[str, Any]:
-    """Paths and telemetry of a trial on a cluster, for `trials.train_config`."""
+def cluster_config(
+    sweep: api.ScalingSweep, trial: Trial, scraped: bool | None = None
+) -> dict[str, Any]:
+    """Paths and telemetry of a trial on a cluster, for `trials.train_config`. `scraped`: its
+    result is read from Prometheus (default: the sweep names a Prometheus), so the trainer keeps
+    serving its final values long enough for a scrape; otherwise the pod, and its GPUs, are free
+    as soon as the result is written."""
+    if scraped is None:
+        scraped = sweep.spec.metrics.prometheus_url is not None
     base = sweep.spec.storage.checkpoints
     root = f"{base.rstrip('/')}/{sweep.name}" if base else None
     return {
@@ -338,7 +351,7 @@ def cluster_config(sweep: api.ScalingSweep, trial: Trial) -> dict[str, Any]:
         "results": "/tmp/result.json",
         "termination_log": "/dev/termination-log",
         "metrics_port": METRICS_PORT,
-        "metrics_linger_seconds": METRICS_LINGER_SECONDS,
+        "metrics_linger_seconds": METRICS_LINGER_SECONDS if scraped else 0.0,
     }
 
 

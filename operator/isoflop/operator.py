@@ -488,10 +488,11 @@ def _reconcile(
         )
     for cancel in decision.cancels:
         delete_job(clients, job_name(sweep.name, cancel.trial_id), namespace)
+    scraped = bool(spec.metrics.prometheus_url or os.environ.get("ISOFLOP_PROMETHEUS_URL"))
     for launch in decision.launches:
         t = launch.trial
         cfg = node_config(
-            spec, sweep.name, launch.node, stable_root(sweep), **cluster_config(sweep, t)
+            spec, sweep.name, launch.node, stable_root(sweep), **cluster_config(sweep, t, scraped)
         )
         refused = None
         job_uid = ""

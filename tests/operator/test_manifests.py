@@ -69,6 +69,8 @@ def test_single_node_job_pod_spec() -> None:
     assert c["resources"]["limits"]["nvidia.com/gpu"] == "8"
     assert c["resources"]["requests"] == {"cpu": "64", "memory": "512Gi"}
     assert c["envFrom"] == [{"secretRef": {"name": "isoflop-s3"}}]
+    # 64 cores over 8 ranks: 8 threads each, not the image's default for every rank
+    assert {"name": "OMP_NUM_THREADS", "value": "8"} in c["env"]
     assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
     assert {"name": "metrics", "containerPort": 9400} in c["ports"]
     assert c["securityContext"]["allowPrivilegeEscalation"] is False
@@ -145,6 +147,19 @@ def test_deadline_and_ttl_come_from_the_spec_and_the_data_check_mounts_no_token(
     assert check["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
     assert check["spec"]["template"]["spec"]["serviceAccountName"] == "trainer"
     kubernetes_validate.validate(copy.deepcopy(check), "1.33", strict=True)
+
+
+def test_a_trial_keeps_serving_its_final_metrics_only_when_prometheus_reads_them() -> None:
+    scraped = paper()
+    trial = plan(scraped.spec).trials[0]
+    assert scraped.spec.metrics.prometheus_url is not None
+    assert cluster_config(scraped, trial)["metrics_linger_seconds"] == 45  # a 15 s scrape sees it
+    wire = scraped.to_wire()
+    wire["spec"]["metrics"] = {}  # results from the termination message
+    sweep = api.parse_sweep(wire)
+    assert cluster_config(sweep, trial)["metrics_linger_seconds"] == 0  # its GPUs free at once
+    # the operator's own Prometheus (ISOFLOP_PROMETHEUS_URL) reads it too
+    assert cluster_config(sweep, trial, scraped=True)["metrics_linger_seconds"] == 45
 
 
 def test_multi_node_trials_are_indexed_jobs_with_a_headless_service() -> None:
