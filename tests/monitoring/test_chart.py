@@ -289,6 +289,7 @@ def test_operator_pod_is_restricted_and_serves_metrics_and_health(helm: str) -> 
     assert ports == {"metrics": 8080, "health": 8081, "webhook": 9443}
     assert "--liveness=http://0.0.0.0:8081/healthz" in container["args"]
     assert container["livenessProbe"]["httpGet"]["port"] == "health"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
     (service,) = [s for s in by_kind(objs, "Service") if s["metadata"]["name"].endswith("-metrics")]
     assert (
         service["spec"]["selector"].items()
