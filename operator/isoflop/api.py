@@ -31,7 +31,7 @@ API_VERSION = f"{GROUP}/{VERSION}"
 KIND = "ScalingSweep"
 PLURAL = "scalingsweeps"
 SINGULAR = "scalingsweep"
-SHORT_NAMES = ["sweep"]
+SHORT_NAMES = ["sweep", "sweeps"]  # kubectl get sweep(s): it never pluralizes a short name
 
 # Kubernetes quantity ("8", "500m", "64Gi") and DNS-1123 label patterns.
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"

@@ -75,7 +75,7 @@ def test_crd_names_columns_and_rules() -> None:
     obj = crd.crd()
     spec = obj["spec"]
     assert obj["metadata"]["name"] == "scalingsweeps.isoflop.dev"
-    assert spec["names"]["shortNames"] == ["sweep"]
+    assert spec["names"]["shortNames"] == ["sweep", "sweeps"]
     version = spec["versions"][0]
     assert version["name"] == "v1alpha1"
     assert version["subresources"] == {"status": {}}
