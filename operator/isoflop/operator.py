@@ -46,6 +46,7 @@ from isoflop.datacheck import epochs
 from isoflop.engine import TrialState
 from isoflop.manifests import (
     DATA_CHECK,
+    PREEMPTED_EXIT_CODE,
     ROLE_LABEL,
     SWEEP_LABEL,
     TRIAL_LABEL,
@@ -454,13 +455,13 @@ def _reconcile(
             states[tid] = TrialState("Failed", limit, error=error)
             kopf.warn(body, reason="TrialFailed", message=f"{tid}: {error}")
         else:
-            # pods that failed so far, retried by the Job's backoff (preemptions are not counted)
-            attempts = 1 + (st.failed or 0)
-            said = (
-                (termination_message(clients, namespace, job.metadata.name) or {})
-                if st.failed
-                else {}
-            )
+            # pods that failed so far, retried by the Job's backoff; the Job's `failed` counts
+            # preempted and disrupted pods too, which its podFailurePolicy ignores: so do we
+            attempts, said = 1, {}
+            if st.failed:
+                pods = job_pods(clients, namespace, job.metadata.name)
+                attempts += counted_failures(pods)
+                said = message_of(pods) or {}
             if said.get("permanent") is True:
                 # the trainer says no retry can mend it, and the Job's exit-code rule did not
                 # see it (a pod that exited 1: an image whose launcher is plain torchrun): fail
@@ -725,14 +726,48 @@ def server_message(err: ApiException) -> str:
     return str(message or err.reason or f"HTTP {err.status}")[:1000]
 
 
+def job_pods(clients: Clients, namespace: str, job: str) -> list[Any]:
+    """The pods of one Job (the label selector may be ignored by test emulators: filtered)."""
+    pods = clients.core.list_namespaced_pod(namespace, label_selector=f"job-name={job}").items
+    return [p for p in pods if (p.metadata.labels or {}).get("job-name") == job]
+
+
+def counted_failures(pods: list[Any]) -> int:
+    """Failed pods that count as a failed attempt: not those the Job's podFailurePolicy ignores
+    (the trainer checkpointed on SIGTERM and exited PREEMPTED_EXIT_CODE, or the pod has a
+    DisruptionTarget condition: preempted, evicted, its node drained)."""
+    count = 0
+    for pod in pods:
+        status = pod.status
+        if status is None or status.phase != "Failed":
+            continue
+        if any(
+            c.type == "DisruptionTarget" and c.status == "True" for c in status.conditions or []
+        ):
+            continue
+        codes = [
+            cs.state.terminated.exit_code
+            for cs in status.container_statuses or []
+            if cs.name == "trainer" and cs.state is not None and cs.state.terminated is not None
+        ]
+        if PREEMPTED_EXIT_CODE in codes:
+            continue
+        count += 1
+    return count
+
+
 def termination_message(clients: Clients, namespace: str, job: str) -> dict[str, Any] | None:
     """The trainer's result from the termination message of the Job's pod that succeeded, or
     else of its last pod to end. A Job retries pods (a preempted one, a failed one): their older
     messages must not be taken for the trial's result."""
-    pods = clients.core.list_namespaced_pod(namespace, label_selector=f"job-name={job}").items
+    return message_of(job_pods(clients, namespace, job))
+
+
+def message_of(pods: list[Any]) -> dict[str, Any] | None:
+    """termination_message, from the Job's pods already listed."""
     found: list[tuple[bool, str, dict[str, Any]]] = []  # (succeeded, finished at, message)
     for pod in pods:
-        if (pod.metadata.labels or {}).get("job-name") != job or pod.status is None:
+        if pod.status is None:
             continue
         succeeded = getattr(pod.status, "phase", None) == "Succeeded"
         for cs in pod.status.container_statuses or []:

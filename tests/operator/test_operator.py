@@ -575,3 +575,42 @@ async def test_packed_trials_share_gpus_through_the_sharing_plugins_resource(k8s
     records = {r["id"]: r for r in trial_records(k8s)}
     assert records[failed.removeprefix("qs-")]["phase"] == "Failed"
     assert sum(r["phase"] == "Succeeded" for r in records.values()) == len(trials) - 1
+
+
+def test_preempted_and_disrupted_pods_are_not_counted_as_failed_attempts() -> None:
+    """The Job's status.failed counts every failed pod; its podFailurePolicy ignores a trainer
+    that checkpointed on SIGTERM (exit 143) and a disrupted pod, and so does the operator's
+    attempt count (its status, its failed-attempts metric and the alert on it)."""
+    from kubernetes.client import (
+        V1ContainerState,
+        V1ContainerStateTerminated,
+        V1ContainerStatus,
+        V1ObjectMeta,
+        V1Pod,
+        V1PodCondition,
+        V1PodStatus,
+    )
+
+    from isoflop.operator import counted_failures
+
+    def pod(phase: str, code: int | None = None, disrupted: bool = False) -> V1Pod:
+        statuses = []
+        if code is not None:
+            term = V1ContainerStateTerminated(exit_code=code)
+            statuses.append(
+                V1ContainerStatus(
+                    name="trainer", image="i", image_id="", ready=False, restart_count=0,
+                    state=V1ContainerState(terminated=term),
+                )
+            )  # fmt: skip
+        conditions = [V1PodCondition(type="DisruptionTarget", status="True")] if disrupted else []
+        return V1Pod(
+            metadata=V1ObjectMeta(labels={"job-name": "j"}),
+            status=V1PodStatus(phase=phase, container_statuses=statuses, conditions=conditions),
+        )
+
+    assert counted_failures([pod("Failed", 143), pod("Running")]) == 0  # a preemption
+    assert counted_failures([pod("Failed", 137, disrupted=True)]) == 0  # evicted, drained
+    assert counted_failures([pod("Failed", 1), pod("Failed", 143), pod("Failed", 65)]) == 2
+    assert counted_failures([pod("Failed")]) == 1  # never started: it counts
+    assert counted_failures([pod("Succeeded", 0)]) == 0
