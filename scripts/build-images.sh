@@ -21,6 +21,9 @@ SUITE=bookworm
 CACHE="${ISOFLOP_CACHE:-${XDG_DATA_HOME:-$HOME/.local/share}/isoflop}"
 IMAGES="$CACHE/images"
 mkdir -p "$IMAGES"
+exec 9>"$IMAGES/.lock"  # one build at a time on the machine; another clone's waits, then reuses
+flock 9
+rm -f "$IMAGES"/*.part  # what a killed build left
 export STORAGE_DRIVER=overlay BUILDAH_ISOLATION=chroot
 # buildah's own storage is scratch: everything kept is in the archives
 export CONTAINERS_STORAGE_CONF="$IMAGES/.storage.conf"
@@ -69,6 +72,9 @@ save() { # name tag: buildah's image -> archive, whole or not at all
   rm -f "$out.part"
   buildah push -q "$ref" "oci-archive:$out.part:$ref" >/dev/null
   mv "$out.part" "$out"
+  for older in "$IMAGES/$1"-*.tar; do  # one archive per image: the one its inputs hash to now
+    [ "$older" = "$out" ] || rm -f "$older"
+  done
   echo "build-images: $1 $ref $(du -h "$out" | cut -f1)B" >&2
 }
 

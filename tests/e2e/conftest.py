@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.e2e.cluster import ROOT, Cluster, binaries_missing
+from tests.e2e.cluster import NODE_HOST_IP, ROOT, Cluster, binaries_missing
 
 if TYPE_CHECKING:
     from tests.e2e.node import Node
@@ -95,6 +95,7 @@ def node(
     n = Node(Path(tmp_path_factory.mktemp("node")))
     try:
         n.start(cluster, dict(ordered))
+        print(f"\nreal node: {', '.join(f'{k} {v:.0f} s' for k, v in n.seconds.items())}")
         yield n
     finally:
         n.stop()
@@ -120,6 +121,8 @@ def deployed(cluster: Cluster, node: Node, images: dict[str, tuple[str, Path]]) 
          "--set", "image.pullPolicy=Never",
          "--set", f"watch.namespaces={{{TRIALS_NAMESPACE}}}",
          "--set", "operator.reconcileSeconds=1",
+         # sweeps may read results from a Prometheus the tests start where pods reach them
+         "--set", f"policy.prometheusUrls={{http://{NODE_HOST_IP}:*}}",
          "--set", "nodeSelector.kubernetes\\.io/hostname=isoflop-node",
          "--wait", "--timeout=300s"],
         capture_output=True, text=True, timeout=360, check=False,

@@ -5,6 +5,7 @@ trainer image, every trial in a pod of its own (tests/e2e/node.py)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -15,8 +16,8 @@ import yaml
 
 from isoflop import api
 from isoflop.plan import plan
-from tests.e2e.cluster import Cluster, trial_records
-from tests.e2e.conftest import TRIALS_NAMESPACE
+from tests.e2e.cluster import NODE_HOST_IP, Cluster, free_port, trial_records
+from tests.e2e.conftest import HELM, TRIALS_NAMESPACE
 from tests.e2e.node import NODE, Node
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -79,6 +80,14 @@ def test_the_operator_runs_as_the_charts_deployment_and_its_webhook_answers_thro
     )  # fmt: skip
     assert whoami.stdout.strip() == "10001"
     assert "Read-only file system" in whoami.stderr
+    # the trials' namespace enforces the restricted Pod Security Standard: a pod that may run as
+    # root is refused there (the trial pods of the other tests are admitted)
+    loose = cluster.kubectl(
+        "run", "loose", "-n", TRIALS_NAMESPACE, f"--image={images['trainer'][0]}",
+        "--restart=Never", "--dry-run=server", check=False,
+    )  # fmt: skip
+    assert loose.returncode != 0
+    assert 'violates PodSecurity "restricted:latest"' in loose.stderr
     # the webhook: a sweep it refuses never reaches the store; the sentence reaches kubectl
     bad = pod_sweep("refused", images["trainer"][0])
     bad["spec"]["budgets"] = [3e10]  # one budget cannot give a law
@@ -169,3 +178,254 @@ def _csv(path: Path) -> list[dict[str, str]]:
 
     with path.open() as f:
         return list(csv.DictReader(f))
+
+
+def test_a_deleted_trial_pod_resumes_from_s3_and_a_deleted_operator_pod_loses_nothing(
+    cluster: Cluster, node: Node, deployed: dict[str, str], images: dict[str, Any], tmp_path: Path
+) -> None:
+    """Checkpoints in S3 (moto, where pods reach it) through the Secret's credentials; results
+    from a real Prometheus scraping the trial pods that the chart's PodMonitor selects. Mid-sweep
+    the longest trial's pod is deleted (SIGTERM: it saves a checkpoint and exits 143), then the
+    operator's own pod: the trial resumes in a new pod of the same Job, no retry is counted, and
+    every trial has one Job and one result."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from tests.monitoring.conftest import start_prometheus
+
+    s3 = ThreadedMotoServer(ip_address=NODE_HOST_IP, port=free_port(), verbose=False)
+    s3.start()
+    endpoint = f"http://{NODE_HOST_IP}:{s3._port}"
+    credentials = {
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": endpoint,
+    }
+    client = boto3.client(
+        "s3", endpoint_url=endpoint, region_name="us-east-1",
+        aws_access_key_id="test", aws_secret_access_key="test",
+    )  # fmt: skip
+    client.create_bucket(Bucket="ckpt")
+    cluster.kubectl(
+        "create", "secret", "generic", "s3", "-n", TRIALS_NAMESPACE,
+        *(f"--from-literal={k}={v}" for k, v in credentials.items()),
+    )  # fmt: skip
+    targets = tmp_path / "targets.json"
+    targets.write_text("[]")
+    prom = start_prometheus(
+        tmp_path / "prometheus",
+        free_port(),
+        [
+            {
+                "job_name": "isoflop-trials",
+                "scrape_interval": "1s",
+                "file_sd_configs": [{"files": [str(targets)]}],
+            }
+        ],
+        [],
+        host=NODE_HOST_IP,
+    )
+    discovery = PodMonitorDiscovery(cluster, TRIALS_NAMESPACE, targets)
+    manifest = pod_sweep("resume", images["trainer"][0])
+    manifest["spec"]["resources"]["s3CredentialsSecret"] = "s3"
+    manifest["spec"]["storage"]["checkpoints"] = "s3://ckpt/sweeps"
+    manifest["spec"]["metrics"] = {"prometheusUrl": prom.url, "lookback": "30m"}
+    trials = {t.id for t in plan(api.parse_sweep(manifest).spec).trials}
+    longest = "1e11-d01"  # 2,651 steps: long enough to stop half way
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+
+    def jobs() -> dict[str, dict[str, Any]]:
+        out = cluster.kubectl(
+            "get", "jobs", "-n", TRIALS_NAMESPACE, "-l", "isoflop.dev/sweep=resume", "-o", "json"
+        )
+        return {
+            j["metadata"]["labels"]["isoflop.dev/trial"]: j for j in json.loads(out.stdout)["items"]
+        }
+
+    def pods_of(trial: str) -> list[dict[str, Any]]:
+        out = cluster.kubectl(
+            "get", "pods", "-n", TRIALS_NAMESPACE, "-o", "json",
+            "-l", f"isoflop.dev/sweep=resume,isoflop.dev/trial={trial}",
+        )  # fmt: skip
+        return json.loads(out.stdout)["items"]  # type: ignore[no-any-return]
+
+    cluster.kubectl("apply", "-f", str(path))
+    try:
+        # the longest trial, half way: Prometheus has scraped its pod's step counter
+        selector = f'namespace="{TRIALS_NAMESPACE}",sweep="resume",trial="{longest}"'
+        prom.wait_for(f"isoflop_step{{{selector}}} > 300", timeout=600)
+        job_uid = jobs()[longest]["metadata"]["uid"]
+        (first,) = pods_of(longest)
+        cluster.kubectl("delete", "pod", "-n", TRIALS_NAMESPACE, first["metadata"]["name"])
+        cluster.kubectl(
+            "delete", "pod", "-n", deployed["namespace"], "-l",
+            "app.kubernetes.io/name=isoflop-operator",
+        )  # fmt: skip
+        deadline = time.monotonic() + 900
+        while get(cluster, "scalingsweep", "resume", TRIALS_NAMESPACE).get("status", {}).get(
+            "phase"
+        ) not in ("Succeeded", "Failed"):
+            assert time.monotonic() < deadline, operator_log(cluster, deployed)
+            time.sleep(2)
+        status = get(cluster, "scalingsweep", "resume", TRIALS_NAMESPACE)["status"]
+        records = {r["id"]: r for r in trial_records(cluster, "resume", TRIALS_NAMESPACE)}
+        final_jobs = jobs()
+        pods = pods_of(longest)
+        logs = [
+            cluster.kubectl("logs", "-n", TRIALS_NAMESPACE, p["metadata"]["name"]).stdout
+            for p in pods
+            if p["metadata"]["name"] != first["metadata"]["name"]
+        ]
+        saved = client.list_objects_v2(Bucket="ckpt", Prefix=f"sweeps/resume/{longest}/")
+    finally:
+        discovery.stop()
+        cluster.kubectl("delete", "scalingsweep", "resume", "-n", TRIALS_NAMESPACE, check=False)
+        cluster.kubectl("delete", "secret", "s3", "-n", TRIALS_NAMESPACE, check=False)
+        prom.process.terminate()
+        prom.process.wait(10)
+        s3.stop()
+    assert status["phase"] == "Succeeded", (status, operator_log(cluster, deployed))
+    assert set(records) == trials
+    assert {r["phase"] for r in records.values()} == {"Succeeded"}
+    assert {r["source"] for r in records.values()} == {"prometheus"}
+    # one Job per trial, the stopped trial's the same one; no retry counted against it
+    assert set(final_jobs) == trials
+    assert final_jobs[longest]["metadata"]["uid"] == job_uid
+    assert records[longest].get("attempts", 1) == 1
+    # the Job saw the preempted pod fail (exit 143), and its podFailurePolicy ignored it
+    assert final_jobs[longest]["status"].get("failed") == 1
+    assert final_jobs[longest]["status"]["succeeded"] == 1
+    # its second pod started from the checkpoint the first one left in S3
+    (log,) = logs
+    assert f"trial {longest} resumed from step" in log, log[-2000:]
+    assert saved.get("KeyCount", 0) > 0
+
+
+def test_a_two_node_trial_rendezvouses_over_its_headless_service_and_trains_like_two_processes(
+    cluster: Cluster, node: Node, deployed: dict[str, str], images: dict[str, Any], tmp_path: Path
+) -> None:
+    """`nodes: 2`: an Indexed Job of two pods whose torchrun agents meet at rank 0's DNS name
+    under the headless Service (CoreDNS), gloo on CPU. The first trial's loss equals the same
+    training command's run as two local processes on this machine."""
+    manifest = pod_sweep("multi", images["trainer"][0])
+    manifest["spec"]["parallelism"] = 1
+    manifest["spec"]["resources"]["nodes"] = 2
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    first = plan(api.parse_sweep(manifest).spec).trials[0].id
+    cluster.kubectl("apply", "-f", str(path))
+    try:
+
+        def done() -> dict[str, Any] | None:
+            records = {r["id"]: r for r in trial_records(cluster, "multi", TRIALS_NAMESPACE)}
+            return records.get(first)
+
+        deadline = time.monotonic() + 600
+        while (record := done()) is None:
+            assert time.monotonic() < deadline, operator_log(cluster, deployed)
+            time.sleep(2)
+        job = json.loads(
+            cluster.kubectl(
+                "get", "jobs", "-n", TRIALS_NAMESPACE, "-o", "json",
+                "-l", f"isoflop.dev/sweep=multi,isoflop.dev/trial={first}",
+            ).stdout
+        )["items"][0]  # fmt: skip
+        pods = json.loads(
+            cluster.kubectl(
+                "get", "pods", "-n", TRIALS_NAMESPACE, "-o", "json",
+                "-l", f"job-name={job['metadata']['name']}",
+            ).stdout
+        )["items"]  # fmt: skip
+        logs = [
+            cluster.kubectl("logs", "-n", TRIALS_NAMESPACE, p["metadata"]["name"]).stdout
+            for p in pods
+        ]
+    finally:
+        cluster.kubectl("delete", "scalingsweep", "multi", "-n", TRIALS_NAMESPACE, check=False)
+    assert record["phase"] == "Succeeded", (record, logs)
+    assert job["spec"]["completionMode"] == "Indexed"
+    indexes = sorted(
+        p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"] for p in pods
+    )
+    assert indexes == ["0", "1"]
+    for p in pods:
+        (state,) = p["status"]["containerStatuses"]
+        assert state["state"]["terminated"]["exitCode"] == 0
+    # the same command, two processes on this machine: one rank each, as the two pods had
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    config = json.loads(container["args"][container["args"].index("--config-json") + 1])
+    config |= {
+        "results": str(tmp_path / "result.json"),
+        "checkpoint": str(tmp_path / "checkpoint"),
+        "termination_log": None,
+        "metrics_port": None,
+        "metrics_linger_seconds": 0.0,
+        "compile_cache": None,
+    }
+    local = subprocess.run(
+        [sys.executable, "-m", "isoflop_trainer.launch", "--nnodes", "1", "--nproc-per-node",
+         "2", "--standalone", "-m", "isoflop_trainer.cli", "train", "--config-json",
+         json.dumps(config)],
+        capture_output=True, text=True, timeout=600, check=False,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"},
+    )  # fmt: skip
+    assert local.returncode == 0, local.stderr[-3000:]
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert record["loss"] == result["eval_loss"]
+
+
+class PodMonitorDiscovery:
+    """The part of prometheus-operator a PodMonitor needs, for Debian's Prometheus (built without
+    Kubernetes service discovery): the pods the chart's own PodMonitor selects (its selector and
+    port, rendered by helm), written as file_sd targets labelled with their namespace and pod,
+    every half second while the test runs."""
+
+    def __init__(self, cluster: Cluster, namespace: str, path: Path) -> None:
+        import threading
+
+        monitor = yaml.safe_load(
+            subprocess.run(
+                [str(HELM), "template", "isoflop", str(ROOT / "helm" / "isoflop"),
+                 "--set", "podMonitor.enabled=true", "--show-only", "templates/podmonitor.yaml"],
+                capture_output=True, text=True, timeout=60, check=True,
+            ).stdout
+        )  # fmt: skip
+        selector = monitor["spec"]["selector"]
+        terms = [f"{k}={v}" for k, v in selector["matchLabels"].items()]
+        terms += [e["key"] for e in selector["matchExpressions"] if e["operator"] == "Exists"]
+        self.selector = ",".join(terms)
+        self.port = monitor["spec"]["podMetricsEndpoints"][0]["port"]
+        self.cluster, self.namespace, self.path = cluster, namespace, path
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stopped.wait(0.5):
+            out = self.cluster.kubectl(
+                "get", "pods", "-n", self.namespace, "-l", self.selector, "-o", "json",
+                check=False,
+            )  # fmt: skip
+            if out.returncode != 0:
+                continue
+            groups = []
+            for pod in json.loads(out.stdout)["items"]:
+                ip = pod["status"].get("podIP")
+                ports = [
+                    p["containerPort"]
+                    for c in pod["spec"]["containers"]
+                    for p in c.get("ports", [])
+                    if p.get("name") == self.port
+                ]
+                if ip and ports and pod["status"].get("phase") == "Running":
+                    labels = {"namespace": self.namespace, "pod": pod["metadata"]["name"]}
+                    groups.append({"targets": [f"{ip}:{ports[0]}"], "labels": labels})
+            part = self.path.with_suffix(".part")
+            part.write_text(json.dumps(groups))
+            part.replace(self.path)  # Prometheus never reads half a file
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.thread.join(10)

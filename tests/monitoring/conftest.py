@@ -79,8 +79,14 @@ class Prometheus:
 
 
 def start_prometheus(
-    workdir: Path, port: int, scrape_configs: list[dict[str, Any]], rule_files: list[Path]
+    workdir: Path,
+    port: int,
+    scrape_configs: list[dict[str, Any]],
+    rule_files: list[Path],
+    host: str = "127.0.0.1",
 ) -> Prometheus:
+    """`host`: the address it listens on (the real node's pods reach the tests' side of its veth,
+    tests/e2e/node.py)."""
     workdir.mkdir(parents=True, exist_ok=True)
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
@@ -94,13 +100,13 @@ def start_prometheus(
             tool("prometheus"),
             f"--config.file={workdir / 'prometheus.yml'}",
             f"--storage.tsdb.path={workdir / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
+            f"--web.listen-address={host}:{port}",
             "--storage.tsdb.retention.time=1d",
         ],
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
     )
-    prom = Prometheus(f"http://127.0.0.1:{port}", process, log)
+    prom = Prometheus(f"http://{host}:{port}", process, log)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         assert process.poll() is None, log.read_text()[-2000:]
