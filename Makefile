@@ -28,7 +28,7 @@ tools: .tools/bin/helm
 
 # the real Kubernetes control plane and node of tests/e2e (kube-apiserver, controller-manager,
 # scheduler, kubectl, kubelet, kube-proxy, etcd, kwok, CoreDNS), built with Go from their published
-# modules: ~14 min cold, then cached in the user's data directory for every clone on the machine
+# modules: ~20 min cold, then cached in the user's data directory for every clone on the machine
 cluster:
 	scripts/install-control-plane.sh
 

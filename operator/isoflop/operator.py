@@ -460,7 +460,7 @@ def _reconcile(
             attempts, said = 1, {}
             if st.failed:
                 pods = job_pods(clients, namespace, job.metadata.name)
-                attempts += counted_failures(pods)
+                attempts += max(st.failed - ignored_failures(pods), 0)
                 said = message_of(pods) or {}
             if said.get("permanent") is True:
                 # the trainer says no retry can mend it, and the Job's exit-code rule did not
@@ -732,27 +732,26 @@ def job_pods(clients: Clients, namespace: str, job: str) -> list[Any]:
     return [p for p in pods if (p.metadata.labels or {}).get("job-name") == job]
 
 
-def counted_failures(pods: list[Any]) -> int:
-    """Failed pods that count as a failed attempt: not those the Job's podFailurePolicy ignores
-    (the trainer checkpointed on SIGTERM and exited PREEMPTED_EXIT_CODE, or the pod has a
-    DisruptionTarget condition: preempted, evicted, its node drained)."""
+def ignored_failures(pods: list[Any]) -> int:
+    """Failed pods the Job's podFailurePolicy ignores, which its status.failed counts all the
+    same: a trainer that checkpointed on SIGTERM and exited PREEMPTED_EXIT_CODE, or a pod with a
+    DisruptionTarget condition (preempted, evicted, its node drained)."""
     count = 0
     for pod in pods:
         status = pod.status
-        if status is None or status.phase != "Failed":
+        if status is None:
             continue
-        if any(
+        disrupted = any(
             c.type == "DisruptionTarget" and c.status == "True" for c in status.conditions or []
-        ):
-            continue
-        codes = [
-            cs.state.terminated.exit_code
+        )
+        preempted = any(
+            cs.name == "trainer"
+            and cs.state is not None
+            and cs.state.terminated is not None
+            and cs.state.terminated.exit_code == PREEMPTED_EXIT_CODE
             for cs in status.container_statuses or []
-            if cs.name == "trainer" and cs.state is not None and cs.state.terminated is not None
-        ]
-        if PREEMPTED_EXIT_CODE in codes:
-            continue
-        count += 1
+        )
+        count += status.phase == "Failed" and (disrupted or preempted)
     return count
 
 

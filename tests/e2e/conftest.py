@@ -105,7 +105,7 @@ def node(
 def deployed(cluster: Cluster, node: Node, images: dict[str, tuple[str, Path]]) -> dict[str, str]:
     """`helm install` with the operator image, running as the chart's Deployment on the real node
     and serving its webhook through the chart's Service; it watches TRIALS_NAMESPACE alone, so
-    the kwok tests' operators and sweeps never meet it. Yields the release's names."""
+    the kwok tests' operators and sweeps never meet it. Returns the release's names."""
     repository, tag = images["operator"][0].rsplit(":", 1)
     cluster.kubectl("create", "namespace", TRIALS_NAMESPACE, check=False)
     cluster.kubectl(

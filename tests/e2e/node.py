@@ -478,6 +478,8 @@ def stop_leftovers(
     run("ip", "netns", "del", NETNS, check=False)
     for path in HOST_PATHS:
         shutil.rmtree(path, ignore_errors=True)
+    with contextlib.suppress(OSError):  # the kubelet made it for its device plugins: if empty
+        HOST_PATHS[0].parent.rmdir()
 
 
 def _kubepods() -> list[Path]:

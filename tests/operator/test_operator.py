@@ -591,7 +591,7 @@ def test_preempted_and_disrupted_pods_are_not_counted_as_failed_attempts() -> No
         V1PodStatus,
     )
 
-    from isoflop.operator import counted_failures
+    from isoflop.operator import ignored_failures
 
     def pod(phase: str, code: int | None = None, disrupted: bool = False) -> V1Pod:
         statuses = []
@@ -609,8 +609,8 @@ def test_preempted_and_disrupted_pods_are_not_counted_as_failed_attempts() -> No
             status=V1PodStatus(phase=phase, container_statuses=statuses, conditions=conditions),
         )
 
-    assert counted_failures([pod("Failed", 143), pod("Running")]) == 0  # a preemption
-    assert counted_failures([pod("Failed", 137, disrupted=True)]) == 0  # evicted, drained
-    assert counted_failures([pod("Failed", 1), pod("Failed", 143), pod("Failed", 65)]) == 2
-    assert counted_failures([pod("Failed")]) == 1  # never started: it counts
-    assert counted_failures([pod("Succeeded", 0)]) == 0
+    assert ignored_failures([pod("Failed", 143), pod("Running")]) == 1  # a preemption
+    assert ignored_failures([pod("Failed", 137, disrupted=True)]) == 1  # evicted, drained
+    assert ignored_failures([pod("Failed", 1), pod("Failed", 143), pod("Failed", 65)]) == 1
+    assert ignored_failures([pod("Failed")]) == 0  # never started: it counts
+    assert ignored_failures([pod("Succeeded", 0), pod("Running", 143)]) == 0
