@@ -339,8 +339,8 @@ class Node:
     def _import(self, images: dict[str, Path]) -> None:
         have = set(self.ctr("images", "list", "--quiet").stdout.split())
         stale = [r for r in have if r.startswith("localhost/isoflop-") and r not in images]
-        if stale:  # earlier builds' images: containerd collects their layers
-            self.ctr("images", "remove", *stale)
+        if stale:  # earlier builds' images, and their layers with them (--sync)
+            self.ctr("images", "remove", "--sync", *stale)
         for ref, archive in images.items():
             if ref not in have:
                 self.ctr("images", "import", "--no-unpack=false", str(archive))
