@@ -34,9 +34,9 @@ import torch
 
 from isoflop import api
 from isoflop.fit import Points, analyze
-from isoflop.plan import Trial, plan
-from isoflop.strategy import Branch, Wsd, branch_plan, wsd_flops
-from isoflop.trials import train_config
+from isoflop.sweep.plan import Trial, plan
+from isoflop.sweep.strategy import Branch, Wsd, branch_plan, wsd_flops
+from isoflop.sweep.trials import train_config
 from isoflop_trainer.config import TrainConfig
 from isoflop_trainer.train import train
 

@@ -32,8 +32,8 @@ from threadpoolctl import threadpool_limits
 
 from isoflop import api
 from isoflop.fit.parabola import DEFAULT_WINDOW
-from isoflop.forecast import Law, simulate, summarize, truth
-from isoflop.plan import plan
+from isoflop.sweep.forecast import Law, simulate, summarize, truth
+from isoflop.sweep.plan import plan
 
 ROOT = Path(__file__).resolve().parents[1]
 GRIDS = {
@@ -42,7 +42,7 @@ GRIDS = {
 }
 PAPER = Law()
 LAWS = {
-    # reproduces the paper's in-context N*, D* and L* laws (isoflop.forecast.Law's defaults)
+    # reproduces the paper's in-context N*, D* and L* laws (isoflop.sweep.forecast.Law's defaults)
     "paper-in-context": PAPER,
     # the cross-attention-like law: N* exponent about 0.535, steep isoFLOP curves
     "cross-attention-like": Law(0.35, 20.3, 1000.0, 0.33, 0.38),

@@ -41,8 +41,8 @@ import torch
 
 from benchmarks.bench_trainer import WindowRates
 from isoflop import api
-from isoflop.plan import plan
-from isoflop.trials import train_config
+from isoflop.sweep.plan import plan
+from isoflop.sweep.trials import train_config
 from isoflop_trainer.config import peak_bf16_flops
 from isoflop_trainer.train import _train, setup
 
@@ -138,7 +138,7 @@ def main() -> None:
     cuda = torch.cuda.is_available()
     device = torch.cuda.get_device_name() if cuda else "cpu"
     peak = args.peak_tflops or ((peak_bf16_flops(device) or 1e12) / 1e12 if cuda else 1.0)
-    # the threads a local trial gets (isoflop.backends.LocalBackend)
+    # the threads a local trial gets (isoflop.local.backends.LocalBackend)
     threads = max(1, (os.cpu_count() or 1) // max(sweep.spec.parallelism, 1))
     torch.set_num_threads(threads)
     date = datetime.date.today().isoformat()

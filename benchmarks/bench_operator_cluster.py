@@ -78,8 +78,8 @@ def created_jobs(log: Path) -> Counter[str]:
 
 def start_operator(env: dict[str, str], log: Any) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "kopf", "run", "--module=isoflop.operator", "--all-namespaces",
-         "--standalone"],
+        [sys.executable, "-m", "kopf", "run", "--module=isoflop.cluster.handlers",
+         "--all-namespaces", "--standalone"],
         stdout=log, stderr=subprocess.STDOUT, env=env,
     )  # fmt: skip
 

@@ -31,9 +31,9 @@ from typing import Any
 import numpy as np
 
 from isoflop import api
-from isoflop.forecast import Law, simulate_strategy, truth
-from isoflop.plan import plan
-from isoflop.strategy import Adaptive, Wsd, densified
+from isoflop.sweep.forecast import Law, simulate_strategy, truth
+from isoflop.sweep.plan import plan
+from isoflop.sweep.strategy import Adaptive, Wsd, densified
 
 # name: (adaptive ladder, WSD branches, budgets as a multiple of the grid's, log-spaced over its
 # range: branches make a budget below the largest cost only its cooldowns)

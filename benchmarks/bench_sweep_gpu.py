@@ -1,6 +1,6 @@
 """A sweep's GPU efficiency: each rung of a reduced paper ladder trained for a fixed number of
 steps by the trainer itself (its own process, as `isoflop run` launches it), alone on the device
-and packed k to it (k from isoflop.packing), with the sweep-level MFU of both.
+and packed k to it (k from isoflop.sweep.packing), with the sweep-level MFU of both.
 
 Per rung: the trainer's steady MFU (its result: warm-up windows left out) and the wall MFU (the
 rung's FLOPs over the processes' whole wall time, start-up and compilation included). Packed, the
@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from isoflop import api
-from isoflop.packing import Packing
-from isoflop.plan import plan
-from isoflop.trials import train_config
+from isoflop.sweep.packing import Packing
+from isoflop.sweep.plan import plan
+from isoflop.sweep.trials import train_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,7 +14,7 @@ from typing import Any
 from threadpoolctl import threadpool_limits
 
 from isoflop import __version__, api, crd
-from isoflop.plan import (
+from isoflop.sweep.plan import (
     DEFAULT_MFU,
     H100_BF16_PEAK_FLOPS,
     H100_MFU_CURVE,
@@ -113,7 +113,7 @@ def format_plan(p: Plan, mfu: MfuCurve, peak: float) -> str:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """Check a manifest, and unless --no-data, that its data exists and fits it."""
-    from isoflop.datacheck import check_data
+    from isoflop.sweep.datacheck import check_data
 
     sweep = api.load_sweep(args.file)
     planned = runnable_plan(sweep.spec)
@@ -167,7 +167,7 @@ def packing_text(spec: api.ScalingSweepSpec, p: Plan, mfu: MfuCurve, peak: float
     """What spec.resources.packing does to the plan: trials per GPU by rung, the GPU-hours."""
     from dataclasses import replace
 
-    from isoflop.packing import Packing, sweep_mfu
+    from isoflop.sweep.packing import Packing, sweep_mfu
 
     packing = replace(Packing.of(spec), curve=mfu)
     if packing.max_per_gpu <= 1:
@@ -190,7 +190,7 @@ def packing_text(spec: api.ScalingSweepSpec, p: Plan, mfu: MfuCurve, peak: float
 
 def strategy_text(spec: api.ScalingSweepSpec, p: Plan) -> str | None:
     """What spec.strategy trains in place of the grid above, in a sentence or two."""
-    from isoflop.strategy import graph
+    from isoflop.sweep.strategy import graph
 
     wsd, adaptive = spec.strategy.wsd_branches, spec.strategy.adaptive
     if wsd is None and adaptive is None:
@@ -270,7 +270,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         comparison = fit.compare(analysis, other, args.confidence)
     plots = []
     if args.plot:
-        from isoflop.plots import plot_all
+        from isoflop.fit.plots import plot_all
 
         try:
             plots = plot_all(points, analysis, args.plot)
@@ -326,10 +326,10 @@ def table_labels(first: Path, second: Path) -> tuple[str, str]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from isoflop.backends import make_backend
-    from isoflop.devices import DeviceError, parse_gpus
-    from isoflop.forecast import Law
-    from isoflop.runner import Display, Run, RunError
+    from isoflop.local.backends import make_backend
+    from isoflop.local.devices import DeviceError, parse_gpus
+    from isoflop.local.runner import Display, Run, RunError
+    from isoflop.sweep.forecast import Law
 
     sweep = api.load_sweep(args.file)
     if args.parallelism is not None:
@@ -340,7 +340,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     law = Law.parse(args.law) if args.law else Law()
     planned = runnable_plan(sweep.spec)
     if not args.simulate:  # a real run: its data must be there before any trial starts
-        from isoflop.datacheck import check_data
+        from isoflop.sweep.datacheck import check_data
 
         report = check_data(sweep.spec, planned)
         if report.train is not None:
@@ -394,7 +394,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_forecast(args: argparse.Namespace) -> int:
-    from isoflop.forecast import Law, forecast, format_forecast, law_from_results
+    from isoflop.sweep.forecast import Law, forecast, format_forecast, law_from_results
 
     sweep = api.load_sweep(args.file)
     law = Law.parse(args.law) if args.law else Law()
@@ -428,7 +428,7 @@ def cmd_forecast(args: argparse.Namespace) -> int:
         )
     print(format_forecast(result))
     if args.strategies:
-        from isoflop.forecast import compare_strategies, format_strategies
+        from isoflop.sweep.forecast import compare_strategies, format_strategies
 
         noise = 0.005 if noise is None else noise
         with threadpool_limits(limits=1):

@@ -502,7 +502,7 @@ class Operator:
         self.log = log
         with open(log, "ab") as f:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "kopf", "run", "--module=isoflop.operator",
+                [sys.executable, "-m", "kopf", "run", "--module=isoflop.cluster.handlers",
                  "--all-namespaces", "--standalone"],
                 stdout=f, stderr=subprocess.STDOUT, env=env,
             )  # fmt: skip

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import yaml
 
-from isoflop.admission import WEBHOOK_ID
+from isoflop.cluster.admission import WEBHOOK_ID
 from tests.corpus import write_corpus
 from tests.e2e.cluster import Cluster, Operator, free_port
 from tests.e2e.conftest import HELM

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from isoflop import api
-from isoflop.plan import plan
+from isoflop.sweep.plan import plan
 from tests.e2e.cluster import NODE_HOST_IP, Cluster, free_port, trial_records
 from tests.e2e.conftest import HELM, TRIALS_NAMESPACE
 from tests.e2e.node import NODE, Node

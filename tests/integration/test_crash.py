@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from isoflop.backends import trial_processes
+from isoflop.local.backends import trial_processes
 from tests.integration.test_run import isoflop, write_tiny
 
 

@@ -15,10 +15,12 @@ import pytest
 import torch
 import yaml
 
-from isoflop import api, backends, engine
-from isoflop.devices import DevicePool
-from isoflop.forecast import Law, simulated_loss
-from isoflop.runner import Run
+from isoflop import api
+from isoflop.local import backends
+from isoflop.local.devices import DevicePool
+from isoflop.local.runner import Run
+from isoflop.sweep import engine
+from isoflop.sweep.forecast import Law, simulated_loss
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -16,9 +16,9 @@ import pytest
 import yaml
 
 from isoflop import api
-from isoflop.backends import SimulatedBackend
-from isoflop.forecast import Law, forecast
-from isoflop.runner import Display, Run
+from isoflop.local.backends import SimulatedBackend
+from isoflop.local.runner import Display, Run
+from isoflop.sweep.forecast import Law, forecast
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -57,7 +57,7 @@ def test_a_finished_run_shows_its_stored_fit_and_ctrl_c_stops_a_fit_at_once(
     import os
     import threading
 
-    import isoflop.runner
+    import isoflop.local.runner
 
     sweep = paper(bootstrap=100)
     first = Run(sweep, tmp_path, SimulatedBackend(Law(), noise=0.005, seed=0))
@@ -69,7 +69,7 @@ def test_a_finished_run_shows_its_stored_fit_and_ctrl_c_stops_a_fit_at_once(
     def no_refit(*args: object, **kwargs: object) -> None:
         raise AssertionError("a finished run was fitted again")
 
-    monkeypatch.setattr(isoflop.runner, "fit", no_refit)
+    monkeypatch.setattr(isoflop.local.runner, "fit", no_refit)
     again = Run(sweep, tmp_path, SimulatedBackend(Law(), noise=0.005, seed=0))
     assert again.run(Display(stream=io.StringIO(), live=False)).phase == "Succeeded"
     assert again.fit_text == first.fit_text
@@ -79,7 +79,7 @@ def test_a_finished_run_shows_its_stored_fit_and_ctrl_c_stops_a_fit_at_once(
     def slow_fit(*args: object, **kwargs: object) -> None:
         time.sleep(60)
 
-    monkeypatch.setattr(isoflop.runner, "fit", slow_fit)
+    monkeypatch.setattr(isoflop.local.runner, "fit", slow_fit)
     fresh = tmp_path / "fresh"
     run = Run(sweep, fresh, SimulatedBackend(Law(), noise=0.005, seed=0))
     threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()
@@ -260,7 +260,7 @@ def test_a_missing_data_source_fails_each_trial_once_with_the_trainers_sentence(
     assert f"no shard index at file://{gone}" in out.stderr
     assert not (tmp_path / "cli" / "trials").exists()
     # data that goes away after that check: each trial fails at its first attempt, not 3 times
-    from isoflop.backends import make_backend
+    from isoflop.local.backends import make_backend
 
     sweep = api.parse_sweep(manifest)
     run = Run(sweep, tmp_path / "run", make_backend("local", sweep.spec, Law(), 0.0, gpus=()))

@@ -17,10 +17,10 @@ from typing import Any
 import yaml
 
 from isoflop import api
-from isoflop.backends import SimulatedBackend, trial_processes
-from isoflop.forecast import Law
-from isoflop.runner import Display
-from isoflop.runner import Run as LocalRun
+from isoflop.local.backends import SimulatedBackend, trial_processes
+from isoflop.local.runner import Display
+from isoflop.local.runner import Run as LocalRun
+from isoflop.sweep.forecast import Law
 from tests.integration.test_run import isoflop, paper, write_tiny
 
 KILLED = "2e11-d01-stable"  # the longest segment: d01's stable run from 3e10's branch point on

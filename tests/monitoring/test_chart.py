@@ -17,9 +17,10 @@ import pydantic
 import pytest
 import yaml
 
-from isoflop import api, manifests
-from isoflop.plan import plan
-from isoflop.trials import train_config
+from isoflop import api
+from isoflop.cluster import manifests
+from isoflop.sweep.plan import plan
+from isoflop.sweep.trials import train_config
 from tests.monitoring.conftest import CHART, DASHBOARD, ROOT, RULES
 from tests.unit.test_crd import to_json_schema
 
@@ -237,7 +238,7 @@ def test_cluster_wide_rbac_by_default(helm: str) -> None:
     ]
     container = one(objs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
     assert "--all-namespaces" in container["args"]
-    assert "--module=isoflop.operator" in container["args"]
+    assert "--module=isoflop.cluster.handlers" in container["args"]
 
 
 def test_namespaced_rbac_is_limited_to_the_listed_namespaces(helm: str) -> None:
@@ -468,7 +469,7 @@ def test_the_webhook_is_registered_with_its_own_ca_and_served_by_the_operator(he
     from cryptography import x509
     from cryptography.hazmat.primitives.asymmetric import padding
 
-    from isoflop.admission import WEBHOOK_ID
+    from isoflop.cluster.admission import WEBHOOK_ID
 
     objs = render(helm, [])
     (config,) = by_kind(objs, "ValidatingWebhookConfiguration")

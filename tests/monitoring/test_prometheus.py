@@ -23,8 +23,8 @@ import pytest
 import yaml
 
 from isoflop import api
-from isoflop.plan import plan
-from isoflop.trials import train_config
+from isoflop.sweep.plan import plan
+from isoflop.sweep.trials import train_config
 from tests.monitoring.conftest import DASHBOARD, RULES, Prometheus, start_prometheus
 from tests.operator.conftest import k8s, operator_process, wait_for  # noqa: F401
 from tests.operator.emulator import SWEEPS_URL, finish, trial_records

@@ -75,7 +75,7 @@ async def operator_process(k8s: Any, log: Path) -> AsyncIterator[asyncio.subproc
     with open(log, "ab") as out:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "kopf", "run", "--standalone", "--all-namespaces",
-            "--module=isoflop.operator", stdout=out, stderr=asyncio.subprocess.STDOUT,
+            "--module=isoflop.cluster.handlers", stdout=out, stderr=asyncio.subprocess.STDOUT,
         )  # fmt: skip
     try:
         await wait_for(lambda: watches() > before or proc.returncode is not None, timeout=90)

@@ -14,7 +14,7 @@ from typing import Any
 import kmock
 import kopf
 
-import isoflop.operator
+import isoflop.cluster.handlers
 
 SWEEPS = "isoflop.dev/v1alpha1/scalingsweeps"
 SWEEPS_URL = "/apis/isoflop.dev/v1alpha1/namespaces/default/scalingsweeps"
@@ -45,7 +45,7 @@ def load_operator(name: str) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
     kopf.on.login(registry=registry)(kopf.login_with_kubeconfig)
     kopf.set_default_registry(registry)
-    spec = importlib.util.spec_from_file_location(name, isoflop.operator.__file__)
+    spec = importlib.util.spec_from_file_location(name, isoflop.cluster.handlers.__file__)
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)

@@ -11,9 +11,9 @@ import kubernetes_validate
 import pytest
 
 from isoflop import api
-from isoflop.manifests import cluster_config, data_check_job, job_name, trial_objects
-from isoflop.plan import plan
-from isoflop.trials import train_config
+from isoflop.cluster.manifests import cluster_config, data_check_job, job_name, trial_objects
+from isoflop.sweep.plan import plan
+from isoflop.sweep.trials import train_config
 from isoflop_trainer.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -16,8 +16,8 @@ import pytest
 from prometheus_client import REGISTRY
 
 from isoflop import api
-from isoflop.plan import plan
-from isoflop.strategy import graph
+from isoflop.sweep.plan import plan
+from isoflop.sweep.strategy import graph
 from tests.operator.conftest import operator_process, running_operator, wait_for
 from tests.operator.emulator import SWEEPS, ended_pod, finish, trial_records
 
@@ -591,7 +591,7 @@ def test_preempted_and_disrupted_pods_are_not_counted_as_failed_attempts() -> No
         V1PodStatus,
     )
 
-    from isoflop.operator import ignored_failures
+    from isoflop.cluster.handlers import ignored_failures
 
     def pod(phase: str, code: int | None = None, disrupted: bool = False) -> V1Pod:
         statuses = []

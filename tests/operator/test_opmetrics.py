@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from prometheus_client import REGISTRY
 
-from isoflop import api, opmetrics
-from isoflop.engine import TrialState
+from isoflop import api
+from isoflop.cluster import metrics
+from isoflop.sweep.engine import TrialState
 
 
 def sample(name: str, **labels: str) -> float | None:
@@ -31,7 +32,7 @@ def test_record_sets_phases_exponents_and_failing_trials_then_forget_clears() ->
             exponent_interval=api.Interval(low=0.5, high=0.6),
         )
     )
-    opmetrics.record(ns, sweep, {"running": 2, "succeeded": 5}, laws, {"a": 2, "b": 0})
+    metrics.record(ns, sweep, {"running": 2, "succeeded": 5}, laws, {"a": 2, "b": 0})
     assert sample("isoflop_operator_trials", namespace=ns, sweep=sweep, phase="running") == 2
     assert sample("isoflop_operator_trials", namespace=ns, sweep=sweep, phase="failed") == 0
     bounds = {
@@ -45,11 +46,11 @@ def test_record_sets_phases_exponents_and_failing_trials_then_forget_clears() ->
     errors = "isoflop_operator_reconcile_errors_total"
     assert sample(errors, namespace=ns, sweep=sweep) == 0  # present from the start
 
-    opmetrics.record(ns, sweep, {"succeeded": 7}, laws, {"a": 0})  # "a" recovered
+    metrics.record(ns, sweep, {"succeeded": 7}, laws, {"a": 0})  # "a" recovered
     assert sample(failed, namespace=ns, sweep=sweep, trial="a") is None
 
-    opmetrics.record(ns, sweep, {"running": 1}, laws, {"c": 1})
-    opmetrics.forget(ns, sweep)
+    metrics.record(ns, sweep, {"running": 1}, laws, {"c": 1})
+    metrics.forget(ns, sweep)
     for name, labels in [
         ("isoflop_operator_trials", {"phase": "succeeded"}),
         ("isoflop_operator_exponent", {"law": "params", "bound": "estimate"}),

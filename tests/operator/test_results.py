@@ -8,7 +8,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from isoflop import api
-from isoflop.operator import Clients, read_result, same
+from isoflop.cluster.handlers import Clients, read_result, same
 from tests.trainer.helpers import free_port
 
 

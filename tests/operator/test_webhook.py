@@ -10,7 +10,7 @@ from typing import Any
 import kopf
 import pytest
 
-from isoflop import operator, policy
+from isoflop.cluster import handlers, policy
 from tests.corpus import base_manifest
 
 ALICE = {"username": "alice", "uid": "u-1", "groups": ["team-a", "system:authenticated"]}
@@ -35,10 +35,10 @@ def call(
     auth: Authorization, spec: dict[str, Any], operation: str = "CREATE", old: Any = None
 ) -> None:
     memo = SimpleNamespace(
-        clients=operator.Clients(batch=None, core=None, authorization=auth),
+        clients=handlers.Clients(batch=None, core=None, authorization=auth),
         policy=policy.Policy(),
     )
-    operator.validate(
+    handlers.validate(
         name="quick",
         namespace="ml",
         spec=spec,

@@ -11,7 +11,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from isoflop import api
-from isoflop.plan import ladder
+from isoflop.sweep.plan import ladder
 from isoflop_trainer.config import DiTConfig
 from isoflop_trainer.model import DiT, sincos_2d
 from tests.unit.test_plan import EXAMPLES

@@ -5,7 +5,7 @@ asked."""
 from __future__ import annotations
 
 from isoflop import api
-from isoflop.admission import Access, needs, refusal, spec_changed
+from isoflop.cluster.admission import Access, needs, refusal, spec_changed
 from tests.corpus import base_manifest
 
 JOBS = Access("create", "batch", "jobs")

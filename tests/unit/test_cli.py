@@ -262,7 +262,7 @@ def test_a_full_disk_ends_a_run_in_one_sentence_and_leaves_no_temporary_file(
     run ends with one sentence (before: three chained tracebacks and .tmp files)."""
     import errno
 
-    from isoflop import runner
+    from isoflop.local import runner
     from isoflop_trainer import store
 
     writes = []

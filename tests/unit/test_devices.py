@@ -6,7 +6,7 @@ from fractions import Fraction
 
 import pytest
 
-from isoflop.devices import DeviceError, DevicePool, parse_gpus, visible_devices
+from isoflop.local.devices import DeviceError, DevicePool, parse_gpus, visible_devices
 
 
 def test_gpus_flag_parses_indices_and_refuses_nonsense_in_a_sentence() -> None:

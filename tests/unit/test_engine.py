@@ -9,10 +9,11 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from isoflop import api, engine
-from isoflop.engine import ACTIVE, TrialState, decide
-from isoflop.packing import Packing
-from isoflop.plan import Plan, plan
+from isoflop import api
+from isoflop.sweep import engine
+from isoflop.sweep.engine import ACTIVE, TrialState, decide
+from isoflop.sweep.packing import Packing
+from isoflop.sweep.plan import Plan, plan
 
 
 def spec(**kw: Any) -> api.ScalingSweepSpec:

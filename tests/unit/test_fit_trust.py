@@ -13,8 +13,8 @@ from isoflop.fit import Points, analyze, fit_parametric
 from isoflop.fit.noise import estimate_noise
 from isoflop.fit.parabola import DEFAULT_WINDOW
 from isoflop.fit.report import format_text, to_result
-from isoflop.forecast import Law, truth
-from isoflop.plan import plan
+from isoflop.sweep.forecast import Law, truth
+from isoflop.sweep.plan import plan
 from tests.unit.synthetic import A_TRUE, PAPER_BUDGETS, paper_rows, surface_rows
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -298,7 +298,7 @@ def test_forecast_from_a_pilots_results(tmp_path: Path, capsys: pytest.CaptureFi
 
 
 def test_the_forecast_verdict_says_what_the_grid_can_measure() -> None:
-    from isoflop.forecast import ExponentForecast, Forecast
+    from isoflop.sweep.forecast import ExponentForecast, Forecast
 
     def verdict(
         bias: float, coverage: float, identified: float = 1.0, target: float | None = None

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from isoflop import api
-from isoflop.engine import TrialState, decide
-from isoflop.packing import Packing, estimated_memory_gib, sweep_mfu
-from isoflop.plan import H100_BF16_PEAK_FLOPS, H100_MFU_CURVE, Trial, plan
+from isoflop.sweep.engine import TrialState, decide
+from isoflop.sweep.packing import Packing, estimated_memory_gib, sweep_mfu
+from isoflop.sweep.plan import H100_BF16_PEAK_FLOPS, H100_MFU_CURVE, Trial, plan
 
 ROOT = Path(__file__).resolve().parents[2]
 PAPER = api.load_sweep(ROOT / "examples" / "paper-in-context.yaml").spec
@@ -163,7 +163,7 @@ def test_plan_says_which_rungs_pack_and_what_the_sweep_would_cost() -> None:
 
 
 def test_the_automatic_micro_batch_fits_the_gpu_or_its_packed_share() -> None:
-    from isoflop.trials import auto_micro_batch
+    from isoflop.sweep.trials import auto_micro_batch
 
     single = PAPER.resources.model_copy(update={"gpus_per_node": 1})
     one = PAPER.model_copy(update={"resources": single})
@@ -197,7 +197,7 @@ def test_the_sweep_benchmark_weights_every_rung_by_equal_flops() -> None:
 
 
 def test_compile_mode_auto_gives_cuda_graphs_to_the_launch_bound_rungs_only() -> None:
-    from isoflop.trials import compile_mode, train_config
+    from isoflop.sweep.trials import compile_mode, train_config
 
     training = PAPER.training.model_copy(update={"compile_mode": "auto"})
     s = PAPER.model_copy(update={"training": training})

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from isoflop import api
-from isoflop.plan import (
+from isoflop.sweep.plan import (
     H100_MFU_CURVE,
     MfuCurve,
     budget_tag,
@@ -152,8 +152,8 @@ def test_quickstart_plans_every_budget_with_a_fine_ladder() -> None:
 def test_replicates_train_each_trial_under_more_seeds() -> None:
     from isoflop.fit import Points
     from isoflop.fit.noise import estimate_noise
-    from isoflop.forecast import Law, simulated_loss
-    from isoflop.trials import train_config
+    from isoflop.sweep.forecast import Law, simulated_loss
+    from isoflop.sweep.trials import train_config
 
     one = plan(spec(training={"seed": 7}))
     three = plan(spec(training={"seed": 7, "replicates": 3}))
@@ -186,7 +186,7 @@ def test_replicates_train_each_trial_under_more_seeds() -> None:
 
 
 def test_every_trial_gets_the_evaluation_and_its_rungs_learning_rate() -> None:
-    from isoflop.trials import train_config
+    from isoflop.sweep.trials import train_config
 
     evaluation = {
         "fid": {"samples": 500, "steps": 10, "guidance": 2.0, "features": "clip-vit-l-14",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from isoflop import api
-from isoflop.policy import Policy, check
+from isoflop.cluster.policy import Policy, check
 from tests.corpus import base_manifest
 
 

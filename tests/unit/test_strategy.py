@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 
 from isoflop import api
-from isoflop.forecast import (
+from isoflop.sweep.forecast import (
     Law,
     compare_strategies,
     format_strategies,
     simulate,
     simulate_strategy,
 )
-from isoflop.plan import Trial, plan
-from isoflop.strategy import (
+from isoflop.sweep.plan import Trial, plan
+from isoflop.sweep.strategy import (
     Adaptive,
     Node,
     Wsd,
@@ -31,7 +31,7 @@ from isoflop.strategy import (
     widen,
     wsd_flops,
 )
-from isoflop.trials import node_config, train_config
+from isoflop.sweep.trials import node_config, train_config
 from isoflop_trainer.config import DiTConfig, TrainConfig, decay_start
 
 PAPER = api.load_sweep("examples/paper-in-context.yaml").spec

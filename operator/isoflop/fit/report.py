@@ -9,7 +9,7 @@ from isoflop.fit.analysis import Analysis, Comparison, Prediction
 from isoflop.fit.noise import describe
 from isoflop.fit.powerlaw import PowerLaw
 from isoflop.fit.stats import Interval, Predicted
-from isoflop.plan import format_flops
+from isoflop.sweep.plan import format_flops
 
 
 def _interval(i: Interval | None) -> api.Interval | None:

@@ -6,9 +6,9 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from isoflop import api
-from isoflop.packing import Packing
-from isoflop.plan import H100_MFU_CURVE, Rung, Trial, ladder
-from isoflop.strategy import Node
+from isoflop.sweep.packing import Packing
+from isoflop.sweep.plan import H100_MFU_CURVE, Rung, Trial, ladder
+from isoflop.sweep.strategy import Node
 from isoflop_trainer.config import TrainConfig
 
 if TYPE_CHECKING:

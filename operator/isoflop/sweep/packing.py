@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from isoflop import api
-from isoflop.plan import H100_MFU_CURVE, MfuCurve, Trial
+from isoflop.sweep.plan import H100_MFU_CURVE, MfuCurve, Trial
 
 BYTES_PER_PARAM = 16.0  # fp32 weights + grads + AdamW m and v
 BYTES_PER_ACTIVATION = 38.0  # per batch x token x width x layer, bf16 with fused attention

@@ -3,7 +3,7 @@
 `run.lock` in the run directory is locked (flock) for as long as a run works there and names its
 holder (pid, host, since, command); a second run on the same directory is refused with a sentence
 naming the holder. A runner killed with SIGKILL holds nothing any more: the next run takes the lock
-and then deals with the trainers the dead one left (isoflop.backends.LocalBackend.recover).
+and then deals with the trainers the dead one left (isoflop.local.backends.LocalBackend.recover).
 """
 
 from __future__ import annotations

@@ -21,8 +21,8 @@ from isoflop import api
 from isoflop.fit import Analysis, Points, analyze
 from isoflop.fit.analysis import Method
 from isoflop.fit.parabola import DEFAULT_WINDOW, flops_per_param_token
-from isoflop.plan import Plan, Trial, plan
-from isoflop.strategy import (
+from isoflop.sweep.plan import Plan, Trial, plan
+from isoflop.sweep.strategy import (
     STRATEGIES,
     Adaptive,
     Strategy,

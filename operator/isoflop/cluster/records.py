@@ -17,7 +17,13 @@ from typing import Any
 from kubernetes.client.rest import ApiException
 
 from isoflop import api
-from isoflop.manifests import RECORDS, ROLE_LABEL, SWEEP_LABEL, records_configmap, records_name
+from isoflop.cluster.manifests import (
+    RECORDS,
+    ROLE_LABEL,
+    SWEEP_LABEL,
+    records_configmap,
+    records_name,
+)
 
 
 def read(core: Any, namespace: str, sweep: str) -> dict[str, api.TrialRecord]:

@@ -9,7 +9,7 @@ The run directory holds everything, and survives Ctrl-C, crashes and reboots:
                     and pid.json while its trainer runs (a stable segment's trial folder too)
     stable/<run>/   with WSD branches: the checkpoints of each rung's stable run, which its
                     segments continue and its branches start from
-    run.lock        held (flock) by the one run working here, naming it (isoflop.runlock)
+    run.lock        held (flock) by the one run working here, naming it (isoflop.local.runlock)
 
 Running the same command again resumes: finished trials are never trained again, interrupted ones
 continue from their checkpoints.
@@ -28,14 +28,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
-from isoflop import __version__, api, engine
-from isoflop.backends import Backend, Observation, SimulatedBackend, read_json
-from isoflop.engine import TrialState
-from isoflop.packing import Packing
-from isoflop.plan import Plan, format_flops, plan
-from isoflop.runlock import LockedError, RunLock
-from isoflop.strategy import graph
-from isoflop.trials import fit, node_config
+from isoflop import __version__, api
+from isoflop.local.backends import Backend, Observation, SimulatedBackend, read_json
+from isoflop.local.runlock import LockedError, RunLock
+from isoflop.sweep import engine
+from isoflop.sweep.engine import TrialState
+from isoflop.sweep.packing import Packing
+from isoflop.sweep.plan import Plan, format_flops, plan
+from isoflop.sweep.strategy import graph
+from isoflop.sweep.trials import fit, node_config
 from isoflop_trainer.store import atomic_write
 
 
@@ -345,7 +346,7 @@ class Run:
             plots = sorted((self.dir / "plots").glob("*.png"))
         if analysis is not None:
             from isoflop.fit import Points
-            from isoflop.plots import plot_all
+            from isoflop.fit.plots import plot_all
 
             rows = [
                 r

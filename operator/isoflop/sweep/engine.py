@@ -17,9 +17,9 @@ from fractions import Fraction
 from typing import Literal
 
 from isoflop import api
-from isoflop.packing import Packing
-from isoflop.plan import Plan, Trial
-from isoflop.strategy import Adaptive, Graph, Node, adapt, graph
+from isoflop.sweep.packing import Packing
+from isoflop.sweep.plan import Plan, Trial
+from isoflop.sweep.strategy import Adaptive, Graph, Node, adapt, graph
 
 TrialPhase = Literal["Pending", "Starting", "Running", "Succeeded", "Failed"]
 ACTIVE: tuple[TrialPhase, ...] = ("Starting", "Running")

@@ -296,7 +296,7 @@ def runnable_plan(spec: ScalingSweepSpec) -> Plan:
     if short is not None:  # it would run, and end with no law to show for its compute
         raise ManifestError(short)
     if spec.strategy.wsd_branches is not None:
-        from isoflop.strategy import graph  # the strategy builds on the plan
+        from isoflop.sweep.strategy import graph  # the strategy builds on the plan
 
         try:
             graph(spec, p.trials)

@@ -1,6 +1,6 @@
 """The ScalingSweep operator: kopf glue around the engine.
 
-    kopf run -m isoflop.operator --all-namespaces
+    kopf run -m isoflop.cluster.handlers --all-namespaces
 
 Environment:
   ISOFLOP_PEERING=NAME       several replicas (kopf peering): the one with the highest
@@ -9,7 +9,7 @@ Environment:
                              ISOFLOP_METRICS_ADDRESS, all interfaces unless set)
   ISOFLOP_PROMETHEUS_URL     Prometheus for sweeps that name no spec.metrics.prometheusUrl
   ISOFLOP_RECONCILE_SECONDS  seconds between reconciles of a sweep
-  ISOFLOP_WEBHOOK_PORT=9443  serve the validating admission webhook (isoflop.admission) over
+  ISOFLOP_WEBHOOK_PORT=9443  serve the validating admission webhook (isoflop.cluster.admission) over
                              HTTPS on ISOFLOP_WEBHOOK_ADDRESS (all interfaces unless set) with
                              ISOFLOP_WEBHOOK_CERT and ISOFLOP_WEBHOOK_KEY (PEM files, re-read
                              when they change); the chart registers it with the API server
@@ -41,10 +41,9 @@ from kubernetes.client.rest import ApiException
 from prometheus_client import start_http_server
 from pydantic import ValidationError
 
-from isoflop import admission, api, engine, opmetrics, policy, records
-from isoflop.datacheck import epochs
-from isoflop.engine import TrialState
-from isoflop.manifests import (
+from isoflop import api
+from isoflop.cluster import admission, metrics, policy, records
+from isoflop.cluster.manifests import (
     DATA_CHECK,
     PREEMPTED_EXIT_CODE,
     ROLE_LABEL,
@@ -58,10 +57,13 @@ from isoflop.manifests import (
     stable_root,
     trial_objects,
 )
-from isoflop.opmetrics import ERRORS, LATENCY, forget
-from isoflop.plan import Plan, runnable_plan
-from isoflop.strategy import graph
-from isoflop.trials import fit, node_config
+from isoflop.cluster.metrics import ERRORS, LATENCY, forget
+from isoflop.sweep import engine
+from isoflop.sweep.datacheck import epochs
+from isoflop.sweep.engine import TrialState
+from isoflop.sweep.plan import Plan, runnable_plan
+from isoflop.sweep.strategy import graph
+from isoflop.sweep.trials import fit, node_config
 from isoflop_trainer.store import is_shards
 
 IMMUTABLE = (("model", "family"), ("data",), ("flopsAccounting",))
@@ -560,7 +562,7 @@ def _reconcile(
     for key, value in new.items():
         if not same(status.get(key), value):  # patch only what changed: no churn when quiet
             patch.status[key] = value
-    opmetrics.record(
+    metrics.record(
         namespace,
         sweep.name,
         decision.counts,

@@ -26,7 +26,7 @@ import numpy as np
 
 from isoflop import api
 from isoflop.fit import Points, analyze
-from isoflop.plan import Trial, budget_tag
+from isoflop.sweep.plan import Trial, budget_tag
 from isoflop_trainer.config import decay_start
 
 MIN_FIT_BUDGETS = 2  # a power law of N* through budget optima needs two

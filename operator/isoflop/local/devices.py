@@ -4,7 +4,7 @@
 when set, else every GPU nvidia-smi lists), gives each trial `spec.resources.gpusPerNode` of them
 (one torchrun rank per GPU), and launches a trial only when its GPUs are free: at most
 min(parallelism, GPUs // per trial) trials at once. With `spec.resources.packing`, a small rung's
-trial takes 1/k of one GPU (isoflop.packing) and up to k share it. A trial sees only its own
+trial takes 1/k of one GPU (isoflop.sweep.packing) and up to k share it. A trial sees only its own
 devices (CUDA_VISIBLE_DEVICES), so its ranks' `cuda:LOCAL_RANK` are its GPUs. With no GPU, trials
 run on the CPU and parallelism alone limits them.
 """
@@ -47,7 +47,7 @@ def visible_devices(env: Mapping[str, str], detected: int) -> tuple[str, ...]:
 
 class DevicePool:
     """Hands out `per_trial` devices to each trial and takes them back when it ends. A packed
-    trial (isoflop.packing: a small rung's) takes a share 1/k of one GPU instead: up to k of
+    trial (isoflop.sweep.packing: a small rung's) takes a share 1/k of one GPU instead: up to k of
     them share it, filling a GPU before opening the next."""
 
     def __init__(self, devices: Sequence[str], per_trial: int) -> None:

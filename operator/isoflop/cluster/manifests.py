@@ -11,8 +11,8 @@ from typing import Any
 from kubernetes.utils import parse_quantity
 
 from isoflop import api
-from isoflop.packing import Packing
-from isoflop.plan import Trial, budget_tag
+from isoflop.sweep.packing import Packing
+from isoflop.sweep.plan import Trial, budget_tag
 from isoflop_trainer.component import MASTER_PORT, METRICS_PORT
 from isoflop_trainer.component import trial as component
 from isoflop_trainer.config import TrainConfig
@@ -98,7 +98,7 @@ def trial_objects(
     spec, res = sweep.spec, sweep.spec.resources
     name = job_name(sweep.name, trial.id)
     packing = Packing.of(spec)
-    packed = packing.per_gpu(trial) > 1  # one process on a share of one GPU (isoflop.packing)
+    packed = packing.per_gpu(trial) > 1  # one process on a share of one GPU (isoflop.sweep.packing)
     nodes = 1 if packed else res.nodes
     app = component(
         config.to_dict(),

@@ -2,9 +2,9 @@
 
     SimulatedBackend   each trial's loss drawn from a known law with noise; instant (--simulate)
     LocalBackend       each trial the trainer's torchx launch description run with torchrun, on
-                       GPUs of its own (isoflop.devices) or the CPU
+                       GPUs of its own (isoflop.local.devices) or the CPU
 
-A backend reports what it sees as Observations; the run (isoflop.runner) owns the state.
+A backend reports what it sees as Observations; the run (isoflop.local.runner) owns the state.
 
 A local trainer outlives a runner killed with SIGKILL: torchrun's agent runs in its own session and
 starts each rank in another. Every process of a trial carries its folder in its environment
@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from isoflop import api
-from isoflop.devices import DevicePool, visible_devices
-from isoflop.forecast import Law, simulated_loss
-from isoflop.plan import Trial
+from isoflop.local.devices import DevicePool, visible_devices
+from isoflop.sweep.forecast import Law, simulated_loss
+from isoflop.sweep.plan import Trial
 from isoflop_trainer.config import TrainConfig
 from isoflop_trainer.store import atomic_write
 
@@ -119,7 +119,7 @@ class SimulatedBackend:
 
 class LocalBackend:
     """Trials as local processes: the trainer's torchx launch description run with torchrun, each
-    on GPUs of its own from the pool (isoflop.devices), or on the CPU."""
+    on GPUs of its own from the pool (isoflop.local.devices), or on the CPU."""
 
     def __init__(self, parallelism: int, pool: DevicePool) -> None:
         self.procs: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}

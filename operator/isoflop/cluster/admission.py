@@ -2,8 +2,8 @@
 
 The operator creates a sweep's Jobs with its own rights. Without this check, anyone who may create
 a ScalingSweep could run pods as any ServiceAccount of the namespace and hand them any Secret. The
-validating webhook (`isoflop.operator`, registered by the chart) asks the API server, with one
-SubjectAccessReview per question, whether the requesting user may:
+validating webhook (`isoflop.cluster.handlers`, registered by the chart) asks the API server, with
+one SubjectAccessReview per question, whether the requesting user may:
 
 - create Jobs (`create` on `jobs.batch`) in the sweep's namespace: every sweep;
 - use its ServiceAccount (`use` or `impersonate` on that `serviceaccounts` name): when the spec

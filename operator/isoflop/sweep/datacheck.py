@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from isoflop import api
-from isoflop.plan import Plan
+from isoflop.sweep.plan import Plan
 from isoflop_trainer.store import ShardIndex, check_shards, is_shards
 
 
