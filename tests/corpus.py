@@ -19,7 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from isoflop import api, crd
+from isoflop import api
+from isoflop.api import crd
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ROOT / "examples" / "quickstart.yaml"

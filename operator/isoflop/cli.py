@@ -13,7 +13,8 @@ from typing import Any
 
 from threadpoolctl import threadpool_limits
 
-from isoflop import __version__, api, crd
+from isoflop import __version__, api
+from isoflop.api import crd
 from isoflop.sweep.plan import (
     DEFAULT_MFU,
     H100_BF16_PEAK_FLOPS,

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from isoflop import api
 
@@ -176,7 +177,7 @@ def test_load_errors_are_one_sentence(tmp_path: Path) -> None:
     with pytest.raises(api.ManifestError, match=r"is not valid YAML at line 2$"):
         api.load_sweep(bad)
     two = tmp_path / "two.yaml"
-    two.write_text(api.yaml.safe_dump(MINIMAL) + "---\n" + api.yaml.safe_dump(MINIMAL))
+    two.write_text(yaml.safe_dump(MINIMAL) + "---\n" + yaml.safe_dump(MINIMAL))
     with pytest.raises(api.ManifestError, match="must hold exactly one ScalingSweep, found 2"):
         api.load_sweep(two)
 

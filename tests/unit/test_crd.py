@@ -11,7 +11,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from isoflop import api, crd
+from isoflop import api
+from isoflop.api import crd
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))

@@ -17,7 +17,7 @@ PURE_MODULES = [
     "isoflop.sweep.forecast",
     "isoflop.api",
     "isoflop.sweep.plan",
-    "isoflop.crd",
+    "isoflop.api.crd",
     "isoflop.cli",
     "isoflop_trainer.config",
 ]

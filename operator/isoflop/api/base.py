@@ -1,0 +1,101 @@
+"""What every part of the API shares: names, patterns, the error a user can cause, and the
+base models (camelCase on the wire, strict where a user writes)."""
+
+from __future__ import annotations
+
+import types
+import typing
+from collections.abc import Mapping
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    JsonValue,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+GROUP = "isoflop.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "ScalingSweep"
+PLURAL = "scalingsweeps"
+SINGULAR = "scalingsweep"
+SHORT_NAMES = ["sweep", "sweeps"]  # kubectl get sweep(s): it never pluralizes a short name
+
+# Kubernetes quantity ("8", "500m", "64Gi") and DNS-1123 label patterns.
+QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
+DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+NAME_MAX_LENGTH = 40  # a sweep's name, with a trial's ID, must fit a Job name and a label value
+NAME_RULE = (
+    f"must be a DNS label (lower-case letters, digits and '-', starting and ending with a letter "
+    f"or digit) of at most {NAME_MAX_LENGTH} characters"
+)
+DATA_URI_PATTERN = r"^(procedural|s3|file)://.*$"
+
+# A CEL transition rule: the API server refuses changes to fields that define the sweep.
+Immutable: dict[str, JsonValue] = {
+    "x-kubernetes-validations": [{"rule": "self == oldSelf", "message": "is immutable"}]
+}
+
+
+class ManifestError(ValueError):
+    """A manifest the user wrote is invalid; the message is one sentence naming the field."""
+
+
+class Model(BaseModel):
+    """Base: camelCase on the wire, snake_case in Python, unknown fields rejected."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+    def to_wire(self) -> dict[str, Any]:
+        """JSON-ready dict with camelCase keys, unset optionals left out."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+class SpecModel(Model):
+    """What a user writes: validated as strictly as the API server validates it (no "4" for 4,
+    no "true" for true, no snake_case keys: parse_sweep reads aliases only)."""
+
+    model_config = ConfigDict(strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _whole_numbers(cls, data: Any) -> Any:
+        # JSON has one number type: the API server takes 4.0 for an integer, and so do we
+        if not isinstance(data, Mapping):
+            return data
+        out = dict(data)
+        for name, field in cls.model_fields.items():
+            key = field.alias or name
+            if key in out and _integer_kind(field.annotation) == "int":
+                out[key] = _whole(out[key])
+            elif (
+                key in out
+                and _integer_kind(field.annotation) == "list"
+                and isinstance(out[key], list)
+            ):
+                out[key] = [_whole(v) for v in out[key]]
+        return out
+
+
+def _whole(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _integer_kind(annotation: Any) -> str | None:
+    """'int' for int and int | None, 'list' for a list of ints, else None."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if annotation is int:
+        return "int"
+    if origin is Annotated:
+        return _integer_kind(args[0])
+    if origin in (typing.Union, types.UnionType):
+        return "int" if int in args else None
+    if origin is list and args:
+        return "list" if _integer_kind(args[0]) == "int" else None
+    return None

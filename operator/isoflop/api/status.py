@@ -1,0 +1,272 @@
+"""The status of a ScalingSweep: what the operator and `isoflop run` write back."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import (
+    Field,
+)
+
+from isoflop.api.base import Model
+from isoflop_trainer.config import FlopsAccounting
+
+Phase = Literal["Pending", "Running", "Fitting", "Succeeded", "Failed"]
+TrialPhase = Literal[
+    "Pending", "Running", "Succeeded", "Failed", "Cancelled", "Infeasible", "Skipped"
+]
+ResultSource = Literal["prometheus", "termination-message", "results-file", "simulated"]
+
+
+class Condition(Model):
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str = ""
+    message: str = ""
+    last_transition_time: str = ""
+
+
+class TrialRecord(Model):
+    """A compact per-trial record (hundreds of trials must fit far under etcd's object limit)."""
+
+    id: str
+    phase: TrialPhase
+    params: int
+    tokens: int
+    attempts: int = 0
+    loss: float | None = None
+    source: ResultSource | None = None
+    metrics: dict[str, float] | None = Field(
+        default=None, description="fid, bpd, loss_se: what the trial measured beside its loss."
+    )
+    error: str | None = Field(default=None, description="Why a failed trial failed, in short.")
+    kind: Literal["stable", "branch"] | None = Field(
+        default=None,
+        description="branch: a trial trained as a WSD cooldown from a stable run's checkpoint; "
+        "stable: a segment of a rung's constant-rate run (not a point of the fit); unset: a "
+        "trial trained from scratch.",
+    )
+    branched_from: str | None = Field(
+        default=None, description="The stable segment whose last checkpoint it starts from."
+    )
+    branch_step: int | None = None
+
+
+class BudgetSummary(Model):
+    """One budget's trials at a glance: the status stays small at any sweep size (the per-trial
+    records live in the ConfigMap named by `records` on a cluster, in status.json locally)."""
+
+    budget: float
+    trials: int = Field(description="Planned trials (infeasible ones not counted).")
+    succeeded: int = 0
+    failed: int = 0
+    running: int = 0
+    pending: int = 0
+    infeasible: int = 0
+    skipped: int = 0
+    best_trial: str | None = Field(default=None, description="The trial of lowest loss so far.")
+    best_loss: float | None = None
+    records: str | None = Field(
+        default=None, description="The ConfigMap with this budget's per-trial records."
+    )
+
+
+class TrialCounts(Model):
+    total: int = 0
+    pending: int = 0
+    running: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    infeasible: int = 0
+    skipped: int = Field(default=0, description="Trials the adaptive ladder left out.")
+
+
+class Interval(Model):
+    low: float
+    high: float
+
+
+class BudgetFit(Model):
+    """The isoFLOP parabola of one budget: loss = a*x^2 + b*x + c with x = log10(N)."""
+
+    budget: float
+    points: int
+    a: float
+    b: float
+    c: float
+    params_opt: float | None = None  # None when the loss does not curve upward
+    tokens_opt: float | None = None
+    loss_opt: float | None = None
+    bracketed: bool
+    advice: str | None = None
+    params_opt_interval: Interval | None = None
+    loss_opt_interval: Interval | None = None
+    bracketed_fraction: float | None = Field(
+        default=None, description="Share of resamples whose minimum stays inside the ladder."
+    )
+
+
+class PowerLaw(Model):
+    """y = coefficient * x^exponent, x the budget C (or the loss, for metric-vs-loss laws)."""
+
+    coefficient: float
+    exponent: float
+    points: int
+    coefficient_interval: Interval | None = None
+    exponent_interval: Interval | None = None
+
+
+class SaturatingLaw(Model):
+    """y = irreducible + coefficient * C^-decay."""
+
+    irreducible: float
+    coefficient: float
+    decay: float
+    irreducible_interval: Interval | None = None
+    decay_interval: Interval | None = None
+
+
+class Laws(Model):
+    params: PowerLaw | None = None
+    tokens: PowerLaw | None = None
+    loss: PowerLaw | None = None
+    loss_saturating: SaturatingLaw | None = None
+    metrics: dict[str, PowerLaw] = Field(default_factory=dict, description="Metric at N* vs C.")
+    metrics_vs_loss: dict[str, PowerLaw] = Field(default_factory=dict)
+
+
+class ParametricLaw(Model):
+    """Chinchilla Approach 3: L(N, D) = E + A / N^alpha + B / D^beta."""
+
+    E: float = Field(alias="E")
+    A: float = Field(alias="A")
+    B: float = Field(alias="B")
+    alpha: float
+    beta: float
+    params_exponent: float
+    tokens_exponent: float
+    params_exponent_interval: Interval | None = None
+    tokens_exponent_interval: Interval | None = None
+    intervals: dict[str, Interval] = Field(
+        default_factory=dict, description="E, A, B, alpha, beta where identified."
+    )
+    at_bound: list[str] = Field(
+        default_factory=list, description="Parameters on an optimizer bound: not identified."
+    )
+
+
+class Estimate(Model):
+    """A prediction: the confidence interval says where the law lies, the prediction interval
+    where a new measurement would fall."""
+
+    value: float
+    confidence: Interval | None = None
+    prediction: Interval | None = None
+
+
+class Prediction(Model):
+    budget: float
+    params: Estimate | None = None
+    tokens: Estimate | None = None
+    loss: Estimate | None = None
+    metrics: dict[str, Estimate] = Field(default_factory=dict)
+    parametric_params: float | None = None
+    parametric_loss: float | None = None
+
+
+class HoldOutCheck(Model):
+    """The largest (or chosen) budget left out of the fit, predicted, and compared."""
+
+    budget: float
+    params_error: float
+    loss_error: float
+    within_prediction_interval: bool | None = None  # None: no interval to compare with
+    params_within: bool | None = None  # N* alone
+    loss_within: bool | None = None  # L* alone (a loss with a floor bends away from a power law)
+
+
+class NoiseEstimate(Model):
+    """How much one trial's loss scatters: the noise model behind every interval."""
+
+    relative: float | None = None  # sd of log loss; None: not identified
+    dof: float | None = None  # None: known exactly (given or measured)
+    source: Literal["given", "measured", "replicates", "residuals", "none"] = "none"
+
+
+class FitResult(Model):
+    """Everything fitted from a sweep's results: the same on the resource and in `isoflop fit`."""
+
+    noise: NoiseEstimate | None = None
+    not_identified: list[str] = Field(
+        default_factory=list, description="Quantities whose interval the design cannot give."
+    )
+    methods_agree: bool | None = Field(
+        default=None, description="Parabola and parametric N* exponent intervals overlap."
+    )
+    budget_fits: list[BudgetFit] = Field(default_factory=list)
+    laws: Laws = Field(default_factory=Laws)
+    parametric: ParametricLaw | None = None
+    predictions: list[Prediction] = Field(default_factory=list)
+    hold_out: HoldOutCheck | None = None
+    warnings: list[str] = Field(default_factory=list)
+
+
+class DataStatus(Model):
+    """What the check before launch found of the sweep's data (shards only)."""
+
+    ready: bool | None = Field(
+        default=None,
+        description="true: checked and fits; false: missing or mismatched; null: being checked.",
+    )
+    samples: int | None = Field(default=None, description="Training samples in the index.")
+    validation_samples: int | None = None
+    epochs: list[float] | None = Field(
+        default=None, description="[least, most] passes a planned trial makes over the data."
+    )
+    message: str = ""
+
+
+class StrategyStatus(Model):
+    """What the sweep's strategy trains, against the full grid trained from scratch."""
+
+    full_grid_flops: float = Field(description="Every planned trial from scratch.")
+    planned_flops: float = Field(
+        description="What the strategy trains: stable runs charged once, branches their "
+        "cooldowns, trials the adaptive ladder left out not at all (undecided ones counted)."
+    )
+    compute_fraction: float = Field(description="plannedFlops / fullGridFlops.")
+    spent_flops: float = Field(description="Trained so far (succeeded runs).")
+    branches: int = 0
+    stable_segments: int = 0
+    skipped: int = 0
+
+
+class ScalingSweepStatus(Model):
+    """The status both the operator and the local runner write."""
+
+    phase: Phase = "Pending"
+    observed_generation: int | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    flops_accounting: FlopsAccounting | None = None
+    progress: str = Field(default="0/0", description="Trials done / total, for kubectl get.")
+    counts: TrialCounts = Field(default_factory=TrialCounts)
+    budgets: list[BudgetSummary] = Field(default_factory=list)
+    trials: list[TrialRecord] = Field(
+        default_factory=list,
+        description="Per-trial records: in status.json of a local run. The operator keeps them "
+        "in one ConfigMap per budget (budgets[].records) and leaves this empty.",
+    )
+    fitted_budgets: list[float] = Field(
+        default_factory=list, description="Budgets of the last fit."
+    )
+    fit: FitResult | None = None
+    strategy: StrategyStatus | None = Field(
+        default=None, description="Set when spec.strategy asks for adaptive ladders or branches."
+    )
+    data: DataStatus | None = None
+    admitted: dict[str, str] | None = Field(
+        default=None,
+        description="A digest of each field that defines the sweep (model.family, data, "
+        "flopsAccounting) as first admitted: a spec that differs in one is refused, and nothing "
+        "is done for it until the field is restored.",
+    )
