@@ -15,6 +15,7 @@ from threadpoolctl import threadpool_limits
 
 from isoflop import __version__, api
 from isoflop.api import crd
+from isoflop.sweep.check import runnable_plan
 from isoflop.sweep.plan import (
     DEFAULT_MFU,
     H100_BF16_PEAK_FLOPS,
@@ -23,7 +24,6 @@ from isoflop.sweep.plan import (
     Plan,
     format_flops,
     plan,
-    runnable_plan,
 )
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from isoflop import api
-from isoflop.sweep.plan import runnable_plan
+from isoflop.sweep.check import runnable_plan
 from tests.corpus import base_manifest, write_corpus
 from tests.e2e.cluster import Cluster, Operator
 

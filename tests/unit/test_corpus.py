@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from isoflop import api, cli
-from isoflop.sweep.plan import runnable_plan
+from isoflop.sweep.check import runnable_plan
 from tests.corpus import base_manifest, invalid_manifests, write_corpus
 
 

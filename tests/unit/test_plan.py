@@ -9,12 +9,12 @@ from typing import Any
 import pytest
 
 from isoflop import api
+from isoflop.sweep.check import law_problems
 from isoflop.sweep.plan import (
     H100_MFU_CURVE,
     MfuCurve,
     budget_tag,
     ladder,
-    law_problems,
     plan,
     trial_id,
 )

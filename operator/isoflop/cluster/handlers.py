@@ -59,9 +59,10 @@ from isoflop.cluster.manifests import (
 )
 from isoflop.cluster.metrics import ERRORS, LATENCY, forget
 from isoflop.sweep import engine
+from isoflop.sweep.check import runnable_plan
 from isoflop.sweep.datacheck import epochs
 from isoflop.sweep.engine import TrialState
-from isoflop.sweep.plan import Plan, runnable_plan
+from isoflop.sweep.plan import Plan
 from isoflop.sweep.strategy import graph
 from isoflop.sweep.trials import fit, node_config
 from isoflop_trainer.store import is_shards
