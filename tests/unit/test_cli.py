@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from isoflop import api, cli
+from isoflop.cli.fit import table_labels
 from isoflop_trainer import cli as train_cli
 from tests.unit.synthetic import paper_rows
 
@@ -222,15 +223,15 @@ def test_compared_tables_are_named_by_their_sweeps(tmp_path: Path) -> None:
         return tmp_path / folder / "trials.csv"
 
     a, b = run_dir("run-1", "dit-in-context"), run_dir("run-2", "dit-cross-attention")
-    assert cli.table_labels(a, b) == ("dit-in-context", "dit-cross-attention")
+    assert table_labels(a, b) == ("dit-in-context", "dit-cross-attention")
     c, d = run_dir("monday", "same"), run_dir("tuesday", "same")  # one sweep run twice
-    assert cli.table_labels(c, d) == ("monday", "tuesday")
+    assert table_labels(c, d) == ("monday", "tuesday")
     e, f = run_dir("x", None), tmp_path / "other.csv"  # no run directory: the file names
-    assert cli.table_labels(e, f) == ("trials", "other")
+    assert table_labels(e, f) == ("trials", "other")
     (tmp_path / "y").mkdir()
     g, h = tmp_path / "x" / "t.csv", tmp_path / "y" / "x" / "t.csv"
     (tmp_path / "y" / "x").mkdir()
-    assert cli.table_labels(g, h) == (str(g), str(h))
+    assert table_labels(g, h) == (str(g), str(h))
 
 
 @pytest.mark.parametrize(

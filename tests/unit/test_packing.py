@@ -145,7 +145,7 @@ def test_the_sweep_estimate_says_what_packing_buys() -> None:
 
 
 def test_plan_says_which_rungs_pack_and_what_the_sweep_would_cost() -> None:
-    from isoflop.cli import packing_text
+    from isoflop.cli.plan import packing_text
 
     single = PAPER.resources.model_copy(update={"gpus_per_node": 1})
     s = packed(PAPER.model_copy(update={"resources": single}))

@@ -1,0 +1,88 @@
+"""`isoflop forecast FILE`: how well would this sweep pin down the exponents, before spending?"""
+
+from __future__ import annotations
+
+import argparse
+
+from threadpoolctl import threadpool_limits
+
+from isoflop import api
+from isoflop.cli.common import LAW_HELP, HelpFormatter, Subparsers, UsageError
+
+
+def register(sub: Subparsers) -> None:
+    p = sub.add_parser(
+        "forecast",
+        formatter_class=HelpFormatter,
+        help="how well would this sweep pin down the exponents?",
+    )
+    p.add_argument("file")
+    p.add_argument("--runs", type=int, default=40, help="simulated sweeps")
+    p.add_argument("--law", help=LAW_HELP + "[,gamma] (default: reproduces the paper's laws)")
+    p.add_argument(
+        "--noise", type=float, help="relative noise of one loss (default: 0.005, or the pilot's)"
+    )
+    p.add_argument(
+        "--from",
+        dest="results_from",
+        metavar="TABLE",
+        help="a pilot's results (e.g. runs/NAME/trials.csv): simulate its fitted surface and noise",
+    )
+    p.add_argument("--bootstrap", type=int, default=200, help="resamples per simulated fit")
+    p.add_argument("--method", choices=["parabola", "parametric"], default="parabola")
+    p.add_argument("--window", type=float, help="local-fit loss rise (0: whole ladder)")
+    p.add_argument("--target", type=float, help="the N* exponent precision (+-) you need")
+    p.add_argument("--no-variants", action="store_true", help="skip the grid changes")
+    p.add_argument(
+        "--strategies",
+        action="store_true",
+        help="also compare the full grid with WSD branches and adaptive ladders on the same law",
+    )
+    p.set_defaults(func=command)
+
+
+def command(args: argparse.Namespace) -> int:
+    from isoflop.sweep.forecast import Law, forecast, format_forecast, law_from_results
+
+    sweep = api.load_sweep(args.file)
+    law = Law.parse(args.law) if args.law else Law()
+    noise = args.noise
+    if args.law and args.results_from:
+        raise UsageError("give --law or --from, not both")
+    if args.results_from:
+        from isoflop.fit import read_table
+
+        law, measured = law_from_results(read_table(args.results_from))
+        if noise is None:
+            if measured is None:
+                raise UsageError(
+                    f"{args.results_from} does not measure the noise (3 model sizes per budget, "
+                    "no replicates): give --noise"
+                )
+            noise = measured
+        print(f"Law fitted to {args.results_from}: {law.text()}; noise {noise:.2%}")
+    window = sweep.spec.fit.window if args.window is None else (args.window or None)
+    with threadpool_limits(limits=1):
+        result = forecast(
+            sweep.spec,
+            law,
+            noise=0.005 if noise is None else noise,
+            runs=args.runs,
+            bootstrap=args.bootstrap,
+            method=args.method,
+            window=window,
+            target=args.target,
+            variants=not args.no_variants,
+        )
+    print(format_forecast(result))
+    if args.strategies:
+        from isoflop.sweep.forecast import compare_strategies, format_strategies
+
+        noise = 0.005 if noise is None else noise
+        with threadpool_limits(limits=1):
+            rows = compare_strategies(
+                sweep.spec, law, noise, args.runs, args.bootstrap, window=window
+            )
+        print()
+        print(format_strategies(rows, args.runs, noise))
+    return 0

@@ -1,0 +1,197 @@
+"""`isoflop plan FILE`: the isoFLOP grid, exact FLOPs, GPU-hours, and what strategy and packing
+change."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from isoflop import api
+from isoflop.cli.common import HelpFormatter, Subparsers, UsageError, si, table
+from isoflop.sweep.plan import (
+    DEFAULT_MFU,
+    H100_BF16_PEAK_FLOPS,
+    H100_MFU_CURVE,
+    MfuCurve,
+    Plan,
+    format_flops,
+    plan,
+)
+
+
+def register(sub: Subparsers) -> None:
+    p = sub.add_parser(
+        "plan",
+        formatter_class=HelpFormatter,
+        help="print the isoFLOP grid of a ScalingSweep manifest",
+    )
+    p.add_argument("file")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument(
+        "--mfu",
+        type=float,
+        help="one MFU for every model size in the GPU-hour estimate (default: the trainer's "
+        "measured H100 curve, 4.7%% at 5M parameters to 42%% at 800M)",
+    )
+    p.add_argument(
+        "--mfu-curve",
+        metavar="FILE",
+        help="MFU by model size from JSON lines with params and mfu (benchmarks/"
+        "bench_trainer.py output on your GPUs)",
+    )
+    p.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=H100_BF16_PEAK_FLOPS / 1e12,
+        help="GPU peak TFLOP/s for the estimate (default: H100 bf16 dense)",
+    )
+    p.set_defaults(func=command)
+
+
+def command(args: argparse.Namespace) -> int:
+    mfu = mfu_curve(args)
+    if args.peak_tflops <= 0:
+        raise UsageError(f"--peak-tflops must be positive, got {args.peak_tflops}")
+    sweep = api.load_sweep(args.file)
+    p = plan(sweep.spec)
+    peak = args.peak_tflops * 1e12
+    if args.json:
+        print(json.dumps(p.to_json(mfu, peak), indent=2))
+    else:
+        print(f"ScalingSweep '{sweep.name}' ({sweep.spec.model.family})")
+        print(format_plan(p, mfu, peak))
+        if (line := strategy_text(sweep.spec, p)) is not None:
+            print(line)
+        if (line := packing_text(sweep.spec, p, mfu, peak)) is not None:
+            print(line)
+    return 0
+
+
+def format_plan(p: Plan, mfu: MfuCurve, peak: float) -> str:
+    headers = [
+        "budget",
+        "trial",
+        "depth",
+        "width",
+        "params",
+        "tok/sample",
+        "steps",
+        "samples",
+        "tokens",
+        "FLOPs exact",
+        "6ND",
+        "rounding",
+        "MFU",
+        "GPU-h",
+    ]
+    rows = [
+        [
+            format_flops(t.budget),
+            t.id,
+            str(t.depth),
+            str(t.width),
+            si(t.params),
+            str(t.tokens_per_sample),
+            str(t.steps),
+            si(t.samples),
+            si(t.tokens),
+            f"{t.flops_exact:.4e}",
+            f"{t.flops_6nd:.4e}",
+            f"{t.rounding:+.2%}",
+            f"{mfu.at(t.params):.1%}",
+            f"{t.gpu_hours(mfu, peak):.3g}",
+        ]
+        for t in p.trials
+    ]
+    out = [table(headers, rows)]
+    if p.infeasible:
+        out.append(f"\ninfeasible ({len(p.infeasible)}):")
+        out += [f"  {i.id} ({si(i.params)} params): {i.reason}" for i in p.infeasible]
+    exact = sum(t.flops_exact for t in p.trials)
+    six_nd = sum(t.flops_6nd for t in p.trials)
+    hours = sum(t.gpu_hours(mfu, peak) for t in p.trials)
+    flat = sum(t.gpu_hours(DEFAULT_MFU, peak) for t in p.trials)
+    budgets = len({t.budget for t in p.trials})
+    out.append(
+        f"\n{len(p.trials)} trials over {budgets} budgets (budgets counted as {p.accounting}); "
+        f"{exact:.3e} FLOPs in all counted exactly ({six_nd:.3e} as 6ND). About {hours:.3g} "
+        f"GPU-hours on a {peak / 1e12:.0f} TFLOP/s GPU, at {mfu.source}"
+        + (f" ({flat:.3g} at a flat {DEFAULT_MFU:.0%})." if len(mfu.points) > 1 else ".")
+    )
+    return "\n".join(out)
+
+
+def mfu_curve(args: argparse.Namespace) -> MfuCurve:
+    """--mfu (one figure for every size), --mfu-curve FILE, or the trainer's H100 figures."""
+    if args.mfu is not None and args.mfu_curve is not None:
+        raise UsageError("give --mfu or --mfu-curve, not both")
+    if args.mfu is not None:
+        if not 0 < args.mfu <= 1:
+            raise UsageError(f"--mfu must lie in (0, 1], got {args.mfu}")
+        return MfuCurve.flat(args.mfu)
+    if args.mfu_curve is not None:
+        try:
+            text = Path(args.mfu_curve).read_text()
+        except OSError as err:
+            raise UsageError(f"cannot read {args.mfu_curve}: {err.strerror or err}") from None
+        try:
+            return MfuCurve.from_jsonl(text, args.mfu_curve)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+    return H100_MFU_CURVE
+
+
+def packing_text(spec: api.ScalingSweepSpec, p: Plan, mfu: MfuCurve, peak: float) -> str | None:
+    """What spec.resources.packing does to the plan: trials per GPU by rung, the GPU-hours."""
+    from dataclasses import replace
+
+    from isoflop.sweep.packing import Packing, sweep_mfu
+
+    packing = replace(Packing.of(spec), curve=mfu)
+    if packing.max_per_gpu <= 1:
+        return None
+    per_rung: dict[str, int] = {}
+    for t in p.trials:
+        per_rung[t.rung] = packing.per_gpu(t)
+    packed = {r: k for r, k in per_rung.items() if k > 1}
+    if not packed:
+        return "\npacking: no rung is small enough to share a GPU."
+    est = sweep_mfu(list(p.trials), packing, peak)
+    shown = ", ".join(f"{r} x{k}" for r, k in packed.items())
+    return (
+        f"\npacking: {len(packed)} of {len(per_rung)} rungs share GPUs ({shown}): about "
+        f"{est['gpu_hours_packed']:.3g} GPU-hours in place of {est['gpu_hours_alone']:.3g}, "
+        f"sweep MFU {est['mfu_alone']:.1%} -> {est['mfu_packed']:.1%} (an estimate: packed "
+        "trials assumed to keep their speed alone)."
+    )
+
+
+def strategy_text(spec: api.ScalingSweepSpec, p: Plan) -> str | None:
+    """What spec.strategy trains in place of the grid above, in a sentence or two."""
+    from isoflop.sweep.strategy import graph
+
+    wsd, adaptive = spec.strategy.wsd_branches, spec.strategy.adaptive
+    if wsd is None and adaptive is None:
+        return None
+    try:
+        g = graph(spec, p.trials)
+    except ValueError as err:
+        raise UsageError(f"spec.strategy.wsdBranches: {err}") from None
+    parts = []
+    if wsd is not None:
+        segments = sum(n.kind == "stable" for n in g.nodes)
+        own = sum(n.own_flops for n in g.nodes)
+        parts.append(
+            f"WSD branches: each trial trained as a {wsd.cooldown:g} cooldown ({wsd.decay_shape}) "
+            f"from its rung's stable run, {segments} stable-run segments in all: {own:.3e} FLOPs, "
+            f"{own / g.full_grid_flops:.3f} of the grid above"
+        )
+    if adaptive is not None:
+        parts.append(
+            f"adaptive ladder: the {adaptive.seed_budgets} smallest budgets train every rung, each "
+            f"later one {adaptive.rungs} rungs {adaptive.stride} ladder steps apart around the N* "
+            "fitted so far (widened until its "
+            "minimum is bracketed): what it saves is known as it runs"
+        )
+    return "\nstrategy: " + "; ".join(parts) + "."

@@ -1,0 +1,100 @@
+"""`isoflop run FILE`: a sweep on this machine (CPU or local GPUs), resumable after any stop."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from isoflop import api
+from isoflop.cli.common import LAW_HELP, HelpFormatter, Subparsers, UsageError
+from isoflop.sweep.check import runnable_plan
+
+
+def register(sub: Subparsers) -> None:
+    p = sub.add_parser(
+        "run",
+        formatter_class=HelpFormatter,
+        help="run a sweep on this machine (CPU or local GPUs), resumably",
+    )
+    p.add_argument("file")
+    p.add_argument("--run-dir", help="where state, logs and results go (default: runs/NAME)")
+    p.add_argument("--simulate", action="store_true", help="draw losses from a known law instead")
+    p.add_argument("--law", help=LAW_HELP)
+    p.add_argument("--noise", type=float, default=0.005, help="simulated multiplicative noise")
+    p.add_argument("--parallelism", type=int, help="trials at once (default: the spec's)")
+    p.add_argument(
+        "--gpus",
+        help="GPUs to use, e.g. 0,1,2,3, or none (default: CUDA_VISIBLE_DEVICES, else all); each "
+        "trial gets spec.resources.gpusPerNode of them, never shared",
+    )
+    p.add_argument("--plain", action="store_true", help="one line per event, no live display")
+    p.set_defaults(func=command)
+
+
+def command(args: argparse.Namespace) -> int:
+    from isoflop.local.backends import make_backend
+    from isoflop.local.devices import DeviceError, parse_gpus
+    from isoflop.local.runner import Display, Run, RunError
+    from isoflop.sweep.forecast import Law
+
+    sweep = api.load_sweep(args.file)
+    if args.parallelism is not None:
+        if args.parallelism < 1:
+            raise UsageError(f"--parallelism must be at least 1, got {args.parallelism}")
+        spec = sweep.spec.model_copy(update={"parallelism": args.parallelism})
+        sweep = sweep.model_copy(update={"spec": spec})
+    law = Law.parse(args.law) if args.law else Law()
+    planned = runnable_plan(sweep.spec)
+    if not args.simulate:  # a real run: its data must be there before any trial starts
+        from isoflop.sweep.datacheck import check_data
+
+        report = check_data(sweep.spec, planned)
+        if report.train is not None:
+            print(f"isoflop: {report.text()}", flush=True)
+    directory = Path(args.run_dir or Path("runs") / sweep.name)
+    try:
+        gpus = None if args.gpus is None else parse_gpus(args.gpus)
+        backend = make_backend(
+            "simulated" if args.simulate else "local", sweep.spec, law, args.noise, gpus
+        )
+    except DeviceError as err:
+        raise UsageError(str(err)) from None
+    try:
+        run = Run(sweep, directory, backend)
+    except RunError as err:
+        raise UsageError(str(err)) from None
+    done = sum(s.phase == "Succeeded" for s in run.states.values())
+    kind = "simulated" if args.simulate else "local"
+    resumed = f", resuming with {done} finished" if run.states else ""
+    print(
+        f"isoflop: sweep '{sweep.name}': {len(run.plan.trials)} trials ({kind}), "
+        f"run directory {directory}{resumed}",
+        flush=True,
+    )
+    for line in [*run.notices, *run.recovered]:
+        print(f"isoflop: {line}", flush=True)
+    try:
+        decision = run.run(Display(live=False if args.plain else None))
+    except KeyboardInterrupt:
+        done = sum(s.phase == "Succeeded" for s in run.states.values())
+        print(
+            f"\nisoflop: interrupted with {done} trials finished; state saved in {directory}. "
+            "Run the same command again to resume.",
+            file=sys.stderr,
+        )
+        return 130
+    except OSError as err:  # a full disk, a folder gone: one sentence, the run resumable
+        where = f" {err.filename}" if err.filename else ""
+        print(
+            f"isoflop: error: cannot write{where}: {err.strerror or err}. Finished trials are "
+            f"kept in {directory}; free the space and run the same command again to resume.",
+            file=sys.stderr,
+        )
+        return 1
+    print()
+    if run.fit_text is not None:
+        print(run.fit_text)
+        print()
+    print(f"isoflop: {decision.phase}: {decision.message}. Report: {directory / 'report.md'}")
+    return 0 if decision.phase == "Succeeded" else 1
