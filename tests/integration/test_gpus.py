@@ -179,7 +179,7 @@ def test_small_trials_pack_onto_shared_gpus_and_one_failing_loses_none_of_the_ot
             continue
         if not restarted and step > 12:  # the runner dies; a new one takes the directory over
             finished_before_restart = {
-                tid for tid, st in run.states.items() if st.phase == "Succeeded"
+                tid for tid, st in run.state.trials.items() if st.phase == "Succeeded"
             }
             assert finished_before_restart
             for t in live:  # the old runner's trainers are gone with it
@@ -198,8 +198,8 @@ def test_small_trials_pack_onto_shared_gpus_and_one_failing_loses_none_of_the_ot
     assert decision.phase == "Succeeded", decision.message
     assert most == 6  # two GPUs, three to each
     assert failed
-    assert all(st.phase == "Succeeded" for st in run.states.values())
-    assert run.states[failed].attempts >= 2  # it alone was retried
+    assert all(st.phase == "Succeeded" for st in run.state.trials.values())
+    assert run.state.trials[failed].attempts >= 2  # it alone was retried
     relaunched = [t.cwd.name for t in started[launched_before:]]
     assert not set(relaunched) & finished_before_restart  # nothing finished trains again
     log = (tmp_path / "trials" / started[0].cwd.name / "log.txt").read_text()

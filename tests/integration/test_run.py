@@ -63,8 +63,8 @@ def test_a_finished_run_shows_its_stored_fit_and_ctrl_c_stops_a_fit_at_once(
     first = Run(sweep, tmp_path, SimulatedBackend(Law(), noise=0.005, seed=0))
     assert first.run(Display(stream=io.StringIO(), live=False)).phase == "Succeeded"
     report = (tmp_path / "report.md").read_text()
-    assert first.fit_text is not None
-    assert first.fit_text in report
+    assert first.state.fit_text is not None
+    assert first.state.fit_text in report
 
     def no_refit(*args: object, **kwargs: object) -> None:
         raise AssertionError("a finished run was fitted again")
@@ -72,8 +72,8 @@ def test_a_finished_run_shows_its_stored_fit_and_ctrl_c_stops_a_fit_at_once(
     monkeypatch.setattr(isoflop.local.runner, "fit", no_refit)
     again = Run(sweep, tmp_path, SimulatedBackend(Law(), noise=0.005, seed=0))
     assert again.run(Display(stream=io.StringIO(), live=False)).phase == "Succeeded"
-    assert again.fit_text == first.fit_text
-    assert (tmp_path / "report.md").read_text().count(first.fit_text) == 1
+    assert again.state.fit_text == first.state.fit_text
+    assert (tmp_path / "report.md").read_text().count(first.state.fit_text) == 1
 
     # a fit that would take a minute: Ctrl-C ends it within a second, nothing trained is lost
     def slow_fit(*args: object, **kwargs: object) -> None:
@@ -270,5 +270,5 @@ def test_a_missing_data_source_fails_each_trial_once_with_the_trainers_sentence(
     assert len(launched) >= 3  # maxFailedTrials 2: the third failure ends the sweep
     for log in launched:
         assert log.read_text().count("--- attempt") == 1, log
-    failed = [s for s in run.states.values() if s.phase == "Failed" and s.error]
+    failed = [s for s in run.state.trials.values() if s.phase == "Failed" and s.error]
     assert any(s.error.startswith(f"no shard index at file://{gone}") for s in failed), failed

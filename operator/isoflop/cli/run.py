@@ -64,9 +64,9 @@ def command(args: argparse.Namespace) -> int:
         run = Run(sweep, directory, backend)
     except RunError as err:
         raise UsageError(str(err)) from None
-    done = sum(s.phase == "Succeeded" for s in run.states.values())
+    done = sum(s.phase == "Succeeded" for s in run.state.trials.values())
     kind = "simulated" if args.simulate else "local"
-    resumed = f", resuming with {done} finished" if run.states else ""
+    resumed = f", resuming with {done} finished" if run.state.trials else ""
     print(
         f"isoflop: sweep '{sweep.name}': {len(run.plan.trials)} trials ({kind}), "
         f"run directory {directory}{resumed}",
@@ -77,7 +77,7 @@ def command(args: argparse.Namespace) -> int:
     try:
         decision = run.run(Display(live=False if args.plain else None))
     except KeyboardInterrupt:
-        done = sum(s.phase == "Succeeded" for s in run.states.values())
+        done = sum(s.phase == "Succeeded" for s in run.state.trials.values())
         print(
             f"\nisoflop: interrupted with {done} trials finished; state saved in {directory}. "
             "Run the same command again to resume.",
@@ -93,8 +93,8 @@ def command(args: argparse.Namespace) -> int:
         )
         return 1
     print()
-    if run.fit_text is not None:
-        print(run.fit_text)
+    if run.state.fit_text is not None:
+        print(run.state.fit_text)
         print()
     print(f"isoflop: {decision.phase}: {decision.message}. Report: {directory / 'report.md'}")
     return 0 if decision.phase == "Succeeded" else 1

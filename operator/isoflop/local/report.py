@@ -1,0 +1,116 @@
+"""What a finished (or stopped) local run leaves for a reader: trials.csv, plots/ and report.md.
+
+Pure formatting over the run's plan, states and status; the run (isoflop.local.runner) decides
+when to write them and whether its fit is stale.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from collections.abc import Collection
+from pathlib import Path
+
+from isoflop import __version__, api
+from isoflop.sweep.engine import TrialState
+from isoflop.sweep.plan import Plan, format_flops
+
+COLUMNS = ["id", "budget", "depth", "width", "params", "tokens", "steps", "phase", "attempts",
+           "loss", "loss_se"]  # fmt: skip
+
+
+def fit_key(
+    spec: api.ScalingSweepSpec,
+    rows: list[dict[str, float]],
+    budgets: tuple[float, ...],
+    final: bool,
+) -> str:
+    """What a fit depends on: the results of its budgets, the fit settings, the code's version."""
+    chosen = [r for r in rows if r["budget"] in budgets]
+    data = [chosen, spec.fit.to_wire(), final, __version__]
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def write_trials_csv(
+    path: Path, p: Plan, states: dict[str, TrialState], skipped: Collection[str]
+) -> None:
+    """One row per planned trial; the evaluator's other metrics (fid, bpd) as extra columns,
+    which `isoflop fit` reads as metrics."""
+    metrics = sorted({k for s in states.values() for k, _ in s.metrics if k != "loss_se"})
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow([*COLUMNS, *metrics])
+        for t in p.trials:
+            s = states.get(t.id, TrialState())
+            measured = dict(s.metrics)
+            w.writerow(
+                [
+                    *(t.id, t.budget, t.depth, t.width, t.params, t.tokens, t.steps),
+                    "Skipped" if t.id in skipped else s.phase,
+                    s.attempts,
+                    "" if s.loss is None else s.loss,
+                    measured.get("loss_se", ""),
+                    *(measured.get(m, "") for m in metrics),
+                ]
+            )
+
+
+def report_markdown(
+    sweep: api.ScalingSweep,
+    status: api.ScalingSweepStatus,
+    fit_text: str | None,
+    elapsed: float,
+) -> str:
+    spec = sweep.spec
+    lines = [
+        f"# isoflop sweep `{sweep.name}`",
+        "",
+        f"- phase: **{status.phase}** ({status.progress} trials finished, "
+        f"{status.counts.failed} failed, {status.counts.infeasible} infeasible)",
+        f"- model family: {spec.model.family}; FLOPs counted as {spec.flops_accounting}",
+        f"- budgets: {', '.join(format_flops(b) for b in spec.budgets)}",
+        f"- wall time: {elapsed / 60:.1f} min",
+        *strategy_lines(spec, status.strategy),
+        "",
+    ]
+    if fit_text is not None:
+        lines += ["## Fitted laws", "", "```", fit_text, "```", ""]
+        lines += ["![isoFLOP curves](plots/isoflop.png)", "", "![laws](plots/laws.png)", ""]
+    lines += [
+        "## Trials",
+        "",
+        "| trial | params | tokens | phase | attempts | loss | trained as |",
+        "|---|---:|---:|---|---:|---:|---|",
+    ]
+    for r in status.trials:
+        loss = "" if r.loss is None else f"{r.loss:.4f}"
+        how = {
+            "branch": f"cooldown from {r.branched_from} at step {r.branch_step}",
+            "stable": "stable run (not a fit point)",
+        }.get(r.kind or "", "from scratch")
+        lines.append(
+            f"| {r.id} | {r.params:,} | {r.tokens:,} | {r.phase} | {r.attempts} | {loss} | {how} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def strategy_lines(spec: api.ScalingSweepSpec, st: api.StrategyStatus | None) -> list[str]:
+    """The report's account of what the strategy trained and saved."""
+    if st is None:
+        return []
+    parts = []
+    if spec.strategy.wsd_branches is not None:
+        w = spec.strategy.wsd_branches
+        parts.append(
+            f"{st.branches} trials as WSD cooldown branches ({w.cooldown:g} of their steps, "
+            f"{w.decay_shape}) from {st.stable_segments} stable-run segments"
+        )
+    if spec.strategy.adaptive is not None:
+        parts.append(f"{st.skipped} trials left out by the adaptive ladder")
+    return [
+        f"- strategy: {'; '.join(parts)}",
+        f"- compute: {format_flops(st.planned_flops)} FLOPs planned, "
+        f"{st.compute_fraction:.3f} of the full grid from scratch "
+        f"({format_flops(st.full_grid_flops)}); {format_flops(st.spent_flops)} spent",
+    ]
