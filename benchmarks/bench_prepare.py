@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from isoflop_trainer.prepare import Settings, prepare
-from isoflop_trainer.sources import load_image, open_source
+from isoflop_trainer.data.prepare import Settings, prepare
+from isoflop_trainer.data.sources import load_image, open_source
 
 
 def write_images(root: Path, n: int, width: int = 320, height: int = 240) -> Path:

@@ -28,10 +28,10 @@ from typing import Any
 
 import torch
 
+from isoflop_trainer.components.telemetry import Telemetry
 from isoflop_trainer.config import DiTConfig, Family, TrainConfig, peak_bf16_flops
-from isoflop_trainer.flow import flow_loss
-from isoflop_trainer.model import DiT
-from isoflop_trainer.telemetry import Telemetry
+from isoflop_trainer.models.dit import DiT
+from isoflop_trainer.models.flow import flow_loss
 from isoflop_trainer.train import _train, setup
 
 LADDERS = {

@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
 from isoflop import api
 from isoflop.sweep.plan import plan
-from isoflop_trainer.telemetry import GAUGES, LABELS
+from isoflop_trainer.components.telemetry import GAUGES, LABELS
 from tests.e2e.cluster import Cluster, Operator, free_port, trial_records
 from tests.monitoring.conftest import start_prometheus
 

@@ -14,10 +14,10 @@ import pytest
 import yaml
 from PIL import Image
 
-from isoflop_trainer.data import Shards, open_dataset
-from isoflop_trainer.prepare import Settings, prepare
-from isoflop_trainer.sources import open_source
-from isoflop_trainer.store import read_index
+from isoflop_trainer.data.datasets import Shards, open_dataset
+from isoflop_trainer.data.prepare import Settings, prepare
+from isoflop_trainer.data.sources import open_source
+from isoflop_trainer.data.store import read_index
 from tests.trainer import realdata
 from tests.trainer.helpers import env
 

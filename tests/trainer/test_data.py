@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from isoflop_trainer.data import (
+from isoflop_trainer.data.datasets import (
     COLORS,
     TOKEN,
     TRAIN,
@@ -171,7 +171,7 @@ def test_s3_errors_say_whether_a_retry_can_help() -> None:
     """Missing or denied data fails a trial once; an unreachable store is retried."""
     from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 
-    from isoflop_trainer.store import s3_error
+    from isoflop_trainer.data.store import s3_error
 
     def client(code: str) -> ClientError:
         return ClientError({"Error": {"Code": code, "Message": code}}, "GetObject")

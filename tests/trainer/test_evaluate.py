@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from isoflop_trainer.data import ProceduralShapes
-from isoflop_trainer.evaluate import fixed_pairs, validation_loss, validation_loss_and_error
-from isoflop_trainer.fid import (
+from isoflop_trainer.data.datasets import ProceduralShapes
+from isoflop_trainer.evaluation.fid import (
     LatentsAsImages,
     RandomConvFeatures,
     frechet_distance,
@@ -19,8 +18,9 @@ from isoflop_trainer.fid import (
     load_features,
     to_uint8,
 )
-from isoflop_trainer.flow import flow_loss
-from isoflop_trainer.model import DiT
+from isoflop_trainer.evaluation.loss import fixed_pairs, validation_loss, validation_loss_and_error
+from isoflop_trainer.models.dit import DiT
+from isoflop_trainer.models.flow import flow_loss
 from isoflop_trainer.train import train
 from tests.trainer.helpers import tiny
 from tests.trainer.realdata import write_clip, write_inception

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from isoflop_trainer.flow import (
+from isoflop_trainer.models.flow import (
     bits_per_dim,
     drop_text,
     flow_loss,

@@ -13,7 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from isoflop import api
 from isoflop.sweep.plan import ladder
 from isoflop_trainer.config import DiTConfig
-from isoflop_trainer.model import DiT, sincos_2d
+from isoflop_trainer.models.dit import DiT, sincos_2d
 from tests.unit.test_plan import EXAMPLES
 
 VARIANTS = list(

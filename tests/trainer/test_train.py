@@ -17,12 +17,12 @@ from typing import Any
 import pytest
 import torch
 
-from isoflop_trainer.compile_cache import ENV, CompileCache, cache_name
+from isoflop_trainer.components.compile_cache import ENV, CompileCache, cache_name
 from isoflop_trainer.config import TrainConfig
-from isoflop_trainer.data import FORMAT, Batch, ProceduralShapes, Shards, write_shards
-from isoflop_trainer.evaluate import validation_loss
-from isoflop_trainer.flow import flow_loss
-from isoflop_trainer.model import DiT
+from isoflop_trainer.data.datasets import FORMAT, Batch, ProceduralShapes, Shards, write_shards
+from isoflop_trainer.evaluation.loss import validation_loss
+from isoflop_trainer.models.dit import DiT
+from isoflop_trainer.models.flow import flow_loss
 from isoflop_trainer.train import step_seed, train
 from tests.trainer.helpers import (
     env,

@@ -264,7 +264,7 @@ def test_a_full_disk_ends_a_run_in_one_sentence_and_leaves_no_temporary_file(
     import errno
 
     from isoflop.local import runner
-    from isoflop_trainer import store
+    from isoflop_trainer.data import store
 
     writes = []
     real_write_bytes = Path.write_bytes

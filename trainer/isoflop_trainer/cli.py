@@ -80,8 +80,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     procedural://shapes, write shards of the procedural dataset."""
     if args.source.startswith("procedural://"):
         return _prepare_procedural(args)
-    from isoflop_trainer.prepare import Settings, prepare
-    from isoflop_trainer.sources import open_source
+    from isoflop_trainer.data.prepare import Settings, prepare
+    from isoflop_trainer.data.sources import open_source
 
     if args.vae is None:
         raise ValueError("--vae is required: a diffusers AutoencoderKL path or hub name")
@@ -118,8 +118,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 def cmd_check_data(args: argparse.Namespace) -> int:
     """Check that a sweep's shards exist and fit its shapes (the operator runs this as a Job with
     the sweep's own credentials); exit 65 with one sentence when they do not."""
-    from isoflop_trainer.store import PERMANENT_EXIT_CODE, check_shards
-    from isoflop_trainer.telemetry import write_result
+    from isoflop_trainer.components.telemetry import write_result
+    from isoflop_trainer.data.store import PERMANENT_EXIT_CODE, check_shards
 
     c, h, w = args.latent_shape
     try:
@@ -142,7 +142,7 @@ def cmd_check_data(args: argparse.Namespace) -> int:
 
 
 def _prepare_procedural(args: argparse.Namespace) -> int:
-    from isoflop_trainer.data import TRAIN, VALIDATION, ProceduralShapes, write_shards
+    from isoflop_trainer.data.datasets import TRAIN, VALIDATION, ProceduralShapes, write_shards
 
     if args.samples is None:
         raise ValueError("procedural shards need --samples")

@@ -34,9 +34,10 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from isoflop_trainer.compile_cache import CompileCache, cache_name, inductor_cache_misses
+from isoflop_trainer.components.compile_cache import CompileCache, cache_name, inductor_cache_misses
+from isoflop_trainer.components.telemetry import Telemetry, write_result
 from isoflop_trainer.config import TrainConfig, peak_bf16_flops
-from isoflop_trainer.data import (
+from isoflop_trainer.data.datasets import (
     TRAIN,
     VALIDATION,
     Batch,
@@ -45,12 +46,11 @@ from isoflop_trainer.data import (
     atomic_write,
     open_dataset,
 )
-from isoflop_trainer.evaluate import likelihood_bpd, validation_loss_and_error
-from isoflop_trainer.fid import fid, load_decoder, load_features
-from isoflop_trainer.flow import drop_text, flow_loss, keep_captions, sample_timesteps
-from isoflop_trainer.model import DiT
-from isoflop_trainer.store import PERMANENT_EXIT_CODE
-from isoflop_trainer.telemetry import Telemetry, write_result
+from isoflop_trainer.data.store import PERMANENT_EXIT_CODE
+from isoflop_trainer.evaluation.fid import fid, load_decoder, load_features
+from isoflop_trainer.evaluation.loss import likelihood_bpd, validation_loss_and_error
+from isoflop_trainer.models.dit import DiT
+from isoflop_trainer.models.flow import drop_text, flow_loss, keep_captions, sample_timesteps
 
 CHECKPOINT = "checkpoint.pt"
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: the Job retries, the trial resumes from its checkpoint

@@ -65,7 +65,7 @@ from isoflop.sweep.engine import TrialState
 from isoflop.sweep.plan import Plan
 from isoflop.sweep.strategy import graph
 from isoflop.sweep.trials import fit, node_config
-from isoflop_trainer.store import is_shards
+from isoflop_trainer.data.store import is_shards
 
 IMMUTABLE = (("model", "family"), ("data",), ("flopsAccounting",))
 

@@ -16,7 +16,7 @@ from isoflop.sweep.plan import Trial, budget_tag
 from isoflop_trainer.component import MASTER_PORT, METRICS_PORT
 from isoflop_trainer.component import trial as component
 from isoflop_trainer.config import TrainConfig
-from isoflop_trainer.store import PERMANENT_EXIT_CODE
+from isoflop_trainer.data.store import PERMANENT_EXIT_CODE
 
 MANAGED_BY = {"app.kubernetes.io/managed-by": "isoflop", "app.kubernetes.io/name": "isoflop-trial"}
 SWEEP_LABEL, TRIAL_LABEL, BUDGET_LABEL = (

@@ -34,7 +34,7 @@ from isoflop.local.devices import DevicePool, visible_devices
 from isoflop.sweep.forecast import Law, simulated_loss
 from isoflop.sweep.plan import Trial
 from isoflop_trainer.config import TrainConfig
-from isoflop_trainer.store import atomic_write
+from isoflop_trainer.data.store import atomic_write
 
 ONE = Fraction(1)  # a trial's GPUs whole (not packed)
 PIDFILE = "pid.json"  # a running trainer's agent pid, attempt and GPUs, in its trial's folder

@@ -24,7 +24,7 @@ from isoflop.local.backends import read_json
 from isoflop.local.runlock import LockedError, RunLock
 from isoflop.sweep import engine
 from isoflop.sweep.engine import TrialState
-from isoflop_trainer.store import atomic_write
+from isoflop_trainer.data.store import atomic_write
 
 
 class RunError(Exception):

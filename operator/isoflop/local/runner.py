@@ -28,7 +28,7 @@ from isoflop.sweep.packing import Packing
 from isoflop.sweep.plan import Plan, plan
 from isoflop.sweep.strategy import graph
 from isoflop.sweep.trials import fit, node_config
-from isoflop_trainer.store import atomic_write
+from isoflop_trainer.data.store import atomic_write
 
 __all__ = ["Display", "Run", "RunError"]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from isoflop import api
 from isoflop.sweep.plan import Plan
-from isoflop_trainer.store import ShardIndex, check_shards, is_shards
+from isoflop_trainer.data.store import ShardIndex, check_shards, is_shards
 
 
 class DataCheckError(ValueError):

@@ -8,8 +8,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from isoflop_trainer.data import Dataset
-from isoflop_trainer.flow import bits_per_dim, flow_loss, log_likelihood
+from isoflop_trainer.data.datasets import Dataset
+from isoflop_trainer.models.flow import bits_per_dim, flow_loss, log_likelihood
 
 EVAL_SEED = 20241011  # the same (t, noise) pairs for every trial of every sweep
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
-from isoflop_trainer.store import atomic_write
+from isoflop_trainer.data.store import atomic_write
 
 LABELS = ("sweep", "trial", "budget")
 TERMINATION_MESSAGE_LIMIT = 4096  # bytes Kubernetes keeps of /dev/termination-log

@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from isoflop_trainer.data import Dataset
-from isoflop_trainer.flow import sample
+from isoflop_trainer.data.datasets import Dataset
+from isoflop_trainer.models.flow import sample
 
 EVAL_SEED = 20241011
 Model = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from isoflop_trainer import __version__
-from isoflop_trainer.sources import (
+from isoflop_trainer.data.sources import (
     EMPTY_CAPTION,
     NO_CAPTION,
     NO_LABEL,
@@ -40,7 +40,7 @@ from isoflop_trainer.sources import (
     Source,
     decode,
 )
-from isoflop_trainer.store import FORMAT, Store
+from isoflop_trainer.data.store import FORMAT, Store
 
 Conditioning = Literal["auto", "caption", "class"]
 SETTINGS = "prepare.json"  # what the output was prepared with: a resume must match it

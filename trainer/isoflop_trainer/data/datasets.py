@@ -2,8 +2,8 @@
 
 Every dataset is random-access by a global sample index, so a trial's data position is one integer
 (samples consumed), ranks take disjoint slices of each global batch, and a resumed or re-sharded
-run sees exactly the same samples. The shard format is described in `isoflop_trainer.store` and
-the README; `isoflop_trainer.prepare` writes it from images and captions.
+run sees exactly the same samples. The shard format is described in `isoflop_trainer.data.store` and
+the README; `isoflop_trainer.data.prepare` writes it from images and captions.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from isoflop_trainer.model import sincos_1d
-from isoflop_trainer.store import FORMAT, ShardIndex, Store, atomic_write, read_index
+from isoflop_trainer.data.store import FORMAT, ShardIndex, Store, atomic_write, read_index
+from isoflop_trainer.models.dit import sincos_1d
 
 __all__ = ["FORMAT", "Store", "atomic_write"]  # re-exported: the trainer's one data module
 TRAIN, VALIDATION = 0, 1

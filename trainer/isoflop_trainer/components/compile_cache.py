@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from isoflop_trainer.config import TrainConfig
-from isoflop_trainer.store import Store
+from isoflop_trainer.data.store import Store
 
 ENV = "TORCHINDUCTOR_CACHE_DIR"
 

@@ -1,0 +1,1 @@
+"""The named parts of the Trainer (isoflop_trainer.trainer), each testable alone."""

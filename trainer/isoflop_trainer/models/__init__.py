@@ -1,0 +1,1 @@
+"""The models a sweep trains: the DiT families (dit) and their flow-matching objective (flow)."""
