@@ -43,8 +43,9 @@ from benchmarks.bench_trainer import WindowRates
 from isoflop import api
 from isoflop.sweep.plan import plan
 from isoflop.sweep.trials import train_config
+from isoflop_trainer.components.runtime import setup
 from isoflop_trainer.config import peak_bf16_flops
-from isoflop_trainer.train import _train, setup
+from isoflop_trainer.trainer import Trainer
 
 
 def pilot(sweep: api.ScalingSweep, window: int) -> list[dict[str, Any]]:
@@ -68,7 +69,7 @@ def pilot(sweep: api.ScalingSweep, window: int) -> list[dict[str, Any]]:
             fid_samples=0,
         )
         rates = WindowRates()
-        result, code = _train(cfg, setup(), rates)
+        result, code = Trainer(cfg, setup(), rates).fit()
         if code != 0:
             raise RuntimeError(f"the pilot of {t.rung} failed: {result.get('error')}")
         tokens_per_second = statistics.fmean(rates.rates[-2:])

@@ -6,7 +6,7 @@ One JSON line per (rung, mode). FLOPs are the exact training FLOPs of `isoflop_t
 - `eager`, `compiled`: the bare step (forward, backward, clipping, fused AdamW) on latents
   already on the device: the model's and the optimizer's speed. Eager, measured in the same run,
   is the baseline for compiled.
-- `loop-eager`, `loop-compiled`: the trainer's own loop (`train._train`) on procedural data:
+- `loop-eager`, `loop-compiled`: the trainer's own loop (`trainer.Trainer`) on procedural data:
   data loading, per-step noise, schedule, bookkeeping and telemetry included, timed over its
   last two logging windows. Its baseline is the bare step of the same compilation, so
   `vs_bare_step` is what the loop around the model costs.
@@ -28,11 +28,12 @@ from typing import Any
 
 import torch
 
+from isoflop_trainer.components.runtime import setup
 from isoflop_trainer.components.telemetry import Telemetry
 from isoflop_trainer.config import DiTConfig, Family, TrainConfig, peak_bf16_flops
 from isoflop_trainer.models.dit import DiT
 from isoflop_trainer.models.flow import flow_loss
-from isoflop_trainer.train import _train, setup
+from isoflop_trainer.trainer import Trainer
 
 LADDERS = {
     # (depth, width, heads) on the quickstart's 3x16x16 images, patch 4, 8 x 32 text
@@ -214,7 +215,7 @@ def measure_loop(
         torch.cuda.reset_peak_memory_stats()
     rates = WindowRates()
     start = time.perf_counter()
-    result, code = _train(train_cfg, setup(), rates)
+    result, code = Trainer(train_cfg, setup(), rates).fit()
     if code != 0:
         raise RuntimeError(f"the training loop failed: {result.get('error')}")
     wall = time.perf_counter() - start

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from isoflop_trainer.components.checkpoint import branch_name
 from isoflop_trainer.config import TrainConfig
-from isoflop_trainer.train import branch_name, train
+from isoflop_trainer.train import train
 from tests.trainer.helpers import tiny
 
 WARMUP = 5  # the stable run and every branch share it: the prefixes must match step for step

@@ -18,12 +18,13 @@ import pytest
 import torch
 
 from isoflop_trainer.components.compile_cache import ENV, CompileCache, cache_name
+from isoflop_trainer.components.step import step_seed
 from isoflop_trainer.config import TrainConfig
 from isoflop_trainer.data.datasets import FORMAT, Batch, ProceduralShapes, Shards, write_shards
 from isoflop_trainer.evaluation.loss import validation_loss
 from isoflop_trainer.models.dit import DiT
 from isoflop_trainer.models.flow import flow_loss
-from isoflop_trainer.train import step_seed, train
+from isoflop_trainer.train import train
 from tests.trainer.helpers import (
     env,
     free_port,
@@ -170,12 +171,17 @@ def test_the_loop_reads_the_device_only_at_log_and_checkpoint_steps(
     """A read of a device value waits for the GPU queue to drain; one read per step would leave
     the GPU idle every step. Count the loop's reads (tensor -> Python)."""
     reads: list[str] = []
+    loop = tuple(  # the modules of the training loop (not evaluation, which runs after it)
+        os.path.join("isoflop_trainer", *m.split("/"))
+        for m in ("trainer.py", "components/step.py", "components/losses.py",
+                  "components/preemption.py", "components/throughput.py")
+    )  # fmt: skip
     for name in ("item", "tolist", "__float__", "__bool__", "__int__", "cpu", "numpy"):
         original = getattr(torch.Tensor, name)
 
         def counted(self: torch.Tensor, *a: object, _f: Any = original, _n: str = name) -> object:
             caller = sys._getframe(1).f_code.co_filename
-            if caller.endswith(os.path.join("isoflop_trainer", "train.py")):
+            if caller.endswith(loop):
                 reads.append(_n)
             return _f(self, *a)
 
@@ -190,7 +196,7 @@ def test_the_loop_reads_the_device_only_at_log_and_checkpoint_steps(
 def test_reported_throughput_leaves_out_the_warm_up_window(monkeypatch: pytest.MonkeyPatch) -> None:
     """torch.compile makes a process's first step take tens of seconds on a GPU; a short trial's
     tokens/s and MFU must not be averaged over it. Here the first step takes an extra second."""
-    import isoflop_trainer.train as train_module
+    from isoflop_trainer.components import step as step_module
 
     calls = 0
 
@@ -201,7 +207,7 @@ def test_reported_throughput_leaves_out_the_warm_up_window(monkeypatch: pytest.M
             time.sleep(1.0)
         return flow_loss(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "flow_loss", slow_first)
+    monkeypatch.setattr(step_module, "flow_loss", slow_first)
     cfg = tiny(steps=21, log_every=10, eval_samples=0)
     result, code = train(cfg)
     assert code == 0
@@ -247,15 +253,13 @@ def test_the_compile_mode_reaches_torch_compile_and_nonsense_is_refused(
 ) -> None:
     """CPU sibling of test_bf16_compiled_trial_on_gpu's reduce-overhead case: the mode the config
     names is the one torch.compile gets (the model itself is trained eagerly here)."""
-    import isoflop_trainer.train as train_module
-
     modes: list[str | None] = []
 
     def record(model: Any, mode: str | None = None, **_: Any) -> Any:
         modes.append(mode)
         return model
 
-    monkeypatch.setattr(train_module.torch, "compile", record)
+    monkeypatch.setattr(torch, "compile", record)
     result, code = train(tiny(steps=3, eval_samples=0, compile=True, compile_mode="max-autotune"))
     assert code == 0, result.get("error")
     assert modes == ["max-autotune"]
@@ -466,7 +470,7 @@ def test_fsdp_matches_one_process_and_its_checkpoint_resumes_anywhere(tmp_path: 
 
 
 def test_failures_that_recur_are_permanent_and_what_the_machine_did_is_not() -> None:
-    from isoflop_trainer.train import DataError, TrialFailed, permanent
+    from isoflop_trainer.components.failures import DataError, TrialFailed, permanent
 
     assert permanent(TrialFailed("training loss became nan at step 3"), stepped=True)
     assert permanent(DataError("no shard index"), stepped=False)

@@ -18,6 +18,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from isoflop_trainer.components.failures import DataError
+from isoflop_trainer.config import TrainConfig
 from isoflop_trainer.data.store import FORMAT, ShardIndex, Store, atomic_write, read_index
 from isoflop_trainer.models.dit import sincos_1d
 
@@ -274,3 +276,14 @@ def open_dataset(
     if found != expected:
         raise ValueError(f"{uri} holds latents/text of shape {found}, the trial expects {expected}")
     return Shards(index, seed=seed)
+
+
+def open_trial_data(cfg: TrainConfig, split: int) -> Dataset:
+    """A trial's training or validation data; a DataError when it is missing or mismatched (an
+    unreachable store, a ConnectionError, is worth a retry and stays one)."""
+    shape = (cfg.model.latent_channels, cfg.model.latent_height, cfg.model.latent_width)
+    uri = (cfg.validation_data or cfg.data) if split == VALIDATION else cfg.data
+    try:
+        return open_dataset(uri, shape, cfg.model.text_length, cfg.model.text_dim, cfg.seed, split)
+    except (FileNotFoundError, PermissionError, ValueError) as err:
+        raise DataError(str(err)) from None
