@@ -591,7 +591,7 @@ def test_preempted_and_disrupted_pods_are_not_counted_as_failed_attempts() -> No
         V1PodStatus,
     )
 
-    from isoflop.cluster.handlers import ignored_failures
+    from isoflop.cluster.results import ignored_failures
 
     def pod(phase: str, code: int | None = None, disrupted: bool = False) -> V1Pod:
         statuses = []

@@ -8,7 +8,9 @@ from types import SimpleNamespace
 from typing import Any
 
 from isoflop import api
-from isoflop.cluster.handlers import Clients, read_result, same
+from isoflop.cluster.clients import Clients
+from isoflop.cluster.reconcile import same
+from isoflop.cluster.results import read_result
 from tests.trainer.helpers import free_port
 
 

@@ -11,6 +11,7 @@ import kopf
 import pytest
 
 from isoflop.cluster import handlers, policy
+from isoflop.cluster.clients import Clients
 from tests.corpus import base_manifest
 
 ALICE = {"username": "alice", "uid": "u-1", "groups": ["team-a", "system:authenticated"]}
@@ -35,7 +36,7 @@ def call(
     auth: Authorization, spec: dict[str, Any], operation: str = "CREATE", old: Any = None
 ) -> None:
     memo = SimpleNamespace(
-        clients=handlers.Clients(batch=None, core=None, authorization=auth),
+        clients=Clients(batch=None, core=None, authorization=auth),
         policy=policy.Policy(),
     )
     handlers.validate(

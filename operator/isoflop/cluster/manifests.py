@@ -95,11 +95,38 @@ def trial_objects(
 ) -> list[dict[str, Any]]:
     """The Job of one trial, followed by its headless Service when it spans several nodes (the
     caller gives the Service its Job as owner: job_owner)."""
-    spec, res = sweep.spec, sweep.spec.resources
+    res = sweep.spec.resources
     name = job_name(sweep.name, trial.id)
-    packing = Packing.of(spec)
-    packed = packing.per_gpu(trial) > 1  # one process on a share of one GPU (isoflop.sweep.packing)
+    packed = Packing.of(sweep.spec).per_gpu(trial) > 1  # a share of one GPU (sweep.packing)
     nodes = 1 if packed else res.nodes
+    meta = {
+        "name": name,
+        "namespace": namespace,
+        "labels": labels(sweep.name, trial),
+        "ownerReferences": [owner_reference(sweep, uid)],
+    }
+    container = trainer_container(sweep.spec, trial, config, name, namespace, nodes, packed)
+    pod = trial_pod(sweep.spec, container, name if nodes > 1 else None)
+    spec = job_spec(sweep.spec, nodes, {"labels": labels(sweep.name, trial)}, pod)
+    objects = [{"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": spec}]
+    if nodes > 1:  # created after its Job, which owns it (job_owner): it goes when the Job goes
+        service_meta = {k: v for k, v in meta.items() if k != "ownerReferences"}
+        objects.append(headless_service(service_meta, sweep.name, trial.id))
+    return objects
+
+
+def trainer_container(
+    spec: api.ScalingSweepSpec,
+    trial: Trial,
+    config: TrainConfig,
+    name: str,
+    namespace: str,
+    nodes: int,
+    packed: bool,
+) -> dict[str, Any]:
+    """The trainer's container: the torchx component's command and environment, the rendezvous
+    of a multi-node trial, its resources and one torch thread count per rank."""
+    res = spec.resources
     app = component(
         config.to_dict(),
         image=res.image,
@@ -108,24 +135,14 @@ def trial_objects(
         gpus_per_node=1 if packed else res.gpus_per_node,
     )
     role = app.roles[0]
-    meta = {
-        "name": name,
-        "namespace": namespace,
-        "labels": labels(sweep.name, trial),
-        "ownerReferences": [owner_reference(sweep, uid)],
-    }
     env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in sorted(role.env.items())]
-    multi = nodes > 1
-    if multi:  # torchrun reads PET_* for the arguments the component leaves out
+    if nodes > 1:  # torchrun reads PET_* for the arguments the component leaves out
+        index = {"fieldRef": {"fieldPath": f"metadata.annotations['{INDEX_ANNOTATION}']"}}
         env += [
-            {
-                "name": "PET_NODE_RANK",
-                "valueFrom": {
-                    "fieldRef": {"fieldPath": f"metadata.annotations['{INDEX_ANNOTATION}']"}
-                },
-            },
+            {"name": "PET_NODE_RANK", "valueFrom": index},
             {"name": "PET_MASTER_ADDR", "value": f"{name}-0.{name}.{namespace}.svc"},
         ]
+    packing = Packing.of(spec)
     resources = _packed_resources(res, packing, trial) if packed else _resources(res)
     # each rank's torch threads: its share of the pod's cores, as the local runner gives each
     # trial its share of the machine (the image's default would oversubscribe the CPU limit)
@@ -148,17 +165,22 @@ def trial_objects(
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": CONTAINER_SECURITY,
     }
-    if spec.resources.s3_credentials_secret:
-        container["envFrom"] = [{"secretRef": {"name": spec.resources.s3_credentials_secret}}]
+    if res.s3_credentials_secret:
+        container["envFrom"] = [{"secretRef": {"name": res.s3_credentials_secret}}]
+    return container
+
+
+def trial_pod(
+    spec: api.ScalingSweepSpec, container: dict[str, Any], subdomain: str | None
+) -> dict[str, Any]:
+    """The pod of a trial: its container, shared memory, the restricted security profile, and
+    where it may run (node selector, tolerations, affinity, priority) as the spec says."""
+    res = spec.resources
+    shm = {"medium": "Memory", "sizeLimit": spec.storage.shared_memory}
     pod: dict[str, Any] = {
         "restartPolicy": "Never",
         "containers": [container],
-        "volumes": [
-            {
-                "name": "dshm",
-                "emptyDir": {"medium": "Memory", "sizeLimit": spec.storage.shared_memory},
-            }
-        ],
+        "volumes": [{"name": "dshm", "emptyDir": shm}],
         "securityContext": POD_SECURITY,
         "enableServiceLinks": False,
     }
@@ -171,12 +193,20 @@ def trial_objects(
     if res.priority_class_name:
         pod["priorityClassName"] = res.priority_class_name
     _pod_identity(pod, res)
-    if multi:
-        pod["subdomain"] = name
-    job_spec: dict[str, Any] = {
-        # failures are retried by the Job; a preempted pod (SIGTERM, checkpoint saved) or a
-        # disrupted one is retried without counting against the limit
-        "backoffLimit": spec.retries.per_trial if not multi else spec.retries.per_trial * res.nodes,
+    if subdomain is not None:
+        pod["subdomain"] = subdomain
+    return pod
+
+
+def job_spec(
+    spec: api.ScalingSweepSpec, nodes: int, template_meta: dict[str, Any], pod: dict[str, Any]
+) -> dict[str, Any]:
+    """Failures are retried by the Job; a preempted pod (SIGTERM, checkpoint saved) or a
+    disrupted one is retried without counting against the limit; a permanent failure stops it.
+    A multi-node trial is an Indexed Job, one pod per node."""
+    res, retries = spec.resources, spec.retries.per_trial
+    out: dict[str, Any] = {
+        "backoffLimit": retries * nodes,
         "activeDeadlineSeconds": res.max_runtime_seconds,
         "ttlSecondsAfterFinished": res.finished_ttl_seconds,
         "podFailurePolicy": {
@@ -198,33 +228,26 @@ def trial_objects(
                 FAIL_ON_PERMANENT_ERROR,
             ]
         },
-        "template": {"metadata": {"labels": labels(sweep.name, trial)}, "spec": pod},
+        "template": {"metadata": template_meta, "spec": pod},
     }
-    if multi:
-        job_spec |= {
-            "completionMode": "Indexed",
-            "completions": res.nodes,
-            "parallelism": res.nodes,
-        }
-    objects: list[dict[str, Any]] = [
-        {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": job_spec}
-    ]
-    if multi:  # created after its Job, which owns it (job_owner): it goes when the Job goes
-        service_meta = {k: v for k, v in meta.items() if k != "ownerReferences"}
-        objects.append(
-            {
-                "apiVersion": "v1",
-                "kind": "Service",
-                "metadata": service_meta,
-                "spec": {
-                    "clusterIP": "None",
-                    "publishNotReadyAddresses": True,
-                    "selector": {SWEEP_LABEL: sweep.name, TRIAL_LABEL: trial.id},
-                    "ports": [{"name": "c10d", "port": MASTER_PORT}],
-                },
-            }
-        )
-    return objects
+    if nodes > 1:
+        out |= {"completionMode": "Indexed", "completions": nodes, "parallelism": nodes}
+    return out
+
+
+def headless_service(meta: dict[str, Any], sweep: str, trial: str) -> dict[str, Any]:
+    """The stable DNS name of a multi-node trial's pods: rank 0 is torchrun's master."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": meta,
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": {SWEEP_LABEL: sweep, TRIAL_LABEL: trial},
+            "ports": [{"name": "c10d", "port": MASTER_PORT}],
+        },
+    }
 
 
 def data_check_job(sweep: api.ScalingSweep, uid: str, namespace: str) -> dict[str, Any]:

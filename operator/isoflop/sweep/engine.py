@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
-from typing import Literal
+from typing import Any, Literal
 
 from isoflop import api
 from isoflop.sweep.packing import Packing
@@ -53,6 +53,10 @@ class TrialState:
 
     def fail(self, error: str, permanent: bool = False) -> TrialState:
         return replace(self, phase="Failed", error=error, permanent=permanent)
+
+    def done(self, limit: int) -> bool:
+        """Succeeded, or failed for good."""
+        return self.phase == "Succeeded" or self.exhausted(limit)
 
     def exhausted(self, limit: int) -> bool:
         """Failed for good: out of attempts, or failed in a way no retry mends."""
@@ -109,6 +113,9 @@ class Sweep:
     skipped: frozenset[str]  # grid trials the adaptive ladder left out
     settled: tuple[float, ...]  # budgets whose choice of trials is final
 
+    def state(self, trial_id: str) -> TrialState:
+        return self.states.get(trial_id, TrialState())
+
 
 def resolve(spec: api.ScalingSweepSpec, plan: Plan, states: Mapping[str, TrialState]) -> Sweep:
     """The strategy's nodes, their effective states and the adaptive ladder's choice."""
@@ -140,31 +147,31 @@ def resolve(spec: api.ScalingSweepSpec, plan: Plan, states: Mapping[str, TrialSt
     return Sweep(g, effective, choice.chosen, choice.skipped, choice.settled)
 
 
-def decide(
-    spec: api.ScalingSweepSpec,
-    plan: Plan,
-    states: Mapping[str, TrialState],
-    fitted: tuple[float, ...] = (),
-) -> Decision:
-    """The next actions and the sweep's phase."""
+@dataclass(frozen=True)
+class Tally:
+    """Where the trials stand: what runs, what finished, what failed for good, the counts."""
+
+    grid: list[Trial]  # the grid trials still wanted (the adaptive ladder's skips left out)
+    active: list[str]  # starting or running: grid trials, stable segments, an old plan's trials
+    succeeded: list[Trial]
+    failed: list[str]  # grid trials failed for good
+    cancels: tuple[Cancel, ...]  # Jobs of trials no longer in the plan
+    gave_up: tuple[str, ...]
+    counts: dict[str, int]
+
+
+def tally(spec: api.ScalingSweepSpec, plan: Plan, sweep: Sweep) -> Tally:
     limit = 1 + spec.retries.per_trial
-    sweep = resolve(spec, plan, states)
-    nodes = sweep.graph.nodes
-    states = sweep.states
-
-    def state(trial_id: str) -> TrialState:
-        return states.get(trial_id, TrialState())
-
+    nodes, state = sweep.graph.nodes, sweep.state
     planned = set(sweep.graph.by_id)
     grid = [t for t in plan.trials if t.id not in sweep.skipped]
     cancels = tuple(
         Cancel(tid, "its budget or rung was removed from the spec")
-        for tid, s in sorted(states.items())
+        for tid, s in sorted(sweep.states.items())
         if tid not in planned and s.phase == "Starting"
     )
-    gave_up = tuple(n.id for n in nodes if state(n.id).exhausted(limit))
     active = [n.id for n in nodes if state(n.id).phase in ACTIVE]
-    active += [tid for tid, s in states.items() if tid not in planned and s.phase == "Running"]
+    active += [t for t, s in sweep.states.items() if t not in planned and s.phase == "Running"]
     succeeded = [t for t in grid if state(t.id).phase == "Succeeded"]
     failed = [t.id for t in grid if state(t.id).exhausted(limit)]
     counts = {
@@ -176,30 +183,91 @@ def decide(
         "infeasible": len(plan.infeasible),
         "skipped": len(sweep.skipped),
     }
-    if len(failed) > spec.retries.max_failed_trials:  # grid trials: segments are no points
+    gave_up = tuple(n.id for n in nodes if state(n.id).exhausted(limit))
+    return Tally(grid, active, succeeded, failed, cancels, gave_up, counts)
+
+
+def decide(
+    spec: api.ScalingSweepSpec,
+    plan: Plan,
+    states: Mapping[str, TrialState],
+    fitted: tuple[float, ...] = (),
+) -> Decision:
+    """The next actions and the sweep's phase."""
+    sweep = resolve(spec, plan, states)
+    t = tally(spec, plan, sweep)
+    said: dict[str, Any] = {
+        "gave_up": t.gave_up,
+        "counts": t.counts,
+        "skipped": tuple(sorted(sweep.skipped)),
+    }
+    if len(t.failed) > spec.retries.max_failed_trials:  # grid trials: segments are no points
+        first = sweep.state(t.failed[0]).error
         return Decision(
             phase="Failed",
-            cancels=cancels + tuple(Cancel(tid, "the sweep failed") for tid in sorted(active)),
-            gave_up=gave_up,
+            cancels=t.cancels + tuple(Cancel(tid, "the sweep failed") for tid in sorted(t.active)),
             reason="TooManyFailedTrials",
-            message=f"{len(failed)} trials failed for good, more than "
-            f"retries.maxFailedTrials ({spec.retries.max_failed_trials}): {', '.join(failed[:5])}"
-            + (f"; {failed[0]}: {first}" if (first := state(failed[0]).error) else ""),
-            counts=counts,
-            skipped=tuple(sorted(sweep.skipped)),
+            message=f"{len(t.failed)} trials failed for good, more than "
+            f"retries.maxFailedTrials ({spec.retries.max_failed_trials}): "
+            f"{', '.join(t.failed[:5])}" + (f"; {t.failed[0]}: {first}" if first else ""),
+            **said,
         )
+    launches = pick_launches(spec, sweep, t.active)
+    terminal = {x.id for x in t.succeeded} | set(t.failed)
+    complete = tuple(
+        b for b in sweep.settled if all(x.id in terminal for x in t.grid if x.budget == b)
+    )
+    usable = tuple(
+        b for b in complete if sum(1 for x in t.succeeded if x.budget == b) >= MIN_POINTS
+    )
+    fit_due = len(usable) >= 2 and usable != tuple(fitted)
+    done = f"{len(terminal)}/{len(t.grid)} trials finished"
+    if len(terminal) == len(t.grid) and not t.active:  # every trial finished
+        if len(usable) < 2:
+            return Decision(
+                phase="Failed",
+                cancels=t.cancels,
+                complete_budgets=complete,
+                reason="NotEnoughResults",
+                message=f"every trial finished, but only {len(usable)} budget(s) have "
+                f"{MIN_POINTS} or more successful trials; scaling laws need 2",
+                **said,
+            )
+        return Decision(
+            phase="Fitting" if fit_due else "Succeeded",
+            cancels=t.cancels,
+            complete_budgets=usable,
+            fit_due=fit_due,
+            reason="Fitting" if fit_due else "Fitted",
+            message=done,
+            **said,
+        )
+    started = any(sweep.state(n.id).attempts > 0 for n in sweep.graph.nodes) or launches
+    return Decision(
+        phase="Running" if started else "Pending",
+        launches=launches,
+        cancels=t.cancels,
+        complete_budgets=usable,
+        fit_due=fit_due,
+        reason="TrialsRunning" if started else "Planned",
+        message=done,
+        **said,
+    )
 
+
+def pick_launches(
+    spec: api.ScalingSweepSpec, sweep: Sweep, active: list[str]
+) -> tuple[Launch, ...]:
+    """Retries and new trials, smallest budgets (then smallest models) first, while the sweep's
+    parallelism has room (a trial packed k to a GPU takes 1/k of a slot: spec.resources.packing);
+    a branch or segment once the segment before it has succeeded (its checkpoint exists)."""
+    limit = 1 + spec.retries.per_trial
+    state, by_id = sweep.state, sweep.graph.by_id
     # what is wanted: the chosen grid trials, and the stable segments their open branches need
-    open_branches = [
-        n
-        for n in nodes
-        if n.kind == "branch"
-        and n.id in sweep.chosen
-        and not (state(n.id).phase == "Succeeded" or state(n.id).exhausted(limit))
-    ]
     reach: dict[str | None, int] = {}  # each stable run: the furthest branch point still needed
-    for n in open_branches:
-        reach[n.run] = max(reach.get(n.run, 0), n.branch_step)
+    for n in sweep.graph.nodes:
+        if n.kind == "branch" and n.id in sweep.chosen and not state(n.id).done(limit):
+            reach[n.run] = max(reach.get(n.run, 0), n.branch_step)
 
     def wanted(n: Node) -> bool:
         if n.kind == "stable":
@@ -209,23 +277,14 @@ def decide(
     def ready(n: Node) -> bool:
         return n.after is None or state(n.after).phase == "Succeeded"
 
-    # launch: retries and new trials, smallest budgets (then smallest models) first; a branch
-    # or segment once the segment before it has succeeded (its checkpoint exists)
-    # (a trial packed k to a GPU takes 1/k of a slot: spec.resources.packing)
+    def due(n: Node) -> bool:
+        s = state(n.id)
+        return s.phase == "Pending" or (s.phase == "Failed" and not s.exhausted(limit))
+
     packing = Packing.of(spec)
-    by_id = sweep.graph.by_id
     used = sum((packing.share(by_id[i].trial) for i in active if i in by_id), Fraction(0))
     used += sum(1 for i in active if i not in by_id)  # trials of an older plan: a slot each
-    candidates = [
-        n
-        for n in nodes
-        if wanted(n)
-        and ready(n)
-        and (
-            state(n.id).phase == "Pending"
-            or (state(n.id).phase == "Failed" and not state(n.id).exhausted(limit))
-        )
-    ]
+    candidates = [n for n in sweep.graph.nodes if wanted(n) and ready(n) and due(n)]
     candidates.sort(key=lambda n: (n.trial.budget, n.trial.params, n.id))
     picked: list[Launch] = []
     for n in candidates:
@@ -234,54 +293,7 @@ def decide(
             break  # in order: a large trial is not overtaken by smaller ones forever
         used += share
         picked.append(Launch(n, state(n.id).attempts + 1))
-    launches = tuple(picked)
-
-    terminal = {t.id for t in succeeded} | set(failed)
-    complete = tuple(
-        b for b in sweep.settled if all(t.id in terminal for t in grid if t.budget == b)
-    )
-    usable = tuple(b for b in complete if sum(1 for t in succeeded if t.budget == b) >= MIN_POINTS)
-    fit_due = len(usable) >= 2 and usable != tuple(fitted)
-    all_done = len(terminal) == len(grid) and not active
-    done = f"{len(terminal)}/{len(grid)} trials finished"
-    if all_done:
-        if len(usable) < 2:
-            return Decision(
-                phase="Failed",
-                cancels=cancels,
-                gave_up=gave_up,
-                complete_budgets=complete,
-                reason="NotEnoughResults",
-                message=f"every trial finished, but only {len(usable)} budget(s) have "
-                f"{MIN_POINTS} or more successful trials; scaling laws need 2",
-                counts=counts,
-                skipped=tuple(sorted(sweep.skipped)),
-            )
-        phase: api.Phase = "Fitting" if fit_due else "Succeeded"
-        return Decision(
-            phase=phase,
-            cancels=cancels,
-            gave_up=gave_up,
-            complete_budgets=usable,
-            fit_due=fit_due,
-            reason="Fitted" if not fit_due else "Fitting",
-            message=done,
-            counts=counts,
-            skipped=tuple(sorted(sweep.skipped)),
-        )
-    started = any(state(n.id).attempts > 0 for n in nodes) or launches
-    return Decision(
-        phase="Running" if started else "Pending",
-        launches=launches,
-        cancels=cancels,
-        gave_up=gave_up,
-        complete_budgets=usable,
-        fit_due=fit_due,
-        reason="TrialsRunning" if started else "Planned",
-        message=done,
-        counts=counts,
-        skipped=tuple(sorted(sweep.skipped)),
-    )
+    return tuple(picked)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,0 +1,58 @@
+"""The operator's Kubernetes clients, made once at startup, and the few calls every part of it
+makes: a Job's pods, deleting a Job, the API server's own words for a refusal."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import kubernetes
+from kubernetes.client.rest import ApiException
+
+
+@dataclass
+class Clients:
+    batch: Any
+    core: Any
+    authorization: Any = None
+
+
+def make_clients() -> Clients:
+    try:
+        kubernetes.config.load_incluster_config()
+    except kubernetes.config.ConfigException:
+        # the kubernetes package snapshots $KUBECONFIG at import: pass the path explicitly
+        kubernetes.config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
+    client = kubernetes.client.ApiClient()
+    return Clients(
+        kubernetes.client.BatchV1Api(client),
+        kubernetes.client.CoreV1Api(client),
+        kubernetes.client.AuthorizationV1Api(client),
+    )
+
+
+def server_message(err: ApiException) -> str:
+    """The API server's own explanation of a refusal (its Status object's message)."""
+    try:
+        body = json.loads(err.body or "")
+    except (TypeError, ValueError):
+        body = None
+    message = body.get("message") if isinstance(body, dict) else None
+    return str(message or err.reason or f"HTTP {err.status}")[:1000]
+
+
+def delete_job(clients: Clients, name: str, namespace: str) -> None:
+    """Delete a Job, and through owner references its pods and Service; gone already is fine."""
+    try:
+        clients.batch.delete_namespaced_job(name, namespace, propagation_policy="Background")
+    except ApiException as err:
+        if err.status != 404:
+            raise
+
+
+def job_pods(clients: Clients, namespace: str, job: str) -> list[Any]:
+    """The pods of one Job (the label selector may be ignored by test emulators: filtered)."""
+    pods = clients.core.list_namespaced_pod(namespace, label_selector=f"job-name={job}").items
+    return [p for p in pods if (p.metadata.labels or {}).get("job-name") == job]

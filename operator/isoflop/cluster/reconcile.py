@@ -1,0 +1,295 @@
+"""One reconcile of one sweep, as small steps over the engine's decision:
+
+    observe    the trial records (ConfigMaps) and the sweep's Jobs -> every trial's state
+    decide     the engine's decision, held while the data check has not passed
+    apply      cancels deleted, launches created (a 409 means the Job exists: a restart)
+    refit      when budgets complete: the laws, and the engine asked again
+    record     finished trials' records first, then the status patch (only what changed), the
+               Jobs of trials failed for good deleted, the operator's metrics
+
+Every decision is the engine's. Each reconcile rebuilds the sweep's state from its records and
+its Jobs, so a restart at any point loses nothing and creates no duplicate.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from typing import Any
+
+import kopf
+import kubernetes
+from kubernetes.client.rest import ApiException
+
+from isoflop import api
+from isoflop.cluster import metrics, records
+from isoflop.cluster.clients import Clients, delete_job, job_pods, server_message
+from isoflop.cluster.datajob import data_status
+from isoflop.cluster.manifests import (
+    SWEEP_LABEL,
+    TRIAL_LABEL,
+    cluster_config,
+    job_name,
+    job_owner,
+    records_name,
+    stable_root,
+    trial_objects,
+)
+from isoflop.cluster.results import ignored_failures, message_of, read_result, termination_message
+from isoflop.sweep import engine
+from isoflop.sweep.engine import TrialState
+from isoflop.sweep.plan import Plan
+from isoflop.sweep.strategy import graph
+from isoflop.sweep.trials import fit, node_config
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class Sweep:
+    """One sweep being reconciled: what it is, where, and what the last status said."""
+
+    sweep: api.ScalingSweep
+    plan: Plan
+    uid: str
+    namespace: str
+    status: dict[str, Any]
+    generation: int | None
+    body: kopf.Body
+    clients: Clients
+    records: dict[str, api.TrialRecord] = field(default_factory=dict)  # as stored
+    given_up: list[str] = field(default_factory=list)  # Jobs of trials failed for good
+
+    @property
+    def spec(self) -> api.ScalingSweepSpec:
+        return self.sweep.spec
+
+    @property
+    def name(self) -> str:
+        return self.sweep.name
+
+    def warn(self, reason: str, message: str) -> None:
+        kopf.warn(self.body, reason=reason, message=message)
+
+
+def reconcile_sweep(s: Sweep, patch: kopf.Patch) -> None:
+    states = observe(s)
+    jobs = sweep_jobs(s)
+    data = data_status(s.sweep, s.uid, s.namespace, s.status, jobs, s.plan, s.clients)
+    observe_jobs(s, jobs, states)
+    # the server writes a float such as 1.29746337890625e17 back as the integer of its shortest
+    # decimal form, which Python keeps exact: float() gives the budget back
+    fitted = tuple(float(b) for b in s.status.get("fittedBudgets") or ())
+    previous_fit = s.status.get("fit")
+    fit_result = api.FitResult.model_validate(previous_fit) if previous_fit else None
+    decision = hold_for_data(engine.decide(s.spec, s.plan, states, fitted), data)
+    for cancel in decision.cancels:
+        delete_job(s.clients, job_name(s.name, cancel.trial_id), s.namespace)
+    for launch in decision.launches:
+        states[launch.trial.id] = launch_trial(s, launch)
+    if decision.fit_due:
+        fitted = decision.complete_budgets
+        fit_result, _ = fit(
+            s.spec,
+            engine.results_table(s.plan, states),
+            fitted,
+            final=decision.phase == "Fitting",
+        )
+        message = f"laws fitted on {len(fitted)} budgets"
+        kopf.event(s.body, type="Normal", reason="BudgetsFitted", message=message)
+        decision = engine.decide(s.spec, s.plan, states, fitted)
+    previous = [api.Condition.model_validate(c) for c in s.status.get("conditions") or []]
+    full = engine.status(
+        s.spec, s.plan, states, decision, fit_result, fitted, s.generation, now(), previous, data
+    )
+    record(s, full, decision, patch)
+    metrics.record(
+        s.namespace,
+        s.name,
+        decision.counts,
+        fit_result.laws if fit_result else None,
+        {tid: st.failed_attempts for tid, st in states.items()},
+    )
+
+
+# -- observe ---------------------------------------------------------------------------------------
+
+
+def observe(s: Sweep) -> dict[str, TrialState]:
+    """The finished trials, from their records (and the status of sweeps from before them)."""
+    s.records = records.read(s.clients.core, s.namespace, s.name)
+    legacy = s.status.get("trials") or []  # sweeps whose status kept the records themselves
+    return states_from_records([*legacy, *(r.to_wire() for r in s.records.values())])
+
+
+def states_from_records(stored: list[dict[str, Any]]) -> dict[str, TrialState]:
+    """Finished trials' records are the operator's memory (its ConfigMaps; the status of sweeps
+    from before them): a Succeeded trial keeps its result, a Failed one failed for good."""
+    out = {}
+    for r in stored:
+        if r.get("phase") == "Succeeded" and r.get("loss") is not None:
+            out[r["id"]] = TrialState(
+                "Succeeded",
+                r.get("attempts", 1),
+                r["loss"],
+                metrics=tuple(sorted((r.get("metrics") or {}).items())),
+                source=r.get("source"),
+            )
+        elif r.get("phase") == "Failed":  # recorded Failed only once it failed for good
+            error = r.get("error") or "failed"
+            out[r["id"]] = TrialState("Failed", r.get("attempts", 1), error=error, permanent=True)
+    return out
+
+
+def sweep_jobs(s: Sweep) -> list[Any]:
+    selector = f"{SWEEP_LABEL}={s.name}"
+    found = s.clients.batch.list_namespaced_job(s.namespace, label_selector=selector).items
+    # the label selector may be ignored (test emulators): filter here too
+    return [j for j in found if (j.metadata.labels or {}).get(SWEEP_LABEL) == s.name]
+
+
+def observe_jobs(s: Sweep, jobs: list[Any], states: dict[str, TrialState]) -> None:
+    """Every unfinished trial's state from its Job (and its pods, only when some failed)."""
+    for job in jobs:
+        tid = (job.metadata.labels or {}).get(TRIAL_LABEL)
+        if tid is None or (tid in states and states[tid].phase in ("Succeeded", "Failed")):
+            continue
+        st = job.status or kubernetes.client.V1JobStatus()
+        completions = (job.spec.completions if job.spec else None) or 1
+        failed = any(c.type == "Failed" and c.status == "True" for c in (st.conditions or []))
+        if (st.succeeded or 0) >= completions:
+            states[tid] = finished_trial(s, tid, job.metadata.name)
+        elif failed:
+            limit = 1 + s.spec.retries.per_trial
+            said = termination_message(s.clients, s.namespace, job.metadata.name) or {}
+            error = str(said.get("error") or f"the Job failed after {limit} attempts")
+            states[tid] = TrialState("Failed", limit, error=error)
+            s.warn("TrialFailed", f"{tid}: {error}")
+        else:
+            states[tid] = running_trial(s, tid, job.metadata.name, st)
+
+
+def finished_trial(s: Sweep, tid: str, job: str) -> TrialState:
+    result = read_result(s.clients, s.spec, s.name, s.namespace, tid, job)
+    if result is None:
+        return TrialState("Running", 1)  # finished, result not readable yet
+    loss, source, note, measured = result
+    if loss is None:
+        s.warn("TrialFailed", f"{tid}: {note}")
+        return TrialState("Failed", 1 + s.spec.retries.per_trial, error=note)
+    return TrialState("Succeeded", 1).finish(loss, measured, source)
+
+
+def running_trial(s: Sweep, tid: str, job: str, st: Any) -> TrialState:
+    """A Job still at work. Its pods that failed so far are retried by the Job's backoff; the
+    Job's `failed` counts preempted and disrupted pods too, which its podFailurePolicy ignores:
+    so do we."""
+    attempts, said = 1, {}
+    if st.failed:
+        pods = job_pods(s.clients, s.namespace, job)
+        attempts += max(st.failed - ignored_failures(pods), 0)
+        said = message_of(pods) or {}
+    if said.get("permanent") is True:
+        # the trainer says no retry can mend it, and the Job's exit-code rule did not see it (a
+        # pod that exited 1: an image whose launcher is plain torchrun): fail once, stop the Job
+        error = str(said.get("error") or "failed")
+        s.warn("TrialFailed", f"{tid}: {error}")
+        s.given_up.append(job)
+        return TrialState("Failed", attempts, error=error, permanent=True)
+    return TrialState("Running" if st.active else "Starting", attempts)
+
+
+# -- decide and apply ------------------------------------------------------------------------------
+
+
+def hold_for_data(decision: engine.Decision, data: api.DataStatus | None) -> engine.Decision:
+    """No trial starts before its data is known to be there and to fit."""
+    if data is None or data.ready is True:
+        return decision
+    return replace(
+        decision,
+        launches=(),
+        fit_due=False,
+        phase="Failed" if data.ready is False else "Pending",
+        reason="InvalidData" if data.ready is False else "CheckingData",
+        message=data.message,
+    )
+
+
+def launch_trial(s: Sweep, launch: engine.Launch) -> TrialState:
+    """Create a trial's Job (and the headless Service of a multi-node trial, owned by the Job).
+    An object that exists already is this trial's (a restart, another replica); one the API
+    server refuses as it is fails the trial for good, with the server's sentence."""
+    t = launch.trial
+    scraped = bool(s.spec.metrics.prometheus_url or os.environ.get("ISOFLOP_PROMETHEUS_URL"))
+    paths = cluster_config(s.sweep, t, scraped)
+    cfg = node_config(s.spec, s.name, launch.node, stable_root(s.sweep), **paths)
+    job_uid = ""
+    for obj in trial_objects(s.sweep, s.uid, s.namespace, t, cfg):
+        name = obj["metadata"]["name"]
+        try:
+            if obj["kind"] == "Job":
+                created = s.clients.batch.create_namespaced_job(s.namespace, obj)
+                job_uid = created.metadata.uid or ""
+            else:
+                obj["metadata"]["ownerReferences"] = [job_owner(name, job_uid)]
+                s.clients.core.create_namespaced_service(s.namespace, obj)
+        except ApiException as err:
+            if err.status == 409:  # it exists already (a restart, another replica)
+                if obj["kind"] == "Job":
+                    found = s.clients.batch.read_namespaced_job(name, s.namespace)
+                    job_uid = found.metadata.uid or ""
+                continue
+            if err.status not in (400, 422):  # 400, 422: refused as it is; retries cannot help
+                raise
+            refused = f"the API server refused its {obj['kind']}: {server_message(err)}"
+            s.warn("TrialRejected", f"{t.id}: {refused}")
+            return TrialState("Failed", launch.attempt, error=refused, permanent=True)
+    return TrialState("Starting", launch.attempt)
+
+
+# -- record ----------------------------------------------------------------------------------------
+
+
+def record(
+    s: Sweep, full: api.ScalingSweepStatus, decision: engine.Decision, patch: kopf.Patch
+) -> None:
+    """Each newly finished trial's record goes to its budget's ConfigMap before the status that
+    counts it (the status keeps per-budget summaries only, whatever the sweep's size); then the
+    status, patched where it changed."""
+    finished = [
+        r for r in full.trials if r.phase in ("Succeeded", "Failed") and s.records.get(r.id) != r
+    ]
+    budgets = {n.id: n.trial.budget for n in graph(s.spec, s.plan.trials).nodes}  # segments too
+    records.write(s.clients.core, s.sweep, s.uid, s.namespace, budgets, finished)
+    for name in s.given_up:  # once their failure is recorded: a crash before this retries once more
+        delete_job(s.clients, name, s.namespace)
+    new = full.to_wire()
+    del new["trials"]
+    for summary in new["budgets"]:
+        summary["records"] = records_name(s.name, summary["budget"])
+    if s.status.get("trials"):
+        patch.status["trials"] = None  # moved to the ConfigMaps
+    if decision.phase in ("Succeeded", "Failed") and s.status.get("phase") != decision.phase:
+        kopf.event(s.body, type="Normal", reason=f"Sweep{decision.phase}", message=decision.message)
+    for key, value in new.items():
+        if not same(s.status.get(key), value):  # patch only what changed: no churn when quiet
+            patch.status[key] = value
+
+
+def same(stored: Any, wanted: Any) -> bool:
+    """Whether the server holds what we would write. Numbers compare as floats: a float that the
+    server wrote back as an integer (beyond 2^53, as the shortest decimal) is the same float."""
+    number = (int, float)
+    if isinstance(stored, number) and isinstance(wanted, number):
+        if isinstance(stored, bool) or isinstance(wanted, bool):
+            return stored is wanted
+        return float(stored) == float(wanted)
+    if isinstance(stored, dict) and isinstance(wanted, dict):
+        return stored.keys() == wanted.keys() and all(same(stored[k], wanted[k]) for k in wanted)
+    if isinstance(stored, list) and isinstance(wanted, list):
+        return len(stored) == len(wanted) and all(map(same, stored, wanted))
+    return bool(stored == wanted)
