@@ -159,21 +159,29 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--version", action="version", version=f"isoflop-train {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("count", help="exact parameters and FLOPs per sample of a DiT")
-    p.add_argument("--family", choices=FAMILIES, default="in-context")
-    p.add_argument("--depth", type=int, required=True)
-    p.add_argument("--width", type=int, required=True)
+    p.add_argument("--family", choices=FAMILIES, default="in-context", help="the DiT family")
+    p.add_argument("--depth", type=int, required=True, help="transformer blocks")
+    p.add_argument("--width", type=int, required=True, help="model width (hidden size)")
     p.add_argument("--heads", type=int, default=0, help="default: width / 64")
-    p.add_argument("--mlp-ratio", type=float, default=4.0)
-    p.add_argument("--patch-size", type=int, default=2)
+    p.add_argument("--mlp-ratio", type=float, default=4.0, help="MLP width / model width")
+    p.add_argument("--patch-size", type=int, default=2, help="latent patch side")
     p.add_argument(
-        "--latent-shape", type=int, nargs=3, default=[4, 32, 32], metavar=("C", "H", "W")
+        "--latent-shape",
+        type=int,
+        nargs=3,
+        default=[4, 32, 32],
+        metavar=("C", "H", "W"),
+        help="latent channels, height, width",
     )
-    p.add_argument("--text-length", type=int, default=77)
-    p.add_argument("--text-dim", type=int, default=768)
+    p.add_argument("--text-length", type=int, default=77, help="text tokens per caption")
+    p.add_argument("--text-dim", type=int, default=768, help="text embedding width")
     p.add_argument(
-        "--timestep-conditioning", choices=["adaln-zero", "in-context"], default="adaln-zero"
+        "--timestep-conditioning",
+        choices=["adaln-zero", "in-context"],
+        default="adaln-zero",
+        help="adaLN-Zero, or the timestep as a token",
     )
-    p.add_argument("--qk-norm", action="store_true")
+    p.add_argument("--qk-norm", action="store_true", help="RMSNorm on queries and keys")
     p.set_defaults(func=cmd_count)
 
     p = sub.add_parser("train", help="train one trial (launched by torchrun)")
@@ -200,16 +208,22 @@ def parser() -> argparse.ArgumentParser:
         "--layout",
         choices=["auto", "imagefolder", "classfolder", "webdataset", "hf"],
         default="auto",
+        help="how the source is laid out (auto: told apart by its files)",
     )
     p.add_argument("--vae", help="diffusers AutoencoderKL: a local path or hub name")
-    p.add_argument("--vae-subfolder")
+    p.add_argument("--vae-subfolder", help="the VAE's subfolder in a pipeline repository")
     p.add_argument("--text-encoder", help="CLIP text or T5 encoder: a local path or hub name")
-    p.add_argument("--text-encoder-subfolder")
+    p.add_argument("--text-encoder-subfolder", help="the text encoder's subfolder")
     p.add_argument("--tokenizer", help="default: the text encoder's path")
-    p.add_argument("--tokenizer-subfolder")
+    p.add_argument("--tokenizer-subfolder", help="the tokenizer's subfolder")
     p.add_argument("--max-length", type=int, default=77, help="text tokens per caption")
     p.add_argument("--caption-key", help="caption column or key (default: text, caption, ...)")
-    p.add_argument("--conditioning", choices=["auto", "caption", "class"], default="auto")
+    p.add_argument(
+        "--conditioning",
+        choices=["auto", "caption", "class"],
+        default="auto",
+        help="captions, or class names as captions (auto: captions where there are any)",
+    )
     p.add_argument("--image-size", type=int, default=256, help="square side after centre crop")
     p.add_argument(
         "--validation-fraction",
@@ -221,16 +235,30 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32, help="images per encoder call")
     p.add_argument("--device", default="auto", help="auto: cuda when there is a GPU")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--shard-size", type=int, default=1024)
-    p.add_argument("--dtype", choices=["float16", "float32"], default="float16")
-    p.add_argument("--samples", type=int, help="procedural://shapes only: samples to write")
-    p.add_argument("--split", choices=["train", "validation"], default="train")
+    p.add_argument("--shard-size", type=int, default=1024, help="samples per shard")
     p.add_argument(
-        "--latent-shape", type=int, nargs=3, default=[4, 32, 32], metavar=("C", "H", "W")
+        "--dtype", choices=["float16", "float32"], default="float16", help="stored precision"
     )
-    p.add_argument("--text-length", type=int, default=77)
-    p.add_argument("--text-dim", type=int, default=768)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--samples", type=int, help="procedural://shapes only: samples to write")
+    p.add_argument(
+        "--split",
+        choices=["train", "validation"],
+        default="train",
+        help="procedural://shapes only: which split to write",
+    )
+    p.add_argument(
+        "--latent-shape",
+        type=int,
+        nargs=3,
+        default=[4, 32, 32],
+        metavar=("C", "H", "W"),
+        help="procedural://shapes only: latent channels, height, width",
+    )
+    p.add_argument(
+        "--text-length", type=int, default=77, help="procedural://shapes only: text tokens"
+    )
+    p.add_argument("--text-dim", type=int, default=768, help="procedural://shapes only: text width")
+    p.add_argument("--seed", type=int, default=0, help="procedural://shapes only: the seed")
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser(
@@ -240,11 +268,22 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--data", required=True, help="the shards: folder, file:// or s3:// prefix")
     p.add_argument("--validation", help="default: the held-out split the index names")
-    p.add_argument("--latent-shape", type=int, nargs=3, required=True, metavar=("C", "H", "W"))
-    p.add_argument("--text-length", type=int, required=True)
-    p.add_argument("--text-dim", type=int, required=True)
+    p.add_argument(
+        "--latent-shape",
+        type=int,
+        nargs=3,
+        required=True,
+        metavar=("C", "H", "W"),
+        help="the sweep's latent shape",
+    )
+    p.add_argument("--text-length", type=int, required=True, help="the sweep's text tokens")
+    p.add_argument("--text-dim", type=int, required=True, help="the sweep's text width")
     p.add_argument("--need-vae", action="store_true", help="FID needs the index to name a VAE")
-    p.add_argument("--termination-log", default="/dev/termination-log")
+    p.add_argument(
+        "--termination-log",
+        default="/dev/termination-log",
+        help="where the verdict goes as JSON (in a pod: its termination message)",
+    )
     p.set_defaults(func=cmd_check_data)
     return ap
 

@@ -49,7 +49,11 @@ class Model(BaseModel):
     """Base: camelCase on the wire, snake_case in Python, unknown fields rejected."""
 
     model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+        use_attribute_docstrings=True,  # a field's docstring is its description (CRD, docs)
     )
 
     def to_wire(self) -> dict[str, Any]:

@@ -66,6 +66,8 @@ def _structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
         return nullable
 
     out: dict[str, Any] = {k: node[k] for k in _KEPT if k in node}
+    if "description" in out:  # a docstring's line breaks are not the reader's
+        out["description"] = " ".join(out["description"].split())
     if "const" in node:
         out["enum"] = [node["const"]]
     if "exclusiveMinimum" in node:

@@ -30,7 +30,9 @@ class RungSpec(SpecModel):
         pattern=DNS_LABEL_PATTERN, max_length=20, description="Rung name, used in trial IDs."
     )
     depth: int = Field(ge=1, le=128)
+    """Transformer blocks."""
     width: int = Field(ge=8, le=16384)
+    """Model width (hidden size); a multiple of model.headDim."""
     heads: int | None = Field(default=None, ge=1, description="Default: width / headDim.")
     learning_rate: float | None = Field(
         default=None,
@@ -59,12 +61,16 @@ class ModelSpec(SpecModel):
         default=64, ge=1, le=1024, description="The width rule: width = widthPerDepth x depth."
     )
     head_dim: int = Field(default=64, ge=8, le=512)
+    """Width of each attention head; every rung's width is a multiple of it."""
     mlp_ratio: float = Field(default=4.0, gt=0, le=16)
+    """Hidden width of each block's MLP, as a multiple of the model width."""
     patch_size: int = Field(default=2, ge=1, le=16)
+    """Side of the square latent patches that become tokens."""
     timestep_conditioning: TimestepConditioning = Field(
         default="adaln-zero", description="adaln-zero, or the timestep as an in-context token."
     )
     qk_norm: bool = False
+    """Normalize queries and keys (RMSNorm) before attention."""
     configs: list[RungSpec] = Field(
         default_factory=list, max_length=64, description="Explicit rungs, instead of depths."
     )
@@ -146,20 +152,27 @@ class TrainingSpec(SpecModel):
     """Optimisation settings shared by every trial."""
 
     global_batch_size: int = Field(default=1024, ge=1, le=1 << 20)
+    """Samples per optimizer step, over all GPUs and nodes of a trial."""
     micro_batch_size: int | None = Field(
         default=None,
         ge=1,
         description="Per-GPU micro-batch; the rest is gradient accumulation. Default: automatic.",
     )
     learning_rate: float = Field(default=1e-4, gt=0, le=1)
+    """Peak learning rate (AdamW), reached after the warmup."""
     betas: list[float] = Field(default_factory=lambda: [0.9, 0.95], min_length=2, max_length=2)
+    """AdamW's [beta1, beta2]."""
     weight_decay: float = Field(default=0.0, ge=0, le=1)
+    """AdamW's decoupled weight decay."""
     warmup_fraction: float = Field(
         default=0.05, ge=0, le=0.5, description="Warmup as a fraction of a trial's steps."
     )
     schedule: Literal["constant", "cosine", "wsd"] = "constant"
+    """Learning-rate schedule after the warmup: constant, cosine to zero, or wsd
+    (warmup-stable-decay, decaying over decayFraction)."""
     decay_fraction: float = Field(default=0.2, ge=0, le=1, description="Cooldown fraction for wsd.")
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"
+    """Mixed precision on GPUs (bf16 or fp16 with loss scaling) or fp32; the CPU trains in fp32."""
     compile: bool = Field(default=True, description="torch.compile the model (GPU).")
     compile_mode: (
         Literal["auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
@@ -181,10 +194,12 @@ class TrainingSpec(SpecModel):
         "every interval rests on.",
     )
     timestep_sampling: Literal["uniform", "logit-normal"] = "uniform"
+    """How training timesteps are drawn: uniform, or logit-normal (more weight mid-way)."""
     text_dropout: float = Field(
         default=0.1, ge=0, lt=1, description="Caption dropout for guidance."
     )
     grad_clip: float = Field(default=1.0, ge=0)
+    """Clip the gradients' global norm to this; 0: no clipping."""
     ema_decay: float = Field(
         default=0.0,
         ge=0,
@@ -233,80 +248,135 @@ Values = Annotated[list[LabelValue], Field(max_length=64)]
 
 
 class Toleration(SpecModel):
+    """core/v1 Toleration: a taint a trial's pods tolerate."""
+
     key: LabelKey | None = None
+    """The taint key the toleration matches; empty with operator Exists: every taint."""
     operator: Literal["Exists", "Equal"] = "Equal"
+    """Exists (any value) or Equal (the value below)."""
     value: LabelValue | None = None
+    """The taint value to match (operator Equal)."""
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    """The taint effect to match (NoSchedule, PreferNoSchedule, NoExecute); empty: all."""
     toleration_seconds: int | None = None
+    """How long a NoExecute taint is tolerated before eviction; unset: forever."""
 
 
 class NodeSelectorRequirement(SpecModel):
+    """core/v1 NodeSelectorRequirement."""
+
     key: LabelKey
+    """The node label (or field) key."""
     operator: Literal["In", "NotIn", "Exists", "DoesNotExist", "Gt", "Lt"]
+    """How the key's value is compared with the values."""
     values: Values = Field(default_factory=list)
+    """The values to compare with (one integer for Gt and Lt; none for Exists, DoesNotExist)."""
 
 
 class NodeSelectorTerm(SpecModel):
+    """core/v1 NodeSelectorTerm: requirements that must all hold."""
+
     match_expressions: list[NodeSelectorRequirement] = Field(default_factory=list, max_length=16)
+    """Requirements on the node's labels, all of which must hold."""
     match_fields: list[NodeSelectorRequirement] = Field(default_factory=list, max_length=16)
+    """Requirements on the node's fields, all of which must hold."""
 
 
 class NodeSelector(SpecModel):
+    """core/v1 NodeSelector: terms of which one must hold."""
+
     node_selector_terms: list[NodeSelectorTerm] = Field(min_length=1, max_length=16)
+    """Terms of which at least one must hold."""
 
 
 class PreferredSchedulingTerm(SpecModel):
+    """core/v1 PreferredSchedulingTerm."""
+
     weight: int = Field(ge=1, le=100)
+    """How much this preference counts (1-100)."""
     preference: NodeSelectorTerm
+    """The nodes this preference favours."""
 
 
 class NodeAffinity(SpecModel):
+    """core/v1 NodeAffinity."""
+
     required_during_scheduling_ignored_during_execution: NodeSelector | None = None
+    """Nodes a trial's pods must run on."""
     preferred_during_scheduling_ignored_during_execution: list[PreferredSchedulingTerm] = Field(
         default_factory=list, max_length=16
     )
+    """Nodes a trial's pods should run on, weighted."""
 
 
 class LabelSelectorRequirement(SpecModel):
+    """meta/v1 LabelSelectorRequirement."""
+
     key: LabelKey
+    """The label key."""
     operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    """How the label's value is compared with the values."""
     values: Values = Field(default_factory=list)
+    """The values to compare with (none for Exists, DoesNotExist)."""
 
 
 class LabelSelector(SpecModel):
+    """meta/v1 LabelSelector."""
+
     match_labels: dict[LabelKey, LabelValue] = Field(default_factory=dict, max_length=32)
+    """Labels that must all be present with these values."""
     match_expressions: list[LabelSelectorRequirement] = Field(default_factory=list, max_length=16)
+    """Requirements on labels, all of which must hold."""
 
 
 class PodAffinityTerm(SpecModel):
+    """core/v1 PodAffinityTerm."""
+
     topology_key: LabelKey
+    """The node label whose value defines co-location (e.g. kubernetes.io/hostname)."""
     label_selector: LabelSelector | None = None
+    """The pods this term is about."""
     namespace_selector: LabelSelector | None = None
+    """The namespaces of those pods, by label; unset: the namespaces below."""
     namespaces: list[Name] = Field(default_factory=list, max_length=64)
+    """The namespaces of those pods; empty with no selector: the trial's own."""
     match_label_keys: list[LabelKey] = Field(default_factory=list, max_length=16)
+    """Label keys whose values the incoming pod's must equal."""
     mismatch_label_keys: list[LabelKey] = Field(default_factory=list, max_length=16)
+    """Label keys whose values the incoming pod's must differ from."""
 
 
 class WeightedPodAffinityTerm(SpecModel):
+    """core/v1 WeightedPodAffinityTerm."""
+
     weight: int = Field(ge=1, le=100)
+    """How much this preference counts (1-100)."""
     pod_affinity_term: PodAffinityTerm
+    """The pods this preference is about."""
 
 
 class PodAffinity(SpecModel):
+    """core/v1 PodAffinity (and PodAntiAffinity)."""
+
     required_during_scheduling_ignored_during_execution: list[PodAffinityTerm] = Field(
         default_factory=list, max_length=16
     )
+    """Terms a trial's pods must satisfy."""
     preferred_during_scheduling_ignored_during_execution: list[WeightedPodAffinityTerm] = Field(
         default_factory=list, max_length=16
     )
+    """Terms a trial's pods should satisfy, weighted."""
 
 
 class Affinity(SpecModel):
     """core/v1 Affinity: where a trial's pods may be scheduled."""
 
     node_affinity: NodeAffinity | None = None
+    """Which nodes a trial's pods may run on."""
     pod_affinity: PodAffinity | None = None
+    """Pods a trial's pods should run near."""
     pod_anti_affinity: PodAffinity | None = None
+    """Pods a trial's pods should run away from."""
 
 
 class PackingSpec(SpecModel):
@@ -346,7 +416,9 @@ class ResourcesSpec(SpecModel):
     """What one trial gets on Kubernetes (the local runner uses GPUs it finds)."""
 
     image: str = Field(default="ghcr.io/isoflop/trainer:0.1.0", min_length=1, max_length=1024)
+    """The trainer image every trial's pods run (the installation's policy may restrict it)."""
     gpus_per_node: int = Field(default=1, ge=0, le=64)
+    """GPUs per node of a trial, one torchrun rank each (nvidia.com/gpu); 0: CPU."""
     packing: PackingSpec | None = Field(
         default=None, description="Unset: every trial has its GPUs to itself."
     )
@@ -359,14 +431,23 @@ class ResourcesSpec(SpecModel):
         "trials fit.",
     )
     nodes: int = Field(default=1, ge=1, le=1024)
+    """Nodes per trial: more than 1 is an Indexed Job with a headless Service for the rendezvous."""
     cpu: str = Field(default="8", pattern=QUANTITY_PATTERN, max_length=32)
+    """CPU request and limit of each pod (a Kubernetes quantity)."""
     memory: str = Field(default="64Gi", pattern=QUANTITY_PATTERN, max_length=32)
+    """Memory request and limit of each pod (a Kubernetes quantity)."""
     node_selector: dict[LabelKey, LabelValue] = Field(default_factory=dict, max_length=32)
+    """Node labels a trial's pods must run on (a GPU node pool)."""
     tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
+    """Taints a trial's pods tolerate (a GPU node pool's taint)."""
     affinity: Affinity | None = None
+    """Where a trial's pods may be scheduled (core/v1 Affinity)."""
     priority_class_name: Name | None = None
+    """The PriorityClass of a trial's pods."""
     image_pull_secrets: list[Name] = Field(default_factory=list, max_length=16)
+    """Secrets (by name) the kubelet pulls the image with."""
     service_account_name: Name | None = None
+    """The ServiceAccount a trial's pods run as; the sender must be allowed to use it."""
     s3_credentials_secret: Name | None = Field(
         default=None,
         description="Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY for s3:// data.",
@@ -405,6 +486,8 @@ class StorageSpec(SpecModel):
 
 
 class RetrySpec(SpecModel):
+    """How failures are retried, and how many a sweep tolerates."""
+
     per_trial: int = Field(default=2, ge=0, le=100, description="Retries of one failed trial.")
     max_failed_trials: int = Field(
         default=3, ge=0, description="Trials that may fail for good before the sweep fails."
@@ -453,16 +536,21 @@ class StrategySpec(SpecModel):
     """How the grid is trained; unset: every (budget, rung) from scratch. Both may be combined."""
 
     adaptive: AdaptiveSpec | None = None
+    """Train the later budgets only around the optimum the earlier ones found."""
     wsd_branches: WsdBranchesSpec | None = None
+    """Train each rung once at a constant rate and branch a cooldown off it for each budget."""
 
 
 class MetricsSpec(SpecModel):
+    """Where the operator reads trial metrics (Prometheus), and how long it waits."""
+
     prometheus_url: str | None = Field(
         default=None,
         pattern=r"^https?://.+",
         description="Unset: results come from the termination message.",
     )
     query_timeout_seconds: float = Field(default=10, gt=0, le=300)
+    """Seconds to wait for Prometheus before falling back to the termination message."""
     lookback: str = Field(
         default="1h",
         pattern=r"^[0-9]+[smhd]$",
@@ -477,7 +565,11 @@ def _resamples(value: int) -> int:
 
 
 class FitSpec(SpecModel):
+    """How the scaling laws are fitted, with which intervals and predictions."""
+
     method: Literal["parabola", "parametric", "both"] = "both"
+    """parabola: isoFLOP parabolas and power laws; parametric: L(N, D) = E + A/N^alpha +
+    B/D^beta; both."""
     bootstrap: Annotated[int, AfterValidator(_resamples)] = Field(
         default=1000,
         ge=0,
@@ -501,6 +593,7 @@ class FitSpec(SpecModel):
         "where the loss has risen this fraction above it; null fits every rung alike.",
     )
     seed: int = Field(default=0, ge=0)
+    """Seed of the bootstrap resamples."""
     predict: list[Flops] = Field(
         default_factory=list, max_length=32, description="Budgets (FLOPs) to predict."
     )
@@ -544,6 +637,8 @@ class FidSpec(SpecModel):
 
 
 class LikelihoodSpec(SpecModel):
+    """The likelihood of validation samples in bits per dimension (the probability-flow ODE)."""
+
     samples: int = Field(
         default=0, ge=0, le=1 << 20, description="Validation samples for bits/dim; 0: none."
     )

@@ -20,10 +20,15 @@ def register(sub: Subparsers) -> None:
         help="fit scaling laws to a table of trial results (CSV or JSON)",
     )
     p.add_argument("table", help="rows of budget, params, tokens (or data), loss, optional metrics")
-    p.add_argument("--method", choices=["parabola", "parametric", "both"], default="both")
+    p.add_argument(
+        "--method",
+        choices=["parabola", "parametric", "both"],
+        default="both",
+        help="isoFLOP parabolas and power laws, the parametric L(N, D), or both",
+    )
     p.add_argument("--bootstrap", type=int, default=1000, help="resamples for intervals (0: none)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--confidence", type=float, default=0.95)
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples")
+    p.add_argument("--confidence", type=float, default=0.95, help="level of every interval")
     p.add_argument(
         "--predict",
         type=_budgets,

@@ -16,7 +16,7 @@ def register(sub: Subparsers) -> None:
         formatter_class=HelpFormatter,
         help="how well would this sweep pin down the exponents?",
     )
-    p.add_argument("file")
+    p.add_argument("file", help="a ScalingSweep manifest (YAML)")
     p.add_argument("--runs", type=int, default=40, help="simulated sweeps")
     p.add_argument("--law", help=LAW_HELP + "[,gamma] (default: reproduces the paper's laws)")
     p.add_argument(
@@ -29,7 +29,12 @@ def register(sub: Subparsers) -> None:
         help="a pilot's results (e.g. runs/NAME/trials.csv): simulate its fitted surface and noise",
     )
     p.add_argument("--bootstrap", type=int, default=200, help="resamples per simulated fit")
-    p.add_argument("--method", choices=["parabola", "parametric"], default="parabola")
+    p.add_argument(
+        "--method",
+        choices=["parabola", "parametric"],
+        default="parabola",
+        help="the fit each simulated sweep gets",
+    )
     p.add_argument("--window", type=float, help="local-fit loss rise (0: whole ladder)")
     p.add_argument("--target", type=float, help="the N* exponent precision (+-) you need")
     p.add_argument("--no-variants", action="store_true", help="skip the grid changes")

@@ -26,7 +26,7 @@ def register(sub: Subparsers) -> None:
         formatter_class=HelpFormatter,
         help="print the isoFLOP grid of a ScalingSweep manifest",
     )
-    p.add_argument("file")
+    p.add_argument("file", help="a ScalingSweep manifest (YAML)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument(
         "--mfu",

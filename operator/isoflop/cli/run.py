@@ -17,7 +17,7 @@ def register(sub: Subparsers) -> None:
         formatter_class=HelpFormatter,
         help="run a sweep on this machine (CPU or local GPUs), resumably",
     )
-    p.add_argument("file")
+    p.add_argument("file", help="a ScalingSweep manifest (YAML)")
     p.add_argument("--run-dir", help="where state, logs and results go (default: runs/NAME)")
     p.add_argument("--simulate", action="store_true", help="draw losses from a known law instead")
     p.add_argument("--law", help=LAW_HELP)

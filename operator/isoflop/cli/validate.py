@@ -16,7 +16,7 @@ def register(sub: Subparsers) -> None:
         help="check a ScalingSweep manifest and its data",
         description=command.__doc__,
     )
-    p.add_argument("file")
+    p.add_argument("file", help="a ScalingSweep manifest (YAML)")
     p.add_argument(
         "--no-data", action="store_true", help="check the manifest only, not its data source"
     )
