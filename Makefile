@@ -11,7 +11,7 @@ STAMP := $(VENV)/.isoflop-installed
 TORCH ?= torch==2.13.0 torchvision==0.28.0
 PIP := $(BIN)/python -m pip --disable-pip-version-check --no-cache-dir -q
 
-.PHONY: setup tools cluster node images local-cluster run test e2e lint typecheck unit crd clean
+.PHONY: setup tools cluster node images local-cluster run test e2e lint typecheck docs unit crd clean
 
 setup: $(STAMP)
 
@@ -57,6 +57,12 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# the documentation site into site/, warnings as errors (never --quiet: it hides the warnings
+# that --strict counts); the reference pages are generated from the API, the parsers and the
+# rules file (docs/hooks.py)
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict
+
 unit: $(STAMP) tools cluster images
 	$(BIN)/python -m pytest
 
@@ -64,10 +70,10 @@ unit: $(STAMP) tools cluster images
 e2e: $(STAMP) tools cluster images
 	$(BIN)/python -m pytest tests/e2e
 
-test: lint typecheck unit
+test: lint typecheck docs unit
 
 crd: $(STAMP)
 	$(BIN)/isoflop crd
 
 clean:
-	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache site

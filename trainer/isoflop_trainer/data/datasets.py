@@ -3,7 +3,7 @@
 Every dataset is random-access by a global sample index, so a trial's data position is one integer
 (samples consumed), ranks take disjoint slices of each global batch, and a resumed or re-sharded
 run sees exactly the same samples. The shard format is described in `isoflop_trainer.data.store` and
-the README; `isoflop_trainer.data.prepare` writes it from images and captions.
+docs/tasks/data.md; `isoflop_trainer.data.prepare` writes it from images and captions.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The launcher (`isoflop validate`, `isoflop run`, the operator) reads a dataset's index through this
 module to check it against a sweep before any trial starts; the trainer streams the shards it lists.
-The format is documented in the README ("Bring your own data"); in short:
+The format is documented in docs/tasks/data.md ("Bring your own data"); in short:
 
     PREFIX/index.json   {"format": "isoflop-shards/v1", "latent_shape": [C, H, W],
                          "text_length": L, "text_dim": E, "samples": n,
