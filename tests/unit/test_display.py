@@ -6,6 +6,8 @@ import io
 import re
 from pathlib import Path
 
+import numpy as np
+import pytest
 from rich.console import Console
 
 from isoflop import api
@@ -90,3 +92,37 @@ def test_the_live_view_draws_on_a_terminal_and_leaves_its_last_frame(tmp_path: P
 
 def test_times_read_as_minutes_and_hours() -> None:
     assert [fmt_time(s) for s in (None, 5, 65, 3725)] == ["-", "0:05", "1:05", "1:02:05"]
+
+
+def test_forecast_and_fit_report_their_progress_unit_by_unit() -> None:
+    """What the progress bars count: one tick per simulated sweep fitted (forecast_size in all),
+    one per parametric resample."""
+    from isoflop.fit import Points, analyze
+    from isoflop.sweep.forecast import forecast, forecast_size
+    from isoflop.sweep.plan import plan
+
+    spec = api.load_sweep(ROOT / "examples" / "paper-in-context.yaml").spec
+    ticks: list[int] = []
+    result = forecast(spec, Law(), runs=2, bootstrap=100, progress=ticks.append)
+    assert result.variants  # the grid's changes were simulated too
+    assert sum(ticks) == forecast_size(spec, 2) == 2 + len(result.variants) * 2
+    trials = plan(spec).trials
+    law = Law()
+    table = Points.from_rows(
+        {"budget": t.budget, "params": float(t.params), "tokens": float(t.tokens),
+         "loss": float(law(np.array([t.params]), np.array([t.tokens]))[0])}
+        for t in trials
+    )  # fmt: skip
+    ticks.clear()
+    analyze(table, method="parametric", bootstrap=100, noise=0.005, progress=ticks.append)
+    assert ticks == [1] * 100
+
+
+def test_progress_bars_stay_out_of_pipes(capsys: pytest.CaptureFixture[str]) -> None:
+    from isoflop.cli.common import progress_bar
+
+    with progress_bar("work", 10) as advance:
+        advance(5)
+        advance(5)
+    out = capsys.readouterr()
+    assert (out.out, out.err) == ("", "")

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import TypeAlias
 
 from isoflop_trainer import __version__
 from isoflop_trainer.config import FAMILIES, DiTConfig, TrainConfig
@@ -154,10 +155,21 @@ def _prepare_procedural(args: argparse.Namespace) -> int:
     return 0
 
 
+Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="isoflop-train", description=__doc__)
     ap.add_argument("--version", action="version", version=f"isoflop-train {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
+    add_count(sub)
+    add_train(sub)
+    add_prepare(sub)
+    add_check_data(sub)
+    return ap
+
+
+def add_count(sub: Subparsers) -> None:
     p = sub.add_parser("count", help="exact parameters and FLOPs per sample of a DiT")
     p.add_argument("--family", choices=FAMILIES, default="in-context", help="the DiT family")
     p.add_argument("--depth", type=int, required=True, help="transformer blocks")
@@ -184,12 +196,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--qk-norm", action="store_true", help="RMSNorm on queries and keys")
     p.set_defaults(func=cmd_count)
 
+
+def add_train(sub: Subparsers) -> None:
     p = sub.add_parser("train", help="train one trial (launched by torchrun)")
     p.add_argument("--config", help="a TrainConfig JSON file")
     p.add_argument("--config-json", help="the TrainConfig as JSON text")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one setting")
     p.set_defaults(func=cmd_train)
 
+
+def add_prepare(sub: Subparsers) -> None:
+    # one add_argument per option of `prepare`: long because the command has 24 options
     p = sub.add_parser(
         "prepare",
         help="encode images and captions into training shards",
@@ -261,6 +278,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="procedural://shapes only: the seed")
     p.set_defaults(func=cmd_prepare)
 
+
+def add_check_data(sub: Subparsers) -> None:
     p = sub.add_parser(
         "check-data",
         help="check that shards exist and fit a sweep's shapes",
@@ -285,7 +304,6 @@ def parser() -> argparse.ArgumentParser:
         help="where the verdict goes as JSON (in a pod: its termination message)",
     )
     p.set_defaults(func=cmd_check_data)
-    return ap
 
 
 def default_workers() -> int:

@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from threadpoolctl import threadpool_limits
 
 from isoflop import api
-from isoflop.cli.common import HelpFormatter, Subparsers, UsageError
+from isoflop.cli.common import HelpFormatter, Subparsers, UsageError, progress_bar
+
+if TYPE_CHECKING:  # imported when a command runs: `isoflop --help` loads no scipy
+    from isoflop.fit import Analysis, Comparison, Points
 
 
 def register(sub: Subparsers) -> None:
@@ -78,36 +81,8 @@ def command(args: argparse.Namespace) -> int:
     if args.bin is not None and not args.bin > 0:
         raise UsageError(f"--bin must be a positive width in decades of C, got {args.bin}")
     points = fit.read_table(args.table).grouped(args.bin)
-    hold_out: float | str | None = None
-    uses_parabolas = args.method != "parametric"  # the hold-out check compares parabolas
-    if args.hold_out == "largest":
-        hold_out = "largest" if len(points.budgets) >= 3 and uses_parabolas else None
-    elif args.hold_out != "none":
-        try:
-            hold_out = float(args.hold_out)
-        except ValueError:
-            raise UsageError(
-                f"--hold-out must be a budget, largest or none, got {args.hold_out!r}"
-            ) from None
-        if not uses_parabolas:
-            raise UsageError("--hold-out compares isoFLOP parabolas: use --method parabola or both")
-
-    def analyze(table: fit.Points, **extra: Any) -> fit.Analysis:
-        with threadpool_limits(limits=1):  # many tiny solves: one BLAS thread is fastest
-            return fit.analyze(
-                table,
-                method=args.method,
-                bootstrap=args.bootstrap,
-                seed=args.seed,
-                confidence=args.confidence,
-                irreducible=args.irreducible,
-                window=None if args.window == 0 else args.window,
-                noise=args.noise,
-                **extra,
-            )
-
     try:
-        analysis = analyze(points, predict=args.predict, hold_out=hold_out)
+        analysis = analyze(args, points, predict=args.predict, hold_out=hold_out(args, points))
     except ValueError as err:
         if len(points.budgets) > len(points) / 2:  # most budgets hold one trial: measured FLOPs
             raise UsageError(
@@ -117,7 +92,7 @@ def command(args: argparse.Namespace) -> int:
         raise
     comparison = None
     if args.compare:
-        other = analyze(fit.read_table(args.compare).grouped(args.bin))
+        other = analyze(args, fit.read_table(args.compare).grouped(args.bin))
         comparison = fit.compare(analysis, other, args.confidence)
     plots = []
     if args.plot:
@@ -130,20 +105,7 @@ def command(args: argparse.Namespace) -> int:
     if args.json:
         out = to_result(analysis).to_wire()
         if comparison is not None:
-            out["comparison"] = {
-                "differences": [
-                    {
-                        "law": d.law,
-                        "first": d.first,
-                        "second": d.second,
-                        "difference": d.difference,
-                        "interval": None if d.ci is None else [d.ci.low, d.ci.high],
-                        "significant": d.significant,
-                    }
-                    for d in comparison.differences
-                ],
-                "moreData": comparison.more_data,
-            }
+            out["comparison"] = comparison_json(comparison)
         print(json.dumps(out, indent=2))
         return 0
     print(format_text(analysis))
@@ -153,6 +115,62 @@ def command(args: argparse.Namespace) -> int:
     for p in plots:
         print(f"wrote {p}")
     return 0
+
+
+def hold_out(args: argparse.Namespace, points: Points) -> float | str | None:
+    """--hold-out as the fit takes it: `largest` only where there are 3 budgets or more."""
+    uses_parabolas = args.method != "parametric"  # the hold-out check compares parabolas
+    if args.hold_out == "largest":
+        return "largest" if len(points.budgets) >= 3 and uses_parabolas else None
+    if args.hold_out == "none":
+        return None
+    try:
+        budget = float(args.hold_out)
+    except ValueError:
+        raise UsageError(
+            f"--hold-out must be a budget, largest or none, got {args.hold_out!r}"
+        ) from None
+    if not uses_parabolas:
+        raise UsageError("--hold-out compares isoFLOP parabolas: use --method parabola or both")
+    return budget
+
+
+def analyze(args: argparse.Namespace, table: Points, **extra: Any) -> Analysis:
+    """The fit the options ask for, with a progress bar over the parametric resamples (the
+    slow part) on a terminal."""
+    from isoflop import fit
+
+    slow = args.bootstrap if args.method != "parabola" else 0
+    with threadpool_limits(limits=1), progress_bar("parametric resamples", slow) as advance:
+        return fit.analyze(
+            table,
+            method=args.method,
+            bootstrap=args.bootstrap,
+            seed=args.seed,
+            confidence=args.confidence,
+            irreducible=args.irreducible,
+            window=None if args.window == 0 else args.window,
+            noise=args.noise,
+            progress=advance,
+            **extra,
+        )
+
+
+def comparison_json(comparison: Comparison) -> dict[str, Any]:
+    return {
+        "differences": [
+            {
+                "law": d.law,
+                "first": d.first,
+                "second": d.second,
+                "difference": d.difference,
+                "interval": None if d.ci is None else [d.ci.low, d.ci.high],
+                "significant": d.significant,
+            }
+            for d in comparison.differences
+        ],
+        "moreData": comparison.more_data,
+    }
 
 
 def _budgets(text: str) -> float:

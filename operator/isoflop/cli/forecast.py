@@ -7,7 +7,7 @@ import argparse
 from threadpoolctl import threadpool_limits
 
 from isoflop import api
-from isoflop.cli.common import LAW_HELP, HelpFormatter, Subparsers, UsageError
+from isoflop.cli.common import LAW_HELP, HelpFormatter, Subparsers, UsageError, progress_bar
 
 
 def register(sub: Subparsers) -> None:
@@ -47,7 +47,13 @@ def register(sub: Subparsers) -> None:
 
 
 def command(args: argparse.Namespace) -> int:
-    from isoflop.sweep.forecast import Law, forecast, format_forecast, law_from_results
+    from isoflop.sweep.forecast import (
+        Law,
+        forecast,
+        forecast_size,
+        format_forecast,
+        law_from_results,
+    )
 
     sweep = api.load_sweep(args.file)
     law = Law.parse(args.law) if args.law else Law()
@@ -67,7 +73,8 @@ def command(args: argparse.Namespace) -> int:
             noise = measured
         print(f"Law fitted to {args.results_from}: {law.text()}; noise {noise:.2%}")
     window = sweep.spec.fit.window if args.window is None else (args.window or None)
-    with threadpool_limits(limits=1):
+    size = forecast_size(sweep.spec, args.runs, not args.no_variants)
+    with threadpool_limits(limits=1), progress_bar("simulated sweeps", size) as advance:
         result = forecast(
             sweep.spec,
             law,
@@ -78,15 +85,18 @@ def command(args: argparse.Namespace) -> int:
             window=window,
             target=args.target,
             variants=not args.no_variants,
+            progress=advance,
         )
     print(format_forecast(result))
     if args.strategies:
         from isoflop.sweep.forecast import compare_strategies, format_strategies
+        from isoflop.sweep.strategy import STRATEGIES
 
         noise = 0.005 if noise is None else noise
-        with threadpool_limits(limits=1):
+        size = args.runs * len(STRATEGIES)
+        with threadpool_limits(limits=1), progress_bar("strategies", size) as advance:
             rows = compare_strategies(
-                sweep.spec, law, noise, args.runs, args.bootstrap, window=window
+                sweep.spec, law, noise, args.runs, args.bootstrap, window=window, progress=advance
             )
         print()
         print(format_strategies(rows, args.runs, noise))

@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from isoflop import api
 from isoflop.cli.common import LAW_HELP, HelpFormatter, Subparsers, UsageError
 from isoflop.sweep.check import runnable_plan
+
+if TYPE_CHECKING:
+    from isoflop.local.runner import Run
 
 
 def register(sub: Subparsers) -> None:
@@ -33,47 +37,11 @@ def register(sub: Subparsers) -> None:
 
 
 def command(args: argparse.Namespace) -> int:
-    from isoflop.local.backends import make_backend
-    from isoflop.local.devices import DeviceError, parse_gpus
-    from isoflop.local.runner import Display, Run, RunError
-    from isoflop.sweep.forecast import Law
+    from isoflop.local.runner import Display
 
-    sweep = api.load_sweep(args.file)
-    if args.parallelism is not None:
-        if args.parallelism < 1:
-            raise UsageError(f"--parallelism must be at least 1, got {args.parallelism}")
-        spec = sweep.spec.model_copy(update={"parallelism": args.parallelism})
-        sweep = sweep.model_copy(update={"spec": spec})
-    law = Law.parse(args.law) if args.law else Law()
-    planned = runnable_plan(sweep.spec)
-    if not args.simulate:  # a real run: its data must be there before any trial starts
-        from isoflop.sweep.datacheck import check_data
-
-        report = check_data(sweep.spec, planned)
-        if report.train is not None:
-            print(f"isoflop: {report.text()}", flush=True)
+    sweep = load(args)
     directory = Path(args.run_dir or Path("runs") / sweep.name)
-    try:
-        gpus = None if args.gpus is None else parse_gpus(args.gpus)
-        backend = make_backend(
-            "simulated" if args.simulate else "local", sweep.spec, law, args.noise, gpus
-        )
-    except DeviceError as err:
-        raise UsageError(str(err)) from None
-    try:
-        run = Run(sweep, directory, backend)
-    except RunError as err:
-        raise UsageError(str(err)) from None
-    done = sum(s.phase == "Succeeded" for s in run.state.trials.values())
-    kind = "simulated" if args.simulate else "local"
-    resumed = f", resuming with {done} finished" if run.state.trials else ""
-    print(
-        f"isoflop: sweep '{sweep.name}': {len(run.plan.trials)} trials ({kind}), "
-        f"run directory {directory}{resumed}",
-        flush=True,
-    )
-    for line in [*run.notices, *run.recovered]:
-        print(f"isoflop: {line}", flush=True)
+    run = open_run(args, sweep, directory)
     try:
         decision = run.run(Display(live=False if args.plain else None))
     except KeyboardInterrupt:
@@ -98,3 +66,48 @@ def command(args: argparse.Namespace) -> int:
         print()
     print(f"isoflop: {decision.phase}: {decision.message}. Report: {directory / 'report.md'}")
     return 0 if decision.phase == "Succeeded" else 1
+
+
+def load(args: argparse.Namespace) -> api.ScalingSweep:
+    """The manifest, with --parallelism; a real run's data checked before anything starts."""
+    sweep = api.load_sweep(args.file)
+    if args.parallelism is not None:
+        if args.parallelism < 1:
+            raise UsageError(f"--parallelism must be at least 1, got {args.parallelism}")
+        spec = sweep.spec.model_copy(update={"parallelism": args.parallelism})
+        sweep = sweep.model_copy(update={"spec": spec})
+    planned = runnable_plan(sweep.spec)
+    if not args.simulate:
+        from isoflop.sweep.datacheck import check_data
+
+        report = check_data(sweep.spec, planned)
+        if report.train is not None:
+            print(f"isoflop: {report.text()}", flush=True)
+    return sweep
+
+
+def open_run(args: argparse.Namespace, sweep: api.ScalingSweep, directory: Path) -> Run:
+    """The run in its directory (locked), on the backend the options ask for; says so."""
+    from isoflop.local.backends import make_backend
+    from isoflop.local.devices import DeviceError, parse_gpus
+    from isoflop.local.runner import Run, RunError
+    from isoflop.sweep.forecast import Law
+
+    law = Law.parse(args.law) if args.law else Law()
+    kind = "simulated" if args.simulate else "local"
+    try:
+        gpus = None if args.gpus is None else parse_gpus(args.gpus)
+        backend = make_backend(kind, sweep.spec, law, args.noise, gpus)
+        run = Run(sweep, directory, backend)
+    except (DeviceError, RunError) as err:
+        raise UsageError(str(err)) from None
+    done = sum(s.phase == "Succeeded" for s in run.state.trials.values())
+    resumed = f", resuming with {done} finished" if run.state.trials else ""
+    print(
+        f"isoflop: sweep '{sweep.name}': {len(run.plan.trials)} trials ({kind}), "
+        f"run directory {directory}{resumed}",
+        flush=True,
+    )
+    for line in [*run.notices, *run.recovered]:
+        print(f"isoflop: {line}", flush=True)
+    return run

@@ -254,25 +254,7 @@ def data_check_job(sweep: api.ScalingSweep, uid: str, namespace: str) -> dict[st
     """A small CPU Job that reads the sweep's shard indexes with the sweep's own credentials (the
     operator never reads a user's data with its rights) and compares them with the spec."""
     spec = sweep.spec
-    data, fid = spec.data, spec.evaluation.fid
-    c, h, w = data.latent_shape
-    args = [
-        "check-data",
-        "--data",
-        data.source,
-        "--latent-shape",
-        str(c),
-        str(h),
-        str(w),
-        "--text-length",
-        str(data.text_length),
-        "--text-dim",
-        str(data.text_dim),
-    ]
-    if data.validation_source:
-        args += ["--validation", data.validation_source]
-    if fid.samples and fid.vae is None:
-        args.append("--need-vae")
+    args = check_data_args(spec)
     job_labels = {
         "app.kubernetes.io/managed-by": "isoflop",
         "app.kubernetes.io/name": "isoflop-data-check",
@@ -316,6 +298,19 @@ def data_check_job(sweep: api.ScalingSweep, uid: str, namespace: str) -> dict[st
             "template": {"metadata": {"labels": job_labels}, "spec": pod},
         },
     }
+
+
+def check_data_args(spec: api.ScalingSweepSpec) -> list[str]:
+    """`isoflop-train check-data`'s arguments: the shards and the shapes the sweep expects."""
+    data, fid = spec.data, spec.evaluation.fid
+    c, h, w = data.latent_shape
+    args = ["check-data", "--data", data.source, "--latent-shape", str(c), str(h), str(w),
+            "--text-length", str(data.text_length), "--text-dim", str(data.text_dim)]  # fmt: skip
+    if data.validation_source:
+        args += ["--validation", data.validation_source]
+    if fid.samples and fid.vae is None:
+        args.append("--need-vae")
+    return args
 
 
 def _pod_identity(pod: dict[str, Any], res: api.ResourcesSpec) -> None:

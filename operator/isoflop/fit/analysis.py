@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -143,6 +144,7 @@ def analyze(
     window: float | None = DEFAULT_WINDOW,
     noise: float | None = None,
     bin_decades: float | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> Analysis:
     """Fit a sweep. Raises ValueError naming the problems for input no law can be fitted to.
 
@@ -150,22 +152,9 @@ def analyze(
     a smooth curve through its budget with the noise model's scatter (`isoflop.fit.noise`).
     `noise` fixes the relative noise instead of estimating it; `bin_decades` groups measured
     budgets into bins of that width in log10 C (default: budgets within 0.1% are one).
+    `progress` is told of each parametric resample fitted (the slow part; a progress bar).
     """
-    if method not in ("parabola", "parametric", "both"):
-        raise ValueError(f"method must be parabola, parametric or both, got {method!r}")
-    if bootstrap < 0:
-        raise ValueError(f"bootstrap must be 0 or more, got {bootstrap}")
-    if 0 < bootstrap < MIN_RESAMPLES:
-        raise ValueError(
-            f"{bootstrap} resamples are too few for an interval's tails; use at least "
-            f"{MIN_RESAMPLES}, or 0 for no intervals"
-        )
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
-    if window is not None and not (np.isfinite(window) and 0 < window <= 1):
-        raise ValueError(f"the fit window must be a relative loss rise in (0, 1], got {window}")
-    if any(not np.isfinite(c) or c <= 0 for c in predict):
-        raise ValueError("budgets to predict must be positive FLOP counts")
+    _check_arguments(method, bootstrap, confidence, window, predict)
     points = points.grouped(bin_decades)
     budgets = points.budgets
     if len(budgets) < 2:
@@ -201,15 +190,9 @@ def analyze(
     if method in ("parabola", "both"):
         result, boot = _parabola_method(points, result, rng, irreducible, warnings, missing)
     if method in ("parametric", "both"):
-        parametric = fit_parametric(points, bootstrap, seed, confidence, noise_model)
+        parametric = fit_parametric(points, bootstrap, seed, confidence, noise_model, progress)
         result = replace(result, parametric=parametric)
-        for name, bound in parametric.at_bound.items():
-            warnings.append(
-                f"parametric fit: {name} ends on its optimizer bound ({bound}): it is not "
-                "identified by these trials"
-            )
-            missing.append(f"parametric {name}")
-        missing += [f"parametric {n} interval" for n in parametric.unidentified]
+        _parametric_warnings(parametric, warnings, missing)
     disagreement = _disagreement(result)
     if disagreement:
         warnings.append(disagreement)
@@ -235,6 +218,43 @@ def analyze(
     )
 
 
+def _check_arguments(
+    method: str,
+    bootstrap: int,
+    confidence: float,
+    window: float | None,
+    predict: tuple[float, ...] | list[float],
+) -> None:
+    if method not in ("parabola", "parametric", "both"):
+        raise ValueError(f"method must be parabola, parametric or both, got {method!r}")
+    if bootstrap < 0:
+        raise ValueError(f"bootstrap must be 0 or more, got {bootstrap}")
+    if 0 < bootstrap < MIN_RESAMPLES:
+        raise ValueError(
+            f"{bootstrap} resamples are too few for an interval's tails; use at least "
+            f"{MIN_RESAMPLES}, or 0 for no intervals"
+        )
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
+    if window is not None and not (np.isfinite(window) and 0 < window <= 1):
+        raise ValueError(f"the fit window must be a relative loss rise in (0, 1], got {window}")
+    if any(not np.isfinite(c) or c <= 0 for c in predict):
+        raise ValueError("budgets to predict must be positive FLOP counts")
+
+
+def _parametric_warnings(
+    parametric: ParametricFit, warnings: list[str], missing: list[str]
+) -> None:
+    """What the parametric fit cannot identify: parameters on their bounds, intervals."""
+    for name, bound in parametric.at_bound.items():
+        warnings.append(
+            f"parametric fit: {name} ends on its optimizer bound ({bound}): it is not "
+            "identified by these trials"
+        )
+        missing.append(f"parametric {name}")
+    missing += [f"parametric {n} interval" for n in parametric.unidentified]
+
+
 @dataclass(frozen=True)
 class _Boot:
     """Per (resample, budget) optima of the parabola method; NaN where a resample has none."""
@@ -245,6 +265,27 @@ class _Boot:
     loss: Array  # (R, J)
 
 
+@dataclass
+class _Draws:
+    """The bootstrap's optima, one column per budget: log10 N*, L*, D* and each metric there."""
+
+    x: Array  # (R, J)
+    loss: Array
+    tokens: Array
+    metrics: dict[str, Array]
+
+    @classmethod
+    def empty(cls, reps: int, budgets: int, metrics: list[str]) -> _Draws:
+        def nan() -> Array:
+            return np.full((reps, budgets), np.nan)
+
+        return cls(nan(), nan(), nan(), {m: nan() for m in metrics})
+
+    def columns(self, keep: np.ndarray) -> _Draws:
+        metrics = {m: v[:, keep] for m, v in self.metrics.items()}
+        return _Draws(self.x[:, keep], self.loss[:, keep], self.tokens[:, keep], metrics)
+
+
 def _parabola_method(
     points: Points,
     result: Analysis,
@@ -253,17 +294,13 @@ def _parabola_method(
     warnings: list[str],
     missing: list[str],
 ) -> tuple[Analysis, _Boot]:
+    """A parabola per budget (resampled for intervals), then power laws through the optima."""
     budgets = points.budgets
-    conf = result.confidence
     reps = result.bootstrap if result.noise.identified else 0
-    metric_names = sorted(points.metrics)
-    sigma = result.noise.sigma(points) * result.noise.inflation(conf) if reps else None
+    sigma = result.noise.sigma(points) * result.noise.inflation(result.confidence) if reps else None
+    draws = _Draws.empty(reps, len(budgets), sorted(points.metrics))
     fits: list[BudgetFit] = []
     problems: list[str] = []
-    x_boot = np.full((reps, len(budgets)), np.nan)
-    l_boot = np.full((reps, len(budgets)), np.nan)
-    d_boot = np.full((reps, len(budgets)), np.nan)
-    m_boot = {m: np.full((reps, len(budgets)), np.nan) for m in metric_names}
     kept = np.zeros(len(budgets), dtype=bool)
     for j, budget in enumerate(budgets):
         mask = points.budget == budget
@@ -276,76 +313,117 @@ def _parabola_method(
         fit = fit_budget(
             float(budget), sel.params, sel.tokens, sel.loss, sel.metrics, result.window
         )
-        if reps:
-            assert sigma is not None
-            x = np.log10(sel.params)
-            center = float(x.mean())
-            u = x - center
-            smooth, _ = smooth_curve(x, np.log(sel.loss))
-            draws = np.exp(smooth + sigma[mask] * rng.standard_normal((reps, len(x))))
-            coef, weights, convex = local_parabolas(u, draws, result.window)
-            u_opt, l_opt, _ = vertex(coef)
-            below = convex & (u_opt <= u.min())
-            above = convex & (u_opt >= u.max())
-            inside = convex & ~below & ~above
-            x_boot[:, j] = np.where(inside, u_opt + center, np.nan)
-            l_boot[:, j] = np.where(inside, l_opt, np.nan)
-            k = flops_per_param_token(float(budget), sel.params, sel.tokens, x_boot[:, j])
-            d_boot[:, j] = budget / (k * 10 ** x_boot[:, j])
-            for m in metric_names:
-                log_m = metric_at(u, np.log10(sel.metrics[m]), np.nan_to_num(u_opt), weights)
-                m_boot[m][:, j] = np.where(inside, 10**log_m, np.nan)
-            log_ci = censored_interval(x_boot[:, j], below, above, conf)
-            fraction = float(inside.mean())
-            fit = replace(
-                fit,
-                params_opt_ci=None if log_ci is None else Interval(10**log_ci.low, 10**log_ci.high),
-                loss_opt_ci=percentile_interval(l_boot[:, j], conf)
-                if fraction >= identified_share(conf)
-                else None,
-                bracketed_fraction=fraction,
-            )
-            if fit.bracketed and log_ci is None:
+        if sigma is not None:
+            fit = _resample_budget(fit, sel, sigma[mask], rng, reps, result, draws, j)
+            if fit.bracketed and fit.params_opt_ci is None:
+                left = 1 - (fit.bracketed_fraction or 0.0)
                 warnings.append(
-                    f"budget {budget:g}: its minimum leaves the ladder in {1 - fraction:.0%} of "
+                    f"budget {budget:g}: its minimum leaves the ladder in {left:.0%} of "
                     "resamples, so its N* interval is not identified: add rungs around the minimum"
                 )
                 missing.append(f"budget {budget:g} N* interval")
         if not fit.bracketed:
             warnings.append(f"budget {budget:g}: {fit.advice}; left out of the laws")
         fits.append(fit)
+    _two_budgets_or_refuse(fits, problems, warnings)
+    draws = draws.columns(kept)
+    usable = np.array([f.bracketed for f in fits], dtype=bool)
+    analysis = _laws(points, result, fits, budgets[kept][usable], usable, draws, reps > 0,
+                     irreducible, rng, warnings, missing)  # fmt: skip
+    return analysis, _Boot(budgets[kept], usable, draws.x, draws.loss)
+
+
+def _resample_budget(
+    fit: BudgetFit,
+    sel: Points,
+    sigma: Array,
+    rng: np.random.Generator,
+    reps: int,
+    result: Analysis,
+    draws: _Draws,
+    j: int,
+) -> BudgetFit:
+    """One budget's parametric bootstrap: redraw its losses around the smoothed curve, refit the
+    parabolas, keep each resample's optimum (NaN where it leaves the ladder) in column j."""
+    conf = result.confidence
+    x = np.log10(sel.params)
+    center = float(x.mean())
+    u = x - center
+    smooth, _ = smooth_curve(x, np.log(sel.loss))
+    redrawn = np.exp(smooth + sigma * rng.standard_normal((reps, len(x))))
+    coef, weights, convex = local_parabolas(u, redrawn, result.window)
+    u_opt, l_opt, _ = vertex(coef)
+    below = convex & (u_opt <= u.min())
+    above = convex & (u_opt >= u.max())
+    inside = convex & ~below & ~above
+    draws.x[:, j] = np.where(inside, u_opt + center, np.nan)
+    draws.loss[:, j] = np.where(inside, l_opt, np.nan)
+    k = flops_per_param_token(fit.budget, sel.params, sel.tokens, draws.x[:, j])
+    draws.tokens[:, j] = fit.budget / (k * 10 ** draws.x[:, j])
+    for m, column in draws.metrics.items():
+        log_m = metric_at(u, np.log10(sel.metrics[m]), np.nan_to_num(u_opt), weights)
+        column[:, j] = np.where(inside, 10**log_m, np.nan)
+    log_ci = censored_interval(draws.x[:, j], below, above, conf)
+    fraction = float(inside.mean())
+    return replace(
+        fit,
+        params_opt_ci=None if log_ci is None else Interval(10**log_ci.low, 10**log_ci.high),
+        loss_opt_ci=percentile_interval(draws.loss[:, j], conf)
+        if fraction >= identified_share(conf)
+        else None,
+        bracketed_fraction=fraction,
+    )
+
+
+def _two_budgets_or_refuse(fits: list[BudgetFit], problems: list[str], warnings: list[str]) -> None:
     if problems:
         plural = "s" if len(problems) > 1 else ""
         warnings.append(
             f"fewer than the 3 model sizes a parabola needs at budget{plural} "
             f"{', '.join(problems)}; left out"
         )
-    usable_fits = np.array([f.bracketed for f in fits], dtype=bool)
-    if usable_fits.sum() < 2:
+    usable = sum(f.bracketed for f in fits)
+    if usable < 2:
         detail = [f"{f.budget:g}: {f.advice}" for f in fits if not f.bracketed]
         if problems:
             detail.append(f"fewer than the 3 model sizes a parabola needs at {', '.join(problems)}")
         raise ValueError(
             "scaling laws need at least 2 budgets with a minimum inside the ladder, got "
-            f"{int(usable_fits.sum())}" + (f": {'; '.join(detail)}" if detail else "")
+            f"{usable}" + (f": {'; '.join(detail)}" if detail else "")
         )
-    x_boot, l_boot, d_boot = x_boot[:, kept], l_boot[:, kept], d_boot[:, kept]
-    m_boot = {m: v[:, kept] for m, v in m_boot.items()}
-    budgets = budgets[kept]
-    c = budgets[usable_fits]
-    boot = reps > 0
+
+
+def _laws(
+    points: Points,
+    result: Analysis,
+    fits: list[BudgetFit],
+    c: Array,
+    usable: np.ndarray,
+    draws: _Draws,
+    boot: bool,
+    irreducible: bool,
+    rng: np.random.Generator,
+    warnings: list[str],
+    missing: list[str],
+) -> Analysis:
+    """Power laws of N*, D*, L* (and each metric) through the usable budgets' optima."""
+    conf = result.confidence
 
     def law(name: str, values: Array, samples: Array) -> PowerLaw:
-        boot_y = samples[:, usable_fits] if boot else None
+        boot_y = samples[:, usable] if boot else None
         fitted = fit_power_law(name, c, values, boot_y, confidence=conf)
         if boot and not fitted.identified:
             missing.append(f"{name} law intervals")
         return fitted
 
+    def optima(values: list[float]) -> Array:
+        out: Array = np.asarray(values, dtype=float)[usable]
+        return out
+
     laws = {
-        "params": law("params", np.array([f.params_opt for f in fits])[usable_fits], 10**x_boot),
-        "tokens": law("tokens", np.array([f.tokens_opt for f in fits])[usable_fits], d_boot),
-        "loss": law("loss", np.array([f.loss_opt for f in fits])[usable_fits], l_boot),
+        "params": law("params", optima([f.params_opt for f in fits]), 10**draws.x),
+        "tokens": law("tokens", optima([f.tokens_opt for f in fits]), draws.tokens),
+        "loss": law("loss", optima([f.loss_opt for f in fits]), draws.loss),
     }
     if boot and not laws["params"].identified:
         warnings.append(
@@ -353,17 +431,17 @@ def _parabola_method(
             "a budget; add rungs around each budget's minimum"
         )
     metric_laws = {
-        m: law(m, np.array([dict(f.metrics_opt)[m] for f in fits])[usable_fits], m_boot[m])
-        for m in metric_names
+        m: law(m, optima([dict(f.metrics_opt)[m] for f in fits]), samples)
+        for m, samples in draws.metrics.items()
     }
-    metric_vs_loss = {m: _metric_vs_loss(points, m, rng, result) for m in metric_names}
+    metric_vs_loss = {m: _metric_vs_loss(points, m, rng, result) for m in sorted(points.metrics)}
     saturating = None
     if irreducible:
-        loss_opt = np.array([f.loss_opt for f in fits])[usable_fits]
+        samples = draws.loss[:, usable] if boot else None
         saturating = fit_saturating_law(
-            "loss", c, loss_opt, l_boot[:, usable_fits] if boot else None, conf
+            "loss", c, optima([f.loss_opt for f in fits]), samples, conf
         )
-    analysis = replace(
+    return replace(
         result,
         budget_fits=tuple(fits),
         laws=laws,
@@ -371,7 +449,6 @@ def _parabola_method(
         metric_vs_loss=metric_vs_loss,
         loss_saturating=saturating,
     )
-    return analysis, _Boot(budgets, usable_fits, x_boot, l_boot)
 
 
 def _metric_vs_loss(

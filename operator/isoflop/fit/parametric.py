@@ -11,6 +11,7 @@ optimizer bound is not identified by the trials and is flagged, not reported as 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -167,6 +168,7 @@ def fit_parametric(
     seed: int = 0,
     confidence: float = 0.95,
     noise: Noise | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> ParametricFit:
     """Fit L(N, D) to every trial; `bootstrap` parametric resamples give the intervals."""
     if len(points) < 6:
@@ -201,34 +203,16 @@ def fit_parametric(
         sigma *= noise.inflation(confidence)
     if bootstrap > 0 and sigma > 0:
         rng = np.random.default_rng(seed)
+        resampled = []
         with threadpool_limits(limits=1):
-            rows = np.array(
-                [
-                    _minimize(
-                        best, ln_n, ln_d, fitted + sigma * rng.standard_normal(len(ln_l)), ones
-                    )[0]
-                    for _ in range(bootstrap)
-                ]
-            )
+            for _ in range(bootstrap):
+                drawn = fitted + sigma * rng.standard_normal(len(ln_l))
+                resampled.append(_minimize(best, ln_n, ln_d, drawn, ones)[0])
+                if progress is not None:
+                    progress(1)
+        rows = np.array(resampled)
         samples = _to_natural(rows)
-        share = _bounds_hit(rows).mean(axis=0)  # per (a, b, e, alpha, beta)
-        tail = (1.0 - confidence) / 2.0
-        share_of = dict(zip(NATURAL, share, strict=True))  # BOUNDS order, by name
-        for i, n in enumerate(("E", "A", "B", "alpha", "beta")):  # the order of samples
-            if share_of[n] > tail or n in at_bound:
-                intervals[n] = None
-                unidentified.append(n)
-            else:
-                intervals[n] = percentile_interval(samples[:, i], confidence)
-        alpha, beta = samples[:, 3], samples[:, 4]
-        exps_ok = max(share[3], share[4]) <= tail and not ({"alpha", "beta"} & set(at_bound))
-        for name, values in (
-            ("params_exponent", beta / (alpha + beta)),
-            ("tokens_exponent", alpha / (alpha + beta)),
-        ):
-            intervals[name] = percentile_interval(values, confidence) if exps_ok else None
-            if not exps_ok:
-                unidentified.append(name)
+        intervals, unidentified = _intervals(samples, _bounds_hit(rows), at_bound, confidence)
     return ParametricFit(
         E=float(natural[0]),
         A=float(natural[1]),
@@ -244,3 +228,31 @@ def fit_parametric(
         unidentified=tuple(unidentified),
         residual=residual,
     )
+
+
+def _intervals(
+    samples: Array, hits: np.ndarray, at_bound: dict[str, str], confidence: float
+) -> tuple[dict[str, Interval | None], list[str]]:
+    """Percentile intervals of the parameters and the implied exponents; None (and named as
+    unidentified) where more resamples than a tail end on an optimizer bound."""
+    intervals: dict[str, Interval | None] = {}
+    unidentified: list[str] = []
+    share = hits.mean(axis=0)  # per (a, b, e, alpha, beta)
+    tail = (1.0 - confidence) / 2.0
+    share_of = dict(zip(NATURAL, share, strict=True))  # BOUNDS order, by name
+    for i, n in enumerate(("E", "A", "B", "alpha", "beta")):  # the order of samples
+        if share_of[n] > tail or n in at_bound:
+            intervals[n] = None
+            unidentified.append(n)
+        else:
+            intervals[n] = percentile_interval(samples[:, i], confidence)
+    alpha, beta = samples[:, 3], samples[:, 4]
+    exps_ok = max(share[3], share[4]) <= tail and not ({"alpha", "beta"} & set(at_bound))
+    for name, values in (
+        ("params_exponent", beta / (alpha + beta)),
+        ("tokens_exponent", alpha / (alpha + beta)),
+    ):
+        intervals[name] = percentile_interval(values, confidence) if exps_ok else None
+        if not exps_ok:
+            unidentified.append(name)
+    return intervals, unidentified

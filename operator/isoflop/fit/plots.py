@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -12,7 +13,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from isoflop.fit.analysis import Analysis
-from isoflop.fit.data import Points
+from isoflop.fit.data import Array, Points
+from isoflop.fit.powerlaw import PowerLaw
 
 
 def plot_isoflops(points: Points, analysis: Analysis, path: Path) -> Path:
@@ -85,43 +87,12 @@ def plot_laws(analysis: Analysis, path: Path) -> Path:
             color="C0",
             label=f"{labels[name]} = {law.coefficient:.3g} C^{law.exponent:.4f}",
         )
-        if law.samples is not None and len(law.samples[0]):
-            curves = 10 ** (law.samples[0][:, None] + law.samples[1][:, None] * np.log10(grid))
-            tail = (1 - analysis.confidence) / 2 * 100
-            low, high = np.percentile(curves, [tail, 100 - tail], axis=0)
-            ax.fill_between(
-                grid,
-                low,
-                high,
-                color="C0",
-                alpha=0.2,
-                label=f"{analysis.confidence:.0%} confidence",
-            )
+        _band(ax, law, grid, analysis.confidence)
         if name == "loss" and analysis.loss_saturating is not None:
             s = analysis.loss_saturating
-            ax.plot(
-                grid,
-                s(grid),
-                color="C1",
-                ls="--",
-                label=f"L* = {s.irreducible:.3g} + {s.coefficient:.3g} C^-{s.decay:.3f}",
-            )
-        for p in analysis.predictions:
-            est = p.metrics.get(name) if name in analysis.metric_laws else getattr(p, name)
-            if est is None:
-                continue
-            err = None
-            if est.pi is not None:
-                err = [[est.value - est.pi.low], [est.pi.high - est.value]]
-            ax.errorbar(
-                [p.budget],
-                [est.value],
-                yerr=err,
-                fmt="o",
-                color="C3",
-                capsize=3,
-                label="prediction" if p is analysis.predictions[0] else None,
-            )
+            label = f"L* = {s.irreducible:.3g} + {s.coefficient:.3g} C^-{s.decay:.3f}"
+            ax.plot(grid, s(grid), color="C1", ls="--", label=label)
+        _predictions(ax, analysis, name)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("compute C (FLOPs)")
@@ -132,6 +103,29 @@ def plot_laws(analysis: Analysis, path: Path) -> Path:
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def _band(ax: Any, law: PowerLaw, grid: Array, confidence: float) -> None:
+    """The law's confidence band, from its bootstrap's (log coefficient, exponent) samples."""
+    if law.samples is None or not len(law.samples[0]):
+        return
+    curves = 10 ** (law.samples[0][:, None] + law.samples[1][:, None] * np.log10(grid))
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(curves, [tail, 100 - tail], axis=0)
+    ax.fill_between(grid, low, high, color="C0", alpha=0.2, label=f"{confidence:.0%} confidence")
+
+
+def _predictions(ax: Any, analysis: Analysis, name: str) -> None:
+    """Each predicted budget's value of this law, with its prediction interval."""
+    for p in analysis.predictions:
+        est = p.metrics.get(name) if name in analysis.metric_laws else getattr(p, name)
+        if est is None:
+            continue
+        err = None
+        if est.pi is not None:
+            err = [[est.value - est.pi.low], [est.pi.high - est.value]]
+        label = "prediction" if p is analysis.predictions[0] else None
+        ax.errorbar([p.budget], [est.value], yerr=err, fmt="o", color="C3", capsize=3, label=label)
 
 
 def plot_parametric(points: Points, analysis: Analysis, path: Path) -> Path:

@@ -427,9 +427,36 @@ def status(
     """The status document both drivers write (the resource's status, the run's status.json)."""
     c = decision.counts
     finished = c.get("succeeded", 0) + c.get("failed", 0)
-    ready = decision.phase == "Succeeded"
-    wanted = [
-        ("Ready", ready, decision.reason, decision.message),
+    wanted = wanted_conditions(decision, fit, data)
+    conditions = _conditions(previous or [], now, wanted)
+    sweep = resolve(spec, plan, states)
+    records = trial_records(sweep, plan, 1 + spec.retries.per_trial)
+    return api.ScalingSweepStatus(
+        fitted_budgets=list(fitted),
+        phase=decision.phase,
+        observed_generation=generation,
+        conditions=conditions,
+        flops_accounting=spec.flops_accounting,
+        progress=f"{finished}/{c.get('total', 0)}",
+        counts=api.TrialCounts(**c),
+        budgets=budget_summaries(spec, plan, records),
+        trials=records,
+        fit=fit,
+        strategy=strategy_status(spec, sweep),
+        data=data,
+    )
+
+
+Wanted = list[tuple[str, bool, str, str]]  # (type, true?, reason, message)
+
+
+def wanted_conditions(
+    decision: Decision, fit: api.FitResult | None, data: api.DataStatus | None
+) -> Wanted:
+    """The conditions a status should hold now: DataReady, Ready, Failed, Fitted, and once laws
+    exist Identified and MethodsAgree."""
+    wanted: Wanted = [
+        ("Ready", decision.phase == "Succeeded", decision.reason, decision.message),
         ("Failed", decision.phase == "Failed", decision.reason, decision.message),
         (
             "Fitted",
@@ -467,28 +494,10 @@ def status(
     if data is not None:
         reason = {True: "DataFits", False: "InvalidData", None: "CheckingData"}[data.ready]
         wanted.insert(0, ("DataReady", data.ready is True, reason, data.message))
-    conditions = _conditions(previous or [], now, wanted)
-    sweep = resolve(spec, plan, states)
-    records = trial_records(sweep, plan, 1 + spec.retries.per_trial)
-    return api.ScalingSweepStatus(
-        fitted_budgets=list(fitted),
-        phase=decision.phase,
-        observed_generation=generation,
-        conditions=conditions,
-        flops_accounting=spec.flops_accounting,
-        progress=f"{finished}/{c.get('total', 0)}",
-        counts=api.TrialCounts(**c),
-        budgets=budget_summaries(spec, plan, records),
-        trials=records,
-        fit=fit,
-        strategy=strategy_status(spec, sweep),
-        data=data,
-    )
+    return wanted
 
 
-def _conditions(
-    previous: list[api.Condition], now: str, wanted: list[tuple[str, bool, str, str]]
-) -> list[api.Condition]:
+def _conditions(previous: list[api.Condition], now: str, wanted: Wanted) -> list[api.Condition]:
     """Conditions keep their lastTransitionTime unless their status changes."""
     old = {c.type: c for c in previous}
     out = []

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -34,6 +34,7 @@ from isoflop.sweep.strategy import (
 )
 
 LAWS = ("params", "tokens", "loss")
+Progress = Callable[[int], None]  # told of each simulated sweep fitted (a progress bar)
 METHODS = ("parabola", "parametric")
 
 
@@ -171,6 +172,7 @@ def simulate(
     methods: Iterable[Method] = ("parabola",),
     window: float | None = DEFAULT_WINDOW,
     seed: int = 0,
+    progress: Progress | None = None,
 ) -> dict[str, Estimates]:
     """Draw `runs` sweeps of this spec from the law with lognormal noise; fit each by each method.
 
@@ -202,6 +204,8 @@ def simulate(
                 out[m][name][0, r] = value
                 if ci is not None:
                     out[m][name][1:, r] = ci
+        if progress is not None:
+            progress(1)
     return {
         m: Estimates(
             {k: v[0] for k, v in out[m].items()},
@@ -232,6 +236,7 @@ def simulate_strategy(
     wsd: Wsd | None = None,
     window: float | None = DEFAULT_WINDOW,
     seed: int = 0,
+    progress: Progress | None = None,
 ) -> StrategyRuns:
     """Like `simulate` for one strategy (neither: the full grid). A WSD branch's loss is drawn
     from the law like a trial trained from scratch to the same (N, D): what the branches are
@@ -251,12 +256,12 @@ def simulate_strategy(
         drawn = clean * np.exp(noise * rng.standard_normal(len(chosen)))
         return {t.id: float(v) for t, v in zip(chosen, drawn, strict=True)}
 
-    for r in range(runs):
+    def one(r: int) -> bool:
+        """Simulate and fit sweep r; False when it gives no law."""
         try:
             losses = run_adaptive(p.trials, adaptive, train) if adaptive else train(p.trials)
         except ValueError:  # the seeds gave no law to predict from
-            failed += 1
-            continue
+            return False
         trained = [t for t in p.trials if t.id in losses]
         compute[r] = wsd_flops(trained, wsd) if wsd else sum(t.flops_exact for t in trained)
         count[r] = len(trained)
@@ -266,13 +271,18 @@ def simulate_strategy(
                 points, method="parabola", bootstrap=bootstrap, seed=seed + r, window=window
             )
         except ValueError:
-            failed += 1
-            continue
+            return False
         for name in LAWS:
             value, ci = _exponent(a, "parabola", name)
             out[name][0, r] = value
             if ci is not None:
                 out[name][1:, r] = ci
+        return True
+
+    for r in range(runs):
+        failed += not one(r)
+        if progress is not None:
+            progress(1)
     est = Estimates(
         {k: v[0] for k, v in out.items()},
         {k: v[1] for k, v in out.items()},
@@ -303,6 +313,7 @@ def compare_strategies(
     strategies: Sequence[Strategy] = STRATEGIES,
     window: float | None = DEFAULT_WINDOW,
     seed: int = 0,
+    progress: Progress | None = None,
 ) -> list[StrategyForecast]:
     """Each strategy simulated `runs` times on the same law and noise: the compute it spends,
     its N* exponent's bias, scatter, interval width and coverage, and the compute it would need,
@@ -312,7 +323,7 @@ def compare_strategies(
     for s in strategies:
         grid = densified(spec, s.budget_factor)
         runs_of = simulate_strategy(
-            grid, law, noise, runs, bootstrap, s.adaptive, s.wsd, window, seed
+            grid, law, noise, runs, bootstrap, s.adaptive, s.wsd, window, seed, progress
         )
         true = truth(plan(grid), law).exponents
         exp = next(
@@ -494,6 +505,17 @@ class Forecast:
         return verdict
 
 
+def variant_runs(runs: int) -> int:
+    """Simulated sweeps for each change to the grid: half the forecast's own."""
+    return max(runs // 2, 2)
+
+
+def forecast_size(spec: api.ScalingSweepSpec, runs: int, variants: bool = True) -> int:
+    """How many simulated sweeps `forecast` fits (for a progress bar): its own, and each
+    change's when it tries the changes."""
+    return runs + (len(grid_variants(spec)) * variant_runs(runs) if variants else 0)
+
+
 def forecast(
     spec: api.ScalingSweepSpec,
     law: Law,
@@ -505,6 +527,7 @@ def forecast(
     window: float | None = DEFAULT_WINDOW,
     target: float | None = None,
     seed: int = 0,
+    progress: Progress | None = None,
 ) -> Forecast:
     """Simulate `runs` sweeps of this spec on `law`; report bias, scatter, interval width and
     coverage of each exponent, and what each change to the grid would buy."""
@@ -515,7 +538,7 @@ def forecast(
     if method not in METHODS:
         raise ValueError(f"method must be parabola or parametric, got {method!r}")
     p = plan(spec)
-    est = simulate(spec, law, noise, runs, bootstrap, (method,), window, seed)[method]
+    est = simulate(spec, law, noise, runs, bootstrap, (method,), window, seed, progress)[method]
     if est.failed == runs:
         raise ValueError("no simulated run could be fitted: the grid cannot produce laws")
     exps = summarize(est, truth(p, law).exponents, method)
@@ -526,8 +549,9 @@ def forecast(
         for label, changed in grid_variants(spec):
             try:
                 alt = simulate(
-                    changed, law, noise, max(runs // 2, 2), bootstrap, (method,), window, seed
-                )
+                    changed, law, noise, variant_runs(runs), bootstrap, (method,), window, seed,
+                    progress,
+                )  # fmt: skip
             except ValueError:
                 continue
             widths = alt[method].high["params"] - alt[method].low["params"]

@@ -21,7 +21,6 @@ import io
 import itertools
 import json
 import multiprocessing
-import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -284,25 +283,7 @@ def prepare(
     store = Store(output)
     classes = _conditioning(source, settings.conditioning)
     settings = settings.resolved()
-    wanted = {
-        "settings": asdict(settings),
-        "source": {"layout": source.layout, "path": local(source.path)},
-    }
-    if store.exists(SETTINGS):
-        before = json.loads(store.read(SETTINGS))
-        if before != wanted:
-            changed = sorted(
-                k
-                for part in ("settings", "source")
-                for k in set(before.get(part, {})) | set(wanted[part])
-                if before.get(part, {}).get(k) != wanted[part].get(k)
-            )
-            raise ValueError(
-                f"{output} was prepared with other settings ({', '.join(changed)} differ); "
-                "prepare into another folder, or give the same settings to resume"
-            )
-    else:
-        store.write(SETTINGS, json.dumps(wanted, indent=1).encode())
+    wanted = _same_settings(store, output, source, settings)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     enc = Encoders(settings, classes, device)
@@ -340,6 +321,46 @@ def prepare(
             pool.terminate()
     if not train_shards:
         raise ValueError(f"no usable samples in {source.path}: {summary.text(output)}")
+    index = _write_indexes(store, val_store, enc, wanted, summary, train_shards, val_shards)
+    return index, summary
+
+
+def _same_settings(store: Store, output: str, source: Source, settings: Settings) -> dict[str, Any]:
+    """The settings a preparation is resumed with must be those it began with; the first run
+    records them."""
+    wanted = {
+        "settings": asdict(settings),
+        "source": {"layout": source.layout, "path": local(source.path)},
+    }
+    if not store.exists(SETTINGS):
+        store.write(SETTINGS, json.dumps(wanted, indent=1).encode())
+        return wanted
+    before = json.loads(store.read(SETTINGS))
+    if before != wanted:
+        changed = sorted(
+            k
+            for part in ("settings", "source")
+            for k in set(before.get(part, {})) | set(wanted[part])
+            if before.get(part, {}).get(k) != wanted[part].get(k)
+        )
+        raise ValueError(
+            f"{output} was prepared with other settings ({', '.join(changed)} differ); "
+            "prepare into another folder, or give the same settings to resume"
+        )
+    return wanted
+
+
+def _write_indexes(
+    store: Store,
+    val_store: Store,
+    enc: Encoders,
+    wanted: dict[str, Any],
+    summary: Summary,
+    train_shards: list[dict[str, Any]],
+    val_shards: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The training index (and the held-out split's): written last, so a store with an index
+    holds every shard it names."""
     base = {
         "format": FORMAT,
         "latent_shape": list(enc.latent_shape),
@@ -357,7 +378,19 @@ def prepare(
     if val_shards:
         index["validation"] = "validation"
     store.write("index.json", json.dumps(index, indent=1).encode())
-    return index, summary
+    return index
+
+
+def _unusable(r: Record, enc: Encoders) -> str | None:
+    """Why a record cannot be used, found before decoding it (no caption, no class); None: none."""
+    if r.problem is not None:
+        return r.problem
+    if enc.classes is not None:
+        ok = r.label is not None and 0 <= r.label < len(enc.classes)
+        return None if ok else NO_LABEL
+    if r.caption is None:
+        return NO_CAPTION
+    return EMPTY_CAPTION if not r.caption.strip() else None
 
 
 def _encode_shard(
@@ -374,18 +407,7 @@ def _encode_shard(
     skipped: dict[str, list[str]] = {}
     keep: list[Record] = []
     for r in chunk:
-        reason = r.problem
-        if reason is None and enc.classes is None:
-            reason = (
-                NO_CAPTION
-                if r.caption is None
-                else EMPTY_CAPTION
-                if not r.caption.strip()
-                else None
-            )
-        if reason is None and enc.classes is not None:
-            ok = r.label is not None and 0 <= r.label < len(enc.classes)
-            reason = None if ok else NO_LABEL
+        reason = _unusable(r, enc)
         if reason is None:
             keep.append(r)
         else:
@@ -441,6 +463,37 @@ def _progress(total: int | None, enabled: bool) -> Any:
 
         logging.disable_progress_bar()  # "Loading weights" bars
         return _NoBar()
-    from tqdm import tqdm
+    return _Bar(total)
 
-    return tqdm(total=total, unit="img", desc="prepare", file=sys.stderr, dynamic_ncols=True)
+
+class _Bar:
+    """Images encoded so far, drawn by rich on stderr (a final line only, off a terminal)."""
+
+    def __init__(self, total: int | None) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.progress = Progress(
+            TextColumn("prepare"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("img"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+        )
+        self.task = self.progress.add_task("prepare", total=total)
+        self.progress.start()
+
+    def update(self, n: int) -> None:
+        self.progress.advance(self.task, n)
+
+    def close(self) -> None:
+        self.progress.stop()
