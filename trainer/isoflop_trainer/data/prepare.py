@@ -40,6 +40,7 @@ from isoflop_trainer.data.sources import (
     decode,
 )
 from isoflop_trainer.data.store import FORMAT, Store
+from isoflop_trainer.progress import progress_bar
 
 Conditioning = Literal["auto", "caption", "class"]
 SETTINGS = "prepare.json"  # what the output was prepared with: a resume must match it
@@ -292,31 +293,36 @@ def prepare(
     train_shards: list[dict[str, Any]] = []
     val_shards: list[dict[str, Any]] = []
     pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 0 else None
-    bar = _progress(source.size(), progress)
+    if not progress:
+        from transformers.utils import logging
+
+        logging.disable_progress_bar()  # "Loading weights" bars
     try:
-        for k, chunk in enumerate(_chunks(source.records(), settings.shard_size)):
-            name = f"shard-{k:05d}.npz"
-            marker = f"{PARTS}/shard-{k:05d}.json"
-            summary.records += len(chunk)
-            if store.exists(marker):
-                part = json.loads(store.read(marker))
-                summary.shards_skipped += 1
-            else:
-                part = _encode_shard(chunk, name, enc, settings, store, val_store, pool, batch_size)
-                store.write(marker, json.dumps(part).encode())
-                summary.shards_done += 1
-            for reason, keys in part["skipped"].items():
-                summary.skipped[reason] += len(keys)
-                summary.examples.setdefault(reason, []).extend(keys[:3])
-            if part["train"]:
-                train_shards.append({"name": name, "samples": part["train"]})
-            if part["validation"]:
-                val_shards.append({"name": name, "samples": part["validation"]})
-            summary.train += part["train"]
-            summary.validation += part["validation"]
-            bar.update(len(chunk))
+        with progress_bar("prepare", source.size(), unit="img", enabled=progress) as advance:
+            for k, chunk in enumerate(_chunks(source.records(), settings.shard_size)):
+                name = f"shard-{k:05d}.npz"
+                marker = f"{PARTS}/shard-{k:05d}.json"
+                summary.records += len(chunk)
+                if store.exists(marker):
+                    part = json.loads(store.read(marker))
+                    summary.shards_skipped += 1
+                else:
+                    part = _encode_shard(
+                        chunk, name, enc, settings, store, val_store, pool, batch_size
+                    )
+                    store.write(marker, json.dumps(part).encode())
+                    summary.shards_done += 1
+                for reason, keys in part["skipped"].items():
+                    summary.skipped[reason] += len(keys)
+                    summary.examples.setdefault(reason, []).extend(keys[:3])
+                if part["train"]:
+                    train_shards.append({"name": name, "samples": part["train"]})
+                if part["validation"]:
+                    val_shards.append({"name": name, "samples": part["validation"]})
+                summary.train += part["train"]
+                summary.validation += part["validation"]
+                advance(len(chunk))
     finally:
-        bar.close()
         if pool is not None:
             pool.terminate()
     if not train_shards:
@@ -447,53 +453,3 @@ def _encode_shard(
         (store if split == "train" else val_store).write(name, buf.getvalue())
         part[split] = len(records)
     return part
-
-
-class _NoBar:
-    def update(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _progress(total: int | None, enabled: bool) -> Any:
-    if not enabled:
-        from transformers.utils import logging
-
-        logging.disable_progress_bar()  # "Loading weights" bars
-        return _NoBar()
-    return _Bar(total)
-
-
-class _Bar:
-    """Images encoded so far, drawn by rich on stderr (a final line only, off a terminal)."""
-
-    def __init__(self, total: int | None) -> None:
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self.progress = Progress(
-            TextColumn("prepare"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("img"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
-        )
-        self.task = self.progress.add_task("prepare", total=total)
-        self.progress.start()
-
-    def update(self, n: int) -> None:
-        self.progress.advance(self.task, n)
-
-    def close(self) -> None:
-        self.progress.stop()
