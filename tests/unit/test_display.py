@@ -119,7 +119,7 @@ def test_forecast_and_fit_report_their_progress_unit_by_unit() -> None:
 
 
 def test_progress_bars_stay_out_of_pipes(capsys: pytest.CaptureFixture[str]) -> None:
-    from isoflop.cli.common import progress_bar
+    from isoflop_trainer.progress import progress_bar
 
     with progress_bar("work", 10) as advance:
         advance(5)

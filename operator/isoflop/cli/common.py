@@ -6,10 +6,6 @@ import argparse
 from collections.abc import Sequence
 from typing import TypeAlias
 
-from isoflop_trainer.progress import progress_bar
-
-__all__ = ["LAW_HELP", "HelpFormatter", "Subparsers", "UsageError", "progress_bar", "si", "table"]
-
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 LAW_HELP = "the simulated L(N,D) = E + A/N^alpha + B/D^beta as E,A,B,alpha,beta"

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 from threadpoolctl import threadpool_limits
 
 from isoflop import api
-from isoflop.cli.common import HelpFormatter, Subparsers, UsageError, progress_bar
+from isoflop.cli.common import HelpFormatter, Subparsers, UsageError
+from isoflop_trainer.progress import progress_bar
 
 if TYPE_CHECKING:  # imported when a command runs: `isoflop --help` loads no scipy
     from isoflop.fit import Analysis, Comparison, Points

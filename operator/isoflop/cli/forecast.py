@@ -7,7 +7,8 @@ import argparse
 from threadpoolctl import threadpool_limits
 
 from isoflop import api
-from isoflop.cli.common import LAW_HELP, HelpFormatter, Subparsers, UsageError, progress_bar
+from isoflop.cli.common import LAW_HELP, HelpFormatter, Subparsers, UsageError
+from isoflop_trainer.progress import progress_bar
 
 
 def register(sub: Subparsers) -> None:

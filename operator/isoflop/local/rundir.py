@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from isoflop import api
 from isoflop.local.backends import read_json
@@ -43,7 +44,7 @@ class RunState:
     conditions: list[api.Condition] = field(default_factory=list)
     elapsed_before: float = 0.0  # seconds spent by earlier sessions of this run
 
-    def to_json(self, sweep: str, elapsed: float) -> dict[str, object]:
+    def to_json(self, sweep: str, elapsed: float) -> dict[str, Any]:
         return {
             "sweep": sweep,
             "trials": {tid: asdict(s) for tid, s in sorted(self.trials.items())},
@@ -56,32 +57,25 @@ class RunState:
         }
 
     @classmethod
-    def from_json(cls, saved: dict[str, object]) -> RunState:
+    def from_json(cls, saved: dict[str, Any]) -> RunState:
         """A saved state; a trial that was running when the runner stopped is Pending again,
         its interrupted attempt not counted (it resumes from its checkpoint)."""
-        state = cls()
-        trials = saved.get("trials")
-        for tid, fields in (trials if isinstance(trials, dict) else {}).items():
+        trials = {}
+        for tid, fields in saved.get("trials", {}).items():
             fields["metrics"] = tuple(tuple(m) for m in fields.get("metrics", ()))
             s = TrialState(**fields)
             if s.phase in engine.ACTIVE:
                 s = TrialState(phase="Pending", attempts=max(s.attempts - 1, 0), loss=s.loss)
-            state.trials[tid] = s
-        fitted = saved.get("fitted")
-        state.fitted = tuple(fitted) if isinstance(fitted, list) else ()
-        if saved.get("fit"):
-            state.fit = api.FitResult.model_validate(saved["fit"])
-        fit_text, fit_key = saved.get("fitText"), saved.get("fitKey")
-        state.fit_text = fit_text if isinstance(fit_text, str) else None
-        state.fit_key = fit_key if isinstance(fit_key, str) else None
-        conditions = saved.get("conditions")
-        state.conditions = [
-            api.Condition.model_validate(c)
-            for c in (conditions if isinstance(conditions, list) else [])
-        ]
-        elapsed = saved.get("elapsed_seconds", 0.0)
-        state.elapsed_before = float(elapsed) if isinstance(elapsed, int | float) else 0.0
-        return state
+            trials[tid] = s
+        return cls(
+            trials=trials,
+            fitted=tuple(saved.get("fitted", ())),
+            fit=api.FitResult.model_validate(saved["fit"]) if saved.get("fit") else None,
+            fit_text=saved.get("fitText"),
+            fit_key=saved.get("fitKey"),
+            conditions=[api.Condition.model_validate(c) for c in saved.get("conditions", [])],
+            elapsed_before=float(saved.get("elapsed_seconds", 0.0)),
+        )
 
 
 class RunDirectory:
