@@ -8,6 +8,7 @@ from pydantic import (
     AfterValidator,
     ConfigDict,
     Field,
+    JsonValue,
     field_validator,
     model_validator,
 )
@@ -602,6 +603,48 @@ class FitSpec(SpecModel):
     )
 
 
+class ShapeSpec(SpecModel):
+    """One model a confirmation may train: its depth and width."""
+
+    depth: int = Field(ge=1, le=128)
+    """Transformer blocks."""
+    width: int = Field(ge=8, le=16384)
+    """Model width (hidden size)."""
+    heads: int | None = Field(default=None, ge=1, description="Default: width / model.headDim.")
+
+
+class ConfirmationSpec(SpecModel):
+    """How the model of a confirmation run (spec.confirm) is chosen, and what it trains on."""
+
+    shapes: list[ShapeSpec] = Field(
+        default_factory=list,
+        max_length=256,
+        description="The models a confirmation chooses from (the nearest to the predicted N*). "
+        "Default: the ladder's own shape rule extended (width = widthPerDepth x depth for a "
+        "depth ladder; every width of the rungs' depth, or their width/depth ratio, for configs).",
+    )
+    gpus_per_node: int | None = Field(
+        default=None, ge=0, le=64, description="Default: resources.gpusPerNode."
+    )
+    nodes: int | None = Field(default=None, ge=1, le=1024, description="Default: resources.nodes.")
+    gpu_memory_gib: float | None = Field(
+        default=None,
+        alias="gpuMemoryGiB",
+        gt=0,
+        le=4096,
+        description="Default: resources.gpuMemoryGiB.",
+    )
+    cpu: str | None = Field(
+        default=None, pattern=QUANTITY_PATTERN, max_length=32, description="Default: resources.cpu."
+    )
+    memory: str | None = Field(
+        default=None,
+        pattern=QUANTITY_PATTERN,
+        max_length=32,
+        description="Default: resources.memory.",
+    )
+
+
 FEATURES_PATTERN = r"^(inception|clip-[a-z0-9-]+|random-conv(:[0-9]+)?|/.+)$"
 
 
@@ -652,11 +695,58 @@ class EvaluationSpec(SpecModel):
     likelihood: LikelihoodSpec = Field(default_factory=LikelihoodSpec)
 
 
+CONFIRM_ABOVE = (
+    "every confirm budget must lie above every budget of the grid: a confirmation trains where "
+    "the laws extrapolate (fit.holdOutBudget checks a budget inside the grid)"
+)
+CONFIRM_SURFACE = (
+    "confirm predicts its loss from the fitted surface L(N, D): fit.method must be parametric or "
+    "both"
+)
+CONFIRM_SHAPES = (
+    "confirm needs a shape rule to turn the predicted N* into a model: these configs share "
+    "neither a depth nor a width/depth ratio, so give confirmation.shapes"
+)
+CONFIRM_HEADS = (
+    "every confirmation.shapes width must split into its heads (default width / headDim)"
+)
+
 MAX_TRIALS = 4096  # budgets x rungs x replicates: the largest sweep one resource may hold
 _TRIALS_CEL = (
     "size(self.budgets) * (size(self.model.depths) + size(self.model.configs))"
     " * (has(self.training) && has(self.training.replicates) ? self.training.replicates : 1)"
 )
+
+
+_CONFIRMING = "has(self.confirm) && size(self.confirm) > 0"
+_HEAD_DIM = "(has(self.model.headDim) ? self.model.headDim : 64)"
+# the same rules as ScalingSweepSpec._confirmation, for the API server
+_CONFIRM_CEL: list[JsonValue] = [
+    {
+        "rule": "!has(self.confirm) || self.confirm.all(c, self.budgets.all(b, c > b))",
+        "message": CONFIRM_ABOVE,
+    },
+    {
+        "rule": f"!({_CONFIRMING}) || !has(self.fit) || !has(self.fit.method) "
+        "|| self.fit.method != 'parabola'",
+        "message": CONFIRM_SURFACE,
+    },
+    {
+        "rule": f"!({_CONFIRMING}) || (has(self.confirmation) && has(self.confirmation.shapes) "
+        "&& size(self.confirmation.shapes) > 0) || !has(self.model.configs) "
+        "|| size(self.model.configs) == 0 "
+        "|| self.model.configs.all(c, c.depth == self.model.configs[0].depth) "
+        "|| self.model.configs.all(c, c.width * self.model.configs[0].depth "
+        "== self.model.configs[0].width * c.depth)",
+        "message": CONFIRM_SHAPES,
+    },
+    {
+        "rule": "!has(self.confirmation) || !has(self.confirmation.shapes) "
+        "|| self.confirmation.shapes.all(s, has(s.heads) ? s.width % s.heads == 0 "
+        f": s.width / {_HEAD_DIM} >= 1 && s.width % (s.width / {_HEAD_DIM}) == 0)",
+        "message": CONFIRM_HEADS,
+    },
+]
 
 
 class ScalingSweepSpec(SpecModel):
@@ -669,7 +759,8 @@ class ScalingSweepSpec(SpecModel):
                     "rule": f"{_TRIALS_CEL} <= {MAX_TRIALS}",
                     "message": f"budgets x rungs x training.replicates must be at most "
                     f"{MAX_TRIALS} trials; split the sweep",
-                }
+                },
+                *_CONFIRM_CEL,
             ]
         }
     )
@@ -693,6 +784,15 @@ class ScalingSweepSpec(SpecModel):
     metrics: MetricsSpec = Field(default_factory=MetricsSpec)
     fit: FitSpec = Field(default_factory=FitSpec)
     strategy: StrategySpec = Field(default_factory=StrategySpec)
+    confirm: Annotated[list[Flops], AfterValidator(_unique)] = Field(
+        default_factory=list,
+        max_length=8,
+        description="Budgets (FLOPs, above every budget of the grid) at which to train the model "
+        "the final laws call compute-optimal, once they are final, and check the loss they "
+        "predicted for it.",
+    )
+    confirmation: ConfirmationSpec = Field(default_factory=ConfirmationSpec)
+    """How a confirmation's model is chosen and what it trains on."""
 
     @model_validator(mode="after")
     def _cross_fields(self) -> ScalingSweepSpec:
@@ -717,6 +817,7 @@ class ScalingSweepSpec(SpecModel):
                 "strategy.wsdBranches trains every trial as a WSD cooldown; training.schedule "
                 "cosine contradicts it (leave it unset or say wsd)"
             )
+        self._confirmation()
         seeds = self.strategy.adaptive.seed_budgets if self.strategy.adaptive else 0
         if seeds > len(self.budgets):
             raise ValueError(
@@ -724,3 +825,27 @@ class ScalingSweepSpec(SpecModel):
                 "budgets"
             )
         return self
+
+    def _confirmation(self) -> None:
+        """spec.confirm's rules (the API server's are _CONFIRM_CEL)."""
+        for shape in self.confirmation.shapes:
+            heads = shape.heads or shape.width // self.model.head_dim
+            if heads < 1 or shape.width % heads:
+                raise ValueError(
+                    f"{CONFIRM_HEADS}: width {shape.width} does not split into {heads} heads"
+                )
+        if not self.confirm:
+            return
+        top = max(self.budgets)
+        low = [c for c in self.confirm if c <= top]
+        if low:
+            raise ValueError(f"{CONFIRM_ABOVE}; {low[0]:g} is not above {top:g}")
+        if self.fit.method == "parabola":
+            raise ValueError(CONFIRM_SURFACE)
+        configs = self.model.configs
+        if configs and not self.confirmation.shapes:
+            first = configs[0]
+            same_depth = all(c.depth == first.depth for c in configs)
+            same_ratio = all(c.width * first.depth == first.width * c.depth for c in configs)
+            if not (same_depth or same_ratio):
+                raise ValueError(CONFIRM_SHAPES)

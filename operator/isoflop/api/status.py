@@ -11,7 +11,7 @@ from pydantic import (
 from isoflop.api.base import Model
 from isoflop_trainer.config import FlopsAccounting
 
-Phase = Literal["Pending", "Running", "Fitting", "Succeeded", "Failed"]
+Phase = Literal["Pending", "Running", "Fitting", "Confirming", "Succeeded", "Failed"]
 TrialPhase = Literal[
     "Pending", "Running", "Succeeded", "Failed", "Cancelled", "Infeasible", "Skipped"
 ]
@@ -241,6 +241,58 @@ class StrategyStatus(Model):
     skipped: int = 0
 
 
+class Confirmation(Model):
+    """One confirmation run: the model the final laws call optimal at a budget above the grid,
+    the loss they predict for it (written before it starts), and what it measured."""
+
+    budget: float
+    trial: str = Field(description="Its trial ID (confirm-BUDGET).")
+    predicted_params: float = Field(description="N* the laws predict at this budget.")
+    depth: int
+    width: int
+    heads: int
+    params: int = Field(description="Parameters of the chosen model: the family's nearest to N*.")
+    tokens: int
+    steps: int
+    gpu_hours: float | None = Field(
+        default=None, description="Estimated from the MFU curve (H100, bf16)."
+    )
+    predicted_loss: float = Field(description="The fitted surface L(N, D) at this model.")
+    loss_interval: Interval | None = Field(
+        default=None,
+        description="Where one trial's loss falls (confidence below): the surface's "
+        "uncertainty, one trial's noise and the form's drift beyond the grid; null: not "
+        "identified (note says why).",
+    )
+    surface_interval: Interval | None = Field(
+        default=None, description="Where the surface itself lies at this model."
+    )
+    form_error: float | None = Field(
+        default=None,
+        description="Relative error added for the surface's form at this distance beyond the "
+        "grid (from the grid's check of its own extrapolation); null: not checked.",
+    )
+    confidence: float = 0.95
+    predicted_metrics: dict[str, float] = Field(
+        default_factory=dict, description="fid and other metrics, from their law against loss."
+    )
+    note: str | None = Field(default=None, description="What the prediction could not include.")
+    phase: TrialPhase = "Pending"
+    attempts: int = 0
+    measured_loss: float | None = None
+    metrics: dict[str, float] | None = None
+    error: str | None = None
+    half_widths: float | None = Field(
+        default=None,
+        description="(measured - predicted) in half-widths of the interval on that side: "
+        "within +-1 is inside.",
+    )
+    inside: bool | None = Field(
+        default=None, description="The measured loss lies in loss_interval; null: no verdict."
+    )
+    message: str | None = Field(default=None, description="The verdict in one sentence.")
+
+
 class ScalingSweepStatus(Model):
     """The status both the operator and the local runner write."""
 
@@ -264,6 +316,11 @@ class ScalingSweepStatus(Model):
         default=None, description="Set when spec.strategy asks for adaptive ladders or branches."
     )
     data: DataStatus | None = None
+    confirmations: list[Confirmation] = Field(
+        default_factory=list,
+        description="spec.confirm's runs: the predicted optimum at each budget above the grid, "
+        "the loss to beat, and what it measured.",
+    )
     admitted: dict[str, str] | None = Field(
         default=None,
         description="A digest of each field that defines the sweep (model.family, data, "

@@ -9,10 +9,13 @@ from pathlib import Path
 
 from isoflop import api
 from isoflop.cli.common import HelpFormatter, Subparsers, UsageError, si, table
+from isoflop.sweep.confirm import Planned, plan_confirmations
+from isoflop.sweep.forecast import Law
 from isoflop.sweep.plan import (
     DEFAULT_MFU,
     H100_BF16_PEAK_FLOPS,
     H100_MFU_CURVE,
+    Infeasible,
     MfuCurve,
     Plan,
     format_flops,
@@ -41,6 +44,12 @@ def register(sub: Subparsers) -> None:
         "bench_trainer.py output on your GPUs)",
     )
     p.add_argument(
+        "--law",
+        help="spec.confirm: the L(N, D) = E + A/N^alpha + B/D^beta (E,A,B,alpha,beta[,gamma]) "
+        "whose N* picks the model shown for each confirmation (default: reproduces the paper's "
+        "laws); the sweep's own final laws pick the model it trains",
+    )
+    p.add_argument(
         "--peak-tflops",
         type=float,
         default=H100_BF16_PEAK_FLOPS / 1e12,
@@ -56,11 +65,26 @@ def command(args: argparse.Namespace) -> int:
     sweep = api.load_sweep(args.file)
     p = plan(sweep.spec)
     peak = args.peak_tflops * 1e12
+    try:
+        law = Law.parse(args.law) if args.law else Law()
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    confirms = plan_confirmations(sweep.spec, law)
     if args.json:
-        print(json.dumps(p.to_json(mfu, peak), indent=2))
+        print(
+            json.dumps(
+                {**p.to_json(mfu, peak), "confirm": confirm_json(confirms, mfu, peak)}, indent=2
+            )
+        )
     else:
         print(f"ScalingSweep '{sweep.name}' ({sweep.spec.model.family})")
         print(format_plan(p, mfu, peak))
+        if confirms:
+            print(
+                confirm_text(
+                    confirms, mfu, peak, "the law given" if args.law else "the paper's law"
+                )
+            )
         if (line := strategy_text(sweep.spec, p)) is not None:
             print(line)
         if (line := packing_text(sweep.spec, p, mfu, peak)) is not None:
@@ -120,6 +144,50 @@ def format_plan(p: Plan, mfu: MfuCurve, peak: float) -> str:
         + (f" ({flat:.3g} at a flat {DEFAULT_MFU:.0%})." if len(mfu.points) > 1 else ".")
     )
     return "\n".join(out)
+
+
+def confirm_text(confirms: list[Planned], mfu: MfuCurve, peak: float, source: str) -> str:
+    """spec.confirm's runs as `source` would choose them: N*, the model, N, D, steps, GPU-hours."""
+    lines = [
+        f"\nconfirm (the model chosen for N* by {source}; the sweep's own final laws choose the "
+        "one it trains, and predict its loss before it starts):"
+    ]
+    for c in confirms:
+        t = c.trial
+        head = f"  {format_flops(c.budget)}: N* {si(c.n_star)}"
+        if isinstance(t, Infeasible):
+            lines.append(f"{head} -> {si(t.params)} params: not trainable ({t.reason})")
+            continue
+        lines.append(
+            f"{head} -> depth {t.depth}, width {t.width}: {si(t.params)} params "
+            f"({t.params:,}), D {si(t.tokens)} tokens, {t.steps:,} steps of batch {t.batch_size}, "
+            f"{t.flops_exact:.3e} FLOPs exact, about {t.gpu_hours(mfu, peak):.3g} GPU-hours at "
+            f"{mfu.at(t.params):.1%} MFU"
+        )
+        if c.note:
+            lines.append(f"    {c.note}")
+    return "\n".join(lines)
+
+
+def confirm_json(confirms: list[Planned], mfu: MfuCurve, peak: float) -> list[dict[str, object]]:
+    out: list[dict[str, object]] = []
+    for c in confirms:
+        t = c.trial
+        row: dict[str, object] = {"budget": c.budget, "n_star": c.n_star, "note": c.note}
+        if isinstance(t, Infeasible):
+            row |= {"infeasible": t.reason, "params": t.params}
+        else:
+            row |= {
+                "depth": t.depth,
+                "width": t.width,
+                "params": t.params,
+                "tokens": t.tokens,
+                "steps": t.steps,
+                "flops_exact": t.flops_exact,
+                "gpu_hours": t.gpu_hours(mfu, peak),
+            }
+        out.append(row)
+    return out
 
 
 def mfu_curve(args: argparse.Namespace) -> MfuCurve:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,15 +63,26 @@ def plot_isoflops(points: Points, analysis: Analysis, path: Path) -> Path:
     return path
 
 
-def plot_laws(analysis: Analysis, path: Path) -> Path:
+@dataclass(frozen=True)
+class ConfirmPoint:
+    """A confirmation run on the L* panel: the loss predicted for it, its prediction interval,
+    and the loss it measured (None while it trains)."""
+
+    budget: float
+    predicted: float
+    interval: tuple[float, float] | None
+    measured: float | None
+
+
+def plot_laws(analysis: Analysis, path: Path, confirmations: Sequence[ConfirmPoint] = ()) -> Path:
     """N*, D*, L* (and FID*, bpd*, ... when measured) against C: optima, fitted law, its
-    confidence band, and predictions."""
+    confidence band, predictions, and confirmation runs against the extrapolated L*(C)."""
     laws = {**analysis.laws, **analysis.metric_laws}
     fig, axes = plt.subplots(1, len(laws), figsize=(5 * len(laws), 4.5), dpi=120, squeeze=False)
     fits = [f for f in analysis.budget_fits if np.isfinite(f.loss_opt)]
     c_obs = np.array([f.budget for f in fits])
     c_pred = np.array([p.budget for p in analysis.predictions])
-    c_all = np.concatenate([c_obs, c_pred])
+    c_all = np.concatenate([c_obs, c_pred, [c.budget for c in confirmations]])
     grid = np.logspace(np.log10(c_all.min()) - 0.1, np.log10(c_all.max()) + 0.1, 100)
     observed = {
         "params": [f.params_opt for f in fits],
@@ -93,6 +106,8 @@ def plot_laws(analysis: Analysis, path: Path) -> Path:
             label = f"L* = {s.irreducible:.3g} + {s.coefficient:.3g} C^-{s.decay:.3f}"
             ax.plot(grid, s(grid), color="C1", ls="--", label=label)
         _predictions(ax, analysis, name)
+        if name == "loss":
+            _confirmations(ax, confirmations)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("compute C (FLOPs)")
@@ -126,6 +141,24 @@ def _predictions(ax: Any, analysis: Analysis, name: str) -> None:
             err = [[est.value - est.pi.low], [est.pi.high - est.value]]
         label = "prediction" if p is analysis.predictions[0] else None
         ax.errorbar([p.budget], [est.value], yerr=err, fmt="o", color="C3", capsize=3, label=label)
+
+
+def _confirmations(ax: Any, confirmations: Sequence[ConfirmPoint]) -> None:
+    """Each confirmation's predicted loss with its interval, and the loss it measured."""
+    for i, c in enumerate(confirmations):
+        err = None
+        if c.interval is not None:
+            err = [[c.predicted - c.interval[0]], [c.interval[1] - c.predicted]]
+        first = i == 0
+        ax.errorbar(
+            [c.budget], [c.predicted], yerr=err, fmt="s", mfc="none", color="C2", capsize=4,
+            label="confirmation: predicted" if first else None,
+        )  # fmt: skip
+        if c.measured is not None:
+            ax.scatter(
+                [c.budget], [c.measured], marker="*", s=120, color="C2", zorder=4,
+                label="confirmation: measured" if first else None,
+            )  # fmt: skip
 
 
 def plot_parametric(points: Points, analysis: Analysis, path: Path) -> Path:
@@ -183,13 +216,18 @@ def plot_parametric(points: Points, analysis: Analysis, path: Path) -> Path:
     return path
 
 
-def plot_all(points: Points, analysis: Analysis, directory: str | Path) -> list[Path]:
+def plot_all(
+    points: Points,
+    analysis: Analysis,
+    directory: str | Path,
+    confirmations: Sequence[ConfirmPoint] = (),
+) -> list[Path]:
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     if analysis.budget_fits:
         paths.append(plot_isoflops(points, analysis, out / "isoflop.png"))
-        paths.append(plot_laws(analysis, out / "laws.png"))
+        paths.append(plot_laws(analysis, out / "laws.png", confirmations))
     if analysis.parametric is not None:
         paths.append(plot_parametric(points, analysis, out / "parametric.png"))
     return paths

@@ -11,10 +11,14 @@ import hashlib
 import json
 from collections.abc import Collection
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from isoflop import __version__, api
 from isoflop.sweep.engine import TrialState
 from isoflop.sweep.plan import Plan, format_flops
+
+if TYPE_CHECKING:
+    from isoflop.fit.plots import ConfirmPoint
 
 COLUMNS = ["id", "budget", "depth", "width", "params", "tokens", "steps", "phase", "attempts",
            "loss", "loss_se"]  # fmt: skip
@@ -77,6 +81,7 @@ def report_markdown(
     if fit_text is not None:
         lines += ["## Fitted laws", "", "```", fit_text, "```", ""]
         lines += ["![isoFLOP curves](plots/isoflop.png)", "", "![laws](plots/laws.png)", ""]
+    lines += confirmation_lines(status.confirmations)
     lines += [
         "## Trials",
         "",
@@ -93,6 +98,39 @@ def report_markdown(
             f"| {r.id} | {r.params:,} | {r.tokens:,} | {r.phase} | {r.attempts} | {loss} | {how} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def confirmation_lines(confirmations: list[api.Confirmation]) -> list[str]:
+    """The report's account of spec.confirm's runs: the model the laws chose, the loss they
+    predicted before it trained, and what it measured."""
+    if not confirmations:
+        return []
+    lines = [
+        "## Confirmation",
+        "",
+        "The model the final laws call compute-optimal, trained at a budget above the grid; its "
+        "loss was predicted (fitted surface L(N, D); interval: the surface's uncertainty, one "
+        "trial's noise and the form's drift beyond the grid) before it started.",
+        "",
+        "| budget | N* predicted | model | params | steps | GPU-hours (H100) | predicted loss "
+        "| interval | measured | verdict |",
+        "|---|---:|---|---:|---:|---:|---:|---|---:|---|",
+    ]
+    for c in confirmations:
+        interval = c.loss_interval
+        shown = (
+            "not identified" if interval is None else f"[{interval.low:.4f}, {interval.high:.4f}]"
+        )
+        measured = "" if c.measured_loss is None else f"{c.measured_loss:.4f}"
+        hours = "" if c.gpu_hours is None else f"{c.gpu_hours:.3g}"
+        verdict = c.message or c.phase
+        lines.append(
+            f"| {format_flops(c.budget)} | {c.predicted_params:.4g} | depth {c.depth}, width "
+            f"{c.width} | {c.params:,} | {c.steps:,} | {hours} | {c.predicted_loss:.4f} | {shown} "
+            f"| {measured} | {verdict} |"
+        )
+    notes = [f"- {c.trial}: {c.note}" for c in confirmations if c.note]
+    return [*lines, "", *notes, *([""] if notes else [])]
 
 
 def strategy_lines(spec: api.ScalingSweepSpec, st: api.StrategyStatus | None) -> list[str]:
@@ -113,4 +151,20 @@ def strategy_lines(spec: api.ScalingSweepSpec, st: api.StrategyStatus | None) ->
         f"- compute: {format_flops(st.planned_flops)} FLOPs planned, "
         f"{st.compute_fraction:.3f} of the full grid from scratch "
         f"({format_flops(st.full_grid_flops)}); {format_flops(st.spent_flops)} spent",
+    ]
+
+
+def confirm_points(confirmations: list[api.Confirmation]) -> list[ConfirmPoint]:
+    """The confirmations as the laws plot draws them."""
+    from isoflop.fit.plots import ConfirmPoint  # matplotlib: only when plotting
+
+    return [
+        ConfirmPoint(
+            c.budget,
+            c.predicted_loss,
+            None if c.loss_interval is None else (c.loss_interval.low, c.loss_interval.high),
+            c.measured_loss,
+        )
+        for c in confirmations
+        if c.phase != "Infeasible"
     ]

@@ -43,6 +43,8 @@ class RunState:
     fit_key: str | None = None  # what that fit was computed from (isoflop.local.report.fit_key)
     conditions: list[api.Condition] = field(default_factory=list)
     elapsed_before: float = 0.0  # seconds spent by earlier sessions of this run
+    # spec.confirm's runs as predicted after the final fit (before any starts), with verdicts
+    confirmations: list[api.Confirmation] = field(default_factory=list)
 
     def to_json(self, sweep: str, elapsed: float) -> dict[str, Any]:
         return {
@@ -53,6 +55,7 @@ class RunState:
             "fitText": self.fit_text,
             "fitKey": self.fit_key,
             "conditions": [c.to_wire() for c in self.conditions],
+            "confirmations": [c.to_wire() for c in self.confirmations],
             "elapsed_seconds": elapsed,
         }
 
@@ -75,6 +78,9 @@ class RunState:
             fit_key=saved.get("fitKey"),
             conditions=[api.Condition.model_validate(c) for c in saved.get("conditions", [])],
             elapsed_before=float(saved.get("elapsed_seconds", 0.0)),
+            confirmations=[
+                api.Confirmation.model_validate(c) for c in saved.get("confirmations", [])
+            ],
         )
 
 

@@ -14,15 +14,17 @@ import sys
 import time
 from dataclasses import asdict
 from datetime import datetime, timezone
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 from isoflop import api
 from isoflop.local.backends import Backend, Observation, SimulatedBackend
 from isoflop.local.display import Display
-from isoflop.local.report import fit_key, report_markdown, write_trials_csv
+from isoflop.local.report import confirm_points, fit_key, report_markdown, write_trials_csv
 from isoflop.local.rundir import RunDirectory, RunError, RunState
 from isoflop.sweep import engine
+from isoflop.sweep.confirm import is_confirmation, predict, resources_spec
 from isoflop.sweep.engine import TrialState
 from isoflop.sweep.packing import Packing
 from isoflop.sweep.plan import Plan, plan
@@ -87,19 +89,25 @@ class Run:
 
     # -- one step ---------------------------------------------------------------------------------
 
+    def decide(self) -> engine.Decision:
+        s = self.state
+        return engine.decide(self.engine_spec, self.plan, s.trials, s.fitted, s.confirmations)
+
     def step(self) -> engine.Decision:
         """Observe, decide, apply; returns the decision it applied."""
         changed = self.observe()
-        decision = engine.decide(self.engine_spec, self.plan, self.state.trials, self.state.fitted)
+        decision = self.decide()
         self.skipped = frozenset(decision.skipped)
         changed |= self.cancel(decision.cancels)
         changed |= self.launch(decision.launches)
         if decision.fit_due:
             self.refit(decision.complete_budgets, final=decision.phase == "Fitting")
             changed = True
-            decision = engine.decide(
-                self.engine_spec, self.plan, self.state.trials, self.state.fitted
-            )
+            decision = self.decide()
+        if decision.confirm_due:  # stored (and saved) before the next step launches them
+            self.predict_confirmations()
+            changed = True
+            decision = self.decide()
         if changed:
             self.write_status(decision)
             self.save()
@@ -141,12 +149,13 @@ class Run:
         launched = False
         for launch in launches:
             t = launch.trial
-            share = self.packing.gpu_share(t)  # packed: a share of one GPU
+            confirming = is_confirmation(t.id)  # never packed: resources of its own
+            share = Fraction(1) if confirming else self.packing.gpu_share(t)
             if not self.backend.can_start(share):
                 break
             workdir = self.rundir.trials / t.id
             cfg = node_config(
-                self.engine_spec,
+                resources_spec(self.engine_spec) if confirming else self.engine_spec,
                 self.sweep.name,
                 launch.node,
                 str(self.rundir.stable),
@@ -175,6 +184,21 @@ class Run:
         self.state.fit_text = None if self.analysis is None else format_text(self.analysis)
         self.state.fit_key = fit_key(self.spec, rows, budgets, final)
 
+    def predict_confirmations(self) -> None:
+        """spec.confirm's runs from the final fit: the model nearest N* and the loss to beat.
+        A run resumed since its final fit refits first (the same trials give the same fit)."""
+        from isoflop.fit import Points
+
+        if self.analysis is None:
+            self.refit(self.state.fitted)
+        if self.analysis is None:
+            return
+        rows = engine.results_table(self.plan, self.state.trials)
+        points = Points.from_rows([r for r in rows if r["budget"] in self.state.fitted])
+        have = {c.budget for c in self.state.confirmations}
+        for budget in sorted(b for b in self.spec.confirm if b not in have):
+            self.state.confirmations.append(predict(self.spec, self.analysis, points, budget))
+
     def write_status(self, decision: engine.Decision) -> api.ScalingSweepStatus:
         status = engine.status(
             self.spec,
@@ -185,8 +209,10 @@ class Run:
             self.state.fitted,
             now=now(),
             previous=self.state.conditions,
+            confirmations=self.state.confirmations,
         )
         self.state.conditions = status.conditions
+        self.state.confirmations = status.confirmations  # with their verdicts
         self.rundir.write_status(status)
         return status
 
@@ -264,7 +290,8 @@ class Run:
 
             rows = engine.results_table(self.plan, self.state.trials)
             points = Points.from_rows([r for r in rows if r["budget"] in self.state.fitted])
-            self.plots = plot_all(points, self.analysis, self.dir / "plots")
+            marks = confirm_points(status.confirmations)
+            self.plots = plot_all(points, self.analysis, self.dir / "plots", marks)
         elif stored:  # a finished run, resumed: its fit and plots stand
             self.plots = sorted((self.dir / "plots").glob("*.png"))
         markdown = report_markdown(self.sweep, status, self.state.fit_text, self.elapsed)

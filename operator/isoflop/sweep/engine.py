@@ -11,12 +11,13 @@ has failed for good, and when more than retries.maxFailedTrials trials have, the
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from typing import Any, Literal
 
 from isoflop import api
+from isoflop.sweep.confirm import resources_spec, trial_of, verdict
 from isoflop.sweep.packing import Packing
 from isoflop.sweep.plan import Plan, Trial
 from isoflop.sweep.strategy import Adaptive, Graph, Node, adapt, graph
@@ -101,6 +102,7 @@ class Decision:
     message: str = ""
     counts: dict[str, int] = field(default_factory=dict)
     skipped: tuple[str, ...] = ()  # grid trials the adaptive ladder left out
+    confirm_due: bool = False  # the final laws stand: predict the confirmations (spec.confirm)
 
 
 @dataclass(frozen=True)
@@ -192,8 +194,11 @@ def decide(
     plan: Plan,
     states: Mapping[str, TrialState],
     fitted: tuple[float, ...] = (),
+    confirmations: Sequence[api.Confirmation] = (),
 ) -> Decision:
-    """The next actions and the sweep's phase."""
+    """The next actions and the sweep's phase. Once every trial has finished and the final laws
+    are fitted, spec.confirm's runs: first `confirm_due` (the driver predicts and stores them),
+    then their launches, never before."""
     sweep = resolve(spec, plan, states)
     t = tally(spec, plan, sweep)
     said: dict[str, Any] = {
@@ -233,6 +238,20 @@ def decide(
                 f"{MIN_POINTS} or more successful trials; scaling laws need 2",
                 **said,
             )
+        if not fit_due and spec.confirm:
+            confirming = confirm_step(spec, states, confirmations)
+            if confirming is not None:
+                phase, reason, message, launches, due = confirming
+                return Decision(
+                    phase=phase,
+                    launches=launches,
+                    cancels=t.cancels,
+                    complete_budgets=usable,
+                    reason=reason,
+                    message=message,
+                    confirm_due=due,
+                    **said,
+                )
         return Decision(
             phase="Fitting" if fit_due else "Succeeded",
             cancels=t.cancels,
@@ -252,6 +271,47 @@ def decide(
         reason="TrialsRunning" if started else "Planned",
         message=done,
         **said,
+    )
+
+
+Confirming = tuple[api.Phase, str, str, tuple[Launch, ...], bool]
+
+
+def confirm_step(
+    spec: api.ScalingSweepSpec,
+    states: Mapping[str, TrialState],
+    confirmations: Sequence[api.Confirmation],
+) -> Confirming | None:
+    """After the final fit: (phase, reason, message, launches, confirm_due) while spec.confirm's
+    runs are not all predicted and finished; None once they are. A confirmation counts a slot
+    of `parallelism` each and is retried like a trial; one that fails for good ends with its
+    error in its record, and the sweep still succeeds (its laws stand)."""
+    stored = {c.budget for c in confirmations}
+    if any(b not in stored for b in spec.confirm):
+        return ("Confirming", "Predicting", "predicting the confirmation runs", (), True)
+    limit = 1 + spec.retries.per_trial
+    wanted = [c for c in confirmations if c.phase not in ("Infeasible", "Succeeded")]
+    open_ = [c for c in wanted if not states.get(c.trial, TrialState()).done(limit)]
+    if not open_:
+        return None
+    active = sum(states.get(c.trial, TrialState()).phase in ACTIVE for c in open_)
+    room = spec.parallelism - active
+    trained = resources_spec(spec)
+    launches = []
+    for c in sorted(open_, key=lambda c: c.budget):
+        s = states.get(c.trial, TrialState())
+        if s.phase == "Pending" or (s.phase == "Failed" and not s.exhausted(limit)):
+            if room <= 0:
+                break
+            room -= 1
+            launches.append(Launch(Node(trial_of(trained, c)), s.attempts + 1))
+    done = len(confirmations) - len(open_)
+    return (
+        "Confirming",
+        "Confirming",
+        f"every trial finished; {done}/{len(confirmations)} confirmation runs finished",
+        tuple(launches),
+        False,
     )
 
 
@@ -423,11 +483,15 @@ def status(
     now: str = "",
     previous: list[api.Condition] | None = None,
     data: api.DataStatus | None = None,
+    confirmations: Sequence[api.Confirmation] = (),
 ) -> api.ScalingSweepStatus:
     """The status document both drivers write (the resource's status, the run's status.json)."""
     c = decision.counts
     finished = c.get("succeeded", 0) + c.get("failed", 0)
+    confirmed = confirmation_records(confirmations, states, 1 + spec.retries.per_trial)
     wanted = wanted_conditions(decision, fit, data)
+    if spec.confirm:
+        wanted.append(confirmed_condition(confirmed))
     conditions = _conditions(previous or [], now, wanted)
     sweep = resolve(spec, plan, states)
     records = trial_records(sweep, plan, 1 + spec.retries.per_trial)
@@ -444,7 +508,66 @@ def status(
         fit=fit,
         strategy=strategy_status(spec, sweep),
         data=data,
+        confirmations=confirmed,
     )
+
+
+def confirmation_records(
+    confirmations: Sequence[api.Confirmation], states: Mapping[str, TrialState], limit: int
+) -> list[api.Confirmation]:
+    """The stored confirmations with where their runs stand: a measured one with its verdict."""
+    out = []
+    for c in confirmations:
+        s = states.get(c.trial)
+        if c.phase in ("Infeasible", "Succeeded") or s is None:
+            out.append(c)
+        elif s.phase == "Succeeded" and s.loss is not None:
+            out.append(
+                verdict(c, s.loss, dict(s.metrics)).model_copy(update={"attempts": s.attempts})
+            )
+        else:
+            phase: api.TrialPhase = "Running" if s.phase in ACTIVE else "Pending"
+            error = None
+            if s.exhausted(limit):
+                phase, error = "Failed", (s.error or "failed")[:ERROR_CHARS]
+                message = f"the confirmation run failed for good: {error}"
+            else:
+                message = None
+            out.append(
+                c.model_copy(
+                    update={
+                        "phase": phase,
+                        "attempts": s.attempts,
+                        "error": error,
+                        "message": message,
+                    }
+                )
+            )
+    return out
+
+
+def confirmed_condition(confirmations: Sequence[api.Confirmation]) -> tuple[str, bool, str, str]:
+    """Confirmed: True when every confirmation measured a loss inside its interval; False with
+    the sentence of the first that did not, or of what it waits for."""
+    if not confirmations:
+        return ("Confirmed", False, "WaitingForLaws", "the final laws are not fitted yet")
+    for c in confirmations:
+        if c.phase == "Infeasible":
+            return ("Confirmed", False, "Infeasible", c.message or "not trained")
+        if c.phase == "Failed":
+            return ("Confirmed", False, "ConfirmationFailed", c.message or "failed")
+        if c.measured_loss is None:
+            interval = c.loss_interval
+            said = f"predicted {c.predicted_loss:.4f}" + (
+                f" [{interval.low:.4f}, {interval.high:.4f}]" if interval else ""
+            )
+            return ("Confirmed", False, "Training", f"{c.trial}: {said}; training")
+        if c.inside is None:
+            return ("Confirmed", False, "NotIdentified", f"{c.trial}: {c.message}")
+        if not c.inside:
+            return ("Confirmed", False, "Missed", f"{c.trial}: {c.message}")
+    said = "; ".join(f"{c.trial}: {c.message}" for c in confirmations)
+    return ("Confirmed", True, "Inside", said)
 
 
 Wanted = list[tuple[str, bool, str, str]]  # (type, true?, reason, message)

@@ -215,11 +215,52 @@ def ladder(spec: ScalingSweepSpec) -> list[Rung]:
     return sorted(rungs, key=lambda r: (r.config.params().total, r.name))
 
 
+def sized(
+    spec: ScalingSweepSpec, budget: float, rung: Rung, tid: str, replicates: int = 1
+) -> list[Trial] | Infeasible:
+    """One rung at one budget: its trials (one per replicate) with the steps that spend the
+    budget, or why it cannot be trained (fewer steps than minSteps, less than one batch)."""
+    cfg = rung.config
+    batch = spec.training.global_batch_size
+    params = cfg.params()
+    per_sample = cfg.training_flops_per_sample(spec.flops_accounting)
+    steps = round(budget / (per_sample * batch))
+    if steps < 1:
+        reason = (
+            f"the budget buys {budget / per_sample:.3g} samples, less than one batch of {batch}"
+        )
+        return Infeasible(tid, budget, rung.name, params.total, steps, reason)
+    if steps < spec.training.min_steps:
+        reason = f"{steps} steps of batch {batch}, fewer than minSteps {spec.training.min_steps}"
+        return Infeasible(tid, budget, rung.name, params.total, steps, reason)
+    samples = steps * batch
+    return [
+        Trial(
+            id=tid + (f"-r{replicate}" if replicate else ""),
+            budget=budget,
+            rung=rung.name,
+            depth=cfg.depth,
+            width=cfg.width,
+            heads=cfg.heads,
+            params=params.total,
+            non_embedding_params=params.non_embedding,
+            tokens_per_sample=cfg.tokens_per_sample,
+            flops_per_sample=per_sample,
+            batch_size=batch,
+            steps=steps,
+            samples=samples,
+            tokens=samples * cfg.tokens_per_sample,
+            flops=samples * per_sample,
+            flops_exact=samples * cfg.flops_per_sample().total,
+            flops_6nd=samples * cfg.flops_per_sample_6nd(),
+            replicate=replicate,
+        )
+        for replicate in range(replicates)
+    ]
+
+
 def plan(spec: ScalingSweepSpec) -> Plan:
     """Size every (budget, rung) trial; list the infeasible ones with the reason."""
-    accounting = spec.flops_accounting
-    batch = spec.training.global_batch_size
-    min_steps = spec.training.min_steps
     tags = {budget_tag(b) for b in spec.budgets}
     if len(tags) != len(spec.budgets):
         raise ValueError(
@@ -230,44 +271,9 @@ def plan(spec: ScalingSweepSpec) -> Plan:
     rungs = ladder(spec)
     for budget in sorted(spec.budgets):
         for rung in rungs:
-            cfg = rung.config
-            params = cfg.params()
-            per_sample = cfg.training_flops_per_sample(accounting)
-            steps = round(budget / (per_sample * batch))
-            tid = trial_id(budget, rung.name)
-            if steps < 1:
-                reason = (
-                    f"the budget buys {budget / per_sample:.3g} samples, "
-                    f"less than one batch of {batch}"
-                )
-                infeasible.append(Infeasible(tid, budget, rung.name, params.total, steps, reason))
-                continue
-            if steps < min_steps:
-                reason = f"{steps} steps of batch {batch}, fewer than minSteps {min_steps}"
-                infeasible.append(Infeasible(tid, budget, rung.name, params.total, steps, reason))
-                continue
-            samples = steps * batch
-            trials += [
-                Trial(
-                    id=trial_id(budget, rung.name, replicate),
-                    budget=budget,
-                    rung=rung.name,
-                    depth=cfg.depth,
-                    width=cfg.width,
-                    heads=cfg.heads,
-                    params=params.total,
-                    non_embedding_params=params.non_embedding,
-                    tokens_per_sample=cfg.tokens_per_sample,
-                    flops_per_sample=per_sample,
-                    batch_size=batch,
-                    steps=steps,
-                    samples=samples,
-                    tokens=samples * cfg.tokens_per_sample,
-                    flops=samples * per_sample,
-                    flops_exact=samples * cfg.flops_per_sample().total,
-                    flops_6nd=samples * cfg.flops_per_sample_6nd(),
-                    replicate=replicate,
-                )
-                for replicate in range(spec.training.replicates)
-            ]
-    return Plan(accounting, tuple(trials), tuple(infeasible))
+            got = sized(spec, budget, rung, trial_id(budget, rung.name), spec.training.replicates)
+            if isinstance(got, Infeasible):
+                infeasible.append(got)
+            else:
+                trials += got
+    return Plan(spec.flops_accounting, tuple(trials), tuple(infeasible))

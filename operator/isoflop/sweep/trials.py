@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from isoflop import api
 from isoflop.sweep.packing import Packing
-from isoflop.sweep.plan import H100_MFU_CURVE, Rung, Trial, ladder
+from isoflop.sweep.plan import H100_MFU_CURVE, Rung, Trial, ladder, rung_config
 from isoflop.sweep.strategy import Node
 from isoflop_trainer.config import TrainConfig
 
@@ -18,14 +18,16 @@ if TYPE_CHECKING:
 def train_config(spec: api.ScalingSweepSpec, sweep: str, trial: Trial, **paths: Any) -> TrainConfig:
     """The trainer's settings for one trial: its rung, its steps, everything else from the spec."""
     rungs = ladder(spec)
-    rung = next(r for r in rungs if r.name == trial.rung)
+    rung = next((r for r in rungs if r.name == trial.rung), None)
+    if rung is None:  # a confirmation run: a model of the family beyond the ladder
+        rung = Rung(trial.rung, rung_config(spec, trial.depth, trial.width, trial.heads))
     t, e = spec.training, spec.evaluation
     return TrainConfig(
         model=rung.config,
         steps=trial.steps,
         global_batch_size=trial.batch_size,
         micro_batch_size=t.micro_batch_size or auto_micro_batch(spec, trial),
-        learning_rate=learning_rate(spec, rung.name, rungs),
+        learning_rate=learning_rate(spec, rung.name, rungs, rung.config.width),
         betas=(t.betas[0], t.betas[1]),
         weight_decay=t.weight_decay,
         warmup_steps=round(t.warmup_fraction * trial.steps),
@@ -119,10 +121,14 @@ def node_config(
 
 
 def learning_rate(
-    spec: api.ScalingSweepSpec, rung_name: str, rungs: list[Rung] | None = None
+    spec: api.ScalingSweepSpec,
+    rung_name: str,
+    rungs: list[Rung] | None = None,
+    width: int | None = None,
 ) -> float:
     """A rung's learning rate: its own, or training.learningRate under the scaling rule.
-    `rungs`: the spec's ladder, when the caller has it already."""
+    `rungs`: the spec's ladder, when the caller has it already; `width`: of a model beyond the
+    ladder (a confirmation run)."""
     rungs = ladder(spec) if rungs is None else rungs
     explicit = {c.name: c.learning_rate for c in spec.model.configs}
     if explicit.get(rung_name) is not None:
@@ -130,7 +136,8 @@ def learning_rate(
     t = spec.training
     if t.learning_rate_scaling == "none":
         return t.learning_rate
-    width = next(r.config.width for r in rungs if r.name == rung_name)
+    if width is None:
+        width = next(r.config.width for r in rungs if r.name == rung_name)
     base = t.base_width or min(r.config.width for r in rungs)
     return t.learning_rate * base / width
 
