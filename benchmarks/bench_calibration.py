@@ -12,8 +12,17 @@ method before the local fit): its rows carry method "parabola-whole-ladder".
 Targets (shared/DESIGN.md, issue 12) at 0.5% noise on the paper grids for the default method:
 |bias| <= 0.005, coverage in [0.90, 0.98] for the N* exponent, width ratio <= 1.5.
 
+`--confirm C [C ...]` measures spec.confirm's prediction instead (issue 26): each simulated sweep
+is fitted as the operator fits it (both methods), the model nearest N* is chosen at each budget
+C, its loss predicted with its interval, and one trial of it drawn from the law with the same
+noise. Rows ("bench": "calibration-confirm") give the share of intervals that held that trial
+(target 0.90-0.98), the share of surface intervals that held the law itself, the bias of the
+predicted loss against the law (relative), the mean relative half-width, and the form-drift term.
+
     .venv/bin/python benchmarks/bench_calibration.py [--runs 200] [--noise 0.002 0.005 0.01]
         [--methods parabola parametric] [--out benchmarks/results/calibration-DATE.jsonl]
+    .venv/bin/python benchmarks/bench_calibration.py --confirm 2.4e19 1.5e21 --noise 0.005
+        --grids paper-in-context --runs 100
 """
 
 from __future__ import annotations
@@ -98,6 +107,85 @@ def rows(
     return out
 
 
+def confirm_rows(
+    grid: str, law_name: str, noise: float, budgets: list[float], runs: int, bootstrap: int
+) -> list[dict[str, object]]:
+    """spec.confirm's prediction over `runs` simulated sweeps: coverage, bias, width."""
+    import numpy as np
+
+    from isoflop.fit import Points, analyze
+    from isoflop.sweep.confirm import predict
+
+    law = LAWS[law_name]
+    spec = api.load_sweep(GRIDS[grid]).spec.model_copy(update={"confirm": budgets})
+    trials = plan(spec).trials
+    base = Points.from_rows(
+        {"budget": t.budget, "params": float(t.params), "tokens": float(t.tokens), "loss": 1.0}
+        for t in trials
+    )
+    clean = law(base.params, base.tokens)
+    rng = np.random.default_rng(7)
+    found: dict[float, list[tuple[float, float, float, float, float, float, float]]] = {
+        c: [] for c in budgets
+    }
+    failed = 0
+    start = time.perf_counter()
+    for r in range(runs):
+        points = base.with_loss(clean * np.exp(noise * rng.standard_normal(len(clean))))
+        try:
+            a = analyze(points, method="both", bootstrap=bootstrap, seed=r)
+        except ValueError:
+            failed += 1
+            continue
+        for c in budgets:
+            got = predict(spec, a, points, c)
+            if got.loss_interval is None or got.surface_interval is None:
+                continue
+            true = float(law(got.params, got.tokens))
+            trial = true * float(np.exp(noise * rng.standard_normal()))
+            pi, ci = got.loss_interval, got.surface_interval
+            found[c].append(
+                (
+                    float(pi.low <= trial <= pi.high),
+                    float(ci.low <= true <= ci.high),
+                    got.predicted_loss / true - 1,
+                    (pi.high - pi.low) / 2 / got.predicted_loss,
+                    got.form_error or 0.0,
+                    got.params / got.predicted_params,
+                    got.params,
+                )
+            )
+    seconds = time.perf_counter() - start
+    out: list[dict[str, object]] = []
+    for c, rows_ in found.items():
+        v = np.array(rows_) if rows_ else np.full((0, 7), np.nan)
+        out.append(
+            {
+                "bench": "calibration-confirm",
+                "grid": grid,
+                "law": law_name,
+                "noise": noise,
+                "budget": c,
+                "decades_beyond_grid": round(math.log10(c / max(spec.budgets)), 3),
+                "coverage_trial": round(float(v[:, 0].mean()), 3) if len(v) else None,
+                "coverage_surface": round(float(v[:, 1].mean()), 3) if len(v) else None,
+                "bias": round(float(v[:, 2].mean()), 5) if len(v) else None,
+                "spread": round(float(v[:, 2].std(ddof=1)), 5) if len(v) > 1 else None,
+                "half_width": round(float(v[:, 3].mean()), 5) if len(v) else None,
+                "form_error": round(float(v[:, 4].mean()), 5) if len(v) else None,
+                "chosen_over_n_star": round(float(np.exp(np.log(v[:, 5]).mean())), 3)
+                if len(v)
+                else None,
+                "identified": len(v),
+                "runs": runs,
+                "failed": failed,
+                "bootstrap": bootstrap,
+                "seconds": round(seconds, 1),
+            }
+        )
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=200)
@@ -113,6 +201,13 @@ def main() -> None:
     )
     ap.add_argument("--parametric-runs", type=int, help="fewer sweeps for the slow method")
     ap.add_argument("--out", help="append JSON lines here too")
+    ap.add_argument(
+        "--confirm",
+        type=float,
+        nargs="+",
+        metavar="C",
+        help="calibrate spec.confirm's prediction at these budgets instead",
+    )
     args = ap.parse_args()
     warnings.simplefilter("ignore", RuntimeWarning)
     meta = {
@@ -127,6 +222,20 @@ def main() -> None:
     if out:
         out.write(json.dumps(meta) + "\n")
     with threadpool_limits(limits=1):
+        if args.confirm:
+            for grid in args.grids:
+                for law_name in args.laws:
+                    for noise in args.noise:
+                        for row in confirm_rows(
+                            grid, law_name, noise, args.confirm, args.runs, args.bootstrap
+                        ):
+                            print(json.dumps(row), flush=True)
+                            if out:
+                                out.write(json.dumps(row) + "\n")
+                                out.flush()
+            if out:
+                out.close()
+            return
         for grid in args.grids:
             for law_name in args.laws:
                 for noise in args.noise:

@@ -614,3 +614,68 @@ def test_preempted_and_disrupted_pods_are_not_counted_as_failed_attempts() -> No
     assert ignored_failures([pod("Failed", 1), pod("Failed", 143), pod("Failed", 65)]) == 1
     assert ignored_failures([pod("Failed")]) == 0  # never started: it counts
     assert ignored_failures([pod("Succeeded", 0), pod("Running", 143)]) == 0
+
+
+async def test_a_confirmation_starts_after_the_final_fit_and_a_killed_operator_trains_it_once(
+    k8s: Any, tmp_path: Path
+) -> None:
+    """spec.confirm on the emulator: the prediction is in the status before its Job exists, the
+    grid's Jobs all finished first; SIGKILLs of the operator while the confirmation trains lose
+    nothing and create its Job once; its loss, read after a restart, gets its verdict."""
+    from isoflop.sweep.confirm import trial_of
+
+    obj = manifest(parallelism=3, confirm=[1.2e12])
+    spec = api.parse_sweep(obj).spec
+    trials = {f"qs-{t.id}": t for t in plan(spec).trials}
+    confirm_job = "qs-confirm-1p2e12"
+    async with running_operator(k8s):
+        await k8s.post("/apis/isoflop.dev/v1alpha1/namespaces/default/scalingsweeps", json=obj)
+        done: set[str] = set()
+        while confirm_job not in jobs(k8s):
+            for name in [n for n in jobs(k8s) if n not in done and n != confirm_job]:
+                assert name in trials
+                await finish(k8s, name, {"status": "succeeded", "eval_loss": loss_of(trials[name])})
+                done.add(name)
+            await asyncio.sleep(0.05)
+        assert done == set(trials)  # every grid trial finished before it was created
+    predicted = sweep_status(k8s)["confirmations"][0]
+    assert predicted["predictedLoss"] is not None
+    assert predicted["lossInterval"]["low"] < predicted["predictedLoss"]
+    # the request log: the status holding the prediction was written before the Job was created
+    order = [
+        ("status", r.data.get("status", {}).get("confirmations") is not None)
+        if r.resource == kmock.resource(SWEEPS)
+        else ("job", r.data["metadata"]["name"])
+        for r in k8s
+        if (r.action == kmock.action.CREATE and r.resource == JOBS)
+        or (
+            r.action == kmock.action.UPDATE
+            and r.resource == kmock.resource(SWEEPS)
+            and isinstance(r.data, dict)
+        )
+    ]
+    assert order.index(("status", True)) < order.index(("job", confirm_job))
+    assert sweep_status(k8s)["phase"] == "Confirming"
+    for _ in range(3):  # the operator killed while the confirmation trains
+        async with operator_process(k8s, tmp_path / "operator.log"):
+            await asyncio.sleep(random.uniform(0.3, 1.0))
+        assert sweep_status(k8s)["confirmations"][0]["predictedLoss"] == predicted["predictedLoss"]
+    c = api.Confirmation.model_validate(predicted)
+    measured = loss_of(trial_of(spec, c))
+    await finish(k8s, confirm_job, {"status": "succeeded", "eval_loss": measured})
+    async with running_operator(k8s):
+        await wait_for(lambda: sweep_status(k8s).get("phase") == "Succeeded")
+    status = sweep_status(k8s)
+    (got,) = status["confirmations"]
+    assert got["measuredLoss"] == pytest.approx(measured)
+    assert got["predictedLoss"] == predicted["predictedLoss"]
+    assert got["message"].startswith(f"measured {measured:.4f}, predicted")
+    confirmed = next(x for x in status["conditions"] if x["type"] == "Confirmed")
+    assert confirmed["status"] == ("True" if got["inside"] else "False")
+    creates = Counter(
+        r.data["metadata"]["name"]
+        for r in k8s
+        if r.action == kmock.action.CREATE and r.resource == JOBS
+    )
+    assert creates[confirm_job] == 1
+    assert set(creates.values()) == {1}

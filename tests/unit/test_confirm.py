@@ -170,8 +170,10 @@ def test_the_engine_confirms_only_after_the_final_fit_and_the_stored_prediction(
     assert [x.trial.id for x in d.launches] == ["confirm-1e12"]
     assert d.launches[0].attempt == 1
     assert d.launches[0].trial == trial_of(spec, c)
-    states["confirm-1e12"] = TrialState("Running", 1)
-    assert decide(spec, p, states, budgets, [c]).launches == ()
+    for phase in ("Starting", "Running"):  # its own: never cancelled as an old plan's trial
+        states["confirm-1e12"] = TrialState(phase, 1)  # type: ignore[arg-type]
+        d = decide(spec, p, states, budgets, [c])
+        assert (d.phase, d.reason, d.launches, d.cancels) == ("Confirming", "Confirming", (), ())
     states["confirm-1e12"] = TrialState("Succeeded", 1, 0.503)
     d = decide(spec, p, states, budgets, [c])
     assert d.phase == "Succeeded"

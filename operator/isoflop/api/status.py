@@ -257,7 +257,9 @@ class Confirmation(Model):
     gpu_hours: float | None = Field(
         default=None, description="Estimated from the MFU curve (H100, bf16)."
     )
-    predicted_loss: float = Field(description="The fitted surface L(N, D) at this model.")
+    predicted_loss: float | None = Field(
+        default=None, description="The fitted surface L(N, D) at this model; null: not trained."
+    )
     loss_interval: Interval | None = Field(
         default=None,
         description="Where one trial's loss falls (confidence below): the surface's "

@@ -38,6 +38,7 @@ from isoflop.cluster.manifests import (
 )
 from isoflop.cluster.results import ignored_failures, message_of, read_result, termination_message
 from isoflop.sweep import engine
+from isoflop.sweep.confirm import is_confirmation, predict, resources_spec
 from isoflop.sweep.engine import TrialState
 from isoflop.sweep.plan import Plan
 from isoflop.sweep.strategy import graph
@@ -77,6 +78,10 @@ class Sweep:
 
 def reconcile_sweep(s: Sweep, patch: kopf.Patch) -> None:
     states = observe(s)
+    confirmations = [
+        api.Confirmation.model_validate(c) for c in s.status.get("confirmations") or []
+    ]
+    states |= confirmation_states(confirmations)
     jobs = sweep_jobs(s)
     data = data_status(s.sweep, s.uid, s.namespace, s.status, jobs, s.plan, s.clients)
     observe_jobs(s, jobs, states)
@@ -85,14 +90,19 @@ def reconcile_sweep(s: Sweep, patch: kopf.Patch) -> None:
     fitted = tuple(float(b) for b in s.status.get("fittedBudgets") or ())
     previous_fit = s.status.get("fit")
     fit_result = api.FitResult.model_validate(previous_fit) if previous_fit else None
-    decision = hold_for_data(engine.decide(s.spec, s.plan, states, fitted), data)
+
+    def decide() -> engine.Decision:
+        return engine.decide(s.spec, s.plan, states, fitted, confirmations)
+
+    decision = hold_for_data(decide(), data)
     for cancel in decision.cancels:
         delete_job(s.clients, job_name(s.name, cancel.trial_id), s.namespace)
     for launch in decision.launches:
         states[launch.trial.id] = launch_trial(s, launch)
+    analysis = None
     if decision.fit_due:
         fitted = decision.complete_budgets
-        fit_result, _ = fit(
+        fit_result, analysis = fit(
             s.spec,
             engine.results_table(s.plan, states),
             fitted,
@@ -100,11 +110,15 @@ def reconcile_sweep(s: Sweep, patch: kopf.Patch) -> None:
         )
         message = f"laws fitted on {len(fitted)} budgets"
         kopf.event(s.body, type="Normal", reason="BudgetsFitted", message=message)
-        decision = engine.decide(s.spec, s.plan, states, fitted)
+        decision = decide()
+    if decision.confirm_due:  # stored in this status patch; launched by the next reconcile
+        confirmations += predict_confirmations(s, states, fitted, confirmations, analysis)
+        decision = replace(decide(), launches=())
     previous = [api.Condition.model_validate(c) for c in s.status.get("conditions") or []]
     full = engine.status(
-        s.spec, s.plan, states, decision, fit_result, fitted, s.generation, now(), previous, data
-    )
+        s.spec, s.plan, states, decision, fit_result, fitted, s.generation, now(), previous, data,
+        confirmations,
+    )  # fmt: skip
     record(s, full, decision, patch)
     metrics.record(
         s.namespace,
@@ -141,6 +155,44 @@ def states_from_records(stored: list[dict[str, Any]]) -> dict[str, TrialState]:
         elif r.get("phase") == "Failed":  # recorded Failed only once it failed for good
             error = r.get("error") or "failed"
             out[r["id"]] = TrialState("Failed", r.get("attempts", 1), error=error, permanent=True)
+    return out
+
+
+def confirmation_states(confirmations: list[api.Confirmation]) -> dict[str, TrialState]:
+    """Confirmation runs that finished are in the status (their Jobs go after their TTL)."""
+    out = {}
+    for c in confirmations:
+        if c.phase == "Succeeded" and c.measured_loss is not None:
+            metrics = tuple(sorted((c.metrics or {}).items()))
+            out[c.trial] = TrialState("Succeeded", c.attempts, c.measured_loss, metrics=metrics)
+        elif c.phase == "Failed":
+            out[c.trial] = TrialState("Failed", c.attempts, error=c.error, permanent=True)
+    return out
+
+
+def predict_confirmations(
+    s: Sweep,
+    states: dict[str, TrialState],
+    fitted: tuple[float, ...],
+    have: list[api.Confirmation],
+    analysis: Any,
+) -> list[api.Confirmation]:
+    """spec.confirm's runs not predicted yet, from the final fit (refitted when it was made by
+    an earlier reconcile: the same trials give the same fit)."""
+    from isoflop.fit import Points
+
+    rows = engine.results_table(s.plan, states)
+    if analysis is None:
+        _, analysis = fit(s.spec, rows, fitted, final=True)
+    if analysis is None:
+        return []
+    points = Points.from_rows([r for r in rows if r["budget"] in fitted])
+    done = {c.budget for c in have}
+    out = [predict(s.spec, analysis, points, b) for b in sorted(s.spec.confirm) if b not in done]
+    for c in out:
+        said = c.message if c.predicted_loss is None else f"predicted loss {c.predicted_loss:.4f}"
+        message = f"{c.trial}: {c.params:,} parameters, {said}"
+        kopf.event(s.body, type="Normal", reason="ConfirmationPredicted", message=message)
     return out
 
 
@@ -213,6 +265,7 @@ def hold_for_data(decision: engine.Decision, data: api.DataStatus | None) -> eng
         decision,
         launches=(),
         fit_due=False,
+        confirm_due=False,
         phase="Failed" if data.ready is False else "Pending",
         reason="InvalidData" if data.ready is False else "CheckingData",
         message=data.message,
@@ -224,11 +277,14 @@ def launch_trial(s: Sweep, launch: engine.Launch) -> TrialState:
     An object that exists already is this trial's (a restart, another replica); one the API
     server refuses as it is fails the trial for good, with the server's sentence."""
     t = launch.trial
+    sweep = s.sweep
+    if is_confirmation(t.id):  # resources of its own, never packed
+        sweep = sweep.model_copy(update={"spec": resources_spec(s.spec)})
     scraped = bool(s.spec.metrics.prometheus_url or os.environ.get("ISOFLOP_PROMETHEUS_URL"))
-    paths = cluster_config(s.sweep, t, scraped)
-    cfg = node_config(s.spec, s.name, launch.node, stable_root(s.sweep), **paths)
+    paths = cluster_config(sweep, t, scraped)
+    cfg = node_config(sweep.spec, s.name, launch.node, stable_root(sweep), **paths)
     job_uid = ""
-    for obj in trial_objects(s.sweep, s.uid, s.namespace, t, cfg):
+    for obj in trial_objects(sweep, s.uid, s.namespace, t, cfg):
         name = obj["metadata"]["name"]
         try:
             if obj["kind"] == "Job":

@@ -124,9 +124,10 @@ def confirmation_lines(confirmations: list[api.Confirmation]) -> list[str]:
         measured = "" if c.measured_loss is None else f"{c.measured_loss:.4f}"
         hours = "" if c.gpu_hours is None else f"{c.gpu_hours:.3g}"
         verdict = c.message or c.phase
+        predicted = "" if c.predicted_loss is None else f"{c.predicted_loss:.4f}"
         lines.append(
             f"| {format_flops(c.budget)} | {c.predicted_params:.4g} | depth {c.depth}, width "
-            f"{c.width} | {c.params:,} | {c.steps:,} | {hours} | {c.predicted_loss:.4f} | {shown} "
+            f"{c.width} | {c.params:,} | {c.steps:,} | {hours} | {predicted} | {shown} "
             f"| {measured} | {verdict} |"
         )
     notes = [f"- {c.trial}: {c.note}" for c in confirmations if c.note]
@@ -166,5 +167,5 @@ def confirm_points(confirmations: list[api.Confirmation]) -> list[ConfirmPoint]:
             c.measured_loss,
         )
         for c in confirmations
-        if c.phase != "Infeasible"
+        if c.predicted_loss is not None
     ]

@@ -165,7 +165,6 @@ def predict(
             params=chosen.params,
             tokens=0,
             steps=max(chosen.steps, 0),
-            predicted_loss=math.nan,
             confidence=analysis.confidence,
             note=chosen.reason,
             phase="Infeasible",
@@ -210,7 +209,8 @@ def _interval(i: object) -> api.Interval | None:
 def verdict(c: api.Confirmation, loss: float, metrics: dict[str, float]) -> api.Confirmation:
     """The measured loss beside the prediction: how many half-widths apart, inside or not."""
     interval = c.loss_interval
-    measured = f"measured {loss:.4f}, predicted {c.predicted_loss:.4f}"
+    predicted = c.predicted_loss if c.predicted_loss is not None else math.nan
+    measured = f"measured {loss:.4f}, predicted {predicted:.4f}"
     if interval is None:
         return c.model_copy(
             update={
@@ -220,8 +220,8 @@ def verdict(c: api.Confirmation, loss: float, metrics: dict[str, float]) -> api.
                 "message": f"{measured} (no interval to judge by: {c.note or 'not identified'})",
             }
         )
-    side = (interval.high if loss >= c.predicted_loss else interval.low) - c.predicted_loss
-    halves = (loss - c.predicted_loss) / abs(side) if side else math.inf
+    side = (interval.high if loss >= predicted else interval.low) - predicted
+    halves = (loss - predicted) / abs(side) if side else math.inf
     inside = interval.low <= loss <= interval.high
     return c.model_copy(
         update={

@@ -11,13 +11,14 @@ has failed for good, and when more than retries.maxFailedTrials trials have, the
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from typing import Any, Literal
 
 from isoflop import api
-from isoflop.sweep.confirm import resources_spec, trial_of, verdict
+from isoflop.sweep.confirm import is_confirmation, resources_spec, trial_of, verdict
 from isoflop.sweep.packing import Packing
 from isoflop.sweep.plan import Plan, Trial
 from isoflop.sweep.strategy import Adaptive, Graph, Node, adapt, graph
@@ -167,13 +168,19 @@ def tally(spec: api.ScalingSweepSpec, plan: Plan, sweep: Sweep) -> Tally:
     nodes, state = sweep.graph.nodes, sweep.state
     planned = set(sweep.graph.by_id)
     grid = [t for t in plan.trials if t.id not in sweep.skipped]
+    # trials of an older plan (confirmation runs are confirm_step's)
+    older = {
+        tid: s
+        for tid, s in sorted(sweep.states.items())
+        if tid not in planned and not is_confirmation(tid)
+    }
     cancels = tuple(
         Cancel(tid, "its budget or rung was removed from the spec")
-        for tid, s in sorted(sweep.states.items())
-        if tid not in planned and s.phase == "Starting"
+        for tid, s in older.items()
+        if s.phase == "Starting"
     )
     active = [n.id for n in nodes if state(n.id).phase in ACTIVE]
-    active += [t for t, s in sweep.states.items() if t not in planned and s.phase == "Running"]
+    active += [t for t, s in older.items() if s.phase == "Running"]
     succeeded = [t for t in grid if state(t.id).phase == "Succeeded"]
     failed = [t.id for t in grid if state(t.id).exhausted(limit)]
     counts = {
@@ -286,6 +293,7 @@ def confirm_step(
     runs are not all predicted and finished; None once they are. A confirmation counts a slot
     of `parallelism` each and is retried like a trial; one that fails for good ends with its
     error in its record, and the sweep still succeeds (its laws stand)."""
+    confirmations = [c for c in confirmations if c.budget in spec.confirm]  # budgets removed
     stored = {c.budget for c in confirmations}
     if any(b not in stored for b in spec.confirm):
         return ("Confirming", "Predicting", "predicting the confirmation runs", (), True)
@@ -488,7 +496,8 @@ def status(
     """The status document both drivers write (the resource's status, the run's status.json)."""
     c = decision.counts
     finished = c.get("succeeded", 0) + c.get("failed", 0)
-    confirmed = confirmation_records(confirmations, states, 1 + spec.retries.per_trial)
+    kept = [c for c in confirmations if c.budget in spec.confirm]
+    confirmed = confirmation_records(kept, states, 1 + spec.retries.per_trial)
     wanted = wanted_conditions(decision, fit, data)
     if spec.confirm:
         wanted.append(confirmed_condition(confirmed))
@@ -558,7 +567,7 @@ def confirmed_condition(confirmations: Sequence[api.Confirmation]) -> tuple[str,
             return ("Confirmed", False, "ConfirmationFailed", c.message or "failed")
         if c.measured_loss is None:
             interval = c.loss_interval
-            said = f"predicted {c.predicted_loss:.4f}" + (
+            said = f"predicted {c.predicted_loss or math.nan:.4f}" + (
                 f" [{interval.low:.4f}, {interval.high:.4f}]" if interval else ""
             )
             return ("Confirmed", False, "Training", f"{c.trial}: {said}; training")
