@@ -111,79 +111,36 @@ def confirm_rows(
     grid: str, law_name: str, noise: float, budgets: list[float], runs: int, bootstrap: int
 ) -> list[dict[str, object]]:
     """spec.confirm's prediction over `runs` simulated sweeps: coverage, bias, width."""
-    import numpy as np
+    from isoflop.sweep.forecast_confirm import simulate_confirm
 
-    from isoflop.fit import Points, analyze
-    from isoflop.sweep.confirm import predict
-
-    law = LAWS[law_name]
     spec = api.load_sweep(GRIDS[grid]).spec.model_copy(update={"confirm": budgets})
-    trials = plan(spec).trials
-    base = Points.from_rows(
-        {"budget": t.budget, "params": float(t.params), "tokens": float(t.tokens), "loss": 1.0}
-        for t in trials
-    )
-    clean = law(base.params, base.tokens)
-    rng = np.random.default_rng(7)
-    found: dict[float, list[tuple[float, float, float, float, float, float, float]]] = {
-        c: [] for c in budgets
-    }
-    failed = 0
     start = time.perf_counter()
-    for r in range(runs):
-        points = base.with_loss(clean * np.exp(noise * rng.standard_normal(len(clean))))
-        try:
-            a = analyze(points, method="both", bootstrap=bootstrap, seed=r)
-        except ValueError:
-            failed += 1
-            continue
-        for c in budgets:
-            got = predict(spec, a, points, c)
-            if got.loss_interval is None or got.surface_interval is None:
-                continue
-            true = float(law(got.params, got.tokens))
-            trial = true * float(np.exp(noise * rng.standard_normal()))
-            pi, ci = got.loss_interval, got.surface_interval
-            found[c].append(
-                (
-                    float(pi.low <= trial <= pi.high),
-                    float(ci.low <= true <= ci.high),
-                    got.predicted_loss / true - 1,
-                    (pi.high - pi.low) / 2 / got.predicted_loss,
-                    got.form_error or 0.0,
-                    got.params / got.predicted_params,
-                    got.params,
-                )
-            )
+    found = simulate_confirm(spec, LAWS[law_name], noise, runs, bootstrap, seed=7)
     seconds = time.perf_counter() - start
-    out: list[dict[str, object]] = []
-    for c, rows_ in found.items():
-        v = np.array(rows_) if rows_ else np.full((0, 7), np.nan)
-        out.append(
-            {
-                "bench": "calibration-confirm",
-                "grid": grid,
-                "law": law_name,
-                "noise": noise,
-                "budget": c,
-                "decades_beyond_grid": round(math.log10(c / max(spec.budgets)), 3),
-                "coverage_trial": round(float(v[:, 0].mean()), 3) if len(v) else None,
-                "coverage_surface": round(float(v[:, 1].mean()), 3) if len(v) else None,
-                "bias": round(float(v[:, 2].mean()), 5) if len(v) else None,
-                "spread": round(float(v[:, 2].std(ddof=1)), 5) if len(v) > 1 else None,
-                "half_width": round(float(v[:, 3].mean()), 5) if len(v) else None,
-                "form_error": round(float(v[:, 4].mean()), 5) if len(v) else None,
-                "chosen_over_n_star": round(float(np.exp(np.log(v[:, 5]).mean())), 3)
-                if len(v)
-                else None,
-                "identified": len(v),
-                "runs": runs,
-                "failed": failed,
-                "bootstrap": bootstrap,
-                "seconds": round(seconds, 1),
-            }
-        )
-    return out
+    return [
+        {
+            "bench": "calibration-confirm",
+            "grid": grid,
+            "law": law_name,
+            "noise": noise,
+            "budget": f.budget,
+            "decades_beyond_grid": round(f.decades, 3),
+            "coverage_trial": round(f.coverage, 3),
+            "coverage_surface": round(f.surface_coverage, 3),
+            "bias": round(f.bias, 5),
+            "spread": round(f.spread, 5),
+            "half_width": round(f.half_width, 5),
+            "form_error": round(f.form_error, 5),
+            "compute_factor": round(f.compute_factor, 3),
+            "params": f.params,
+            "identified": f.runs,
+            "runs": runs,
+            "failed": f.failed,
+            "bootstrap": bootstrap,
+            "seconds": round(seconds, 1),
+        }
+        for f in found
+    ]
 
 
 def main() -> None:

@@ -314,3 +314,79 @@ def test_a_simulated_run_confirms_after_its_final_fit_and_keeps_its_prediction(
     assert "## Confirmation" in (tmp_path / "report.md").read_text()
     saved = json.loads((tmp_path / "state.json").read_text())["confirmations"][0]
     assert saved["predictedLoss"] == c["predictedLoss"]
+
+
+def test_forecast_of_the_quickstart_on_the_paper_law_says_where_the_optima_lie(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from isoflop.cli import main
+
+    code = main(["forecast", str(ROOT / "examples" / "quickstart.yaml"), "--runs", "2",
+                 "--no-variants"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "no budget has its loss minimum inside the ladder" in err
+    assert "(below the ladder)" in err
+    assert "--from" in err
+    assert "--law" in err
+
+
+def test_forecast_simulates_the_confirmation_and_says_what_it_can_tell_apart() -> None:
+    from isoflop.sweep.forecast_confirm import format_confirm, simulate_confirm
+
+    spec = api.parse_sweep(manifest("paper-in-context")).spec.model_copy(
+        update={"confirm": [2.4e19]}
+    )
+    (f,) = simulate_confirm(spec, Law(), 0.005, runs=6, bootstrap=100, seed=1)
+    assert f.runs == 6
+    assert f.decades == pytest.approx(math.log10(4))
+    assert 0.005 < f.half_width < 0.03  # one trial's noise (0.5%, 95%: ~1%) and the surface's
+    assert abs(f.bias) < 0.01
+    assert f.compute_factor == pytest.approx(math.exp(f.half_width / 0.0273), rel=0.15)
+    text = format_confirm([f], 6, 0.005)
+    assert "at 2.4e19 (0.60 decades above the grid)" in text
+    assert "cannot be told from a hit" in text
+
+
+def test_isoflop_confirm_adds_a_confirmation_to_a_finished_run_without_retraining(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from isoflop.cli import main
+
+    m = manifest("paper-in-context")
+    m["spec"]["fit"] = {"method": "both", "bootstrap": 100}
+    path = tmp_path / "paper.yaml"
+    path.write_text(json.dumps(m))
+    run_dir = tmp_path / "run"
+    assert main(["run", str(path), "--simulate", "--plain", "--run-dir", str(run_dir)]) == 0
+    before = json.loads((run_dir / "state.json").read_text())["trials"]
+    capsys.readouterr()
+    assert main(["confirm", str(run_dir), "--budget", "1e18", "--simulate", "--plain"]) == 2
+    assert "is not above 6e+18" in capsys.readouterr().err
+    assert main(["confirm", str(run_dir), "--budget", "2.4e19", "--simulate", "--plain"]) == 0
+    out = capsys.readouterr().out
+    assert "isoflop: confirmation confirm-2p4e19: measured" in out
+    state = json.loads((run_dir / "state.json").read_text())
+    assert {k: v for k, v in state["trials"].items() if k in before} == before  # not retrained
+    assert state["trials"]["confirm-2p4e19"]["phase"] == "Succeeded"
+    assert main(["confirm", str(tmp_path), "--budget", "2.4e19", "--simulate"]) == 2
+    assert "holds no sweep.yaml" in capsys.readouterr().err
+
+
+def test_plan_prints_the_confirmation_model_and_its_gpu_hours(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from isoflop.cli import main
+
+    m = manifest("paper-in-context")
+    m["spec"]["confirm"] = [1.5e21]
+    path = tmp_path / "sweep.yaml"
+    path.write_text(json.dumps(m))
+    assert main(["plan", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "1.5e21: N* 965M -> depth 23, width 1472: 906M params (905,620,048)" in out
+    assert "GPU-hours at 42.1% MFU" in out
+    assert main(["plan", str(path), "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)["confirm"]
+    assert row["depth"] == 23
+    assert row["gpu_hours"] > 100

@@ -1,4 +1,4 @@
-"""The `isoflop` command line: run, plan, fit, forecast, validate, crd.
+"""The `isoflop` command line: run, confirm, plan, fit, forecast, validate, crd.
 
 One module per command, each with `register(sub)` (its options) and `command(args)` (what it
 does); heavy imports stay inside `command`, so `isoflop --help` and the pure core load nothing
@@ -14,10 +14,18 @@ import sys
 from collections.abc import Sequence
 
 from isoflop import __version__
-from isoflop.cli import crd, fit, forecast, plan, run, validate
+from isoflop.cli import confirm, crd, fit, forecast, plan, run, validate
 from isoflop.cli.common import HelpFormatter, UsageError
 
-COMMANDS = (run, forecast, validate, plan, fit, crd)  # in the order `isoflop --help` lists them
+COMMANDS = (
+    run,
+    confirm,
+    forecast,
+    validate,
+    plan,
+    fit,
+    crd,
+)  # in the order `isoflop --help` lists them
 
 
 def parser() -> argparse.ArgumentParser:

@@ -89,6 +89,16 @@ def command(args: argparse.Namespace) -> int:
             progress=advance,
         )
     print(format_forecast(result))
+    if sweep.spec.confirm:
+        from isoflop.sweep.forecast_confirm import format_confirm, simulate_confirm
+
+        noise = 0.005 if noise is None else noise
+        with threadpool_limits(limits=1), progress_bar("confirmations", args.runs) as advance:
+            confirm = simulate_confirm(
+                sweep.spec, law, noise, args.runs, args.bootstrap, progress=advance
+            )
+        print()
+        print(format_confirm(confirm, args.runs, noise))
     if args.strategies:
         from isoflop.sweep.forecast import compare_strategies, format_strategies
         from isoflop.sweep.strategy import STRATEGIES

@@ -23,6 +23,12 @@ def register(sub: Subparsers) -> None:
     )
     p.add_argument("file", help="a ScalingSweep manifest (YAML)")
     p.add_argument("--run-dir", help="where state, logs and results go (default: runs/NAME)")
+    add_backend_options(p)
+    p.set_defaults(func=command)
+
+
+def add_backend_options(p: argparse.ArgumentParser) -> None:
+    """Where the trials train and how the run shows itself (`isoflop run` and `confirm`)."""
     p.add_argument("--simulate", action="store_true", help="draw losses from a known law instead")
     p.add_argument("--law", help=LAW_HELP)
     p.add_argument("--noise", type=float, default=0.005, help="simulated multiplicative noise")
@@ -33,14 +39,17 @@ def register(sub: Subparsers) -> None:
         "trial gets spec.resources.gpusPerNode of them, never shared",
     )
     p.add_argument("--plain", action="store_true", help="one line per event, no live display")
-    p.set_defaults(func=command)
 
 
 def command(args: argparse.Namespace) -> int:
+    sweep = load(args)
+    return execute(args, sweep, Path(args.run_dir or Path("runs") / sweep.name))
+
+
+def execute(args: argparse.Namespace, sweep: api.ScalingSweep, directory: Path) -> int:
+    """Run (or resume) the sweep in its directory until it ends or is stopped."""
     from isoflop.local.runner import Display
 
-    sweep = load(args)
-    directory = Path(args.run_dir or Path("runs") / sweep.name)
     run = open_run(args, sweep, directory)
     try:
         decision = run.run(Display(live=False if args.plain else None))
@@ -64,6 +73,8 @@ def command(args: argparse.Namespace) -> int:
     if run.state.fit_text is not None:
         print(run.state.fit_text)
         print()
+    for c in run.state.confirmations:
+        print(f"isoflop: confirmation {c.trial}: {c.message or c.phase}")
     print(f"isoflop: {decision.phase}: {decision.message}. Report: {directory / 'report.md'}")
     return 0 if decision.phase == "Succeeded" else 1
 

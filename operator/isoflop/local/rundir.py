@@ -1,5 +1,6 @@
 """The run directory of `isoflop run`: what it holds, and the state that makes a run resumable.
 
+    sweep.yaml      the manifest the run was last started with (what `isoflop confirm` reads)
     state.json      every trial's state and the fitted budgets; rewritten after every change
     status.json     the ScalingSweep status document (what the operator writes to the resource)
     trials.csv      the trial table;  report.md  a short report;  plots/  isoFLOP curves and laws
@@ -122,6 +123,11 @@ class RunDirectory:
         atomic_write(
             self.path / "state.json", json.dumps(state.to_json(self.sweep, elapsed), indent=1)
         )
+
+    def write_manifest(self, sweep: api.ScalingSweep) -> None:
+        import yaml
+
+        atomic_write(self.path / "sweep.yaml", yaml.safe_dump(sweep.to_wire(), sort_keys=False))
 
     def write_status(self, status: api.ScalingSweepStatus) -> None:
         atomic_write(self.path / "status.json", json.dumps(status.to_wire(), indent=1))

@@ -69,6 +69,7 @@ class Run:
         self.plots: list[Path] = []
         self.state: RunState = self.rundir.open()
         try:
+            self.rundir.write_manifest(sweep)
             finished = {t for t, s in self.state.trials.items() if s.phase == "Succeeded"}
             # what a runner killed before this one left: its trainers stopped, its results kept
             self.recovered = self.backend.recover(self.rundir.trials, finished)

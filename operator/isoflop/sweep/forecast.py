@@ -124,6 +124,33 @@ def truth(p: Plan, law: Law) -> Truth:
     The FLOPs per parameter-token k(N) of each budget come from its planned trials, as the fit's
     own D* does, so exact accounting is judged against its own truth.
     """
+    budgets, opt = true_optima(p, law)
+    log_c = np.log10(budgets)
+    exps, coefs = {}, {}
+    for name in LAWS:
+        slope, intercept = np.polyfit(log_c, np.log10(opt[name]), 1)
+        exps[name], coefs[name] = float(slope), float(10**intercept)
+    return Truth(exps, coefs)
+
+
+def ladder_sentence(p: Plan, law: Law) -> str:
+    """Where the law's optima lie against the ladder, for a grid that gives no law: 'every
+    budget's optimum lies below the ladder (N* 1.2k-3.4k against rungs of 80k-690k)'."""
+    budgets, opt = true_optima(p, law)
+    sizes = [t.params for t in p.trials]
+    lo, hi = min(sizes), max(sizes)
+    n = opt["params"]
+    below, above = sum(x < lo for x in n), sum(x > hi for x in n)
+    where = (
+        "below" if below == len(n) else "above" if above == len(n) else "outside" if below + above
+        else "inside"
+    )  # fmt: skip
+    span = f"N* {n[0]:.3g}-{n[-1]:.3g} at {budgets[0]:.3g}-{budgets[-1]:.3g} FLOPs"
+    return f"{span}, against rungs of {lo:.3g}-{hi:.3g} parameters ({where} the ladder)"
+
+
+def true_optima(p: Plan, law: Law) -> tuple[list[float], dict[str, list[float]]]:
+    """The budgets of the plan and the law's true (N*, D*, L*) along each one's isoFLOP line."""
     budgets = sorted({t.budget for t in p.trials})
     opt = {name: [] for name in LAWS}  # type: dict[str, list[float]]
     for c in budgets:
@@ -145,12 +172,7 @@ def truth(p: Plan, law: Law) -> Truth:
         opt["params"].append(n_opt)
         opt["tokens"].append(c / (k * n_opt))
         opt["loss"].append(float(res.fun))
-    log_c = np.log10(budgets)
-    exps, coefs = {}, {}
-    for name in LAWS:
-        slope, intercept = np.polyfit(log_c, np.log10(opt[name]), 1)
-        exps[name], coefs[name] = float(slope), float(10**intercept)
-    return Truth(exps, coefs)
+    return budgets, opt
 
 
 @dataclass(frozen=True)
@@ -540,7 +562,12 @@ def forecast(
     p = plan(spec)
     est = simulate(spec, law, noise, runs, bootstrap, (method,), window, seed, progress)[method]
     if est.failed == runs:
-        raise ValueError("no simulated run could be fitted: the grid cannot produce laws")
+        raise ValueError(
+            f"no simulated sweep could be fitted: under the law simulated ({law.text()}) no "
+            f"budget has its loss minimum inside the ladder: {ladder_sentence(p, law)}. The "
+            "default law is the paper's, for DiTs of millions of parameters and up: forecast "
+            "on your own data's surface (--from a pilot's trials.csv) or give one (--law)"
+        )
     exps = summarize(est, truth(p, law).exponents, method)
     compute = sum(t.flops for t in p.trials)
     changes: list[Variant] = []
