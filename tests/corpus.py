@@ -276,6 +276,32 @@ def hand_corpus() -> Iterator[tuple[str, dict[str, Any]]]:
     yield edit(
         "budgets too small for any trial", lambda m: m[spec].__setitem__("budgets", [1e3, 2e3])
     )
+    yield edit("confirm inside the grid", lambda m: m[spec].__setitem__("confirm", [1e11]))
+    yield edit("confirm at the grid's top", lambda m: m[spec].__setitem__("confirm", [2.4e11]))
+    yield edit(
+        "confirm with the parabola fit only",
+        lambda m: (
+            m[spec].__setitem__("confirm", [1e12]),
+            m[spec]["fit"].__setitem__("method", "parabola"),
+        ),
+    )
+    yield edit(
+        "confirm over configs with no shape rule",
+        lambda m: (
+            m[spec].__setitem__("confirm", [1e12]),
+            m[spec]["model"]["configs"].append({"name": "deep", "depth": 3, "width": 72}),
+        ),
+    )
+    yield edit(
+        "a confirmation shape whose width does not split into its heads",
+        lambda m: (
+            m[spec].__setitem__("confirm", [1e12]),
+            m[spec].__setitem__(
+                "confirmation", {"shapes": [{"depth": 2, "width": 100, "heads": 3}]}
+            ),
+        ),
+    )
+    yield edit("a confirm budget repeated", lambda m: m[spec].__setitem__("confirm", [1e12, 1e12]))
     required = "requiredDuringSchedulingIgnoredDuringExecution"
     for depth in (30, 100, 1000):
         yield edit(

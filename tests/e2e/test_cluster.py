@@ -517,3 +517,90 @@ def test_packed_trials_share_a_gpu_as_the_sharing_plugins_replicas_allow(
         cluster.kubectl("delete", "scalingsweep", "packed", "-n", "default", check=False)
         operator.stop()
         cluster.kubectl("delete", "node", "shared-0", check=False)
+
+
+def test_a_confirmation_trains_once_after_the_final_fit_through_operator_kills(
+    cluster: Cluster, installed: Path, tmp_path: Path
+) -> None:
+    """spec.confirm on the real control plane: the prediction is in the status (phase
+    Confirming) before the confirmation's Job exists and after every grid trial finished; the
+    operator is killed (SIGKILL) 5 times while the confirmation trains; its Job is created once,
+    the prediction never changes, and the loss its pod reports gets the verdict."""
+    from isoflop.sweep.confirm import trial_of
+
+    manifest = small_sweep("confirm")
+    manifest["spec"].update({"parallelism": 3, "budgets": [3e10, 1e11, 3e11], "confirm": [1.2e12]})
+    spec = api.parse_sweep(manifest).spec
+    trials = {t.id: t for t in plan(spec).trials}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    cluster.kubectl("apply", "-f", str(path))
+    log = tmp_path / "operator.log"
+    operator = Operator(installed, log)
+    rng = random.Random(20261202)
+    kills, predicted, measured = 0, None, None
+    seen_confirming = False
+    deadline = time.monotonic() + 420
+    try:
+        while sweep(cluster, "confirm").get("status", {}).get("phase") != "Succeeded":
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            status = sweep(cluster, "confirm").get("status", {})
+            if status.get("confirmations"):
+                seen_confirming |= status.get("phase") == "Confirming"
+                now = status["confirmations"][0]["predictedLoss"]
+                assert predicted in (None, now)  # written once, never recomputed differently
+                predicted = now
+            for pod in running_trial_pods(cluster, "confirm"):
+                tid = pod["metadata"]["labels"]["isoflop.dev/trial"]
+                trial = trials.get(tid)
+                if trial is None:  # the confirmation
+                    # every grid trial had finished, and the prediction was stored, before
+                    done = [
+                        r for r in trial_records(cluster, "confirm") if r["phase"] == "Succeeded"
+                    ]
+                    assert len(done) == len(trials)
+                    assert predicted is not None
+                    if kills < 5:  # the operator killed while the confirmation trains
+                        operator.proc.kill()
+                        operator.proc.wait()
+                        kills += 1
+                        time.sleep(rng.uniform(0.2, 1.0))
+                        operator = Operator(installed, log)
+                        continue
+                    trial = trial_of(
+                        spec, api.Confirmation.model_validate(status["confirmations"][0])
+                    )
+                    measured = loss_of(trial.budget, trial.params)
+                loss = loss_of(trial.budget, trial.params)
+                cluster.exit_pod(
+                    "default",
+                    pod["metadata"]["name"],
+                    0,
+                    {"status": "succeeded", "eval_loss": loss},
+                )
+            time.sleep(0.2)
+        status = sweep(cluster, "confirm")["status"]
+        jobs = json.loads(
+            cluster.kubectl(
+                "get", "jobs", "-n", "default", "-l", "isoflop.dev/sweep=confirm", "-o", "json"
+            ).stdout
+        )["items"]
+        listed = cluster.kubectl("get", "scalingsweeps", "-n", "default").stdout
+    finally:
+        cluster.kubectl(
+            "delete", "scalingsweep", "confirm", "-n", "default", "--wait=false", check=False
+        )
+        time.sleep(2)
+        operator.stop()
+    assert kills == 5
+    assert seen_confirming
+    (got,) = status["confirmations"]
+    assert got["predictedLoss"] == predicted
+    assert got["measuredLoss"] == pytest.approx(measured, rel=1e-12)
+    assert got["attempts"] == 1
+    assert got["message"].startswith(f"measured {measured:.4f}, predicted {predicted:.4f}")
+    confirmed = next(c for c in status["conditions"] if c["type"] == "Confirmed")
+    assert confirmed["status"] == ("True" if got["inside"] else "False")
+    names = sorted(j["metadata"]["labels"]["isoflop.dev/trial"] for j in jobs)
+    assert names == sorted([*trials, "confirm-1p2e12"])  # one Job each, the confirmation's once
+    assert "confirm" in listed

@@ -272,3 +272,46 @@ def test_a_missing_data_source_fails_each_trial_once_with_the_trainers_sentence(
         assert log.read_text().count("--- attempt") == 1, log
     failed = [s for s in run.state.trials.values() if s.phase == "Failed" and s.error]
     assert any(s.error.startswith(f"no shard index at file://{gone}") for s in failed), failed
+
+
+def test_a_local_confirmation_interrupted_mid_training_resumes_with_its_prediction(
+    tmp_path: Path,
+) -> None:
+    """A real CPU sweep with spec.confirm: Ctrl-C while the confirmation trains stops it with a
+    checkpoint; the same command resumes it from there with the prediction it stored before it
+    started, and its result is recorded once."""
+    manifest = yaml.safe_load(write_tiny(tmp_path / "tiny.yaml").read_text())
+    manifest["spec"]["confirm"] = [4e11]  # 4x the largest budget
+    manifest["spec"]["fit"] = {"bootstrap": 100, "method": "both"}
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(manifest))
+    run_dir = tmp_path / "run"
+    cmd = isoflop("run", str(tmp_path / "tiny.yaml"), "--run-dir", str(run_dir), "--plain")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    progress = run_dir / "trials" / "confirm-4e11" / "progress.json"
+    deadline = time.time() + 600
+    while not (progress.exists() and json.loads(progress.read_text() or "{}").get("step", 0) > 50):
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline
+        time.sleep(0.2)
+    state = json.loads((run_dir / "state.json").read_text())
+    (stored,) = state["confirmations"]  # stored before it started
+    assert all(s["phase"] == "Succeeded" for t, s in state["trials"].items() if t != "confirm-4e11")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    state = json.loads((run_dir / "state.json").read_text())
+    assert state["trials"]["confirm-4e11"]["phase"] == "Pending"
+
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    status = json.loads((run_dir / "status.json").read_text())
+    (c,) = status["confirmations"]
+    assert c["predictedLoss"] == stored["predictedLoss"]  # never predicted again
+    assert c["lossInterval"] == stored["lossInterval"]
+    assert c["attempts"] == 1  # the interrupted attempt is not counted
+    assert c["measuredLoss"] is not None
+    assert "isoflop: confirmation confirm-4e11: measured" in out.stdout
+    log = (run_dir / "trials" / "confirm-4e11" / "log.txt").read_text()
+    assert "isoflop-train: trial confirm-4e11 resumed from step" in log
+    result = json.loads((run_dir / "trials" / "confirm-4e11" / "result.json").read_text())
+    assert result["eval_loss"] == pytest.approx(c["measuredLoss"])

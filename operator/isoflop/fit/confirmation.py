@@ -51,6 +51,11 @@ class Drift:
         """The form's error at this distance beyond the grid, scaled linearly in decades."""
         return self.excess * decades / self.decades if self.decades > 0 else 0.0
 
+    def blind(self, decades: float) -> float:
+        """The smallest drift of the form the check could have seen (2 sd of its noise), scaled
+        to this distance beyond the grid: a drift below it is not excluded by the data."""
+        return 2 * self.noise * decades / self.decades if self.decades > 0 else math.inf
+
 
 @dataclass(frozen=True)
 class LossPrediction:
@@ -145,6 +150,12 @@ def predict_loss(
     note = None
     if drift is None:
         note = "fewer than 3 budgets: the grid cannot check its own extrapolation"
+    elif pi is not None and drift.blind(beyond) > (pi.high - pi.low) / 2 / value:
+        note = (
+            f"the grid's check of its own extrapolation is too noisy to see a drift of the "
+            f"surface's form under {drift.blind(beyond):.1%} this far beyond the grid, more than "
+            "the interval's half-width: the interval assumes the form holds"
+        )
     return LossPrediction(Predicted(value, ci, pi), drift, form, note)
 
 
