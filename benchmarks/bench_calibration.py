@@ -17,7 +17,8 @@ is fitted as the operator fits it (both methods), the model nearest N* is chosen
 C, its loss predicted with its interval, and one trial of it drawn from the law with the same
 noise. Rows ("bench": "calibration-confirm") give the share of intervals that held that trial
 (target 0.90-0.98), the share of surface intervals that held the law itself, the bias of the
-predicted loss against the law (relative), the mean relative half-width, and the form-drift term.
+predicted loss against the law (relative), the mean relative half-width, the form-drift term,
+and the share of sweeps whose own extrapolation check was too noisy to vouch for the interval.
 
     .venv/bin/python benchmarks/bench_calibration.py [--runs 200] [--noise 0.002 0.005 0.01]
         [--methods parabola parametric] [--out benchmarks/results/calibration-DATE.jsonl]
@@ -133,6 +134,7 @@ def confirm_rows(
             "form_error": round(f.form_error, 5),
             "compute_factor": round(f.compute_factor, 3),
             "params": f.params,
+            "unchecked": round(f.unchecked, 3),
             "identified": f.runs,
             "runs": runs,
             "failed": f.failed,

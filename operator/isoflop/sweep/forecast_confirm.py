@@ -40,6 +40,7 @@ class ConfirmForecast:
     form_error: float  # mean relative error added for the surface's form
     compute_factor: float  # the compute whose loss gain on L*(C) equals one half-width
     params: float  # median parameters of the chosen model
+    unchecked: float  # share of sweeps whose own check could not vouch for the form this far
 
     @property
     def calibrated(self) -> bool:
@@ -55,6 +56,12 @@ class ConfirmForecast:
             f"cannot be told from a hit. It held the simulated trial in {self.coverage:.0%} of "
             f"{self.runs} sweeps"
         )
+        if self.unchecked > 0.5:
+            said += (
+                f"; in {self.unchecked:.0%} of them the grid's own check could not see a drift "
+                "of the surface's form as large as the interval this far out: the interval "
+                "assumes the form holds"
+            )
         if not self.calibrated:
             said += (
                 " (under 90%: the fitted surface extrapolates this far with a bias of "
@@ -113,6 +120,7 @@ def simulate_confirm(
                     got.form_error or 0.0,
                     math.exp(half / decay) if decay > 0 else math.inf,
                     float(got.params),
+                    float("assumes the form holds" in (got.note or "")),
                 )
             )
         if progress is not None:
@@ -120,7 +128,7 @@ def simulate_confirm(
     top = max(spec.budgets)
     out = []
     for c, found in rows.items():
-        v = np.array(found) if found else np.full((0, 7), np.nan)
+        v = np.array(found) if found else np.full((0, 8), np.nan)
         ok = len(v) > 0
         out.append(
             ConfirmForecast(
@@ -136,6 +144,7 @@ def simulate_confirm(
                 form_error=float(v[:, 4].mean()) if ok else math.nan,
                 compute_factor=float(np.median(v[:, 5])) if ok else math.nan,
                 params=float(np.median(v[:, 6])) if ok else math.nan,
+                unchecked=float(v[:, 7].mean()) if ok else math.nan,
             )
         )
     return out
