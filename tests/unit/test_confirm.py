@@ -18,7 +18,6 @@ from isoflop.fit.confirmation import Drift, extrapolation_check, half_widths, pr
 from isoflop.fit.stats import Interval, Predicted
 from isoflop.local.backends import SimulatedBackend
 from isoflop.local.runner import Display, Run
-from isoflop.sweep import engine
 from isoflop.sweep.confirm import (
     choose,
     confirm_id,
@@ -31,6 +30,7 @@ from isoflop.sweep.confirm import (
 from isoflop.sweep.engine import TrialState, decide
 from isoflop.sweep.forecast import Law
 from isoflop.sweep.plan import Infeasible, plan
+from isoflop.sweep.status import sweep_status
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -177,7 +177,7 @@ def test_the_engine_confirms_only_after_the_final_fit_and_the_stored_prediction(
     states["confirm-1e12"] = TrialState("Succeeded", 1, 0.503)
     d = decide(spec, p, states, budgets, [c])
     assert d.phase == "Succeeded"
-    status = engine.status(spec, p, states, d, None, budgets, confirmations=[c])
+    status = sweep_status(spec, p, states, d, None, budgets, confirmations=[c])
     (got,) = status.confirmations
     assert got.measured_loss == 0.503
     assert got.inside is True
@@ -200,7 +200,7 @@ def test_a_failing_confirmation_is_retried_then_reported_and_the_laws_stand() ->
     d = decide(spec, p, states, budgets, [c])
     assert d.phase == "Succeeded"
     assert not d.launches
-    status = engine.status(spec, p, states, d, None, budgets, confirmations=[c])
+    status = sweep_status(spec, p, states, d, None, budgets, confirmations=[c])
     cond = next(x for x in status.conditions if x.type == "Confirmed")
     assert (cond.status, cond.reason) == ("False", "ConfirmationFailed")
     assert status.confirmations[0].phase == "Failed"

@@ -14,6 +14,7 @@ from isoflop.sweep import engine
 from isoflop.sweep.engine import ACTIVE, TrialState, decide
 from isoflop.sweep.packing import Packing
 from isoflop.sweep.plan import Plan, plan
+from isoflop.sweep.status import results_table, sweep_status
 
 
 def spec(**kw: Any) -> api.ScalingSweepSpec:
@@ -163,7 +164,7 @@ def test_spec_edits_add_trials_and_cancel_only_unstarted_removed_ones() -> None:
     assert [c.trial_id for c in d.cancels] == ["3e11-d01"]  # not started: cancelled
     assert d.counts["running"] == 1  # 3e11-d02 runs to the end, its result is kept
     assert "1e12-d01" in {t.id for t in gp.trials}
-    rows = engine.results_table(gp, states)
+    rows = results_table(gp, states)
     assert {r["budget"] for r in rows} == {3e10}  # the finished results still count
 
 
@@ -184,7 +185,7 @@ def test_status_document_is_compact_and_counts_trials() -> None:
         p.trials[1].id: TrialState("Running", 1),
     }
     d = decide(s, p, states)
-    st_ = engine.status(s, p, states, d, None, generation=3, now="2026-01-01T00:00:00Z")
+    st_ = sweep_status(s, p, states, d, None, generation=3, now="2026-01-01T00:00:00Z")
     assert st_.progress == f"1/{len(p.trials)}"
     assert st_.observed_generation == 3
     assert st_.counts.running == 1
@@ -196,9 +197,7 @@ def test_status_document_is_compact_and_counts_trials() -> None:
     phases = {r.id: r.phase for r in st_.trials}
     assert phases[p.trials[0].id] == "Succeeded"
     assert phases[p.infeasible[0].id] == "Infeasible"
-    later = engine.status(
-        s, p, states, d, None, now="2026-01-02T00:00:00Z", previous=st_.conditions
-    )
+    later = sweep_status(s, p, states, d, None, now="2026-01-02T00:00:00Z", previous=st_.conditions)
     assert later.conditions[0].last_transition_time == "2026-01-01T00:00:00Z"
 
 
@@ -213,7 +212,7 @@ def test_unidentified_intervals_and_disagreeing_methods_are_conditions() -> None
         methods_agree=False,
         warnings=["the methods disagree: the parabolas give N* ~ C^0.57 ..."],
     )
-    st_ = engine.status(s, p, {}, d, fit, now="2026-01-01T00:00:00Z")
+    st_ = sweep_status(s, p, {}, d, fit, now="2026-01-01T00:00:00Z")
     by_type = {c.type: c for c in st_.conditions}
     assert by_type["Identified"].status == "False"
     assert by_type["Identified"].reason == "NotIdentified"
@@ -221,7 +220,7 @@ def test_unidentified_intervals_and_disagreeing_methods_are_conditions() -> None
     assert by_type["MethodsAgree"].status == "False"
     assert by_type["MethodsAgree"].message.startswith("the methods disagree")
     fine = api.FitResult(laws=api.Laws(params=law), methods_agree=True)
-    st_ = engine.status(s, p, {}, d, fine, now="2026-01-01T00:00:00Z")
+    st_ = sweep_status(s, p, {}, d, fine, now="2026-01-01T00:00:00Z")
     by_type = {c.type: c for c in st_.conditions}
     assert by_type["Identified"].status == "True"
     assert by_type["MethodsAgree"].status == "True"
@@ -260,7 +259,7 @@ def test_a_stable_run_that_fails_for_good_fails_the_branches_that_wait_for_it() 
     for tid in ("1e11-d02", "3e11-d02"):  # never launched: their checkpoint never came
         assert "3e11-d02-stable" not in states
         assert tid not in states
-    status = engine.status(s, p, states, d, None)
+    status = sweep_status(s, p, states, d, None)
     records = {r.id: r for r in status.trials}
     for tid in ("1e11-d02", "3e11-d02", "3e11-d02-stable"):
         assert records[tid].phase == "Failed"
@@ -279,7 +278,7 @@ def test_the_status_says_what_was_branched_and_what_the_strategy_saved() -> None
     s = spec(strategy=WSD)
     p = plan(s)
     states, d = drive(s, p)
-    status = engine.status(s, p, states, d, None)
+    status = sweep_status(s, p, states, d, None)
     records = {r.id: r for r in status.trials}
     for t in p.trials:
         r = records[t.id]
@@ -295,7 +294,7 @@ def test_the_status_says_what_was_branched_and_what_the_strategy_saved() -> None
     assert st_.spent_flops == st_.planned_flops == spent
     assert st_.compute_fraction == round(spent / st_.full_grid_flops, 4) < 0.8
     assert (
-        engine.status(spec(), plan(spec()), {}, decide(spec(), plan(spec()), {}), None).strategy
+        sweep_status(spec(), plan(spec()), {}, decide(spec(), plan(spec()), {}), None).strategy
         is None
     )
 
@@ -307,7 +306,7 @@ def test_the_adaptive_ladder_skips_rungs_far_from_the_predicted_optimum() -> Non
     )
     p = plan(s)
     states, d = drive(s, p)
-    status = engine.status(s, p, states, d, None)
+    status = sweep_status(s, p, states, d, None)
     skipped = [r.id for r in status.trials if r.phase == "Skipped"]
     assert skipped == list(d.skipped)
     assert skipped

@@ -41,6 +41,7 @@ from isoflop.sweep import engine
 from isoflop.sweep.confirm import is_confirmation, predict, resources_spec
 from isoflop.sweep.engine import TrialState
 from isoflop.sweep.plan import Plan
+from isoflop.sweep.status import results_table, sweep_status
 from isoflop.sweep.strategy import graph
 from isoflop.sweep.trials import fit, node_config
 
@@ -104,7 +105,7 @@ def reconcile_sweep(s: Sweep, patch: kopf.Patch) -> None:
         fitted = decision.complete_budgets
         fit_result, analysis = fit(
             s.spec,
-            engine.results_table(s.plan, states),
+            results_table(s.plan, states),
             fitted,
             final=decision.phase == "Fitting",
         )
@@ -115,7 +116,7 @@ def reconcile_sweep(s: Sweep, patch: kopf.Patch) -> None:
         confirmations += predict_confirmations(s, states, fitted, confirmations, analysis)
         decision = replace(decide(), launches=())
     previous = [api.Condition.model_validate(c) for c in s.status.get("conditions") or []]
-    full = engine.status(
+    full = sweep_status(
         s.spec, s.plan, states, decision, fit_result, fitted, s.generation, now(), previous, data,
         confirmations,
     )  # fmt: skip
@@ -181,7 +182,7 @@ def predict_confirmations(
     an earlier reconcile: the same trials give the same fit)."""
     from isoflop.fit import Points
 
-    rows = engine.results_table(s.plan, states)
+    rows = results_table(s.plan, states)
     if analysis is None:
         _, analysis = fit(s.spec, rows, fitted, final=True)
     if analysis is None:

@@ -28,6 +28,7 @@ from isoflop.sweep.confirm import is_confirmation, predict, resources_spec
 from isoflop.sweep.engine import TrialState
 from isoflop.sweep.packing import Packing
 from isoflop.sweep.plan import Plan, plan
+from isoflop.sweep.status import results_table, sweep_status
 from isoflop.sweep.strategy import graph
 from isoflop.sweep.trials import fit, node_config
 from isoflop_trainer.data.store import atomic_write
@@ -175,7 +176,7 @@ class Run:
         """Fit the trials of these budgets; remember the text and what it was fitted to."""
         from isoflop.fit.report import format_text
 
-        rows = engine.results_table(self.plan, self.state.trials)
+        rows = results_table(self.plan, self.state.trials)
         self.fitting = True
         try:
             self.state.fit, self.analysis = fit(self.spec, rows, budgets, final=final)
@@ -194,14 +195,14 @@ class Run:
             self.refit(self.state.fitted)
         if self.analysis is None:
             return
-        rows = engine.results_table(self.plan, self.state.trials)
+        rows = results_table(self.plan, self.state.trials)
         points = Points.from_rows([r for r in rows if r["budget"] in self.state.fitted])
         have = {c.budget for c in self.state.confirmations}
         for budget in sorted(b for b in self.spec.confirm if b not in have):
             self.state.confirmations.append(predict(self.spec, self.analysis, points, budget))
 
     def write_status(self, decision: engine.Decision) -> api.ScalingSweepStatus:
-        status = engine.status(
+        status = sweep_status(
             self.spec,
             self.plan,
             self.state.trials,
@@ -281,7 +282,7 @@ class Run:
         A run resumed with results its stored fit has not seen refits first."""
         status = self.write_status(decision)
         write_trials_csv(self.dir / "trials.csv", self.plan, self.state.trials, decision.skipped)
-        rows = engine.results_table(self.plan, self.state.trials)
+        rows = results_table(self.plan, self.state.trials)
         stored = self.state.fit_key == fit_key(self.spec, rows, self.state.fitted, True)
         if self.analysis is None and len(self.state.fitted) >= 2 and not stored:
             self.refit(self.state.fitted)
@@ -289,7 +290,7 @@ class Run:
             from isoflop.fit import Points
             from isoflop.fit.plots import plot_all
 
-            rows = engine.results_table(self.plan, self.state.trials)
+            rows = results_table(self.plan, self.state.trials)
             points = Points.from_rows([r for r in rows if r["budget"] in self.state.fitted])
             marks = confirm_points(status.confirmations)
             self.plots = plot_all(points, self.analysis, self.dir / "plots", marks)
