@@ -30,7 +30,7 @@ from isoflop.sweep.confirm import (
 from isoflop.sweep.engine import TrialState, decide
 from isoflop.sweep.forecast import Law
 from isoflop.sweep.plan import Infeasible, plan
-from isoflop.sweep.status import sweep_status
+from isoflop.sweep.status import results_table, sweep_status
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -390,3 +390,25 @@ def test_plan_prints_the_confirmation_model_and_its_gpu_hours(
     (row,) = json.loads(capsys.readouterr().out)["confirm"]
     assert row["depth"] == 23
     assert row["gpu_hours"] > 100
+
+
+def test_a_confirmation_the_laws_cannot_predict_ends_the_sweep_with_the_reason() -> None:
+    from isoflop.sweep.confirm import predict
+
+    spec = grid_spec()
+    p = plan(spec)
+    states = finished(spec)
+    budgets = tuple(sorted(spec.budgets))
+    points = Points.from_rows(results_table(p, states))
+    no_laws = predict(spec, None, points, 1e12)
+    assert no_laws.phase == "Infeasible"
+    assert "no laws could be fitted" in (no_laws.message or "")
+    parabolas = analyze(points, method="parabola", bootstrap=0)
+    no_surface = predict(spec, parabolas, points, 1e12)
+    assert "no surface L(N, D) was fitted" in (no_surface.message or "")
+    d = decide(spec, p, states, budgets, [no_surface])
+    assert (d.phase, d.launches, d.confirm_due) == ("Succeeded", (), False)  # no endless wait
+    status = sweep_status(spec, p, states, d, None, budgets, confirmations=[no_surface])
+    cond = next(x for x in status.conditions if x.type == "Confirmed")
+    assert (cond.status, cond.reason) == ("False", "NotPredicted")
+    assert "cannot predict it" in cond.message

@@ -247,13 +247,17 @@ class Confirmation(Model):
 
     budget: float
     trial: str = Field(description="Its trial ID (confirm-BUDGET).")
-    predicted_params: float = Field(description="N* the laws predict at this budget.")
-    depth: int
-    width: int
-    heads: int
-    params: int = Field(description="Parameters of the chosen model: the family's nearest to N*.")
-    tokens: int
-    steps: int
+    predicted_params: float | None = Field(
+        default=None, description="N* the laws predict at this budget; null: not predicted."
+    )
+    depth: int | None = None
+    width: int | None = None
+    heads: int | None = None
+    params: int | None = Field(
+        default=None, description="Parameters of the chosen model: the family's nearest to N*."
+    )
+    tokens: int | None = None
+    steps: int | None = None
     gpu_hours: float | None = Field(
         default=None, description="Estimated from the MFU curve (H100, bf16)."
     )

@@ -185,14 +185,16 @@ def predict_confirmations(
     rows = results_table(s.plan, states)
     if analysis is None:
         _, analysis = fit(s.spec, rows, fitted, final=True)
-    if analysis is None:
-        return []
     points = Points.from_rows([r for r in rows if r["budget"] in fitted])
     done = {c.budget for c in have}
     out = [predict(s.spec, analysis, points, b) for b in sorted(s.spec.confirm) if b not in done]
     for c in out:
-        said = c.message if c.predicted_loss is None else f"predicted loss {c.predicted_loss:.4f}"
-        message = f"{c.trial}: {c.params:,} parameters, {said}"
+        said = (
+            c.message
+            if c.predicted_loss is None or c.params is None
+            else f"{c.params:,} parameters, predicted loss {c.predicted_loss:.4f}"
+        )
+        message = f"{c.trial}: {said}"
         kopf.event(s.body, type="Normal", reason="ConfirmationPredicted", message=message)
     return out
 

@@ -125,10 +125,14 @@ def confirmation_lines(confirmations: list[api.Confirmation]) -> list[str]:
         hours = "" if c.gpu_hours is None else f"{c.gpu_hours:.3g}"
         verdict = c.message or c.phase
         predicted = "" if c.predicted_loss is None else f"{c.predicted_loss:.4f}"
+        if c.params is None or c.steps is None:  # not predicted: the reason only
+            lines.append(f"| {format_flops(c.budget)} | | | | | | | | | {verdict} |")
+            continue
+        n_star = "" if c.predicted_params is None else f"{c.predicted_params:.4g}"
         lines.append(
-            f"| {format_flops(c.budget)} | {c.predicted_params:.4g} | depth {c.depth}, width "
-            f"{c.width} | {c.params:,} | {c.steps:,} | {hours} | {predicted} | {shown} "
-            f"| {measured} | {verdict} |"
+            f"| {format_flops(c.budget)} | {n_star} | depth {c.depth}, width {c.width} "
+            f"| {c.params:,} | {c.steps:,} | {hours} | {predicted} | {shown} | {measured} "
+            f"| {verdict} |"
         )
     notes = [f"- {c.trial}: {c.note}" for c in confirmations if c.note]
     return [*lines, "", *notes, *([""] if notes else [])]

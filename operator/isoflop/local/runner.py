@@ -193,8 +193,6 @@ class Run:
 
         if self.analysis is None:
             self.refit(self.state.fitted)
-        if self.analysis is None:
-            return
         rows = results_table(self.plan, self.state.trials)
         points = Points.from_rows([r for r in rows if r["budget"] in self.state.fitted])
         have = {c.budget for c in self.state.confirmations}

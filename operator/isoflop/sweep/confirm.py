@@ -112,6 +112,8 @@ def choose(
 def trial_of(spec: api.ScalingSweepSpec, c: api.Confirmation) -> Trial:
     """The trial a stored confirmation trains: its model, sized at its budget (deterministic,
     so a driver that restarts trains the same one)."""
+    if c.depth is None or c.width is None:
+        raise ValueError(f"confirmation {c.trial} has no model: {c.message}")
     got = sized(spec, c.budget, _rung(spec, c.depth, c.width, c.heads), c.trial)
     if isinstance(got, Infeasible):
         raise ValueError(f"confirmation {c.trial}: {got.reason}")
@@ -144,13 +146,30 @@ def n_star(analysis: Analysis, budget: float) -> float:
     return float(analysis.parametric.optimum(budget)[0])
 
 
+def unpredicted(budget: float, reason: str) -> api.Confirmation:
+    """A confirmation the final laws cannot predict: stored as such (never trained), so the sweep
+    ends with the reason rather than waiting for a prediction that cannot come."""
+    return api.Confirmation(
+        budget=budget,
+        trial=confirm_id(budget),
+        phase="Infeasible",
+        note=reason,
+        message=f"not trained: the final laws cannot predict it ({reason})",
+    )
+
+
 def predict(
-    spec: api.ScalingSweepSpec, analysis: Analysis, points: Points, budget: float
+    spec: api.ScalingSweepSpec, analysis: Analysis | None, points: Points, budget: float
 ) -> api.Confirmation:
     """The confirmation at `budget`: N*, the chosen model, the loss to beat with its interval,
-    and the metrics their laws against loss predict there."""
+    and the metrics their laws against loss predict there. Without a final fit, or without the
+    fitted surface, it is stored as not predicted, with why."""
     from isoflop.fit.confirmation import predict_loss
 
+    if analysis is None:
+        return unpredicted(budget, "no laws could be fitted to the trials")
+    if analysis.parametric is None:
+        return unpredicted(budget, "no surface L(N, D) was fitted (6 or more trials needed)")
     target = n_star(analysis, budget)
     chosen, note = choose(spec, budget, target)
     if isinstance(chosen, Infeasible):

@@ -101,11 +101,17 @@ def simulate_confirm(
             a = None
         for c in spec.confirm:
             got = None if a is None else predict(spec, a, points, c)
-            if got is None or got.loss_interval is None or got.surface_interval is None:
+            if (
+                a is None
+                or got is None
+                or got.loss_interval is None
+                or got.surface_interval is None
+                or got.predicted_loss is None
+                or got.params is None
+                or got.tokens is None
+            ):
                 failed[c] += 1
                 continue
-            assert got.predicted_loss is not None
-            assert a is not None
             true = float(law(got.params, got.tokens))
             trial = true * math.exp(noise * rng.standard_normal())
             pi, ci = got.loss_interval, got.surface_interval

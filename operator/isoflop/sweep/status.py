@@ -208,7 +208,8 @@ def confirmed_condition(confirmations: Sequence[api.Confirmation]) -> tuple[str,
         return ("Confirmed", False, "WaitingForLaws", "the final laws are not fitted yet")
     for c in confirmations:
         if c.phase == "Infeasible":
-            return ("Confirmed", False, "Infeasible", c.message or "not trained")
+            reason = "NotPredicted" if c.params is None else "Infeasible"
+            return ("Confirmed", False, reason, c.message or "not trained")
         if c.phase == "Failed":
             return ("Confirmed", False, "ConfirmationFailed", c.message or "failed")
         if c.measured_loss is None:
