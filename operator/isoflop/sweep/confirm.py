@@ -239,9 +239,13 @@ def verdict(c: api.Confirmation, loss: float, metrics: dict[str, float]) -> api.
                 "message": f"{measured} (no interval to judge by: {c.note or 'not identified'})",
             }
         )
-    side = (interval.high if loss >= predicted else interval.low) - predicted
-    halves = (loss - predicted) / abs(side) if side else math.inf
-    inside = interval.low <= loss <= interval.high
+    from isoflop.fit.confirmation import half_widths
+    from isoflop.fit.stats import Interval, Predicted
+
+    bounds = Interval(interval.low, interval.high)
+    halves = half_widths(loss, Predicted(predicted, None, bounds))  # None: no side to count in
+    inside = loss in bounds
+    apart = "" if halves is None else f" ({halves:+.2f} half-widths)"
     return c.model_copy(
         update={
             "phase": "Succeeded",
@@ -250,7 +254,7 @@ def verdict(c: api.Confirmation, loss: float, metrics: dict[str, float]) -> api.
             "half_widths": halves,
             "inside": inside,
             "message": f"{measured} [{interval.low:.4f}, {interval.high:.4f}]: "
-            f"{'inside' if inside else 'outside'} ({halves:+.2f} half-widths)",
+            f"{'inside' if inside else 'outside'}{apart}",
         }
     )
 
