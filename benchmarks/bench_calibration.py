@@ -37,6 +37,7 @@ import platform
 import time
 import warnings
 from pathlib import Path
+from typing import TextIO
 
 from threadpoolctl import threadpool_limits
 
@@ -145,6 +146,14 @@ def confirm_rows(
     ]
 
 
+def emit(row: dict[str, object], out: TextIO | None) -> None:
+    """One JSON line to stdout, and to the --out file when given."""
+    print(json.dumps(row), flush=True)
+    if out:
+        out.write(json.dumps(row) + "\n")
+        out.flush()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=200)
@@ -188,10 +197,7 @@ def main() -> None:
                         for row in confirm_rows(
                             grid, law_name, noise, args.confirm, args.runs, args.bootstrap
                         ):
-                            print(json.dumps(row), flush=True)
-                            if out:
-                                out.write(json.dumps(row) + "\n")
-                                out.flush()
+                            emit(row, out)
             if out:
                 out.close()
             return
@@ -206,10 +212,7 @@ def main() -> None:
                         for row in rows(
                             grid, law_name, noise, method, runs, args.bootstrap, window
                         ):
-                            print(json.dumps(row), flush=True)
-                            if out:
-                                out.write(json.dumps(row) + "\n")
-                                out.flush()
+                            emit(row, out)
     if out:
         out.close()
 

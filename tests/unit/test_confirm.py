@@ -245,7 +245,7 @@ def test_the_prediction_holds_the_truth_and_widens_with_one_trials_noise() -> No
     a = analyze(points, method="parametric", bootstrap=200, seed=0)
     n = 1e8
     d = 2.4e19 / (6 * n)
-    p = predict_loss(a, points, n, d, 2.4e19, seed=0)
+    p = predict_loss(a, points, n, d, 2.4e19, seed=0, drift=extrapolation_check(points))
     assert p.predicted.pi is not None
     assert p.predicted.ci is not None
     assert float(law(n, d)) in p.predicted.pi
@@ -256,12 +256,12 @@ def test_the_prediction_holds_the_truth_and_widens_with_one_trials_noise() -> No
     # two budgets: no check of the extrapolation, and it says so
     two = simulated(law, 0.005, 3, [1e17, 1e18])
     b = analyze(two, method="parametric", bootstrap=200, seed=0)
-    q = predict_loss(b, two, n, d, 2.4e19, seed=0)
+    q = predict_loss(b, two, n, d, 2.4e19, seed=0, drift=extrapolation_check(two))
     assert q.drift is None
     assert "cannot check its own extrapolation" in (q.note or "")
     # no resamples: a value, no interval, and why
     c = analyze(points, method="parametric", bootstrap=0)
-    r = predict_loss(c, points, n, d, 2.4e19)
+    r = predict_loss(c, points, n, d, 2.4e19, drift=None)
     assert r.predicted.pi is None
     assert "fit.bootstrap 0" in (r.note or "")
 
@@ -400,11 +400,11 @@ def test_a_confirmation_the_laws_cannot_predict_ends_the_sweep_with_the_reason()
     states = finished(spec)
     budgets = tuple(sorted(spec.budgets))
     points = Points.from_rows(results_table(p, states))
-    no_laws = predict(spec, None, points, 1e12)
+    (no_laws,) = predict(spec, None, points, [1e12])
     assert no_laws.phase == "Infeasible"
     assert "no laws could be fitted" in (no_laws.message or "")
     parabolas = analyze(points, method="parabola", bootstrap=0)
-    no_surface = predict(spec, parabolas, points, 1e12)
+    (no_surface,) = predict(spec, parabolas, points, [1e12])
     assert "no surface L(N, D) was fitted" in (no_surface.message or "")
     d = decide(spec, p, states, budgets, [no_surface])
     assert (d.phase, d.launches, d.confirm_due) == ("Succeeded", (), False)  # no endless wait

@@ -187,7 +187,7 @@ def predict_confirmations(
         _, analysis = fit(s.spec, rows, fitted, final=True)
     points = Points.from_rows([r for r in rows if r["budget"] in fitted])
     done = {c.budget for c in have}
-    out = [predict(s.spec, analysis, points, b) for b in sorted(s.spec.confirm) if b not in done]
+    out = predict(s.spec, analysis, points, sorted(b for b in s.spec.confirm if b not in done))
     for c in out:
         said = (
             c.message

@@ -106,8 +106,11 @@ def predict_loss(
     tokens: float,
     budget: float,
     seed: int = 0,
+    *,
+    drift: Drift | None,
 ) -> LossPrediction:
-    """The loss one trial of N parameters on D tokens at `budget` will measure.
+    """The loss one trial of N parameters on D tokens at `budget` will measure. `drift`: the
+    grid's `extrapolation_check` (one per fit, whatever the number of budgets predicted).
 
     ValueError when the analysis has no fitted surface. An interval the sweep cannot identify is
     None, with the sentence that says why in `note`.
@@ -137,7 +140,6 @@ def predict_loss(
     ci = percentile_interval(draws, conf)
     if ci is None:
         return bare("too few usable resamples")
-    drift = extrapolation_check(points, analysis.seed)
     beyond = max(float(np.log10(budget / points.budgets[-1])), 0.0)
     form = drift.at(beyond) if drift is not None else 0.0
     sigma = float(noise.relative or 0.0) * noise.inflation(conf)

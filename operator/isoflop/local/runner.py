@@ -196,8 +196,8 @@ class Run:
         rows = results_table(self.plan, self.state.trials)
         points = Points.from_rows([r for r in rows if r["budget"] in self.state.fitted])
         have = {c.budget for c in self.state.confirmations}
-        for budget in sorted(b for b in self.spec.confirm if b not in have):
-            self.state.confirmations.append(predict(self.spec, self.analysis, points, budget))
+        wanted = sorted(b for b in self.spec.confirm if b not in have)
+        self.state.confirmations += predict(self.spec, self.analysis, points, wanted)
 
     def write_status(self, decision: engine.Decision) -> api.ScalingSweepStatus:
         status = sweep_status(

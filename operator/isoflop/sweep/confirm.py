@@ -16,7 +16,7 @@ Pure: the drivers store what `predict` returns (the run's state, the resource's 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +35,7 @@ from isoflop.sweep.plan import (
 
 if TYPE_CHECKING:
     from isoflop.fit import Analysis, Points
+    from isoflop.fit.confirmation import Drift
 
 PREFIX = "confirm-"
 MAX_WIDTH = 16384
@@ -159,17 +160,35 @@ def unpredicted(budget: float, reason: str) -> api.Confirmation:
 
 
 def predict(
-    spec: api.ScalingSweepSpec, analysis: Analysis | None, points: Points, budget: float
-) -> api.Confirmation:
-    """The confirmation at `budget`: N*, the chosen model, the loss to beat with its interval,
-    and the metrics their laws against loss predict there. Without a final fit, or without the
-    fitted surface, it is stored as not predicted, with why."""
-    from isoflop.fit.confirmation import predict_loss
+    spec: api.ScalingSweepSpec,
+    analysis: Analysis | None,
+    points: Points,
+    budgets: Sequence[float],
+) -> list[api.Confirmation]:
+    """The confirmations at these budgets: N*, the chosen model, the loss to beat with its
+    interval, and the metrics their laws against loss predict there. Without a final fit, or
+    without the fitted surface, each is stored as not predicted, with why. The grid's check of
+    its own extrapolation is made once for them all."""
+    from isoflop.fit.confirmation import extrapolation_check
 
     if analysis is None:
-        return unpredicted(budget, "no laws could be fitted to the trials")
+        return [unpredicted(b, "no laws could be fitted to the trials") for b in budgets]
     if analysis.parametric is None:
-        return unpredicted(budget, "no surface L(N, D) was fitted (6 or more trials needed)")
+        why = "no surface L(N, D) was fitted (6 or more trials needed)"
+        return [unpredicted(b, why) for b in budgets]
+    drift = extrapolation_check(points, analysis.seed) if budgets else None
+    return [_predict_one(spec, analysis, points, b, drift) for b in budgets]
+
+
+def _predict_one(
+    spec: api.ScalingSweepSpec,
+    analysis: Analysis,
+    points: Points,
+    budget: float,
+    drift: Drift | None,
+) -> api.Confirmation:
+    from isoflop.fit.confirmation import predict_loss
+
     target = n_star(analysis, budget)
     chosen, note = choose(spec, budget, target)
     if isinstance(chosen, Infeasible):
@@ -189,7 +208,9 @@ def predict(
             phase="Infeasible",
             message=f"not trained: {chosen.reason}",
         )
-    p = predict_loss(analysis, points, chosen.params, chosen.tokens, budget, spec.fit.seed)
+    p = predict_loss(
+        analysis, points, chosen.params, chosen.tokens, budget, spec.fit.seed, drift=drift
+    )
     notes = [n for n in (note, p.note) if n]
     if p.predicted.pi is None and p.note:
         notes[-1] = f"{p.note}: no prediction interval"

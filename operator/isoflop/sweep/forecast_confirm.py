@@ -99,11 +99,9 @@ def simulate_confirm(
             a = analyze(points, method="both", bootstrap=bootstrap, seed=seed + r)
         except ValueError:
             a = None
-        for c in spec.confirm:
-            got = None if a is None else predict(spec, a, points, c)
+        for c, got in zip(spec.confirm, predict(spec, a, points, spec.confirm), strict=True):
             if (
                 a is None
-                or got is None
                 or got.loss_interval is None
                 or got.surface_interval is None
                 or got.predicted_loss is None
