@@ -8,16 +8,19 @@ end, with a termination message, as soon as they run. One JSON line per sweep si
 size, measured in the same run, is the baseline for the ratios.
 
     .venv/bin/python -m benchmarks.bench_operator_cluster [--sizes 100 1000 4096]
-    .venv/bin/python -m benchmarks.bench_operator_cluster --sizes 400 --kill-every 4
+    .venv/bin/python -m benchmarks.bench_operator_cluster --sizes 600 4096 --kill-every 1 2 4
 
-With --kill-every, the operator is SIGKILLed and restarted every few seconds; the line counts the
-kills, the results lost (a trial's record differs from what its pod reported) and the Jobs the
-server created twice (from the audit log).
+With --kill-every, the operator is SIGKILLed and restarted every few seconds (a crash loop: an
+OOM kill, a failing liveness probe); one line per size and interval counts the kills, the
+results lost (a trial's record differs from what its pod reported), the Jobs the server created
+twice (from the audit log), the trials recorded between two kills, and whether the sweep
+finished before --deadline seconds (else its phase is "Stalled", with the progress it made).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import random
@@ -84,7 +87,15 @@ def start_operator(env: dict[str, str], log: Any) -> subprocess.Popen[bytes]:
     )  # fmt: skip
 
 
-def measure(trials: int, root: Path, kill_every: float | None = None) -> dict[str, Any]:
+def stored_records(core: Any) -> int:
+    selector = "isoflop.dev/role=trial-records"
+    maps = core.list_namespaced_config_map("default", label_selector=selector)
+    return sum(len(cm.data or {}) for cm in maps.items)
+
+
+def measure(
+    trials: int, root: Path, kill_every: float | None = None, deadline: float = 3600
+) -> dict[str, Any]:
     """One sweep of `trials` trials; with kill_every, the operator is SIGKILLed and restarted at
     random intervals of about that many seconds, and lost results and duplicate Jobs are counted."""
     rng = random.Random(trials)
@@ -123,16 +134,20 @@ def measure(trials: int, root: Path, kill_every: float | None = None) -> dict[st
         core = kubernetes.client.CoreV1Api(client)
         custom = kubernetes.client.CustomObjectsApi(client)
         ended: set[str] = set()
-        while True:
+        progress = [0]  # trials recorded at each kill
+        phase = "Stalled"
+        while time.perf_counter() - start < deadline:
             sweep = custom.get_namespaced_custom_object(
                 "isoflop.dev", "v1alpha1", "default", "scalingsweeps", obj["metadata"]["name"]
             )
             if (sweep.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+                phase = sweep["status"]["phase"]
                 break
             if kill_every and time.monotonic() > next_kill:
                 operator.kill()  # no shutdown, no cleanup: a crash or an evicted pod
                 operator.wait()
                 kills += 1
+                progress.append(stored_records(core))
                 operator = start_operator(env, log)
                 next_kill = time.monotonic() + rng.uniform(0.5, 1.5) * kill_every
             running = core.list_namespaced_pod("default", field_selector="status.phase=Running")
@@ -164,6 +179,7 @@ def measure(trials: int, root: Path, kill_every: float | None = None) -> dict[st
             if json.loads(text)["phase"] == "Succeeded"
         }
         lost = sum(kept.get(tid) != loss for tid, loss in reported.items())
+        moved = [b - a for a, b in itertools.pairwise(progress)]
         creates = created_jobs(cluster.audit_log)
         ours = requests(cluster.audit_log)
         total = sum(ours.values())
@@ -172,7 +188,9 @@ def measure(trials: int, root: Path, kill_every: float | None = None) -> dict[st
             "bench": "operator-cluster",
             "server": "kube-apiserver v1.37.2",
             "trials": trials,
-            "phase": sweep["status"]["phase"],
+            "kill_every_s": kill_every,
+            "phase": phase,
+            "progress": (sweep.get("status") or {}).get("progress"),
             "api_requests": total,
             "requests_per_trial": round(total / trials, 2),
             "writes_per_trial": round(writes / trials, 2),
@@ -185,6 +203,8 @@ def measure(trials: int, root: Path, kill_every: float | None = None) -> dict[st
             "records_stored": stored,
             "largest_records_configmap_bytes": max(map_sizes, default=0),
             "operator_kills": kills,
+            "recorded_per_restart": round(sum(moved) / len(moved), 1) if moved else None,
+            "restarts_recording_nothing": sum(m == 0 for m in moved),
             "lost_results": lost,
             "duplicate_jobs": sum(n - 1 for n in creates.values() if n > 1),
         }
@@ -201,20 +221,25 @@ def main() -> None:
     ap.add_argument(
         "--kill-every",
         type=float,
-        default=None,
-        help="SIGKILL and restart the operator about every this many seconds",
+        nargs="+",
+        default=[None],
+        help="SIGKILL and restart the operator about every this many seconds (one run each)",
+    )
+    ap.add_argument(
+        "--deadline", type=float, default=3600, help="seconds before a sweep counts as stalled"
     )
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench-operator-cluster-"))
     base = None
     for n in args.sizes:
-        line = measure(n, root, args.kill_every)
-        if base is None:
-            base = line
-        else:
-            for key in ("requests_per_trial", "writes_per_trial"):
-                line[f"{key}_vs_baseline"] = round(line[key] / base[key], 3)
-        print(json.dumps(line), flush=True)
+        for every in args.kill_every:
+            line = measure(n, root, every, args.deadline)
+            if base is None:
+                base = line
+            else:
+                for key in ("requests_per_trial", "writes_per_trial"):
+                    line[f"{key}_vs_baseline"] = round(line[key] / base[key], 3)
+            print(json.dumps(line), flush=True)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from isoflop import api
-from isoflop.cluster.clients import Clients
+from isoflop.cluster.clients import Clients, pods_by_job
 from isoflop.cluster.reconcile import same
 from isoflop.cluster.results import read_result
 from tests.trainer.helpers import free_port
@@ -31,6 +31,11 @@ class Core:
         return SimpleNamespace(items=self.pods)
 
 
+def of_job(clients: Clients, job: str = "s-t1") -> Any:
+    """The trial Job's pods as the reconcile gives them: one list of the sweep's, by Job."""
+    return lambda: pods_by_job(clients, "default", "isoflop.dev/sweep=s").get(job, [])
+
+
 def spec(prometheus: str | None) -> api.ScalingSweepSpec:
     metrics = {"prometheusUrl": prometheus, "queryTimeoutSeconds": 1} if prometheus else {}
     return api.parse_spec({"model": {"depths": [1, 2, 3]}, "budgets": [1e17], "metrics": metrics})
@@ -42,7 +47,7 @@ def test_prometheus_down_falls_back_to_the_termination_message() -> None:
         {"status": "succeeded", "eval_loss": 0.4321, "eval_fid": 12.5, "eval_bpd": float("nan")}
     )
     clients = Clients(batch=None, core=Core([pod("s-t1", message)]))
-    assert read_result(clients, spec(down), "s", "default", "t1", "s-t1") == (
+    assert read_result(of_job(clients), spec(down), "s", "default", "t1") == (
         0.4321,
         "termination-message",
         "",
@@ -52,25 +57,25 @@ def test_prometheus_down_falls_back_to_the_termination_message() -> None:
 
 def test_no_result_yet_is_retried_and_nan_or_failure_is_a_failed_trial() -> None:
     nothing = Clients(batch=None, core=Core([]))
-    assert read_result(nothing, spec(None), "s", "default", "t1", "s-t1") is None  # try again later
+    assert read_result(of_job(nothing), spec(None), "s", "default", "t1") is None  # try again later
     nan = Clients(
         batch=None,
         core=Core([pod("s-t1", json.dumps({"status": "succeeded", "eval_loss": "nan"}))]),
     )
-    loss, _, note, _ = read_result(nan, spec(None), "s", "default", "t1", "s-t1")  # type: ignore[misc]
+    loss, _, note, _ = read_result(of_job(nan), spec(None), "s", "default", "t1")  # type: ignore[misc]
     assert loss is None
     assert "not a number to fit" in note
     failed = Clients(
         batch=None, core=Core([pod("s-t1", json.dumps({"status": "failed", "error": "boom"}))])
     )
-    loss, _, note, _ = read_result(failed, spec(None), "s", "default", "t1", "s-t1")  # type: ignore[misc]
+    loss, _, note, _ = read_result(of_job(failed), spec(None), "s", "default", "t1")  # type: ignore[misc]
     assert loss is None
     assert note == "the trainer reported failed: boom"
     other = Clients(
         batch=None,
         core=Core([pod("other-job", json.dumps({"status": "succeeded", "eval_loss": 1}))]),
     )
-    assert read_result(other, spec(None), "s", "default", "t1", "s-t1") is None  # label filtered
+    assert read_result(of_job(other), spec(None), "s", "default", "t1") is None  # another Job's pod
 
 
 def test_the_result_is_the_succeeded_pods_not_an_earlier_preempted_ones() -> None:
@@ -81,7 +86,7 @@ def test_the_result_is_the_succeeded_pods_not_an_earlier_preempted_ones() -> Non
     succeeded = pod("s-t1", done, "Succeeded", "2026-11-30T10:05:00Z")
     for order in ([preempted, succeeded], [succeeded, preempted]):
         clients = Clients(batch=None, core=Core(order))
-        assert read_result(clients, spec(None), "s", "default", "t1", "s-t1") == (
+        assert read_result(of_job(clients), spec(None), "s", "default", "t1") == (
             0.25,
             "termination-message",
             "",
@@ -92,7 +97,7 @@ def test_the_result_is_the_succeeded_pods_not_an_earlier_preempted_ones() -> Non
         "s-t1", json.dumps({"status": "failed", "error": "late"}), "Failed", "2026-11-30T11:00:00Z"
     )
     clients = Clients(batch=None, core=Core([failed, preempted]))
-    loss, _, note, _ = read_result(clients, spec(None), "s", "default", "t1", "s-t1")  # type: ignore[misc]
+    loss, _, note, _ = read_result(of_job(clients), spec(None), "s", "default", "t1")  # type: ignore[misc]
     assert loss is None
     assert note == "the trainer reported failed: late"
 

@@ -56,3 +56,14 @@ def job_pods(clients: Clients, namespace: str, job: str) -> list[Any]:
     """The pods of one Job (the label selector may be ignored by test emulators: filtered)."""
     pods = clients.core.list_namespaced_pod(namespace, label_selector=f"job-name={job}").items
     return [p for p in pods if (p.metadata.labels or {}).get("job-name") == job]
+
+
+def pods_by_job(clients: Clients, namespace: str, selector: str) -> dict[str, list[Any]]:
+    """The pods matching a label selector in one list, grouped by their Job (its `job-name`
+    label): one request for every Job of a sweep, however many there are."""
+    out: dict[str, list[Any]] = {}
+    for pod in clients.core.list_namespaced_pod(namespace, label_selector=selector).items:
+        job = (pod.metadata.labels or {}).get("job-name")
+        if job is not None:
+            out.setdefault(job, []).append(pod)
+    return out

@@ -1,6 +1,8 @@
 """One reconcile of one sweep, as small steps over the engine's decision:
 
-    observe    the trial records (ConfigMaps) and the sweep's Jobs -> every trial's state
+    observe    the trial records (ConfigMaps), the sweep's Jobs (and its pods, in one list, when
+               a Job finished or failed) -> every trial's state; the records of trials seen
+               finished are written at once (keep), so a reconcile cut short still moves on
     decide     the engine's decision, held while the data check has not passed
     apply      cancels deleted, launches created (a 409 means the Job exists: a restart)
     refit      when budgets complete: the laws, and the engine asked again
@@ -24,7 +26,7 @@ from kubernetes.client.rest import ApiException
 
 from isoflop import api
 from isoflop.cluster import metrics, records
-from isoflop.cluster.clients import Clients, delete_job, job_pods, server_message
+from isoflop.cluster.clients import Clients, delete_job, pods_by_job, server_message
 from isoflop.cluster.datajob import data_status
 from isoflop.cluster.manifests import (
     SWEEP_LABEL,
@@ -36,12 +38,12 @@ from isoflop.cluster.manifests import (
     stable_root,
     trial_objects,
 )
-from isoflop.cluster.results import ignored_failures, message_of, read_result, termination_message
+from isoflop.cluster.results import ignored_failures, message_of, read_result
 from isoflop.sweep import engine
 from isoflop.sweep.confirm import is_confirmation, predict, resources_spec
-from isoflop.sweep.engine import TrialState
+from isoflop.sweep.engine import TrialState, resolve
 from isoflop.sweep.plan import Plan
-from isoflop.sweep.status import results_table, sweep_status
+from isoflop.sweep.status import results_table, sweep_status, trial_records
 from isoflop.sweep.strategy import graph
 from isoflop.sweep.trials import fit, node_config
 
@@ -64,6 +66,7 @@ class Sweep:
     clients: Clients
     records: dict[str, api.TrialRecord] = field(default_factory=dict)  # as stored
     given_up: list[str] = field(default_factory=list)  # Jobs of trials failed for good
+    pods: dict[str, list[Any]] | None = None  # the sweep's pods by Job, listed once when needed
 
     @property
     def spec(self) -> api.ScalingSweepSpec:
@@ -76,6 +79,13 @@ class Sweep:
     def warn(self, reason: str, message: str) -> None:
         kopf.warn(self.body, reason=reason, message=message)
 
+    def pods_of(self, job: str) -> list[Any]:
+        """A Job's pods, from one list of all the sweep's pods per reconcile (made on the first
+        need): a restart that finds hundreds of finished Jobs reads them in one request."""
+        if self.pods is None:
+            self.pods = pods_by_job(self.clients, self.namespace, f"{SWEEP_LABEL}={self.name}")
+        return self.pods.get(job, [])  # grouped by Job name, which is this sweep's own
+
 
 def reconcile_sweep(s: Sweep, patch: kopf.Patch) -> None:
     states = observe(s)
@@ -86,6 +96,7 @@ def reconcile_sweep(s: Sweep, patch: kopf.Patch) -> None:
     jobs = sweep_jobs(s)
     data = data_status(s.sweep, s.uid, s.namespace, s.status, jobs, s.plan, s.clients)
     observe_jobs(s, jobs, states)
+    keep(s, trial_records(resolve(s.spec, s.plan, states), s.plan, 1 + s.spec.retries.per_trial))
     # the server writes a float such as 1.29746337890625e17 back as the integer of its shortest
     # decimal form, which Python keeps exact: float() gives the budget back
     fitted = tuple(float(b) for b in s.status.get("fittedBudgets") or ())
@@ -219,7 +230,7 @@ def observe_jobs(s: Sweep, jobs: list[Any], states: dict[str, TrialState]) -> No
             states[tid] = finished_trial(s, tid, job.metadata.name)
         elif failed:
             limit = 1 + s.spec.retries.per_trial
-            said = termination_message(s.clients, s.namespace, job.metadata.name) or {}
+            said = message_of(s.pods_of(job.metadata.name)) or {}
             error = str(said.get("error") or f"the Job failed after {limit} attempts")
             states[tid] = TrialState("Failed", limit, error=error)
             s.warn("TrialFailed", f"{tid}: {error}")
@@ -228,7 +239,7 @@ def observe_jobs(s: Sweep, jobs: list[Any], states: dict[str, TrialState]) -> No
 
 
 def finished_trial(s: Sweep, tid: str, job: str) -> TrialState:
-    result = read_result(s.clients, s.spec, s.name, s.namespace, tid, job)
+    result = read_result(lambda: s.pods_of(job), s.spec, s.name, s.namespace, tid)
     if result is None:
         return TrialState("Running", 1)  # finished, result not readable yet
     loss, source, note, measured = result
@@ -244,7 +255,7 @@ def running_trial(s: Sweep, tid: str, job: str, st: Any) -> TrialState:
     so do we."""
     attempts, said = 1, {}
     if st.failed:
-        pods = job_pods(s.clients, s.namespace, job)
+        pods = s.pods_of(job)
         attempts += max(st.failed - ignored_failures(pods), 0)
         said = message_of(pods) or {}
     if said.get("permanent") is True:
@@ -313,17 +324,28 @@ def launch_trial(s: Sweep, launch: engine.Launch) -> TrialState:
 # -- record ----------------------------------------------------------------------------------------
 
 
+def keep(s: Sweep, trials: list[api.TrialRecord]) -> None:
+    """Write the records of finished trials not stored yet (or stored otherwise) to their budgets'
+    ConfigMaps. Made as soon as the Jobs are read, before anything slow (a fit, launches, the
+    status): an operator killed in the middle of a reconcile keeps what it read, so every
+    restart moves the sweep forward however short-lived it is."""
+    finished = [
+        r for r in trials if r.phase in ("Succeeded", "Failed") and s.records.get(r.id) != r
+    ]
+    if not finished:
+        return
+    budgets = {n.id: n.trial.budget for n in graph(s.spec, s.plan.trials).nodes}  # segments too
+    records.write(s.clients.core, s.sweep, s.uid, s.namespace, budgets, finished)
+    s.records |= {r.id: r for r in finished}
+
+
 def record(
     s: Sweep, full: api.ScalingSweepStatus, decision: engine.Decision, patch: kopf.Patch
 ) -> None:
     """Each newly finished trial's record goes to its budget's ConfigMap before the status that
     counts it (the status keeps per-budget summaries only, whatever the sweep's size); then the
     status, patched where it changed."""
-    finished = [
-        r for r in full.trials if r.phase in ("Succeeded", "Failed") and s.records.get(r.id) != r
-    ]
-    budgets = {n.id: n.trial.budget for n in graph(s.spec, s.plan.trials).nodes}  # segments too
-    records.write(s.clients.core, s.sweep, s.uid, s.namespace, budgets, finished)
+    keep(s, full.trials)
     for name in s.given_up:  # once their failure is recorded: a crash before this retries once more
         delete_job(s.clients, name, s.namespace)
     new = full.to_wire()

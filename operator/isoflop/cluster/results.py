@@ -8,6 +8,7 @@ import math
 import os
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 from isoflop import api
@@ -20,11 +21,17 @@ RESULT_METRICS = ("fid", "bpd", "loss_se")  # beside the loss: what the fit turn
 
 
 def read_result(
-    clients: Clients, spec: api.ScalingSweepSpec, sweep: str, namespace: str, trial: str, job: str
+    pods: Callable[[], list[Any]],
+    spec: api.ScalingSweepSpec,
+    sweep: str,
+    namespace: str,
+    trial: str,
 ) -> tuple[float | None, api.ResultSource, str, dict[str, float]] | None:
     """(loss, source, note, metrics) of a finished trial; loss None means a failed trial (NaN);
     None means not readable yet (try again on the next reconcile). Metrics are the FID,
-    bits/dim and the loss's standard error where the trial measured them."""
+    bits/dim and the loss's standard error where the trial measured them. `pods` gives the
+    trial Job's pods, asked only when Prometheus has no result (the reconcile lists the sweep's
+    pods once, not once per trial)."""
     loss: float | None = None
     metrics: dict[str, float] = {}
     source: api.ResultSource = "prometheus"
@@ -45,7 +52,7 @@ def read_result(
                     metrics[name] = value
     if loss is None:
         source = "termination-message"
-        message = termination_message(clients, namespace, job)
+        message = message_of(pods())
         if message is None:
             return None
         value = message.get("eval_loss")
