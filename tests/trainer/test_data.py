@@ -184,3 +184,15 @@ def test_s3_errors_say_whether_a_retry_can_help() -> None:
     assert type(s3_error(client("InternalError"), "m")) is ConnectionError
     unreachable = EndpointConnectionError(endpoint_url="http://127.0.0.1:9")
     assert type(s3_error(unreachable, "m")) is ConnectionError
+
+
+def test_an_s3_location_botocore_refuses_is_one_sentence_naming_the_field() -> None:
+    """botocore refuses a bucket name before any request (ParamValidationError): that is a bad
+    value, never a store to retry, and the check names the field (before: ConnectionError)."""
+    from isoflop_trainer.data.store import Store, check_shards
+
+    with pytest.raises(ValueError, match=r'is not an S3 location \(Invalid bucket name "a b"\)$'):
+        Store("s3://a b/é").read("index.json")
+    with pytest.raises(ValueError, match=r"^data.source cannot be used: s3://a b/é/index") as err:
+        check_shards("s3://a b/é", None, (4, 32, 32), 77, 768)
+    assert "\n" not in str(err.value)

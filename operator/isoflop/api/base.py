@@ -33,7 +33,20 @@ NAME_RULE = (
     f"must be a DNS label (lower-case letters, digits and '-', starting and ending with a letter "
     f"or digit) of at most {NAME_MAX_LENGTH} characters"
 )
-DATA_URI_PATTERN = r"^(procedural|s3|file)://.*$"
+# s3://BUCKET/PREFIX with a bucket S3 can name (3-63 lower-case letters, digits, '.', '-'); no
+# control character anywhere, and no space in a procedural source's name
+DATA_URI_PATTERN = (
+    r"^(procedural://[^\s\x00-\x1f\x7f]*|file://[^\x00-\x1f\x7f]*"
+    r"|s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\x00-\x1f\x7f]*)?)$"
+)
+
+# What a pattern asks, in words: the sentence a refusal gives instead of the regular expression
+PATTERN_RULES = {
+    DATA_URI_PATTERN: "must be procedural://NAME, file:///PATH or s3://BUCKET/PREFIX, with a "
+    "bucket name S3 allows (3-63 lower-case letters, digits, '.' and '-') and no control "
+    "characters",
+    QUANTITY_PATTERN: "must be a Kubernetes quantity such as 500m, 4 or 16Gi",
+}
 
 # A CEL transition rule: the API server refuses changes to fields that define the sweep.
 Immutable: dict[str, JsonValue] = {

@@ -84,6 +84,9 @@ class Store:
                 body: bytes = obj["Body"].read()
             except Exception as err:  # botocore raises several types: sort them by what helps
                 where = f"s3://{self.bucket}/{self.key(name)}"
+                if type(err).__name__ == "ParamValidationError":  # refused before any request
+                    said = str(err).splitlines()[-1].split(":")[0]  # 'Invalid bucket name "a b"'
+                    raise ValueError(f"{where} is not an S3 location ({said})") from None
                 raise s3_error(err, f"cannot read {where}: {err}") from err
             return body
         path = self.root / name
