@@ -97,7 +97,10 @@ def test_yaml_reads_exponent_floats_like_kubernetes() -> None:
         ({"budgets": [1e17, -1]}, "spec.budgets[1]: Input should be greater than 0"),
         ({"budgets": [1e17, 1e17]}, "spec.budgets: must not repeat a value"),
         ({"budgets": []}, "spec.budgets: List should have at least 1 item"),
-        ({"data.source": "http://x"}, "spec.data.source: String should match pattern"),
+        (
+            {"data.source": "http://x"},
+            "spec.data.source: must be procedural://NAME, file:///PATH or s3://BUCKET/PREFIX",
+        ),
         ({"data.latentShape": [4, 32]}, "spec.data.latentShape: List should have at least 3 items"),
         (
             {"data.latentShape": [4, 31, 32]},
@@ -106,7 +109,10 @@ def test_yaml_reads_exponent_floats_like_kubernetes() -> None:
         ({"flopsAccounting": "7ND"}, "spec.flopsAccounting: Input should be 'exact' or '6ND'"),
         ({"training.betas": [0.9, 1.5]}, "spec.training.betas: betas must lie in [0, 1)"),
         ({"training.precision": "int8"}, "spec.training.precision: Input should be"),
-        ({"resources.memory": "lots"}, "spec.resources.memory: String should match pattern"),
+        (
+            {"resources.memory": "lots"},
+            "spec.resources.memory: must be a Kubernetes quantity such as 500m, 4 or 16Gi, not",
+        ),
         (
             {"resources.tolerations": [{"operator": "Maybe"}]},
             "spec.resources.tolerations[0].operator",

@@ -3,7 +3,8 @@
     base      names, patterns, ManifestError, the base models
     spec      what a user writes (ScalingSweepSpec and its parts)
     status    what the operator and `isoflop run` write back (ScalingSweepStatus)
-    manifest  a whole ScalingSweep: reading YAML as Kubernetes does, one sentence per problem
+    manifest  a whole ScalingSweep: reading files as kubectl does, one sentence per problem
+    kubeyaml  YAML as kubectl reads it: go-yaml's scalars, documents, Lists, byte-order marks
     crd       the CustomResourceDefinition generated from these models
 
 Everything public is re-exported here: callers write `api.ScalingSweepSpec`.
@@ -37,6 +38,8 @@ from isoflop.api.manifest import (
     parse_name,
     parse_spec,
     parse_sweep,
+    read_manifests,
+    sweep_documents,
     yaml_load,
 )
 from isoflop.api.spec import (
@@ -190,5 +193,7 @@ __all__ = [
     "parse_name",
     "parse_spec",
     "parse_sweep",
+    "read_manifests",
+    "sweep_documents",
     "yaml_load",
 ]

@@ -18,12 +18,14 @@ from pydantic import (
     field_validator,
 )
 
+from isoflop.api import kubeyaml
 from isoflop.api.base import (
     API_VERSION,
     DNS_LABEL_PATTERN,
     KIND,
     NAME_MAX_LENGTH,
     NAME_RULE,
+    PATTERN_RULES,
     ManifestError,
     Model,
 )
@@ -58,22 +60,10 @@ class ScalingSweep(Model):
         return self.metadata.name
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads 1e17 as a float (YAML 1.2, as Kubernetes does), not a string."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(
-        r"^[-+]?(\d[\d_]*(\.[\d_]*)?|\.\d[\d_]*)([eE][-+]?\d+)?$|^[-+]?\.(inf|Inf|INF)$|^\.(nan|NaN|NAN)$"
-    ),
-    list("-+0123456789."),
-)
-
-
 def yaml_load(text: str) -> Any:
-    """Parse YAML the way Kubernetes does for numbers (1e17 is a float)."""
-    return yaml.load(text, Loader=_Loader)
+    """Parse one YAML document as kubectl does (isoflop.api.kubeyaml: 1e17 a float, 0o7 an
+    integer, 1:30 a string)."""
+    return kubeyaml.load(text)
 
 
 def _field_path(loc: tuple[int | str, ...]) -> str:
@@ -101,6 +91,12 @@ def _known_fields(model: Any, loc: tuple[int | str, ...]) -> list[str]:
     return []
 
 
+def known_field(path: tuple[str, ...]) -> bool:
+    """Whether a key of a manifest is a field of ScalingSweep (a key of a free-form map is)."""
+    fields = _known_fields(ScalingSweep, path[:-1])
+    return not fields or path[-1] in fields
+
+
 def _flatten(annotation: Any) -> list[Any]:
     args = typing.get_args(annotation)
     return [annotation] if not args else [a for arg in args for a in _flatten(arg)]
@@ -126,6 +122,11 @@ def describe_validation_error(err: ValidationError, prefix: str = "", model: Any
                 msg += f" (did you mean {close[0]}?)"
         elif e["type"] == "missing":
             msg = "is required"
+        elif (
+            e["type"] == "string_pattern_mismatch"
+            and (e.get("ctx") or {}).get("pattern") in PATTERN_RULES
+        ):
+            msg = f"{PATTERN_RULES[e['ctx']['pattern']]}, not {e['input']!r}"
         problems.append(f"{path}: {msg}" if path else msg)
     more = len(problems) - MAX_PROBLEMS
     tail = f" (and {more} more problem{'s' if more > 1 else ''})" if more > 0 else ""
@@ -169,22 +170,39 @@ def parse_spec(spec: Mapping[str, Any]) -> ScalingSweepSpec:
         ) from None
 
 
-def load_sweep(path: str | Path) -> ScalingSweep:
-    """Read and validate a manifest file; every failure is a ManifestError naming the problem."""
+def read_manifests(path: str | Path) -> list[kubeyaml.Document]:
+    """Every object of a manifest file, read as kubectl reads it (several documents, a v1 List's
+    items, UTF-16 or a byte-order mark) and as the server creates it (fields set to null and
+    the status dropped, each with a note); ManifestError when the file cannot be read."""
     p = Path(path)
     try:
-        text = p.read_text()
+        data = p.read_bytes()
     except OSError as err:
         raise ManifestError(f"cannot read {p}: {err.strerror or err}") from None
     try:
-        docs = [d for d in yaml.load_all(text, Loader=_Loader) if d is not None]
+        return kubeyaml.objects(kubeyaml.decode(data), known_field)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise ManifestError(f"{p} is not valid YAML{where}") from None
     except RecursionError:
         raise ManifestError(f"{p} nests too deep for a ScalingSweep manifest") from None
-    sweeps = [d for d in docs if isinstance(d, dict) and d.get("kind") == KIND]
-    if len(sweeps) != 1:
-        raise ManifestError(f"{p} must hold exactly one {KIND}, found {len(sweeps)}")
-    return parse_sweep(sweeps[0])
+
+
+def sweep_documents(path: str | Path) -> list[kubeyaml.Document]:
+    """The ScalingSweep objects of a manifest file (what kubectl would create of ours)."""
+    return [
+        d for d in read_manifests(path) if isinstance(d.obj, dict) and d.obj.get("kind") == KIND
+    ]
+
+
+def load_sweep(path: str | Path) -> ScalingSweep:
+    """Read and validate a manifest file of one ScalingSweep; every failure is a ManifestError
+    naming the problem."""
+    docs = sweep_documents(path)
+    if len(docs) != 1:
+        raise ManifestError(
+            f"{path} must hold exactly one {KIND}, found {len(docs)}"
+            + (" (isoflop validate checks each of them)" if docs else "")
+        )
+    return parse_sweep(docs[0].obj)

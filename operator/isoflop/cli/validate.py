@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from isoflop import api
 from isoflop.cli.common import HelpFormatter, Subparsers
@@ -24,13 +25,44 @@ def register(sub: Subparsers) -> None:
 
 
 def command(args: argparse.Namespace) -> int:
-    """Check a manifest, and unless --no-data, that its data exists and fits it."""
+    """Check a manifest, and unless --no-data, that its data exists and fits it. A file of
+    several documents, or a v1 List, is read as kubectl applies it: each ScalingSweep is checked
+    on its own. What the API server would drop on create (a field set to null, a status) is
+    dropped here too, with a note."""
     from isoflop.sweep.datacheck import check_data
 
-    sweep = api.load_sweep(args.file)
-    planned = runnable_plan(sweep.spec)
-    report = None if args.no_data else check_data(sweep.spec, planned)
-    print(f"{args.file}: ScalingSweep '{sweep.name}' is valid.")
-    if report is not None:
-        print(report.text())
-    return 0
+    docs = api.read_manifests(args.file)
+    sweeps = [d for d in docs if isinstance(d.obj, dict) and d.obj.get("kind") == api.KIND]
+    if len(docs) == 1 or not sweeps:
+        sweep = api.load_sweep(args.file)  # one object, or none of ours: the one sentence
+        for note in sweeps[0].dropped:
+            print(f"{args.file}: note: dropped {note}")
+        planned = runnable_plan(sweep.spec)
+        report = None if args.no_data else check_data(sweep.spec, planned)
+        print(f"{args.file}: ScalingSweep '{sweep.name}' is valid.")
+        if report is not None:
+            print(report.text())
+        return 0
+    invalid = 0
+    for d in docs:
+        where = f"{args.file}: {d.where}"
+        if d not in sweeps:
+            kind = d.obj.get("kind") if isinstance(d.obj, dict) else None
+            print(f"{where}: {kind or 'an object'} is not a ScalingSweep: not checked")
+            continue
+        for note in d.dropped:
+            print(f"{where}: note: dropped {note}")
+        try:
+            sweep = api.parse_sweep(d.obj)
+            planned = runnable_plan(sweep.spec)
+            report = None if args.no_data else check_data(sweep.spec, planned)
+        except ValueError as err:
+            print(f"{where}: invalid: {err}", file=sys.stderr)
+            invalid += 1
+            continue
+        print(f"{where}: ScalingSweep '{sweep.name}' is valid.")
+        if report is not None:
+            print(report.text())
+    if invalid:
+        print(f"isoflop: error: {invalid} of {len(sweeps)} ScalingSweeps invalid", file=sys.stderr)
+    return 2 if invalid else 0
