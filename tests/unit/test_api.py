@@ -120,7 +120,7 @@ def test_yaml_reads_exponent_floats_like_kubernetes() -> None:
         ({"parallelism": 0}, "spec.parallelism: Input should be greater than or equal to 1"),
         (
             {"metrics.prometheusUrl": "prometheus:9090"},
-            "spec.metrics.prometheusUrl: String should match pattern",
+            "spec.metrics.prometheusUrl: must be an http:// or https:// URL with a host",
         ),
         ({"fit.holdOutBudget": 3e17}, "spec: fit.holdOutBudget 3e+17 is not one of budgets"),
     ],

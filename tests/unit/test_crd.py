@@ -92,7 +92,12 @@ def test_crd_names_columns_and_rules() -> None:
     assert immutable in props["model"]["properties"]["family"]["x-kubernetes-validations"]
     assert immutable in props["data"]["x-kubernetes-validations"]
     assert immutable in props["flopsAccounting"]["x-kubernetes-validations"]
-    assert props["budgets"]["items"] == {"type": "number", "minimum": 0, "exclusiveMinimum": True}
+    assert props["budgets"]["items"] == {
+        "type": "number",
+        "minimum": 0,
+        "exclusiveMinimum": True,
+        "maximum": 1e30,
+    }
     assert props["model"]["properties"]["family"]["enum"] == ["in-context", "cross-attention"]
     assert props["training"]["default"] == {}
     assert props["data"]["properties"]["latentShape"]["default"] == [4, 32, 32]

@@ -69,7 +69,8 @@ QUICKSTART = (ROOT / "examples" / "quickstart.yaml").read_text()
 )
 def test_plain_scalars_are_read_as_go_yaml_reads_them(written: str, read: object) -> None:
     got = kubeyaml.load(f"v: {written}")["v"]
-    assert got == read and type(got) is type(read), (written, got)
+    assert got == read, written
+    assert type(got) is type(read), (written, got)
 
 
 def test_infinities_and_nan() -> None:

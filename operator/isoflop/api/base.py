@@ -40,12 +40,37 @@ DATA_URI_PATTERN = (
     r"|s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\x00-\x1f\x7f]*)?)$"
 )
 
+# Kubernetes' own rules for what ends up in a pod (k8s.io/apimachinery validation): a label key
+# (an optional DNS-subdomain prefix and '/', then a name of at most 63 characters), a label
+# value, and an image reference as the kubelet parses it (distribution's reference grammar:
+# [registry[:port]/]path[:tag][@digest]). RE2 syntax, for the CRD's patterns and CEL rules too.
+_LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+_SUBDOMAIN = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+LABEL_KEY_PATTERN = rf"^({_SUBDOMAIN}/)?{_LABEL_NAME}$"
+LABEL_VALUE_PATTERN = rf"^({_LABEL_NAME})?$"
+_HOST_LABEL = r"([a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_HOST = rf"{_HOST_LABEL}(\.{_HOST_LABEL})*(:[0-9]+)?"
+_COMPONENT = r"[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*"
+IMAGE_PATTERN = (
+    rf"^({_HOST}/)?{_COMPONENT}(/{_COMPONENT})*(:[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})?"
+    r"(@[A-Za-z][A-Za-z0-9]*([-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$"
+)
+# an http(s) URL with a host, and nothing a URL cannot hold as written (spaces, controls)
+HTTP_URL_PATTERN = r"^https?://[^\s/?#@]+(/[^\s]*)?$"
+
 # What a pattern asks, in words: the sentence a refusal gives instead of the regular expression
 PATTERN_RULES = {
     DATA_URI_PATTERN: "must be procedural://NAME, file:///PATH or s3://BUCKET/PREFIX, with a "
     "bucket name S3 allows (3-63 lower-case letters, digits, '.' and '-') and no control "
     "characters",
     QUANTITY_PATTERN: "must be a Kubernetes quantity such as 500m, 4 or 16Gi",
+    LABEL_KEY_PATTERN: "must be a label key: an optional DNS-subdomain prefix and '/', then "
+    "at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit",
+    LABEL_VALUE_PATTERN: "must be a label value: empty, or at most 63 letters, digits, '-', "
+    "'_' or '.', starting and ending with a letter or digit",
+    IMAGE_PATTERN: "must be an image reference such as registry.example.com:5000/team/trainer"
+    ":1.0 or name@sha256:DIGEST (lower-case path, no spaces)",
+    HTTP_URL_PATTERN: "must be an http:// or https:// URL with a host and no spaces",
 }
 
 # A CEL transition rule: the API server refuses changes to fields that define the sweep.

@@ -81,6 +81,11 @@ def _structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
             out["required"] = sorted(node["required"])
     elif node.get("type") == "object":
         extra = node.get("additionalProperties", True)
+        keys = dict(node.get("propertyNames") or {})
+        if "patternProperties" in node:  # a map whose keys have a pattern (label keys)
+            ((keys["pattern"], extra),) = node["patternProperties"].items()
+        if keys:
+            out.setdefault("x-kubernetes-validations", []).append(_key_rule(keys))
         if extra is True or node.get("x-kubernetes-preserve-unknown-fields"):
             out["x-kubernetes-preserve-unknown-fields"] = True
         else:
@@ -89,10 +94,25 @@ def _structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
         out["items"] = _structural(node["items"], defs)
     for key, value in node.items():
         if key.startswith("x-kubernetes-"):
-            out[key] = value
+            out[key] = [*out.get(key, []), *value] if key == "x-kubernetes-validations" else value
     if "type" not in out and not out.get("x-kubernetes-preserve-unknown-fields"):
         raise ValueError(f"schema node without a type: {node}")
     return out
+
+
+def _key_rule(keys: dict[str, Any]) -> dict[str, str]:
+    """A CEL rule on a map's keys (OpenAPI's structural subset has no propertyNames)."""
+    checks = []
+    if "minLength" in keys:
+        checks.append(f"size(k) >= {keys['minLength']}")
+    if "maxLength" in keys:
+        checks.append(f"size(k) <= {keys['maxLength']}")
+    if "pattern" in keys:
+        escaped = keys["pattern"].replace("\\", "\\\\").replace("'", "\\'")
+        checks.append(f"k.matches('{escaped}')")
+    rule = f"self.all(k, {' && '.join(checks)})"
+    said = api.PATTERN_RULES.get(keys.get("pattern", ""), "must be a valid key")
+    return {"rule": rule, "message": f"every key {said}"}
 
 
 def _schema_of(model: type[BaseModel]) -> dict[str, Any]:

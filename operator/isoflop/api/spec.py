@@ -17,6 +17,10 @@ from isoflop.api.base import (
     DATA_URI_PATTERN,
     DNS_LABEL_PATTERN,
     DNS_SUBDOMAIN_PATTERN,
+    HTTP_URL_PATTERN,
+    IMAGE_PATTERN,
+    LABEL_KEY_PATTERN,
+    LABEL_VALUE_PATTERN,
     QUANTITY_PATTERN,
     Immutable,
     SpecModel,
@@ -34,7 +38,7 @@ class RungSpec(SpecModel):
     """Transformer blocks."""
     width: int = Field(ge=8, le=16384)
     """Model width (hidden size); a multiple of model.headDim."""
-    heads: int | None = Field(default=None, ge=1, description="Default: width / headDim.")
+    heads: int | None = Field(default=None, ge=1, le=16384, description="Default: width / headDim.")
     learning_rate: float | None = Field(
         default=None,
         gt=0,
@@ -130,7 +134,9 @@ class DataSpec(SpecModel):
         max_length=2048,
         description="Default: the held-out split of source.",
     )
-    latent_shape: Annotated[list[int], AfterValidator(_check_shape)] = Field(
+    latent_shape: Annotated[
+        list[Annotated[int, Field(ge=1, le=4096)]], AfterValidator(_check_shape)
+    ] = Field(
         default_factory=lambda: [4, 32, 32],
         min_length=3,
         max_length=3,
@@ -146,7 +152,7 @@ def _unique(v: list[float]) -> list[float]:
     return v
 
 
-Flops = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+Flops = Annotated[float, Field(gt=0, le=1e30, allow_inf_nan=False)]  # 1e30: 10^5 x today's largest
 
 
 class TrainingSpec(SpecModel):
@@ -157,6 +163,7 @@ class TrainingSpec(SpecModel):
     micro_batch_size: int | None = Field(
         default=None,
         ge=1,
+        le=1 << 20,
         description="Per-GPU micro-batch; the rest is gradient accumulation. Default: automatic.",
     )
     learning_rate: float = Field(default=1e-4, gt=0, le=1)
@@ -199,7 +206,7 @@ class TrainingSpec(SpecModel):
     text_dropout: float = Field(
         default=0.1, ge=0, lt=1, description="Caption dropout for guidance."
     )
-    grad_clip: float = Field(default=1.0, ge=0)
+    grad_clip: float = Field(default=1.0, ge=0, le=1e6)
     """Clip the gradients' global norm to this; 0: no clipping."""
     ema_decay: float = Field(
         default=0.0,
@@ -216,13 +223,16 @@ class TrainingSpec(SpecModel):
     base_width: int | None = Field(
         default=None,
         ge=1,
+        le=16384,
         description="The width at which learningRate holds under width scaling. Default: the "
         "narrowest rung.",
     )
     eval_samples: int = Field(
         default=512, ge=1, le=1 << 20, description="Validation samples at the end."
     )
-    min_steps: int = Field(default=100, ge=1, description="Trials with fewer steps are infeasible.")
+    min_steps: int = Field(
+        default=100, ge=1, le=10**9, description="Trials with fewer steps are infeasible."
+    )
     data_workers: int = Field(
         default=0,
         ge=0,
@@ -242,14 +252,39 @@ class TrainingSpec(SpecModel):
 # Free-form Kubernetes fields are typed after core/v1 (bounded depth) and bounded in size: a
 # manifest the API server stores can neither nest deep enough to break a JSON decoder nor grow
 # without limit.
-LabelKey = Annotated[str, Field(min_length=1, max_length=317)]  # prefix (253) / name (63)
-LabelValue = Annotated[str, Field(max_length=63)]
+LabelKey = Annotated[
+    str, Field(min_length=1, max_length=317, pattern=LABEL_KEY_PATTERN)
+]  # prefix (253) / name (63)
+LabelValue = Annotated[str, Field(max_length=63, pattern=LABEL_VALUE_PATTERN)]
 Name = Annotated[str, Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)]
 Values = Annotated[list[LabelValue], Field(max_length=64)]
 
 
+# core/v1's rules for a toleration (ValidateTolerations), in words and for the API server
+TOLERATION_RULES: list[tuple[str, str]] = [
+    (
+        "self.operator == 'Exists' || (has(self.key) && self.key != '')",
+        "a toleration without a key must have operator Exists",
+    ),
+    (
+        "self.operator != 'Exists' || !has(self.value) || self.value == ''",
+        "a toleration with operator Exists takes no value",
+    ),
+    (
+        "!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+        "tolerationSeconds goes only with effect NoExecute",
+    ),
+]
+
+
 class Toleration(SpecModel):
     """core/v1 Toleration: a taint a trial's pods tolerate."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [{"rule": r, "message": m} for r, m in TOLERATION_RULES]
+        }
+    )
 
     key: LabelKey | None = None
     """The taint key the toleration matches; empty with operator Exists: every taint."""
@@ -259,8 +294,23 @@ class Toleration(SpecModel):
     """The taint value to match (operator Equal)."""
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
     """The taint effect to match (NoSchedule, PreferNoSchedule, NoExecute); empty: all."""
-    toleration_seconds: int | None = None
+    toleration_seconds: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
     """How long a NoExecute taint is tolerated before eviction; unset: forever."""
+
+    @model_validator(mode="after")
+    def _combination(self) -> Toleration:
+        broken = [
+            (not self.key and self.operator != "Exists", TOLERATION_RULES[0][1]),
+            (self.operator == "Exists" and bool(self.value), TOLERATION_RULES[1][1]),
+            (
+                self.toleration_seconds is not None and self.effect != "NoExecute",
+                TOLERATION_RULES[2][1],
+            ),
+        ]
+        for wrong, message in broken:
+            if wrong:
+                raise ValueError(message)
+        return self
 
 
 class NodeSelectorRequirement(SpecModel):
@@ -416,7 +466,12 @@ class PackingSpec(SpecModel):
 class ResourcesSpec(SpecModel):
     """What one trial gets on Kubernetes (the local runner uses GPUs it finds)."""
 
-    image: str = Field(default="ghcr.io/isoflop/trainer:0.1.0", min_length=1, max_length=1024)
+    image: str = Field(
+        default="ghcr.io/isoflop/trainer:0.1.0",
+        min_length=1,
+        max_length=1024,
+        pattern=IMAGE_PATTERN,
+    )
     """The trainer image every trial's pods run (the installation's policy may restrict it)."""
     gpus_per_node: int = Field(default=1, ge=0, le=64)
     """GPUs per node of a trial, one torchrun rank each (nvidia.com/gpu); 0: CPU."""
@@ -491,7 +546,11 @@ class RetrySpec(SpecModel):
 
     per_trial: int = Field(default=2, ge=0, le=100, description="Retries of one failed trial.")
     max_failed_trials: int = Field(
-        default=3, ge=0, description="Trials that may fail for good before the sweep fails."
+        default=3,
+        ge=0,
+        le=4096,
+        description="Trials that may fail for good before the sweep fails (at most 4096, the "
+        "largest sweep's trials).",
     )
 
 
@@ -547,7 +606,8 @@ class MetricsSpec(SpecModel):
 
     prometheus_url: str | None = Field(
         default=None,
-        pattern=r"^https?://.+",
+        pattern=HTTP_URL_PATTERN,
+        max_length=2048,
         description="Unset: results come from the termination message.",
     )
     query_timeout_seconds: float = Field(default=10, gt=0, le=300)
@@ -593,8 +653,8 @@ class FitSpec(SpecModel):
         description="Each isoFLOP parabola is fitted on a kernel around its minimum that reaches "
         "where the loss has risen this fraction above it; null fits every rung alike.",
     )
-    seed: int = Field(default=0, ge=0)
-    """Seed of the bootstrap resamples."""
+    seed: int = Field(default=0, ge=0, le=2**53 - 1)
+    """Seed of the bootstrap resamples (at most 2^53 - 1, exact in any JSON client)."""
     predict: list[Flops] = Field(
         default_factory=list, max_length=32, description="Budgets (FLOPs) to predict."
     )
@@ -610,7 +670,9 @@ class ShapeSpec(SpecModel):
     """Transformer blocks."""
     width: int = Field(ge=8, le=16384)
     """Model width (hidden size)."""
-    heads: int | None = Field(default=None, ge=1, description="Default: width / model.headDim.")
+    heads: int | None = Field(
+        default=None, ge=1, le=16384, description="Default: width / model.headDim."
+    )
 
 
 class ConfirmationSpec(SpecModel):

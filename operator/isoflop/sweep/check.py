@@ -30,6 +30,15 @@ def runnable_plan(spec: ScalingSweepSpec) -> Plan:
             f"{spec.training.global_batch_size}, fewer than minSteps "
             f"{spec.training.min_steps}): raise the budgets or lower training.minSteps"
         )
+    trained = {t.budget for t in p.trials}
+    for i, budget in enumerate(spec.budgets):
+        if budget not in trained:  # refused, not dropped: the sweep would not be the one asked for
+            smallest = min((x for x in p.infeasible if x.budget == budget), key=lambda x: x.params)
+            raise ManifestError(
+                f"spec.budgets[{i}]: {budget:g} FLOPs trains no model of the ladder (the "
+                f"smallest, '{smallest.rung}', gets {smallest.reason}): remove the budget or "
+                "raise it"
+            )
     short = law_problems(spec, p)
     if short is not None:  # it would run, and end with no law to show for its compute
         raise ManifestError(short)
