@@ -8,7 +8,7 @@ end, with a termination message, as soon as they run. One JSON line per sweep si
 size, measured in the same run, is the baseline for the ratios.
 
     .venv/bin/python -m benchmarks.bench_operator_cluster [--sizes 100 1000 4096]
-    .venv/bin/python -m benchmarks.bench_operator_cluster --sizes 600 4096 --kill-every 1 2 4
+    .venv/bin/python -m benchmarks.bench_operator_cluster --sizes 600 --kill-every 0 4 2 1
 
 With --kill-every, the operator is SIGKILLed and restarted every few seconds (a crash loop: an
 OOM kill, a failing liveness probe); one line per size and interval counts the kills, the
@@ -223,7 +223,8 @@ def main() -> None:
         type=float,
         nargs="+",
         default=[None],
-        help="SIGKILL and restart the operator about every this many seconds (one run each)",
+        help="SIGKILL and restart the operator about every this many seconds (one run each; 0: "
+        "never, the baseline)",
     )
     ap.add_argument(
         "--deadline", type=float, default=3600, help="seconds before a sweep counts as stalled"

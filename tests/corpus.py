@@ -326,11 +326,84 @@ def hand_corpus() -> Iterator[tuple[str, dict[str, Any]]]:
     )
 
 
+def pod_corpus() -> Iterator[tuple[str, dict[str, Any]]]:
+    """Values that reach a pod, broken the ways Kubernetes' own rules refuse (label keys and
+    values, tolerations, image references, URLs, integer ranges) or that train nothing."""
+    base = base_manifest()
+
+    def edit(what: str, path: str, value: Any) -> tuple[str, dict[str, Any]]:
+        m = copy.deepcopy(base)
+        node = m
+        *parents, last = path.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[last] = value
+        return what, m
+
+    selector = "spec.resources.nodeSelector"
+    yield edit("a nodeSelector key that is not a label key", selector, {"gpu type!": "a"})
+    yield edit("a nodeSelector key with an upper-case prefix", selector, {"Example.com/gpu": "a"})
+    yield edit("a nodeSelector key of 64 characters", selector, {"k" * 64: "a"})
+    yield edit("a NUL byte in a nodeSelector value", selector, {"gpu": "a\x00b"})
+    yield edit("a nodeSelector value with a space", selector, {"gpu": "a b"})
+    yield edit("a nodeSelector value ending in -", selector, {"gpu": "h100-"})
+    tolerations = "spec.resources.tolerations"
+    yield edit(
+        "a toleration with operator Exists and a value",
+        tolerations,
+        [{"key": "gpu", "operator": "Exists", "value": "true"}],
+    )
+    yield edit("a toleration without a key and operator Equal", tolerations, [{"value": "true"}])
+    yield edit(
+        "tolerationSeconds with effect NoSchedule",
+        tolerations,
+        [{"key": "gpu", "effect": "NoSchedule", "tolerationSeconds": 60}],
+    )
+    yield edit(
+        "tolerationSeconds with no effect",
+        tolerations,
+        [{"key": "gpu", "operator": "Exists", "tolerationSeconds": 60}],
+    )
+    yield edit(
+        "a toleration key that is not a label key",
+        tolerations,
+        [{"key": "not a key", "operator": "Exists"}],
+    )
+    yield edit(
+        "tolerationSeconds beyond 64 bits",
+        tolerations,
+        [{"key": "gpu", "effect": "NoExecute", "tolerationSeconds": 2**70}],
+    )
+    image = "spec.resources.image"
+    yield edit("an image that is not an image reference", image, "Not An Image!")
+    yield edit("an image with an upper-case path", image, "registry.example.com/Team/trainer")
+    yield edit("an image with an empty tag", image, "trainer:")
+    yield edit("an image with a short digest", image, "trainer@sha256:abc")
+    yield edit("a Prometheus URL with a space", "spec.metrics.prometheusUrl", "http://prom etheus")
+    yield edit("a Prometheus URL with no host", "spec.metrics.prometheusUrl", "http:///x")
+    yield edit("an s3 source with a space in the bucket", "spec.data.source", "s3://my bucket/x")
+    yield edit("an s3 source with a non-ASCII bucket", "spec.data.source", "s3://bücket/x")
+    yield edit("an s3 source with a one-letter bucket", "spec.data.source", "s3://b/x")
+    yield edit("a data source with a control character", "spec.data.source", "file:///a\tb")
+    yield edit("maxFailedTrials of 1e30 written out", "spec.retries.maxFailedTrials", 10**30)
+    yield edit("maxFailedTrials above the largest sweep", "spec.retries.maxFailedTrials", 4097)
+    yield edit("fit.seed of 2^64", "spec.fit.seed", 2**64)
+    yield edit("training.minSteps of 2^63", "spec.training.minSteps", 2**63)
+    yield edit("a latentShape item of 2^40", "spec.data.latentShape", [4, 2**40, 32])
+    yield edit("a budget of 1e31", "spec.budgets", [3e10, 1e31])
+    yield edit("a budget of 1e-320", "spec.budgets", [1e-320, 3e10, 6e10, 1.2e11, 2.4e11])
+    yield edit("a budget that trains no model", "spec.budgets", [10.0, 3e10, 6e10, 1.2e11])
+    yield edit("metadata.labels a string", "metadata.labels", "team=ml")
+    yield edit("a metadata label key with a space", "metadata.labels", {"my team": "ml"})
+    yield edit("a metadata label value of 64 characters", "metadata.labels", {"team": "m" * 64})
+    yield edit("a metadata annotation key with a space", "metadata.annotations", {"a b": "c"})
+
+
 def invalid_manifests() -> list[tuple[str, dict[str, Any]]]:
     """Every manifest of the corpus, with a short description of how it is broken."""
     seen: set[str] = set()
     out = []
-    for what, manifest in [*hand_corpus(), *schema_corpus()]:
+    for what, manifest in [*hand_corpus(), *pod_corpus(), *schema_corpus()]:
         if what not in seen:
             seen.add(what)
             out.append((what, manifest))

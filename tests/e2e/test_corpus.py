@@ -16,6 +16,7 @@ from isoflop import api
 from isoflop.sweep.check import runnable_plan
 from tests.corpus import base_manifest, write_corpus
 from tests.e2e.cluster import Cluster, Operator
+from tests.perturb import perturbed_files
 
 NAMESPACE = "corpus"
 
@@ -146,3 +147,73 @@ def test_the_api_server_isoflop_validate_and_the_operator_agree_on_every_invalid
     finally:
         cluster.kubectl("delete", "scalingsweeps", "--all", "-n", NAMESPACE, check=False)
         operator.stop()
+
+
+def stored_objects(out: str) -> dict[str, dict[str, Any]]:
+    """The objects `kubectl create -o json` printed (one JSON document each, or a List)."""
+    decoder, found, at = json.JSONDecoder(), {}, 0
+    while at < len(out):
+        if out[at].isspace():
+            at += 1
+            continue
+        obj, at = decoder.raw_decode(out, at)
+        for item in obj.get("items", [obj]) if obj.get("kind") == "List" else [obj]:
+            found[item["metadata"]["name"]] = item
+    return found
+
+
+def test_validate_reads_every_file_as_kubectl_and_the_server_do(
+    cluster: Cluster, installed: Path, tmp_path: Path
+) -> None:
+    """The second corpus (tests/perturb.py: the paper examples rewritten in every YAML spelling
+    and file form that readers disagree on) through `kubectl create --dry-run=server`. For every
+    sweep: what validate reads is what the server stores and the operator then parses, to the
+    value; validate refuses nothing the operator would run, and accepts nothing the server
+    refuses."""
+    directory = tmp_path / "perturbed"
+    directory.mkdir()
+    cases = []
+    for i, (what, names, data) in enumerate(perturbed_files()):
+        path = directory / f"{i:04d}.yaml"
+        path.write_bytes(data)
+        cases.append((what, names.split(","), path))
+    cluster.kubectl("create", "namespace", "perturbed", check=False)
+    out = cluster.kubectl(
+        "create", "--dry-run=server", "-n", "perturbed", "-o", "json", "-f", str(directory),
+        check=False,
+    )  # fmt: skip
+    stored = stored_objects(out.stdout)
+    print(f"perturbed: {len(cases)} files, {len(stored)} sweeps stored by the server")
+    problems = []
+    accepted = 0
+    for what, names, path in cases:
+        refusal = ""
+        try:
+            docs = api.sweep_documents(path)
+            validated = {d.obj["metadata"]["name"]: api.parse_sweep(d.obj) for d in docs}
+        except api.ManifestError as err:
+            validated, refusal = {}, str(err)
+        for name in names:
+            mine = validated.get(name)
+            if name not in stored:
+                if mine is not None:
+                    problems.append(f"{what}: validate accepts, the server refuses")
+                continue
+            try:
+                operator_sees = api.parse_sweep(stored[name])
+            except api.ManifestError as err:
+                if mine is not None:
+                    problems.append(f"{what}: validate accepts, the operator refuses: {err}")
+                continue
+            if mine is None:
+                problems.append(f"{what}: validate refuses ({refusal}), the operator would run it")
+            elif mine.spec != operator_sees.spec:
+                problems.append(f"{what}: validate reads another spec than the server stores")
+            else:
+                accepted += 1
+    assert not problems, "\n".join(problems[:40])
+    # the corpus has teeth: many sweeps of each kind, the dialect read as kubectl reads it
+    assert accepted >= 300, accepted
+    assert len(stored) < sum(len(n) for _, n, _ in cases) - 50
+    octal = next(p for w, _, p in cases if w == "paper-in-context.yaml parallelism 0o octal")
+    assert api.load_sweep(octal).spec.parallelism == 8

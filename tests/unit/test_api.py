@@ -173,6 +173,10 @@ def test_parse_spec_prefixes_paths() -> None:
     with pytest.raises(api.ManifestError, match=r"^spec\.parallelism: "):
         api.parse_spec({**MINIMAL["spec"], "parallelism": -1})
     assert api.parse_spec(MINIMAL["spec"]).budgets == [1e17]
+    # a rule across fields has no path of its own below the spec (the operator's admission
+    # parses the spec alone): the sentence still names it
+    with pytest.raises(api.ManifestError, match=r"^spec: fit.holdOutBudget 5e\+17 is not one"):
+        api.parse_spec({**MINIMAL["spec"], "fit": {"holdOutBudget": 5e17}})
 
 
 def test_load_errors_are_one_sentence(tmp_path: Path) -> None:

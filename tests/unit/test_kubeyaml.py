@@ -45,7 +45,7 @@ QUICKSTART = (ROOT / "examples" / "quickstart.yaml").read_text()
         ("1:30", "1:30"),
         ("1e400", "1e400"),
         ("0x", "0x"),
-        ("2026-01-02", "2026-01-02"),
+        ("2026-01-02", "2026-01-02"),  # no timestamp: as written (the server stores it so)
         ("-x", "-x"),
         # booleans and null: go-yaml v2's tables (y and n too, unlike YAML 1.1 in PyYAML)
         ("y", True),

@@ -59,11 +59,13 @@ def _structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
         if len(options) != 1:
             raise ValueError(f"cannot express a union in a structural schema: {node}")
         rest = {k: v for k, v in node.items() if k != "anyOf"}
-        nullable = _structural({**options[0], **rest}, defs)
-        nullable["nullable"] = True
-        if "default" in nullable and nullable["default"] is None:
-            del nullable["default"]  # absent and null mean the same; a null default is not allowed
-        return nullable
+        # Not `nullable`: the server then prunes a null as it does for every other field, and
+        # absent and null mean the same (a nullable field keeps a null, which an enum refuses
+        # on `kubectl create` and `kubectl apply` drops; validate drops it, as the server does)
+        optional = _structural({**options[0], **rest}, defs)
+        if "default" in optional and optional["default"] is None:
+            del optional["default"]  # absent and null mean the same; a null default is not allowed
+        return optional
 
     out: dict[str, Any] = {k: node[k] for k in _KEPT if k in node}
     if "description" in out:  # a docstring's line breaks are not the reader's
@@ -74,6 +76,13 @@ def _structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
         out["minimum"], out["exclusiveMinimum"] = node["exclusiveMinimum"], True
     if "exclusiveMaximum" in node:
         out["maximum"], out["exclusiveMaximum"] = node["exclusiveMaximum"], True
+    if abs(out.get("maximum", 0)) >= 2**63:
+        # the API server reads a bound this large as a 64-bit integer (1e30 overflows to -2^63
+        # and refuses every value): a CEL rule on the double says it instead
+        bound, below = out.pop("maximum"), "<" if out.pop("exclusiveMaximum", False) else "<="
+        out["x-kubernetes-validations"] = [
+            {"rule": f"self {below} {bound!r}", "message": f"must be at most {bound:g}"}
+        ]
     if "properties" in node:
         out["type"] = "object"
         out["properties"] = {k: _structural(v, defs) for k, v in node["properties"].items()}

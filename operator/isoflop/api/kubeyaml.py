@@ -14,8 +14,8 @@ kubectl decodes YAML with sigs.k8s.io/yaml (go-yaml v2's scalars, then JSON for 
               0o52, 052 (a leading 0 is octal), 0b101010; up to 2^64 - 1
     floats    [-+](digits[.digits] | .digits)[e[-+]digits], .inf, -.inf, .nan; so an integer
               beyond 2^64 - 1 is a float (1e30 written out), and 08 is 8.0
-    strings   everything else: 1:30 (no sexagesimal), 2026-01-02 (dates as written; kubectl
-              turns a date into a timestamp string, which no field of a sweep takes)
+    strings   everything else: 1:30 (no sexagesimal), 2026-01-02 (go-yaml v2.4 decodes a
+              timestamp into a string as written, the API server shows)
 - what the server does on create: a field set to null is dropped (its default then applies),
   and a manifest's `status` is dropped (the status subresource is the operator's).
 

@@ -29,7 +29,7 @@ from isoflop.api.base import (
     ManifestError,
     Model,
 )
-from isoflop.api.spec import ScalingSweepSpec
+from isoflop.api.spec import LabelKey, LabelValue, ScalingSweepSpec
 from isoflop.api.status import ScalingSweepStatus
 
 
@@ -37,6 +37,8 @@ class ObjectMeta(Model):
     model_config = ConfigDict(extra="allow")
     name: str
     namespace: str | None = None
+    labels: dict[LabelKey, LabelValue] | None = None
+    annotations: dict[LabelKey, str] | None = None  # keys are qualified names, as labels'
 
     @field_validator("name")
     @classmethod
@@ -111,7 +113,8 @@ def describe_validation_error(err: ValidationError, prefix: str = "", model: Any
     problems = []
     for e in err.errors():
         loc = tuple(e["loc"])
-        path = _field_path(loc)
+        key = bool(loc) and loc[-1] == "[key]"  # a map's key, not its value: the map is the field
+        path = _field_path(loc[:-2] if key else loc)
         if prefix:
             path = f"{prefix}.{path}" if path else prefix
         msg = e["msg"].removeprefix("Value error, ")
@@ -127,6 +130,8 @@ def describe_validation_error(err: ValidationError, prefix: str = "", model: Any
             and (e.get("ctx") or {}).get("pattern") in PATTERN_RULES
         ):
             msg = f"{PATTERN_RULES[e['ctx']['pattern']]}, not {e['input']!r}"
+        if key:
+            msg = f"key {loc[-2]!r}: {msg}"
         problems.append(f"{path}: {msg}" if path else msg)
     more = len(problems) - MAX_PROBLEMS
     tail = f" (and {more} more problem{'s' if more > 1 else ''})" if more > 0 else ""

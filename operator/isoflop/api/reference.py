@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from isoflop import api
 from isoflop.api import crd
 
 
@@ -100,9 +101,8 @@ def _bounds(prop: dict[str, Any]) -> str:
         if key in prop:
             parts.append(said.format(prop[key]))
     if "pattern" in prop:
-        parts.append(f"matches `{prop['pattern']}`")
-    if prop.get("nullable"):
-        parts.append("may be null")
+        rule = api.PATTERN_RULES.get(prop["pattern"])
+        parts.append(rule if rule is not None else f"matches `{prop['pattern']}`")
     return ", ".join(parts)
 
 
