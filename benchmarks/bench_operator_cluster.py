@@ -229,12 +229,13 @@ def main() -> None:
     ap.add_argument(
         "--deadline", type=float, default=3600, help="seconds before a sweep counts as stalled"
     )
+    ap.add_argument("--label", default="", help="said in every line (e.g. which operator code ran)")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench-operator-cluster-"))
     base = None
     for n in args.sizes:
         for every in args.kill_every:
-            line = measure(n, root, every, args.deadline)
+            line = {"label": args.label} | measure(n, root, every, args.deadline)
             if base is None:
                 base = line
             else:

@@ -15,20 +15,22 @@ from tests.trainer.helpers import free_port
 
 
 def pod(job: str, message: str, phase: str | None = None, finished: str | None = None) -> Any:
-    terminated = SimpleNamespace(message=message, finished_at=finished)
-    status = SimpleNamespace(
-        phase=phase,
-        container_statuses=[SimpleNamespace(state=SimpleNamespace(terminated=terminated))],
-    )
-    return SimpleNamespace(metadata=SimpleNamespace(labels={"job-name": job}), status=status)
+    """A pod as the API server sends it (JSON): the operator reads the list without the
+    client's models."""
+    terminated = {"message": message, "finishedAt": finished}
+    status = {"phase": phase, "containerStatuses": [{"state": {"terminated": terminated}}]}
+    return {"metadata": {"labels": {"job-name": job}}, "status": status}
 
 
 class Core:
     def __init__(self, pods: list[Any]) -> None:
         self.pods = pods
 
-    def list_namespaced_pod(self, namespace: str, label_selector: str) -> Any:
-        return SimpleNamespace(items=self.pods)
+    def list_namespaced_pod(
+        self, namespace: str, label_selector: str, _preload_content: bool = True
+    ) -> Any:
+        assert _preload_content is False  # one JSON list, never 600 models built
+        return SimpleNamespace(data=json.dumps({"items": self.pods}).encode())
 
 
 def of_job(clients: Clients, job: str = "s-t1") -> Any:

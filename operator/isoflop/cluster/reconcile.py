@@ -26,7 +26,7 @@ from kubernetes.client.rest import ApiException
 
 from isoflop import api
 from isoflop.cluster import metrics, records
-from isoflop.cluster.clients import Clients, delete_job, pods_by_job, server_message
+from isoflop.cluster.clients import Clients, delete_job, list_raw, pods_by_job, server_message
 from isoflop.cluster.datajob import data_status
 from isoflop.cluster.manifests import (
     SWEEP_LABEL,
@@ -212,7 +212,7 @@ def predict_confirmations(
 
 def sweep_jobs(s: Sweep) -> list[Any]:
     selector = f"{SWEEP_LABEL}={s.name}"
-    found = s.clients.batch.list_namespaced_job(s.namespace, label_selector=selector).items
+    found = list_raw(s.clients.batch.list_namespaced_job, s.namespace, selector)
     # the label selector may be ignored (test emulators): filter here too
     return [j for j in found if (j.metadata.labels or {}).get(SWEEP_LABEL) == s.name]
 
