@@ -160,3 +160,34 @@ def test_nulls_and_a_status_are_dropped_as_the_server_drops_them_on_create(
     path.write_text(json.dumps(obj))
     with pytest.raises(api.ManifestError, match=r"^spec.budgets\[1\]"):
         api.load_sweep(path)
+
+
+def test_every_file_of_the_second_corpus_is_read_or_refused_in_one_sentence(
+    tmp_path: Path,
+) -> None:
+    """tests/perturb.py's files (the e2e test compares them with the server): validate reads each
+    or refuses it in one sentence, never a traceback, and reads the dialect as kubectl does."""
+    from tests.perturb import perturbed_files
+
+    read = refused = 0
+    for i, (what, names, data) in enumerate(perturbed_files()):
+        path = tmp_path / f"{i:04d}.yaml"
+        path.write_bytes(data)
+        said = ""
+        try:
+            sweeps = [api.parse_sweep(d.obj) for d in api.sweep_documents(path)]
+        except api.ManifestError as err:
+            said = str(err)
+            sweeps = []
+        if not sweeps:
+            assert "\n" not in said, what
+            refused += 1
+            continue
+        assert [s.name for s in sweeps] == names.split(","), what
+        read += 1
+        if what == "paper-cross-attention.yaml parallelism 0o octal":
+            assert sweeps[0].spec.parallelism == 8
+        if what == "paper-cross-attention.yaml compile y/n":
+            assert sweeps[0].spec.training.compile is True  # y, as kubectl reads it
+    assert read > 400
+    assert refused > 100
