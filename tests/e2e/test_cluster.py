@@ -310,11 +310,16 @@ def test_the_api_server_itself_refuses_an_edit_of_an_immutable_field(
 def test_a_job_the_server_refuses_puts_its_message_on_the_sweep(
     cluster: Cluster, installed: Path, tmp_path: Path
 ) -> None:
-    """The CRD accepts any node selector; the API server refuses a Job whose selector key is not
-    a label key (422). No retry can mend that: the trial fails for good with the server's
-    words, and the sweep's Failed condition says them."""
+    """What the sweep's own rules do not check, the API server may still refuse when the Job is
+    created: node affinity's Gt takes exactly one value, which the CRD (like validate) does not
+    count (a Job with Gt and two values is refused, 422). No retry can mend that: the
+    trial fails for good with the server's words, and the sweep's Failed condition says them.
+    (Label keys, tolerations and images are refused before anything is stored: test_corpus.)"""
     manifest = small_sweep("refused")
-    manifest["spec"]["resources"] = {"nodeSelector": {"not a label key!": "x"}}
+    term = {"matchExpressions": [{"key": "gpu-count", "operator": "Gt", "values": ["1", "2"]}]}
+    required = {"nodeSelectorTerms": [term]}
+    affinity = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": required}}
+    manifest["spec"]["resources"] = {"affinity": affinity}
     manifest["spec"]["retries"] = {"perTrial": 2, "maxFailedTrials": 1}
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(manifest))
@@ -330,7 +335,7 @@ def test_a_job_the_server_refuses_puts_its_message_on_the_sweep(
         failed = next(c for c in status["conditions"] if c["type"] == "Failed")
         assert failed["reason"] == "TooManyFailedTrials"
         assert "the API server refused its Job" in failed["message"]
-        assert "nodeSelector" in failed["message"]  # the server's own explanation
+        assert "single value" in failed["message"]  # the server's own explanation
         records = [t for t in trial_records(cluster, "refused") if t["phase"] == "Failed"]
         assert len(records) == 2  # maxFailedTrials + 1, each tried once: never retried
         assert all(r["attempts"] == 1 for r in records)

@@ -328,7 +328,7 @@ def keep(s: Sweep, trials: list[api.TrialRecord]) -> None:
     """Write the records of finished trials not stored yet (or stored otherwise) to their budgets'
     ConfigMaps. Made as soon as the Jobs are read, before anything slow (a fit, launches, the
     status): an operator killed in the middle of a reconcile keeps what it read, so every
-    restart moves the sweep forward however short-lived it is."""
+    restart that gets as far as reading the Jobs moves the sweep forward."""
     finished = [
         r for r in trials if r.phase in ("Succeeded", "Failed") and s.records.get(r.id) != r
     ]
