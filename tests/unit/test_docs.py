@@ -54,10 +54,15 @@ def test_the_manifest_reference_lists_every_field_with_its_default_and_bounds() 
     assert "| number | `0.0001` | > 0, <= 1 |" in lr
     assert "flopsAccounting" in rows
     assert "`exact`, `6ND`" in rows["flopsAccounting"]
-    # a pattern's alternatives are escaped, or the table would split there
+    # a pattern with a rule in words is said in words; one without is shown with its
+    # alternatives escaped, or the table would split there
     quantity = next(line for line in text.splitlines() if line.startswith("| `cpu`"))
-    assert "m\\|k\\|M" in quantity
-    assert len(re.split(r"(?<!\\)\|", quantity)) == 7  # 5 cells between 6 bars
+    assert "must be a Kubernetes quantity such as 500m, 4 or 16Gi" in quantity
+    lookback = next(line for line in text.splitlines() if line.startswith("| `lookback`"))
+    assert "matches `^[0-9]+[smhd]$`" in lookback
+    checkpoints = next(line for line in text.splitlines() if line.startswith("| `checkpoints`"))
+    assert "s3\\|file" in checkpoints
+    assert len(re.split(r"(?<!\\)\|", checkpoints)) == 7  # 5 cells between 6 bars
 
 
 def test_every_command_option_has_help() -> None:
