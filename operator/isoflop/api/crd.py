@@ -80,9 +80,9 @@ def _structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
         # the API server reads a bound this large as a 64-bit integer (1e30 overflows to -2^63
         # and refuses every value): a CEL rule on the double says it instead
         bound, below = out.pop("maximum"), "<" if out.pop("exclusiveMaximum", False) else "<="
-        out["x-kubernetes-validations"] = [
+        out.setdefault("x-kubernetes-validations", []).append(
             {"rule": f"self {below} {bound!r}", "message": f"must be at most {bound:g}"}
-        ]
+        )
     if "properties" in node:
         out["type"] = "object"
         out["properties"] = {k: _structural(v, defs) for k, v in node["properties"].items()}

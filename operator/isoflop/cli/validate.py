@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from isoflop import api
+from isoflop.api.kubeyaml import Document
 from isoflop.cli.common import HelpFormatter, Subparsers
 from isoflop.sweep.check import runnable_plan
 
@@ -29,19 +30,12 @@ def command(args: argparse.Namespace) -> int:
     several documents, or a v1 List, is read as kubectl applies it: each ScalingSweep is checked
     on its own. What the API server would drop on create (a field set to null, a status) is
     dropped here too, with a note."""
-    from isoflop.sweep.datacheck import check_data
-
     docs = api.read_manifests(args.file)
     sweeps = [d for d in docs if isinstance(d.obj, dict) and d.obj.get("kind") == api.KIND]
-    if len(docs) == 1 or not sweeps:
-        sweep = api.load_sweep(args.file)  # one object, or none of ours: the one sentence
-        for note in sweeps[0].dropped:
-            print(f"{args.file}: note: dropped {note}")
-        planned = runnable_plan(sweep.spec)
-        report = None if args.no_data else check_data(sweep.spec, planned)
-        print(f"{args.file}: ScalingSweep '{sweep.name}' is valid.")
-        if report is not None:
-            print(report.text())
+    if not sweeps:
+        api.load_sweep(args.file)  # raises: the one sentence for a file with no sweep of ours
+    if len(docs) == 1:
+        check(args, str(args.file), sweeps[0])  # one object: its refusal is the command's error
         return 0
     invalid = 0
     for d in docs:
@@ -50,19 +44,25 @@ def command(args: argparse.Namespace) -> int:
             kind = d.obj.get("kind") if isinstance(d.obj, dict) else None
             print(f"{where}: {kind or 'an object'} is not a ScalingSweep: not checked")
             continue
-        for note in d.dropped:
-            print(f"{where}: note: dropped {note}")
         try:
-            sweep = api.parse_sweep(d.obj)
-            planned = runnable_plan(sweep.spec)
-            report = None if args.no_data else check_data(sweep.spec, planned)
+            check(args, where, d)
         except ValueError as err:
             print(f"{where}: invalid: {err}", file=sys.stderr)
             invalid += 1
-            continue
-        print(f"{where}: ScalingSweep '{sweep.name}' is valid.")
-        if report is not None:
-            print(report.text())
     if invalid:
         print(f"isoflop: error: {invalid} of {len(sweeps)} ScalingSweeps invalid", file=sys.stderr)
     return 2 if invalid else 0
+
+
+def check(args: argparse.Namespace, where: str, doc: Document) -> None:
+    """One sweep of the file: its notes, then valid (and its data's report) or a ValueError."""
+    from isoflop.sweep.datacheck import check_data
+
+    for note in doc.dropped:
+        print(f"{where}: note: dropped {note}")
+    sweep = api.parse_sweep(doc.obj)
+    planned = runnable_plan(sweep.spec)
+    report = None if args.no_data else check_data(sweep.spec, planned)
+    print(f"{where}: ScalingSweep '{sweep.name}' is valid.")
+    if report is not None:
+        print(report.text())

@@ -52,12 +52,6 @@ def delete_job(clients: Clients, name: str, namespace: str) -> None:
             raise
 
 
-def job_pods(clients: Clients, namespace: str, job: str) -> list[Any]:
-    """The pods of one Job (the label selector may be ignored by test emulators: filtered)."""
-    pods = clients.core.list_namespaced_pod(namespace, label_selector=f"job-name={job}").items
-    return [p for p in pods if (p.metadata.labels or {}).get("job-name") == job]
-
-
 class Raw(dict[str, Any]):
     """A Kubernetes object as its JSON, read as the client's models are (`pod.status.phase`,
     snake_case attributes, None where absent) without building them: the client deserializes

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from isoflop import api
-from isoflop.cluster.clients import Clients, job_pods
+from isoflop.cluster.clients import Clients, pods_by_job
 from isoflop.cluster.manifests import (
     PREEMPTED_EXIT_CODE,
 )
@@ -133,7 +133,7 @@ def termination_message(clients: Clients, namespace: str, job: str) -> dict[str,
     """The trainer's result from the termination message of the Job's pod that succeeded, or
     else of its last pod to end. A Job retries pods (a preempted one, a failed one): their older
     messages must not be taken for the trial's result."""
-    return message_of(job_pods(clients, namespace, job))
+    return message_of(pods_by_job(clients, namespace, f"job-name={job}").get(job, []))
 
 
 def message_of(pods: list[Any]) -> dict[str, Any] | None:
