@@ -420,6 +420,7 @@ def test_every_value_is_documented_and_in_the_schema() -> None:
         ("metrics.port=80000", "/metrics/port"),
         ("admission.failurePolicy=Never", "/admission/failurePolicy"),
         ("admission.timeoutSeconds=31", "/admission/timeoutSeconds"),
+        ("queue.default=Team A", "/queue/default"),  # a LocalQueue name is a label value
     ],
 )
 def test_bad_values_fail_to_render_naming_the_value(helm: str, value: str, named: str) -> None:
@@ -440,6 +441,8 @@ def test_policy_allowlists_reach_the_operator_as_environment_variables(helm: str
 
     default = env([])
     assert "ISOFLOP_ALLOWED_IMAGES" not in default  # null: any image
+    assert "ISOFLOP_DEFAULT_QUEUE" not in default  # no queue: sweeps bypass Kueue
+    assert env(["queue.default=team-a"])["ISOFLOP_DEFAULT_QUEUE"] == "team-a"
     assert default["ISOFLOP_ALLOWED_PROMETHEUS_URLS"] == ""  # sweeps name no URL of their own
     chosen = env(
         [

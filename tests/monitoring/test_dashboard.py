@@ -35,6 +35,7 @@ def test_panels_cover_what_the_issue_asks_for() -> None:
         "isoflop_tokens_per_second",
         "isoflop_mfu",
         "isoflop_operator_trials",  # trials by phase
+        'phase="queued"',  # trials waiting in the cluster's queue (Kueue)
         "isoflop_operator_exponent",  # fitted exponents with intervals
         "DCGM_FI_DEV_GPU_UTIL",  # GPU utilisation where DCGM runs
     ):

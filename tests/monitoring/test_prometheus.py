@@ -54,6 +54,8 @@ def manifest() -> dict[str, Any]:
     }
     obj["spec"]["parallelism"] = 4
     obj["spec"]["retries"] = {"perTrial": 2, "maxFailedTrials": 0}
+    # through a Kueue queue: Jobs are created suspended, and queued until admitted (below)
+    obj["spec"]["resources"] = {"queueName": "team"}
     obj["spec"]["fit"]["bootstrap"] = 100
     # the scraped trial measures FID and bits/dim too: their dashboard panels show real values
     obj["spec"]["evaluation"] = {
@@ -155,6 +157,16 @@ async def test_prometheus_serves_results_dashboard_and_alerts(
         resp = await k8s.post(SWEEPS_URL, json=obj)
         assert resp.status == 200
         await wait_for(lambda: flaky in jobs(k8s), timeout=30)
+        # the queued gauge, through Prometheus, while Kueue has admitted none of them
+        queued = f'isoflop_operator_trials{{sweep="{SWEEP}",phase="queued"}} == 4'
+        await asyncio.to_thread(prom.wait_for, queued, 30)
+        jobs_url = f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs"
+
+        async def admit(name: str) -> None:  # as Kueue does: unsuspend the Job
+            await k8s.patch(f"{jobs_url}/{name}", json={"spec": {"suspend": False}})
+
+        for name in list(jobs(k8s)):
+            await admit(name)
         # a pod of one trial fails once (the Job retries it): the operator shows the failed attempt
         await k8s.patch(
             f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs/{flaky}/status",
@@ -168,6 +180,7 @@ async def test_prometheus_serves_results_dashboard_and_alerts(
             for name in [n for n in jobs(k8s) if n not in done and n in names]:
                 # the scraped trial's message says otherwise: the status must show Prometheus's
                 loss = 99.0 if names[name] is scraped else synthetic(names[name])
+                await admit(name)
                 await finish(k8s, name, {"status": "succeeded", "eval_loss": loss})
                 done.add(name)
             await wait_for(

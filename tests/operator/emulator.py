@@ -86,6 +86,7 @@ async def ended_pod(
         },
         "spec": {"containers": [{"name": "trainer", "image": "t"}]},
         "status": {
+            "phase": "Succeeded" if exit_code == 0 else "Failed",  # as the kubelet ends it
             "containerStatuses": [
                 {
                     "name": "trainer",
@@ -95,7 +96,7 @@ async def ended_pod(
                     "restartCount": 0,
                     "state": state,
                 }
-            ]
+            ],
         },
     }
     await k8s.post("/api/v1/namespaces/default/pods", json=pod)

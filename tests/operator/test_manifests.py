@@ -190,3 +190,43 @@ def test_job_names_are_deterministic_and_short() -> None:
     assert len(long) <= 52
     assert long == job_name("a-very-long-sweep-name-for-the-paper-grid-x", "1p5e21-explicit-rung")
     assert long != job_name("a-very-long-sweep-name-for-the-paper-grid-x", "1p5e21-explicit-rung2")
+
+
+def test_a_queue_labels_every_job_of_the_sweep_and_creates_it_suspended_for_kueue() -> None:
+    """spec.resources.queueName (else the installation's default queue) and the workload
+    priority go on the trial Jobs and the data check Job as Kueue's labels, and the Jobs are
+    created suspended: Kueue admits them, the operator never starts them itself."""
+    queue, priority = "kueue.x-k8s.io/queue-name", "kueue.x-k8s.io/priority-class"
+    (job,) = objects(paper(queueName="team-a", workloadPriorityClass="sweeps"))
+    assert job["metadata"]["labels"][queue] == "team-a"
+    assert job["metadata"]["labels"][priority] == "sweeps"
+    assert job["spec"]["suspend"] is True
+    assert queue not in job["spec"]["template"]["metadata"]["labels"]  # Kueue reads the Job's
+    kubernetes_validate.validate(copy.deepcopy(job), "1.33", strict=True)
+    # no queue anywhere: as before, whatever the priority says (Kueue ignores it without one)
+    (plain,) = objects(paper(workloadPriorityClass="sweeps"))
+    assert queue not in plain["metadata"]["labels"]
+    assert priority not in plain["metadata"]["labels"]
+    assert "suspend" not in plain["spec"]
+    # the chart's default queue for sweeps that name none; a sweep's own queue wins
+    sweep = paper()
+    trial = plan(sweep.spec).trials[0]
+    cfg = train_config(sweep.spec, sweep.name, trial, **cluster_config(sweep, trial))
+    (defaulted,) = trial_objects(sweep, "uid-1", "ml", trial, cfg, "shared")
+    assert defaulted["metadata"]["labels"][queue] == "shared"
+    assert defaulted["spec"]["suspend"]
+    own = paper(queueName="team-a")
+    (mine,) = trial_objects(own, "uid-1", "ml", trial, cfg, "shared")
+    assert mine["metadata"]["labels"][queue] == "team-a"
+    wire = own.to_wire()
+    wire["spec"]["data"] = {**wire["spec"]["data"], "source": "s3://bucket/shards"}
+    check = data_check_job(api.parse_sweep(wire), "uid-1", "ml")
+    assert check["metadata"]["labels"][queue] == "team-a"
+    assert check["spec"]["suspend"] is True
+
+
+def test_a_queue_name_must_be_a_label_value_kueue_can_match() -> None:
+    with pytest.raises(ValueError, match="queueName"):
+        paper(queueName="Team A")
+    with pytest.raises(ValueError, match="workloadPriorityClass"):
+        paper(workloadPriorityClass="x" * 64)

@@ -577,6 +577,62 @@ async def test_packed_trials_share_gpus_through_the_sharing_plugins_resource(k8s
     assert sum(r["phase"] == "Succeeded" for r in records.values()) == len(trials) - 1
 
 
+async def test_a_trial_waiting_in_kueue_is_queued_and_an_eviction_is_no_failure(k8s: Any) -> None:
+    """With a queue, the Jobs are created suspended and the trials are Queued (status counts,
+    budgets, the queued gauge) until Kueue unsuspends them; an eviction (suspended again, the
+    pod gone after checkpointing on SIGTERM) puts the trial back to Queued with no failed
+    attempt; admitted again it finishes once. The operator never patches a Job (only Kueue
+    flips suspend)."""
+    obj = manifest(parallelism=2, resources={"queueName": "team"})
+    trials = {f"qs-{t.id}": t for t in plan(api.parse_sweep(obj).spec).trials}
+    url = "/apis/batch/v1/namespaces/default/jobs"
+    labels = {"namespace": "default", "sweep": "qs"}
+
+    def counts() -> dict[str, int]:
+        return dict(sweep_status(k8s).get("counts") or {})
+
+    async with running_operator(k8s):
+        await k8s.post("/apis/isoflop.dev/v1alpha1/namespaces/default/scalingsweeps", json=obj)
+        await wait_for(lambda: len(jobs(k8s)) == 2)
+        assert all(j["spec"]["suspend"] is True for j in jobs(k8s).values())
+        assert all(
+            j["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team"
+            for j in jobs(k8s).values()
+        )
+        await wait_for(lambda: counts().get("queued") == 2)
+        queued = {**labels, "phase": "queued"}
+        assert REGISTRY.get_sample_value("isoflop_operator_trials", queued) == 2
+        assert sweep_status(k8s)["budgets"][0]["queued"] == 2
+        first = "qs-3e10-d01"
+        # Kueue admits the first: unsuspended, its pod runs
+        await k8s.patch(f"{url}/{first}", json={"spec": {"suspend": False}})
+        await k8s.patch(f"{url}/{first}/status", json={"status": {"active": 1}})
+        await wait_for(lambda: (counts().get("running"), counts().get("queued")) == (1, 1))
+        # evicted for a higher priority: suspended again, the pod checkpointed and went (exit
+        # 143, which the Job's podFailurePolicy ignores though `failed` counts it)
+        await k8s.patch(f"{url}/{first}", json={"spec": {"suspend": True}})
+        await ended_pod(k8s, first, {"status": "preempted"}, 143, suffix="evicted")
+        await k8s.patch(f"{url}/{first}/status", json={"status": {"active": 0, "failed": 1}})
+        await wait_for(lambda: (counts().get("running"), counts().get("queued")) == (0, 2))
+        assert counts()["failed"] == 0
+        assert (
+            REGISTRY.get_sample_value(
+                "isoflop_operator_trial_failed_attempts", {**labels, "trial": "3e10-d01"}
+            )
+            is None
+        )  # no failed attempt: no series
+        # admitted again: it resumes and finishes; so does the other
+        for name in sorted(jobs(k8s)):
+            await k8s.patch(f"{url}/{name}", json={"spec": {"suspend": False}})
+            await finish(k8s, name, {"status": "succeeded", "eval_loss": loss_of(trials[name])})
+        await wait_for(lambda: counts().get("succeeded") == 2)
+    records = {r["id"]: r for r in trial_records(k8s)}
+    assert records["3e10-d01"]["phase"] == "Succeeded"
+    assert records["3e10-d01"]["attempts"] == 1  # the eviction spent no attempt
+    writes = [r for r in k8s if r.action == kmock.action.UPDATE and r.resource == JOBS]
+    assert len(writes) == 4 + 4  # the test's own (Kueue's and the Job controller's part) only
+
+
 def test_preempted_and_disrupted_pods_are_not_counted_as_failed_attempts() -> None:
     """The Job's status.failed counts every failed pod; its podFailurePolicy ignores a trainer
     that checkpointed on SIGTERM (exit 143) and a disrupted pod, and so does the operator's

@@ -84,6 +84,8 @@ def test_crd_names_columns_and_rules() -> None:
     assert columns == {
         "Phase": ".status.phase",
         "Trials": ".status.progress",
+        "Running": ".status.counts.running",
+        "Queued": ".status.counts.queued",  # waiting in Kueue: not running
         "Model-Exp": ".status.fit.laws.params.exponent",
         "Age": ".metadata.creationTimestamp",
     }

@@ -28,7 +28,8 @@ def spec(**kw: Any) -> api.ScalingSweepSpec:
     return api.parse_spec(base)
 
 
-OUTCOME = st.sampled_from(["succeed", "fail", "start", "succeed", "succeed"])
+# "queue": a cluster's queue holds (or, once it ran, evicts) the trial: Queued, no attempt spent
+OUTCOME = st.sampled_from(["succeed", "fail", "start", "succeed", "succeed", "queue"])
 
 
 WSD = {"wsdBranches": {"cooldown": 0.2}}
@@ -98,6 +99,8 @@ def test_engine_invariants_over_random_outcomes(
                 states[tid] = states[tid].finish(1.0 + 0.01 * (pick % 7), {}, "simulated")
             elif what == "fail":
                 states[tid] = states[tid].fail("boom")
+            elif what == "queue":
+                states[tid] = replace(states[tid], phase="Queued")
             else:
                 states[tid] = replace(states[tid], phase="Running")
         else:
@@ -166,6 +169,38 @@ def test_spec_edits_add_trials_and_cancel_only_unstarted_removed_ones() -> None:
     assert "1e12-d01" in {t.id for t in gp.trials}
     rows = results_table(gp, states)
     assert {r["budget"] for r in rows} == {3e10}  # the finished results still count
+
+
+def test_queued_trials_hold_their_slots_count_apart_and_are_cancelled_like_unstarted_ones() -> None:
+    """A trial whose Job waits in Kueue's queue (not admitted yet, or evicted) counts towards
+    parallelism, is counted and said apart from running ones, spends no attempt, and is cancelled
+    when the spec drops its budget (it never ran)."""
+    s = spec(parallelism=3)
+    p = plan(s)
+    ids = [t.id for t in p.trials]
+    states = {
+        ids[0]: TrialState("Running", 1),
+        ids[1]: TrialState("Queued", 1),
+        ids[2]: TrialState("Queued", 1),
+    }
+    d = decide(s, p, states)
+    assert not d.launches  # 3 slots held: 1 running, 2 queued
+    assert (d.counts["running"], d.counts["queued"], d.counts["pending"]) == (1, 2, len(ids) - 3)
+    assert d.message == f"0/{len(ids)} trials finished; 1 running, 2 waiting in the queue"
+    assert states[ids[1]].failed_attempts == 0  # an eviction is no failure
+    st_ = sweep_status(s, p, states, d, None)
+    assert (st_.counts.running, st_.counts.queued) == (1, 2)
+    phases = {r.id: r.phase for r in st_.trials}
+    assert (phases[ids[0]], phases[ids[1]]) == ("Running", "Queued")
+    assert st_.budgets[0].queued == 2
+    assert st_.budgets[0].running == 1
+    # once none is queued the message is as before
+    calm = decide(s, p, {ids[0]: TrialState("Running", 1)})
+    assert calm.message == f"0/{len(ids)} trials finished"
+    # a queued trial of a removed budget never ran: cancelled, as a Starting one is
+    later = spec(budgets=[1e11, 3e11], parallelism=3)
+    d = decide(later, plan(later), states)
+    assert {c.trial_id for c in d.cancels} == {ids[1], ids[2]}
 
 
 def test_not_enough_results_is_a_clear_failure() -> None:

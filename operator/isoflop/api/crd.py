@@ -189,6 +189,18 @@ def crd() -> dict[str, Any]:
                             "description": "Trials done / total",
                         },
                         {
+                            "name": "Running",
+                            "type": "integer",
+                            "jsonPath": ".status.counts.running",
+                            "description": "Trials training now",
+                        },
+                        {
+                            "name": "Queued",
+                            "type": "integer",
+                            "jsonPath": ".status.counts.queued",
+                            "description": "Trials waiting in the cluster's queue (Kueue)",
+                        },
+                        {
                             "name": "Model-Exp",
                             "type": "number",
                             "jsonPath": ".status.fit.laws.params.exponent",

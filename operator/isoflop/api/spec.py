@@ -257,6 +257,7 @@ LabelKey = Annotated[
 ]  # prefix (253) / name (63)
 LabelValue = Annotated[str, Field(max_length=63, pattern=LABEL_VALUE_PATTERN)]
 Name = Annotated[str, Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)]
+DnsLabel = Annotated[str, Field(min_length=1, max_length=63, pattern=DNS_LABEL_PATTERN)]
 Values = Annotated[list[LabelValue], Field(max_length=64)]
 
 
@@ -500,6 +501,14 @@ class ResourcesSpec(SpecModel):
     """Where a trial's pods may be scheduled (core/v1 Affinity)."""
     priority_class_name: Name | None = None
     """The PriorityClass of a trial's pods."""
+    queue_name: DnsLabel | None = None
+    """Kueue's LocalQueue, in the sweep's namespace, that every Job of the sweep waits in (the
+    label kueue.x-k8s.io/queue-name): a trial is Queued until Kueue admits it against its
+    ClusterQueue's quota. Unset: the installation's default queue (the chart's queue.default),
+    or none."""
+    workload_priority_class: DnsLabel | None = None
+    """Kueue's WorkloadPriorityClass of the sweep's Jobs (kueue.x-k8s.io/priority-class): which
+    workloads Kueue admits first and evicts last. Needs a queue."""
     image_pull_secrets: list[Name] = Field(default_factory=list, max_length=16)
     """Secrets (by name) the kubelet pulls the image with."""
     service_account_name: Name | None = None

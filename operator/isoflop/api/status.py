@@ -13,7 +13,7 @@ from isoflop_trainer.config import FlopsAccounting
 
 Phase = Literal["Pending", "Running", "Fitting", "Confirming", "Succeeded", "Failed"]
 TrialPhase = Literal[
-    "Pending", "Running", "Succeeded", "Failed", "Cancelled", "Infeasible", "Skipped"
+    "Pending", "Queued", "Running", "Succeeded", "Failed", "Cancelled", "Infeasible", "Skipped"
 ]
 ResultSource = Literal["prometheus", "termination-message", "results-file", "simulated"]
 
@@ -61,6 +61,9 @@ class BudgetSummary(Model):
     succeeded: int = 0
     failed: int = 0
     running: int = 0
+    queued: int = Field(
+        default=0, description="Launched and waiting in the cluster's queue (Kueue), not running."
+    )
     pending: int = 0
     infeasible: int = 0
     skipped: int = 0
@@ -75,6 +78,11 @@ class TrialCounts(Model):
     total: int = 0
     pending: int = 0
     running: int = 0
+    queued: int = Field(
+        default=0,
+        description="Trials whose Job waits in the cluster's queue (Kueue): created, suspended, "
+        "not admitted yet or evicted; they count towards parallelism.",
+    )
     succeeded: int = 0
     failed: int = 0
     infeasible: int = 0

@@ -3,6 +3,7 @@ before any trial starts; its verdict (samples, epochs, or why not) is the status
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import kubernetes
@@ -12,6 +13,7 @@ from isoflop import api
 from isoflop.cluster.clients import Clients
 from isoflop.cluster.manifests import (
     DATA_CHECK,
+    DEFAULT_QUEUE_ENV,
     ROLE_LABEL,
     data_check_job,
 )
@@ -42,7 +44,8 @@ def data_status(
     checking = api.DataStatus(message=f"checking {spec.data.source} before any trial starts")
     if check is None:
         try:
-            clients.batch.create_namespaced_job(namespace, data_check_job(sweep, uid, namespace))
+            job = data_check_job(sweep, uid, namespace, os.environ.get(DEFAULT_QUEUE_ENV))
+            clients.batch.create_namespaced_job(namespace, job)
         except ApiException as err:
             if err.status != 409:
                 raise
@@ -50,6 +53,10 @@ def data_status(
     st = check.status or kubernetes.client.V1JobStatus()
     failed = any(c.type == "Failed" and c.status == "True" for c in (st.conditions or []))
     if not (st.succeeded or failed):
+        if check.spec is not None and check.spec.suspend:
+            return checking.model_copy(
+                update={"message": checking.message + " (its Job is queued: not admitted yet)"}
+            )
         return checking
     said = termination_message(clients, namespace, check.metadata.name) or {}
     if failed:

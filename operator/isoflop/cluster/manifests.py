@@ -53,6 +53,10 @@ FAIL_ON_PERMANENT_ERROR: dict[str, Any] = {
 }
 ROLE_LABEL = "isoflop.dev/role"
 DATA_CHECK = "data-check"  # the role and the name suffix of a sweep's data check Job
+# Kueue: a Job with the queue label waits, suspended, until its ClusterQueue admits it
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
+DEFAULT_QUEUE_ENV = "ISOFLOP_DEFAULT_QUEUE"  # the chart's queue.default: sweeps that name none
 
 
 def job_name(sweep: str, trial_id: str) -> str:
@@ -90,11 +94,38 @@ def owner_reference(sweep: api.ScalingSweep, uid: str) -> dict[str, Any]:
     }
 
 
+def queue_labels(res: api.ResourcesSpec, default_queue: str | None = None) -> dict[str, str]:
+    """Kueue's labels for a Job of the sweep: its LocalQueue (the spec's, else the installation's
+    default) and its WorkloadPriorityClass; none without a queue."""
+    queue = res.queue_name or default_queue
+    if not queue:
+        return {}
+    out = {QUEUE_LABEL: queue}
+    if res.workload_priority_class:
+        out[PRIORITY_LABEL] = res.workload_priority_class
+    return out
+
+
+def queued(job: dict[str, Any], labels_: dict[str, str]) -> dict[str, Any]:
+    """A Job that goes through a queue is created suspended, as Kueue wants it (its webhook would
+    suspend it too): no pod starts before Kueue admits it. Only Kueue unsuspends it."""
+    if labels_:
+        job["metadata"]["labels"] |= labels_
+        job["spec"]["suspend"] = True
+    return job
+
+
 def trial_objects(
-    sweep: api.ScalingSweep, uid: str, namespace: str, trial: Trial, config: TrainConfig
+    sweep: api.ScalingSweep,
+    uid: str,
+    namespace: str,
+    trial: Trial,
+    config: TrainConfig,
+    default_queue: str | None = None,
 ) -> list[dict[str, Any]]:
     """The Job of one trial, followed by its headless Service when it spans several nodes (the
-    caller gives the Service its Job as owner: job_owner)."""
+    caller gives the Service its Job as owner: job_owner). With a queue (the spec's or
+    `default_queue`) the Job waits in it, suspended, until Kueue admits it."""
     res = sweep.spec.resources
     name = job_name(sweep.name, trial.id)
     packed = Packing.of(sweep.spec).per_gpu(trial) > 1  # a share of one GPU (sweep.packing)
@@ -108,7 +139,8 @@ def trial_objects(
     container = trainer_container(sweep.spec, trial, config, name, namespace, nodes, packed)
     pod = trial_pod(sweep.spec, container, name if nodes > 1 else None)
     spec = job_spec(sweep.spec, nodes, {"labels": labels(sweep.name, trial)}, pod)
-    objects = [{"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": spec}]
+    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": spec}
+    objects = [queued(job, queue_labels(res, default_queue))]
     if nodes > 1:  # created after its Job, which owns it (job_owner): it goes when the Job goes
         service_meta = {k: v for k, v in meta.items() if k != "ownerReferences"}
         objects.append(headless_service(service_meta, sweep.name, trial.id))
@@ -250,9 +282,12 @@ def headless_service(meta: dict[str, Any], sweep: str, trial: str) -> dict[str, 
     }
 
 
-def data_check_job(sweep: api.ScalingSweep, uid: str, namespace: str) -> dict[str, Any]:
+def data_check_job(
+    sweep: api.ScalingSweep, uid: str, namespace: str, default_queue: str | None = None
+) -> dict[str, Any]:
     """A small CPU Job that reads the sweep's shard indexes with the sweep's own credentials (the
-    operator never reads a user's data with its rights) and compares them with the spec."""
+    operator never reads a user's data with its rights) and compares them with the spec; through
+    the sweep's queue like its trials."""
     spec = sweep.spec
     args = check_data_args(spec)
     job_labels = {
@@ -281,7 +316,7 @@ def data_check_job(sweep: api.ScalingSweep, uid: str, namespace: str) -> dict[st
         "enableServiceLinks": False,
     }
     _pod_identity(pod, spec.resources)
-    return {
+    job = {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
@@ -298,6 +333,7 @@ def data_check_job(sweep: api.ScalingSweep, uid: str, namespace: str) -> dict[st
             "template": {"metadata": {"labels": job_labels}, "spec": pod},
         },
     }
+    return queued(job, queue_labels(spec.resources, default_queue))
 
 
 def check_data_args(spec: api.ScalingSweepSpec) -> list[str]:

@@ -1,8 +1,9 @@
 """One reconcile of one sweep, as small steps over the engine's decision:
 
     observe    the trial records (ConfigMaps), the sweep's Jobs (and its pods, in one list, when
-               a Job finished or failed) -> every trial's state; the records of trials seen
-               finished are written at once (keep), so a reconcile cut short still moves on
+               a Job finished or failed) -> every trial's state (a suspended Job: Queued, waiting
+               for Kueue); the records of trials seen finished are written at once (keep), so a
+               reconcile cut short still moves on
     decide     the engine's decision, held while the data check has not passed
     apply      cancels deleted, launches created (a 409 means the Job exists: a restart)
     refit      when budgets complete: the laws, and the engine asked again
@@ -29,6 +30,7 @@ from isoflop.cluster import metrics, records
 from isoflop.cluster.clients import Clients, delete_job, list_raw, pods_by_job, server_message
 from isoflop.cluster.datajob import data_status
 from isoflop.cluster.manifests import (
+    DEFAULT_QUEUE_ENV,
     SWEEP_LABEL,
     TRIAL_LABEL,
     cluster_config,
@@ -235,7 +237,8 @@ def observe_jobs(s: Sweep, jobs: list[Any], states: dict[str, TrialState]) -> No
             states[tid] = TrialState("Failed", limit, error=error)
             s.warn("TrialFailed", f"{tid}: {error}")
         else:
-            states[tid] = running_trial(s, tid, job.metadata.name, st)
+            suspended = bool(job.spec and job.spec.suspend)
+            states[tid] = running_trial(s, tid, job.metadata.name, st, suspended)
 
 
 def finished_trial(s: Sweep, tid: str, job: str) -> TrialState:
@@ -249,10 +252,11 @@ def finished_trial(s: Sweep, tid: str, job: str) -> TrialState:
     return TrialState("Succeeded", 1).finish(loss, measured, source)
 
 
-def running_trial(s: Sweep, tid: str, job: str, st: Any) -> TrialState:
+def running_trial(s: Sweep, tid: str, job: str, st: Any, suspended: bool = False) -> TrialState:
     """A Job still at work. Its pods that failed so far are retried by the Job's backoff; the
     Job's `failed` counts preempted and disrupted pods too, which its podFailurePolicy ignores:
-    so do we."""
+    so do we. A suspended Job waits in its queue: not admitted yet, or evicted by Kueue (its pods
+    deleted, checkpoint kept), which is no failure; the operator never unsuspends it."""
     attempts, said = 1, {}
     if st.failed:
         pods = s.pods_of(job)
@@ -265,6 +269,8 @@ def running_trial(s: Sweep, tid: str, job: str, st: Any) -> TrialState:
         s.warn("TrialFailed", f"{tid}: {error}")
         s.given_up.append(job)
         return TrialState("Failed", attempts, error=error, permanent=True)
+    if suspended:
+        return TrialState("Queued", attempts)
     return TrialState("Running" if st.active else "Starting", attempts)
 
 
@@ -298,7 +304,8 @@ def launch_trial(s: Sweep, launch: engine.Launch) -> TrialState:
     paths = cluster_config(sweep, t, scraped)
     cfg = node_config(sweep.spec, s.name, launch.node, stable_root(sweep), **paths)
     job_uid = ""
-    for obj in trial_objects(sweep, s.uid, s.namespace, t, cfg):
+    queue = os.environ.get(DEFAULT_QUEUE_ENV)
+    for obj in trial_objects(sweep, s.uid, s.namespace, t, cfg, queue):
         name = obj["metadata"]["name"]
         try:
             if obj["kind"] == "Job":

@@ -5,6 +5,9 @@ operator can call it after any restart. It never performs I/O; drivers apply its
 
 Trial life cycle, as drivers report it:
     Pending (never launched) -> Starting (launched, not running yet) -> Running -> Succeeded|Failed
+with Queued beside Starting and Running: launched into a cluster's queue (Kueue) and not admitted
+yet, or evicted by it and waiting again. A queued trial counts towards parallelism like a running
+one; an eviction is no failed attempt.
 A failed attempt is relaunched until it has had 1 + retries.perTrial attempts; after that the trial
 has failed for good, and when more than retries.maxFailedTrials trials have, the sweep fails.
 """
@@ -22,8 +25,8 @@ from isoflop.sweep.packing import Packing
 from isoflop.sweep.plan import Plan, Trial
 from isoflop.sweep.strategy import Adaptive, Graph, Node, adapt, graph
 
-TrialPhase = Literal["Pending", "Starting", "Running", "Succeeded", "Failed"]
-ACTIVE: tuple[TrialPhase, ...] = ("Starting", "Running")
+TrialPhase = Literal["Pending", "Starting", "Queued", "Running", "Succeeded", "Failed"]
+ACTIVE: tuple[TrialPhase, ...] = ("Starting", "Queued", "Running")  # launched, not finished
 MIN_POINTS = 3  # trials a budget needs for its parabola
 ERROR_CHARS = 300  # of a failed trial's error, kept in its status record
 
@@ -176,16 +179,18 @@ def tally(spec: api.ScalingSweepSpec, plan: Plan, sweep: Sweep) -> Tally:
     cancels = tuple(
         Cancel(tid, "its budget or rung was removed from the spec")
         for tid, s in older.items()
-        if s.phase == "Starting"
+        if s.phase in ("Starting", "Queued")
     )
     active = [n.id for n in nodes if state(n.id).phase in ACTIVE]
     active += [t for t, s in older.items() if s.phase == "Running"]
+    queued = [tid for tid in active if state(tid).phase == "Queued"]
     succeeded = [t for t in grid if state(t.id).phase == "Succeeded"]
     failed = [t.id for t in grid if state(t.id).exhausted(limit)]
     counts = {
         "total": len(grid),
         "pending": sum(state(t.id).phase == "Pending" for t in grid),
-        "running": len(active),  # stable segments train too
+        "running": len(active) - len(queued),  # stable segments train too
+        "queued": len(queued),  # launched, waiting for the cluster's queue to admit them
         "succeeded": len(succeeded),
         "failed": len(failed),
         "infeasible": len(plan.infeasible),
@@ -233,6 +238,8 @@ def decide(
     )
     fit_due = len(usable) >= 2 and usable != tuple(fitted)
     done = f"{len(terminal)}/{len(t.grid)} trials finished"
+    if t.counts["queued"]:
+        done += f"; {t.counts['running']} running, {t.counts['queued']} waiting in the queue"
     if len(terminal) == len(t.grid) and not t.active:  # every trial finished
         if len(usable) < 2:
             return Decision(

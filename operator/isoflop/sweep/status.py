@@ -36,6 +36,7 @@ def budget_summaries(
                 succeeded=len(done),
                 failed=sum(r.phase == "Failed" for r in mine),
                 running=sum(r.phase == "Running" for r in mine),
+                queued=sum(r.phase == "Queued" for r in mine),
                 pending=sum(r.phase == "Pending" for r in mine),
                 infeasible=sum(r.phase == "Infeasible" for r in mine),
                 skipped=sum(r.phase == "Skipped" for r in mine),
@@ -57,6 +58,8 @@ def trial_records(sweep: Sweep, plan: Plan, limit: int) -> list[api.TrialRecord]
         phase: api.TrialPhase
         if t.id not in planned and s.phase == "Pending":  # left out, or no branch needs it
             phase = "Skipped"
+        elif s.phase == "Queued":
+            phase = "Queued"
         elif s.phase in ACTIVE:
             phase = "Running"
         elif s.phase == "Failed" and not s.exhausted(limit):
@@ -181,7 +184,9 @@ def confirmation_records(
                 verdict(c, s.loss, dict(s.metrics)).model_copy(update={"attempts": s.attempts})
             )
         else:
-            phase: api.TrialPhase = "Running" if s.phase in ACTIVE else "Pending"
+            phase: api.TrialPhase = "Pending"
+            if s.phase in ACTIVE:
+                phase = "Queued" if s.phase == "Queued" else "Running"
             error = None
             if s.exhausted(limit):
                 phase, error = "Failed", (s.error or "failed")[:ERROR_CHARS]
