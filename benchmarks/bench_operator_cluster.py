@@ -10,6 +10,14 @@ size, measured in the same run, is the baseline for the ratios.
     .venv/bin/python -m benchmarks.bench_operator_cluster [--sizes 100 1000 4096]
     .venv/bin/python -m benchmarks.bench_operator_cluster --sizes 600 --kill-every 0 4 2 1
 
+With --queue-gpus, the sweep's Jobs go through Kueue (built by `make cluster`, run as the
+end-to-end tests run it: tests/e2e/kueue.py) with a ClusterQueue of that many GPUs (0: no queue,
+the baseline); each line adds the queue wait per trial (Job created to admitted, from the Job's
+Suspended condition), the launch latency (Job created to its pod running, both from the server's
+timestamps, whole seconds) and Kueue's own CPU seconds.
+
+    .venv/bin/python -m benchmarks.bench_operator_cluster --sizes 600 --queue-gpus 0 200 50
+
 With --kill-every, the operator is SIGKILLed and restarted every few seconds (a crash loop: an
 OOM kill, a failing liveness probe); one line per size and interval counts the kills, the
 results lost (a trial's record differs from what its pod reported), the Jobs the server created
@@ -23,7 +31,9 @@ import argparse
 import itertools
 import json
 import math
+import os
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,6 +46,7 @@ import kubernetes
 
 from benchmarks.bench_operator import manifest
 from tests.e2e.cluster import EXIT_CODE, MESSAGE, Cluster, env_with
+from tests.e2e.kueue import Kueue
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMESPACE = "isoflop-system"
@@ -93,15 +104,75 @@ def stored_records(core: Any) -> int:
     return sum(len(cm.data or {}) for cm in maps.items)
 
 
+def spread(values: list[float]) -> dict[str, float] | None:
+    """Median, 95th percentile and maximum, in seconds; None for no values."""
+    if not values:
+        return None
+    p95 = statistics.quantiles(values, n=20)[-1] if len(values) > 1 else values[0]
+    return {"median": statistics.median(values), "p95": round(p95, 1), "max": max(values)}
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def start_kueue(cluster: Cluster, root: Path, gpus: int) -> Kueue:
+    """Kueue with one ClusterQueue of `gpus` GPUs over the kwok nodes, and the LocalQueue
+    'bench' in the sweep's namespace."""
+    kueue = Kueue(cluster, root / "kueue").start()
+    kueue.apply("ResourceFlavor", "kwok", {"nodeLabels": {"type": "kwok"}})
+    quota = {"cpu": "100000", "memory": "100Ti", "nvidia.com/gpu": str(gpus)}
+    group = {
+        "coveredResources": list(quota),
+        "flavors": [
+            {
+                "name": "kwok",
+                "resources": [{"name": r, "nominalQuota": q} for r, q in quota.items()],
+            }
+        ],
+    }
+    kueue.apply("ClusterQueue", "bench", {"namespaceSelector": {}, "resourceGroups": [group]})
+    kueue.apply("LocalQueue", "bench", {"clusterQueue": "bench"}, namespace="default")
+    return kueue
+
+
+def queue_figures(client: Any) -> dict[str, Any]:
+    """Per trial Job: created -> admitted (the Job's Suspended condition turning False) and
+    created -> its pod running (the pod's startTime), from the server's timestamps."""
+    jobs = kubernetes.client.BatchV1Api(client).list_namespaced_job("default").items
+    created = {j.metadata.name: j.metadata.creation_timestamp for j in jobs}
+    waits = [
+        (c.last_transition_time - j.metadata.creation_timestamp).total_seconds()
+        for j in jobs
+        for c in (j.status.conditions or [])
+        if c.type == "Suspended" and c.status == "False"
+    ]
+    pods = kubernetes.client.CoreV1Api(client).list_namespaced_pod("default").items
+    launch = [
+        (p.status.start_time - created[p.metadata.labels["job-name"]]).total_seconds()
+        for p in pods
+        if p.status.start_time and p.metadata.labels.get("job-name") in created
+    ]
+    return {"queue_wait_s": spread(waits), "launch_to_running_s": spread(launch)}
+
+
 def measure(
-    trials: int, root: Path, kill_every: float | None = None, deadline: float = 3600
+    trials: int,
+    root: Path,
+    kill_every: float | None = None,
+    deadline: float = 3600,
+    queue_gpus: int = 0,
 ) -> dict[str, Any]:
     """One sweep of `trials` trials; with kill_every, the operator is SIGKILLed and restarted at
-    random intervals of about that many seconds, and lost results and duplicate Jobs are counted."""
+    random intervals of about that many seconds, and lost results and duplicate Jobs are counted;
+    with queue_gpus, its Jobs wait in a Kueue queue of that many GPUs."""
     rng = random.Random(trials)
-    cluster = Cluster(root / f"cluster-{trials}-{kill_every}", audit_namespace=NAMESPACE)
+    name = f"cluster-{trials}-{kill_every}-{queue_gpus}"
+    cluster = Cluster(root / name, audit_namespace=NAMESPACE)
     cluster.start()
     operator = None
+    kueue = None
     try:
         helm = ROOT / ".tools" / "bin" / "helm"
         subprocess.run(
@@ -117,6 +188,8 @@ def measure(
             "get", "sa", "-n", NAMESPACE, "-l", "app.kubernetes.io/name=isoflop-operator",
             "-o", "jsonpath={.items[0].metadata.name}",
         ).stdout  # fmt: skip
+        if queue_gpus:
+            kueue = start_kueue(cluster, root / name, queue_gpus)
         token = cluster.service_account_kubeconfig(NAMESPACE, account, root / "sa.kubeconfig")
         env = env_with(token) | {"ISOFLOP_RECONCILE_SECONDS": "1"}
         log = open(root / f"operator-{trials}.log", "wb")  # noqa: SIM115 - closed below
@@ -128,6 +201,8 @@ def measure(
         obj = manifest(f"sweep{trials}", trials)
         obj["metadata"] = {"name": obj["metadata"]["name"], "namespace": "default"}
         obj["spec"]["resources"] = {"cpu": "100m", "memory": "64Mi"}
+        if queue_gpus:
+            obj["spec"]["resources"]["queueName"] = "bench"
         start = time.perf_counter()
         cluster.kubectl("apply", "-f", "-", stdin=json.dumps(obj))
         client = kubernetes.config.new_client_from_config(config_file=str(cluster.kubeconfig))
@@ -184,11 +259,19 @@ def measure(
         ours = requests(cluster.audit_log)
         total = sum(ours.values())
         writes = sum(n for k, n in ours.items() if k.split(":")[0] in WRITES)
+        queued = queue_figures(client)
+        kueue_cpu = None
+        if kueue is not None and kueue.proc is not None:
+            kueue_cpu = round(cpu_seconds(kueue.proc.pid), 1)
         return {
             "bench": "operator-cluster",
             "server": "kube-apiserver v1.37.2",
             "trials": trials,
             "kill_every_s": kill_every,
+            "queue_gpus": queue_gpus or None,  # None: no queue
+            "queue": "kueue v0.17.0" if queue_gpus else None,
+            **queued,
+            "kueue_cpu_s": kueue_cpu,
             "phase": phase,
             "progress": (sweep.get("status") or {}).get("progress"),
             "api_requests": total,
@@ -212,6 +295,8 @@ def measure(
         if operator is not None:
             operator.terminate()
             operator.wait(timeout=30)
+        if kueue is not None:
+            kueue.stop()
         cluster.stop()
 
 
@@ -229,17 +314,24 @@ def main() -> None:
     ap.add_argument(
         "--deadline", type=float, default=3600, help="seconds before a sweep counts as stalled"
     )
+    ap.add_argument(
+        "--queue-gpus",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="through a Kueue ClusterQueue of this many GPUs (one run each; 0: no queue)",
+    )
     ap.add_argument("--label", default="", help="said in every line (e.g. which operator code ran)")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench-operator-cluster-"))
     base = None
     for n in args.sizes:
-        for every in args.kill_every:
-            line = {"label": args.label} | measure(n, root, every, args.deadline)
+        for every, gpus in itertools.product(args.kill_every, args.queue_gpus):
+            line = {"label": args.label} | measure(n, root, every, args.deadline, gpus)
             if base is None:
                 base = line
             else:
-                for key in ("requests_per_trial", "writes_per_trial"):
+                for key in ("requests_per_trial", "writes_per_trial", "seconds"):
                     line[f"{key}_vs_baseline"] = round(line[key] / base[key], 3)
             print(json.dumps(line), flush=True)
 

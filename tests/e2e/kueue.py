@@ -6,7 +6,8 @@ What differs from Kueue's release manifests is only where it runs: the webhooks 
 https://127.0.0.1:PORT (not a Service) with the tests' CA, serving the API server's certificate
 (which names 127.0.0.1); the controller uses the administrator's kubeconfig; only the batch/Job
 integration is on (no other framework's CRDs are installed); leader election, the metrics server
-and the visibility API server are off. Kueue reads its metrics certificate from the fixed path
+and the visibility API server are off; the client's rate limits are the release's (50 requests/s,
+bursts of 100). Kueue reads its metrics certificate from the fixed path
 /etc/kueue/metrics/certs whenever it does not manage certificates itself: the process gets its
 own mount namespace with an overlay on /etc holding that file, so the host's /etc is untouched.
 """
@@ -113,6 +114,7 @@ class Kueue:
             "leaderElection": {"leaderElect": False},
             "internalCertManagement": {"enable": False},
             "integrations": {"frameworks": ["batch/job"]},
+            "clientConnection": {"qps": 50, "burst": 100},  # as Kueue's release manifests set
         }
         (self.root / "config.yaml").write_text(yaml.safe_dump(config))
         overlay = (

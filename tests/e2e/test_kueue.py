@@ -136,22 +136,26 @@ def test_a_sweep_in_a_queue_runs_as_many_trials_as_the_quota_admits_and_shows_th
     operator = Operator(installed, log)
     try:
         cluster.kubectl("apply", "-f", str(path))
+
+        def ready() -> dict[str, Any]:
+            status = sweep(cluster, "kq", NAMESPACE).get("status") or {}
+            return next((c for c in status.get("conditions") or [] if c["type"] == "Ready"), {})
+
+        # 2 running, 4 queued, and why, in Kueue's words (the Workloads of the queued Jobs)
+        said = "2 running, 4 waiting in the queue (Kueue: "
         cluster.wait_for(
-            lambda: (
-                counts(cluster, "kq").get("queued") == 6 - GPU_QUOTA
-                and counts(cluster, "kq").get("running") == GPU_QUOTA
-            ),
+            lambda: said in ready().get("message", ""),
             90,
-            f"2 running and 4 queued trials: {counts(cluster, 'kq')} {log.read_text()[-2000:]}",
+            f"2 running and 4 queued trials: {ready()} {log.read_text()[-2000:]}",
         )
+        assert "insufficient unused quota for nvidia.com/gpu" in ready()["message"], ready()
+        assert (counts(cluster, "kq")["running"], counts(cluster, "kq")["queued"]) == (2, 4)
         table = cluster.kubectl("get", "scalingsweeps", "-n", NAMESPACE).stdout.splitlines()
         header = table[0].split()
         row = dict(zip(header, table[1].split(), strict=False))
         assert (row["RUNNING"], row["QUEUED"]) == (str(GPU_QUOTA), str(6 - GPU_QUOTA)), table
         status = sweep(cluster, "kq", NAMESPACE)["status"]
         assert sum(b["queued"] for b in status["budgets"]) == 6 - GPU_QUOTA
-        ready = next(c for c in status["conditions"] if c["type"] == "Ready")
-        assert ready["message"].endswith("2 running, 4 waiting in the queue"), ready
         jobs = objects(cluster, "jobs", "kq")
         assert len(jobs) == 6  # parallelism bounds what the sweep puts in the queue
         assert all(j["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == QUEUE for j in jobs)

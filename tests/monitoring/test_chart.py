@@ -209,6 +209,7 @@ NEEDED = [("isoflop.dev", "scalingsweeps", verb) for verb in ("list", "watch", "
     ("", "configmaps", "patch"),
     ("", "pods", "list"),
     ("", "events", "create"),
+    ("kueue.x-k8s.io", "workloads", "list"),  # why a queued trial waits (cluster/queue.py)
 ]
 KOPF = {("apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("get", "list", "watch")}
 WEBHOOK = {("authorization.k8s.io", "subjectaccessreviews", "create")}  # cluster-scoped

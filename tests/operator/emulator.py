@@ -18,6 +18,7 @@ import isoflop.cluster.handlers
 
 SWEEPS = "isoflop.dev/v1alpha1/scalingsweeps"
 SWEEPS_URL = "/apis/isoflop.dev/v1alpha1/namespaces/default/scalingsweeps"
+WORKLOADS = "kueue.x-k8s.io/v1beta2/workloads"
 
 
 def prepare(k8s: Any, kubeconfig: Path) -> None:
@@ -26,6 +27,13 @@ def prepare(k8s: Any, kubeconfig: Path) -> None:
     k8s.resources[SWEEPS] = kmock.ResourceInfo(
         kind="ScalingSweep",
         singular="scalingsweep",
+        namespaced=True,
+        verbs={"get", "list", "watch", "create", "patch", "update", "delete"},
+        subresources={"status"},
+    )
+    k8s.resources[WORKLOADS] = kmock.ResourceInfo(  # Kueue's, read by cluster/queue.py
+        kind="Workload",
+        singular="workload",
         namespaced=True,
         verbs={"get", "list", "watch", "create", "patch", "update", "delete"},
         subresources={"status"},

@@ -600,6 +600,40 @@ async def test_a_trial_waiting_in_kueue_is_queued_and_an_eviction_is_no_failure(
             for j in jobs(k8s).values()
         )
         await wait_for(lambda: counts().get("queued") == 2)
+        # Kueue's Workload of a Job says why it waits: the status's message says it too
+        workload = {
+            "apiVersion": "kueue.x-k8s.io/v1beta2",
+            "kind": "Workload",
+            "metadata": {
+                "name": "job-qs-3e10-d02-1a2b3",
+                "namespace": "default",
+                "ownerReferences": [
+                    {"kind": "Job", "name": "qs-3e10-d02", "apiVersion": "batch/v1"}
+                ],
+            },
+            "status": {
+                "conditions": [
+                    {
+                        "type": "QuotaReserved",
+                        "status": "False",
+                        "reason": "Pending",
+                        "message": "couldn't assign flavors to pod set main: insufficient unused "
+                        "quota for nvidia.com/gpu in flavor h100, 1 more needed",
+                    }
+                ]
+            },
+        }
+        await k8s.post("/apis/kueue.x-k8s.io/v1beta2/namespaces/default/workloads", json=workload)
+
+        def ready_message() -> str:
+            ready = [c for c in sweep_status(k8s).get("conditions") or [] if c["type"] == "Ready"]
+            return str(ready[0]["message"]) if ready else ""
+
+        await wait_for(lambda: "1 more needed" in ready_message())
+        assert ready_message().endswith(
+            "0 running, 2 waiting in the queue (Kueue: couldn't assign flavors to pod set main: "
+            "insufficient unused quota for nvidia.com/gpu in flavor h100, 1 more needed)"
+        )
         queued = {**labels, "phase": "queued"}
         assert REGISTRY.get_sample_value("isoflop_operator_trials", queued) == 2
         assert sweep_status(k8s)["budgets"][0]["queued"] == 2

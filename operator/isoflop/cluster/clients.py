@@ -17,6 +17,7 @@ class Clients:
     batch: Any
     core: Any
     authorization: Any = None
+    custom: Any = None  # other controllers' resources (Kueue's Workloads)
 
 
 def make_clients() -> Clients:
@@ -30,6 +31,7 @@ def make_clients() -> Clients:
         kubernetes.client.BatchV1Api(client),
         kubernetes.client.CoreV1Api(client),
         kubernetes.client.AuthorizationV1Api(client),
+        kubernetes.client.CustomObjectsApi(client),
     )
 
 

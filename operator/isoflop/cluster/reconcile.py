@@ -40,6 +40,7 @@ from isoflop.cluster.manifests import (
     stable_root,
     trial_objects,
 )
+from isoflop.cluster.queue import waiting_reason
 from isoflop.cluster.results import ignored_failures, message_of, read_result
 from isoflop.sweep import engine
 from isoflop.sweep.confirm import is_confirmation, predict, resources_spec
@@ -128,6 +129,7 @@ def reconcile_sweep(s: Sweep, patch: kopf.Patch) -> None:
     if decision.confirm_due:  # stored in this status patch; launched by the next reconcile
         confirmations += predict_confirmations(s, states, fitted, confirmations, analysis)
         decision = replace(decide(), launches=())
+    decision = say_why_queued(s, states, decision)
     previous = [api.Condition.model_validate(c) for c in s.status.get("conditions") or []]
     full = sweep_status(
         s.spec, s.plan, states, decision, fit_result, fitted, s.generation, now(), previous, data,
@@ -272,6 +274,17 @@ def running_trial(s: Sweep, tid: str, job: str, st: Any, suspended: bool = False
     if suspended:
         return TrialState("Queued", attempts)
     return TrialState("Running" if st.active else "Starting", attempts)
+
+
+def say_why_queued(
+    s: Sweep, states: dict[str, TrialState], decision: engine.Decision
+) -> engine.Decision:
+    """While trials wait in Kueue's queue, the message says why, in Kueue's words."""
+    queued = [job_name(s.name, tid) for tid, st in states.items() if st.phase == "Queued"]
+    if not queued or decision.phase not in ("Pending", "Running", "Confirming"):
+        return decision
+    said = waiting_reason(s.clients, s.namespace, queued)
+    return replace(decision, message=f"{decision.message} (Kueue: {said})") if said else decision
 
 
 # -- decide and apply ------------------------------------------------------------------------------
