@@ -89,6 +89,14 @@ def queued_sweep(name: str, parallelism: int, **resources: Any) -> dict[str, Any
     return manifest
 
 
+def planned(manifest: dict[str, Any], tmp_path: Path) -> tuple[dict[str, Any], Path]:
+    """The sweep's trials by ID, and its manifest written for `kubectl apply -f`."""
+    trials = {t.id: t for t in plan(api.parse_sweep(manifest).spec).trials}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    return trials, path
+
+
 def objects(cluster: Cluster, kind: str, name: str) -> list[dict[str, Any]]:
     out = cluster.kubectl(
         "get", kind, "-n", NAMESPACE, "-l", f"isoflop.dev/sweep={name}", "-o", "json"
@@ -129,9 +137,7 @@ def test_a_sweep_in_a_queue_runs_as_many_trials_as_the_quota_admits_and_shows_th
     one sweep puts in the queue), Kueue admits 2, the status, `kubectl get sweeps` and the
     budgets show the other 4 Queued, and every trial ends with its result."""
     manifest = queued_sweep("kq", 6, queueName=QUEUE, workloadPriorityClass="sweeps")
-    trials = {t.id: t for t in plan(api.parse_sweep(manifest).spec).trials}
-    path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump(manifest))
+    trials, path = planned(manifest, tmp_path)
     log = tmp_path / "operator.log"
     operator = Operator(installed, log)
     try:
@@ -195,9 +201,7 @@ def test_an_eviction_queues_the_trial_again_with_no_retry_and_one_record_through
     record. The operator is killed while trials are queued and while one is evicted."""
     manifest = queued_sweep("evict", 2, queueName=QUEUE, workloadPriorityClass="sweeps")
     manifest["spec"]["budgets"] = [3e10, 1e11]
-    trials = {t.id: t for t in plan(api.parse_sweep(manifest).spec).trials}
-    path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump(manifest))
+    trials, path = planned(manifest, tmp_path)
     log = tmp_path / "operator.log"
     operator = Operator(installed, log)
     urgent = {
@@ -342,9 +346,7 @@ def test_a_sweep_without_a_queue_runs_as_before_while_kueue_runs(
     suspended or queued, and 4 trials run at once whatever the ClusterQueue's quota of 2."""
     manifest = queued_sweep("plain", 4)
     manifest["spec"]["budgets"] = [3e10, 1e11]
-    trials = {t.id: t for t in plan(api.parse_sweep(manifest).spec).trials}
-    path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump(manifest))
+    trials, path = planned(manifest, tmp_path)
     log = tmp_path / "operator.log"
     operator = Operator(installed, log)
     try:
