@@ -281,13 +281,13 @@ def test_a_local_confirmation_interrupted_mid_training_resumes_with_its_predicti
     checkpoint; the same command resumes it from there with the prediction it stored before it
     started, and its result is recorded once."""
     manifest = yaml.safe_load(write_tiny(tmp_path / "tiny.yaml").read_text())
-    manifest["spec"]["confirm"] = [4e11]  # 4x the largest budget
+    manifest["spec"]["confirm"] = [2e11]  # 2x the largest budget: enough steps to interrupt
     manifest["spec"]["fit"] = {"bootstrap": 100, "method": "both"}
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(manifest))
     run_dir = tmp_path / "run"
     cmd = isoflop("run", str(tmp_path / "tiny.yaml"), "--run-dir", str(run_dir), "--plain")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    progress = run_dir / "trials" / "confirm-4e11" / "progress.json"
+    progress = run_dir / "trials" / "confirm-2e11" / "progress.json"
     deadline = time.time() + 600
     while not (progress.exists() and json.loads(progress.read_text() or "{}").get("step", 0) > 50):
         assert proc.poll() is None, proc.communicate()
@@ -295,12 +295,12 @@ def test_a_local_confirmation_interrupted_mid_training_resumes_with_its_predicti
         time.sleep(0.2)
     state = json.loads((run_dir / "state.json").read_text())
     (stored,) = state["confirmations"]  # stored before it started
-    assert all(s["phase"] == "Succeeded" for t, s in state["trials"].items() if t != "confirm-4e11")
+    assert all(s["phase"] == "Succeeded" for t, s in state["trials"].items() if t != "confirm-2e11")
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
     state = json.loads((run_dir / "state.json").read_text())
-    assert state["trials"]["confirm-4e11"]["phase"] == "Pending"
+    assert state["trials"]["confirm-2e11"]["phase"] == "Pending"
 
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -310,8 +310,8 @@ def test_a_local_confirmation_interrupted_mid_training_resumes_with_its_predicti
     assert c["lossInterval"] == stored["lossInterval"]
     assert c["attempts"] == 1  # the interrupted attempt is not counted
     assert c["measuredLoss"] is not None
-    assert "isoflop: confirmation confirm-4e11: measured" in out.stdout
-    log = (run_dir / "trials" / "confirm-4e11" / "log.txt").read_text()
-    assert "isoflop-train: trial confirm-4e11 resumed from step" in log
-    result = json.loads((run_dir / "trials" / "confirm-4e11" / "result.json").read_text())
+    assert "isoflop: confirmation confirm-2e11: measured" in out.stdout
+    log = (run_dir / "trials" / "confirm-2e11" / "log.txt").read_text()
+    assert "isoflop-train: trial confirm-2e11 resumed from step" in log
+    result = json.loads((run_dir / "trials" / "confirm-2e11" / "result.json").read_text())
     assert result["eval_loss"] == pytest.approx(c["measuredLoss"])
