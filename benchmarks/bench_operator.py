@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import resource
@@ -23,13 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import kmock
-import kopf
 
 from tests.operator.emulator import (
     SWEEPS,
     SWEEPS_URL,
     finish,
     load_operator,
+    operator_thread,
     prepare,
     trial_records,
 )
@@ -109,31 +108,26 @@ async def measure(trials: int) -> dict[str, Any]:
         kubeconfig = Path(tempfile.mkdtemp()) / "kubeconfig"
         prepare(k8s, kubeconfig)
         os.environ["KUBECONFIG"] = str(kubeconfig)
-        registry = load_operator(f"isoflop_operator_bench_{trials}")
-        ready = asyncio.Event()
-        task = asyncio.create_task(
-            kopf.operator(registry=registry, clusterwide=True, standalone=True, ready_flag=ready)
-        )
-        await asyncio.wait_for(ready.wait(), 30)
-        await asyncio.sleep(1.0)
         name = f"sweep{trials}"
-        rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        start = time.perf_counter()
-        await k8s.post(SWEEPS_URL, json=manifest(name, trials))
         key = (kmock.resource(SWEEPS), "default", name)
         done: set[str] = set()
         recorded: set[str] = set()
         ours: Counter[str] = Counter()
-        while (k8s.objects[key].get("status") or {}).get("phase") not in ("Succeeded", "Failed"):
-            await finish_jobs(k8s, done)
-            await forget_pods(k8s, name, recorded)
-            drain(k8s, ours)
-            await asyncio.sleep(0.2)
-        seconds = time.perf_counter() - start
-        rss_growth = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait_for(task, 30)
+        async with operator_thread(load_operator(f"isoflop_operator_bench_{trials}")):
+            await asyncio.sleep(1.0)
+            rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            start = time.perf_counter()
+            await k8s.post(SWEEPS_URL, json=manifest(name, trials))
+            while (k8s.objects[key].get("status") or {}).get("phase") not in (
+                "Succeeded",
+                "Failed",
+            ):
+                await finish_jobs(k8s, done)
+                await forget_pods(k8s, name, recorded)
+                drain(k8s, ours)
+                await asyncio.sleep(0.2)
+            seconds = time.perf_counter() - start
+            rss_growth = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before
         drain(k8s, ours, keep=0)
         total = sum(ours.values())
         status = k8s.objects[key]["status"]

@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import kmock
-import kopf
 import pytest
 
-from tests.operator.emulator import SWEEPS, load_operator, prepare
+from tests.operator.emulator import SWEEPS, load_operator, operator_thread, prepare
 
 
 @pytest.fixture
@@ -42,30 +41,23 @@ async def wait_for(predicate: Callable[[], Any], timeout: float = 30.0) -> None:
 
 @contextlib.asynccontextmanager
 async def running_operator(k8s: Any) -> AsyncIterator[None]:
-    registry = load_operator("isoflop_operator_under_test")
-    ready = asyncio.Event()
-    task = asyncio.create_task(
-        kopf.operator(registry=registry, clusterwide=True, standalone=True, ready_flag=ready)
-    )
-    try:
-        await asyncio.wait_for(ready.wait(), 15)
-        sweeps = kmock.resource(SWEEPS)
+    """The operator in this process, in a thread and event loop of its own (operator_thread), once
+    its watch of sweeps is open."""
+    sweeps = kmock.resource(SWEEPS)
+    async with operator_thread(load_operator("isoflop_operator_under_test")):
         await wait_for(
             lambda: any(r.action == kmock.action.WATCH and r.resource == sweeps for r in k8s)
         )
         yield
-    finally:
-        task.cancel()  # cancelling skips kopf's 5 s grace period for the emulator's tasks
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait_for(task, 15)
 
 
 @contextlib.asynccontextmanager
 async def operator_process(k8s: Any, log: Path) -> AsyncIterator[asyncio.subprocess.Process]:
-    """The operator as its own process (`kopf run`, as the chart runs it), ended by SIGKILL as a
-    crash or an evicted pod ends it: a stop that nothing can delay, however loaded the machine (a
+    """The operator as its own process (`kopf run`, as the chart runs it), ended by SIGKILL once
+    the test is done with it: a stop that nothing can delay, however loaded the machine (a
     graceful stop in a thread waited up to 60 s for kopf's handlers, and under load sometimes in
-    vain: "The operator didn't stop, still running")."""
+    vain: "The operator didn't stop, still running"). Tests that kill the operator while it works
+    run against the real API server (tests/e2e), where a kill does what it does in a cluster."""
     sweeps = kmock.resource(SWEEPS)
 
     def watches() -> int:

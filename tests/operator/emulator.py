@@ -5,9 +5,13 @@ Shared by the operator tests and benchmarks/bench_operator.py.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import importlib.util
 import json
 import sys
+import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +64,54 @@ def load_operator(name: str) -> kopf.OperatorRegistry:
     sys.modules[spec.name] = module  # dataclasses look their module up while executing it
     spec.loader.exec_module(module)
     return registry
+
+
+@contextlib.asynccontextmanager
+async def operator_thread(
+    registry: kopf.OperatorRegistry, timeout: float = 30
+) -> AsyncIterator[None]:
+    """kopf running `registry` in a thread with an event loop of its own, for as long as the
+    block; the emulator serves it from the caller's loop. Not in the caller's loop: kopf, when it
+    stops, cancels every task made in its loop since it started (its run_tasks: "the loop is not
+    fully ours"), and in the caller's loop those include the emulator's handlers of keep-alive
+    connections opened meanwhile; the next request on one of them is read and never answered
+    (issue 36). Stopped by cancelling: no 5 s grace period, and the stop flag set first tells
+    kopf the stop is meant (no SIGKILL timer)."""
+    loop = asyncio.new_event_loop()
+    ready, stop = threading.Event(), threading.Event()
+    main = loop.create_task(
+        kopf.operator(
+            registry=registry, clusterwide=True, standalone=True,
+            ready_flag=ready, stop_flag=stop,
+        )
+    )  # fmt: skip
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            loop.run_until_complete(main)
+        except asyncio.CancelledError:
+            pass
+        except BaseException as exc:  # handed to the caller's thread
+            failure.append(exc)
+        finally:
+            loop.close()
+
+    thread = threading.Thread(target=run, name="kopf-operator", daemon=True)
+    thread.start()
+    try:
+        if not await asyncio.to_thread(ready.wait, timeout):
+            raise RuntimeError(f"the operator was not ready in {timeout} s: {failure}")
+        yield
+    finally:
+        stop.set()
+        with contextlib.suppress(RuntimeError):  # its loop already closed: it had ended
+            loop.call_soon_threadsafe(main.cancel)
+        await asyncio.to_thread(thread.join, timeout)
+        if thread.is_alive():
+            raise RuntimeError(f"the operator did not stop in {timeout} s")
+    if failure:
+        raise failure[0]
 
 
 async def finish(k8s: Any, name: str, result: dict[str, Any], exit_code: int = 0) -> None:

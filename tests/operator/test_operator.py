@@ -6,7 +6,6 @@ import asyncio
 import copy
 import json
 import math
-import random
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from prometheus_client import REGISTRY
 from isoflop import api
 from isoflop.sweep.plan import plan
 from isoflop.sweep.strategy import graph
-from tests.operator.conftest import operator_process, running_operator, wait_for
+from tests.operator.conftest import running_operator, wait_for
 from tests.operator.emulator import SWEEPS, ended_pod, finish, trial_records
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -208,43 +207,6 @@ async def run_to_end(k8s: Any, trials: dict[str, Any], done: set[str]) -> None:
             await finish(k8s, name, {"status": "succeeded", "eval_loss": loss_of(trials[name])})
             done.add(name)
         await asyncio.sleep(0.05)
-
-
-async def test_restarts_at_random_points_run_every_trial_once_and_lose_nothing(
-    k8s: Any, tmp_path: Path
-) -> None:
-    obj = manifest(parallelism=3)
-    trials = {f"qs-{t.id}": t for t in plan(api.parse_sweep(obj).spec).trials}
-    rng = random.Random(20261125)
-    done: set[str] = set()
-    posted = False
-    for _ in range(8):  # start, run a random while (finishing some Jobs), SIGKILL; again
-        async with operator_process(k8s, tmp_path / "operator.log"):
-            if not posted:
-                await k8s.post(
-                    "/apis/isoflop.dev/v1alpha1/namespaces/default/scalingsweeps", json=obj
-                )
-                posted = True
-            deadline = asyncio.get_running_loop().time() + rng.uniform(0.1, 1.2)
-            while asyncio.get_running_loop().time() < deadline:
-                for name in [n for n in jobs(k8s) if n not in done]:
-                    if rng.random() < 0.3:
-                        await finish(
-                            k8s, name, {"status": "succeeded", "eval_loss": loss_of(trials[name])}
-                        )
-                        done.add(name)
-                await asyncio.sleep(0.05)
-    async with running_operator(k8s):
-        await asyncio.wait_for(run_to_end(k8s, trials, done), 60)
-    creates = Counter(
-        r.data["metadata"]["name"]
-        for r in k8s
-        if r.action == kmock.action.CREATE and r.resource == JOBS
-    )
-    assert set(creates) == set(trials)
-    assert set(creates.values()) == {1}  # no trial ran twice
-    got = {f"qs-{t['id']}": t["loss"] for t in trial_records(k8s) if t["phase"] == "Succeeded"}
-    assert got == pytest.approx({name: loss_of(t) for name, t in trials.items()})  # none lost
 
 
 async def fail_job(k8s: Any, name: str) -> None:
@@ -706,12 +668,14 @@ def test_preempted_and_disrupted_pods_are_not_counted_as_failed_attempts() -> No
     assert ignored_failures([pod("Succeeded", 0), pod("Running", 143)]) == 0
 
 
-async def test_a_confirmation_starts_after_the_final_fit_and_a_killed_operator_trains_it_once(
-    k8s: Any, tmp_path: Path
+async def test_a_confirmation_starts_after_the_final_fit_and_a_restarted_operator_judges_it(
+    k8s: Any,
 ) -> None:
-    """spec.confirm on the emulator: the prediction is in the status before its Job exists, the
-    grid's Jobs all finished first; SIGKILLs of the operator while the confirmation trains lose
-    nothing and create its Job once; its loss, read after a restart, gets its verdict."""
+    """spec.confirm on the emulator: the prediction is in the status before its Job exists (the
+    emulator's request log shows the order), the grid's Jobs all finished first; its loss, read by
+    a new operator, gets its verdict and its Job was created once. SIGKILLs of the operator while
+    the confirmation trains are the real API server's test
+    (tests/e2e/test_cluster.py::test_a_confirmation_trains_once_after_the_final_fit_through_operator_kills)."""
     from isoflop.sweep.confirm import trial_of
 
     obj = manifest(parallelism=3, confirm=[1.2e12])
@@ -746,10 +710,6 @@ async def test_a_confirmation_starts_after_the_final_fit_and_a_killed_operator_t
     ]
     assert order.index(("status", True)) < order.index(("job", confirm_job))
     assert sweep_status(k8s)["phase"] == "Confirming"
-    for _ in range(3):  # the operator killed while the confirmation trains
-        async with operator_process(k8s, tmp_path / "operator.log"):
-            await asyncio.sleep(random.uniform(0.3, 1.0))
-        assert sweep_status(k8s)["confirmations"][0]["predictedLoss"] == predicted["predictedLoss"]
     c = api.Confirmation.model_validate(predicted)
     measured = loss_of(trial_of(spec, c))
     await finish(k8s, confirm_job, {"status": "succeeded", "eval_loss": measured})
@@ -769,3 +729,17 @@ async def test_a_confirmation_starts_after_the_final_fit_and_a_killed_operator_t
     )
     assert creates[confirm_job] == 1
     assert set(creates.values()) == {1}
+
+
+async def test_the_emulator_answers_on_connections_opened_while_an_operator_ran(k8s: Any) -> None:
+    """kopf, when it stops, cancels every task made in its event loop since it started (its
+    run_tasks: "the loop is not fully ours"). Had it shared the test's loop, that would take the
+    emulator's handlers of keep-alive connections opened meanwhile, and the next request on one of
+    them would be read and never answered: the hang of issue 36. The operator runs in a loop of its
+    own, so requests on connections opened while it ran are answered after it stops."""
+    url = "/apis/isoflop.dev/v1alpha1/namespaces/default/scalingsweeps"
+    async with running_operator(k8s):
+        # several at once: the client opens connections while the operator runs
+        await asyncio.gather(*(k8s.get(url) for _ in range(4)))
+    answers = await asyncio.wait_for(asyncio.gather(*(k8s.get(url) for _ in range(4))), 10)
+    assert [a.status for a in answers] == [200] * 4
