@@ -81,9 +81,11 @@ def in_netns(cmd: list[str]) -> list[str]:
     return ["nsenter", f"--net=/run/netns/{NETNS}", "--", *cmd]
 
 
-def run(*args: str, check: bool = True, netns: bool = False) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, check: bool = True, netns: bool = False, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     cmd = in_netns(list(args)) if netns else list(args)
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     if check and out.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)}: {out.stderr.strip() or out.stdout.strip()}")
     return out
@@ -332,9 +334,11 @@ class Node:
                 raise RuntimeError(f"containerd not ready:\n{self.log('containerd')}")
             time.sleep(0.2)
 
-    def ctr(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def ctr(
+        self, *args: str, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
         return run("ctr", f"--address={self.containerd_socket}", "--namespace=k8s.io", *args,
-                   check=check)  # fmt: skip
+                   check=check, timeout=timeout)  # fmt: skip
 
     def _import(self, images: dict[str, Path]) -> None:
         have = set(self.ctr("images", "list", "--quiet").stdout.split())
@@ -343,7 +347,9 @@ class Node:
             self.ctr("images", "remove", "--sync", *stale)
         for ref, archive in images.items():
             if ref not in have:
-                self.ctr("images", "import", "--no-unpack=false", str(archive))
+                # unpacking the trainer's 3 GB is bound by gzip and the disk: about 80 s on 2
+                # idle cores, and past 120 s on a busy machine (the CI run of 2026-12-04)
+                self.ctr("images", "import", "--no-unpack=false", str(archive), timeout=900)
                 if ref not in set(self.ctr("images", "list", "--quiet").stdout.split()):
                     raise RuntimeError(f"{archive} imported no image named {ref}")
 
