@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from isoflop.local.backends import trial_processes
+from isoflop.local.backends import stop_trials, trial_processes
 from tests.integration.test_run import isoflop, write_tiny
 
 
@@ -117,7 +117,8 @@ def test_twenty_sigkills_of_the_runner_leave_no_duplicate_trainer_and_no_retrain
     finally:
         runner.kill()
         runner.wait()
-        subprocess.run(busy, capture_output=True, timeout=900, check=False)  # its trainers too
+        # and the trainers it left, stopped as a next runner stops them (not trained to the end)
+        stop_trials([f.resolve() for f in (tmp_path / "busy" / "trials").glob("*")], grace=0)
     assert other.returncode == 2
     held = f"{(tmp_path / 'busy').resolve()} is in use by another isoflop run (pid {runner.pid}"
     assert held in other.stderr, other.stderr

@@ -21,9 +21,11 @@ from isoflop.local.backends import SimulatedBackend, trial_processes
 from isoflop.local.runner import Display
 from isoflop.local.runner import Run as LocalRun
 from isoflop.sweep.forecast import Law
+from isoflop.sweep.plan import plan
+from isoflop.sweep.strategy import graph
 from tests.integration.test_run import isoflop, paper, write_tiny
 
-KILLED = "2e11-d01-stable"  # the longest segment: d01's stable run from 3e10's branch point on
+KILLED = "1e11-d01-stable"  # the longest segment: d01's stable run from 3e10's branch point on
 
 
 def read(path: Path) -> Any:
@@ -65,9 +67,12 @@ def test_an_adaptive_sweep_stopped_anywhere_resumes_to_the_same_decisions(tmp_pa
 def test_killing_a_stable_run_mid_segment_loses_no_finished_branch(tmp_path: Path) -> None:
     manifest = write_tiny(tmp_path / "tiny.yaml")
     m = yaml.safe_load(manifest.read_text())
-    m["spec"]["budgets"] = [3e10, 2e11]
     m["spec"]["strategy"] = {"wsdBranches": {"cooldown": 0.2}}
     manifest.write_text(yaml.safe_dump(m))
+    spec = api.parse_sweep(m).spec
+    segment = graph(spec, plan(spec).trials).by_id[KILLED]
+    start, end = segment.start_step, segment.trial.steps  # 636 and 2121 for the tiny ladder
+    assert end - start > 800  # room to kill it well past its first checkpoint
     run_dir = tmp_path / "run"
     trials = run_dir / "trials"
     log = open(tmp_path / "runner.log", "w")  # noqa: SIM115 - closed below
@@ -91,7 +96,7 @@ def test_killing_a_stable_run_mid_segment_loses_no_finished_branch(tmp_path: Pat
                 and (result := read(r))
                 and result.get("status") == "succeeded"
             }
-            if before and progress.get("step", 0) > 636 + 400:  # 636: its start (3e10's branch)
+            if before and progress.get("step", 0) > start + 400:  # start: 3e10's branch point
                 break
             time.sleep(0.05)
         killed_at = progress["step"]
@@ -109,9 +114,9 @@ def test_killing_a_stable_run_mid_segment_loses_no_finished_branch(tmp_path: Pat
     # the killed segment was retried, from its own last checkpoint: not from its start
     assert state[KILLED]["attempts"] == 2
     text = (trials / KILLED / "log.txt").read_text()
-    resumed = [int(s) for s in re.findall(r"resumed from step (\d+) of 4242", text)]
-    assert resumed[0] == 636  # the first attempt continued the run from the segment before
-    assert 636 < resumed[-1] <= killed_at  # the retry: its rolling checkpoint, not step 636
+    resumed = [int(s) for s in re.findall(rf"resumed from step (\d+) of {end}", text)]
+    assert resumed[0] == start  # the first attempt continued the run from the segment before
+    assert start < resumed[-1] <= killed_at  # the retry: its rolling checkpoint, not its start
     # no finished branch was trained again; each branch started from its segment's checkpoint
     for tid, (mtime, loss) in before.items():
         assert state[tid]["attempts"] == 1
@@ -121,7 +126,7 @@ def test_killing_a_stable_run_mid_segment_loses_no_finished_branch(tmp_path: Pat
     status = read(run_dir / "status.json")
     assert status["phase"] == "Succeeded"
     records = {r["id"]: r for r in status["trials"]}
-    for tid in ("3e10-d01", "3e10-d02", "3e10-d03", "2e11-d01", "2e11-d02", "2e11-d03"):
+    for tid in ("3e10-d01", "3e10-d02", "3e10-d03", "1e11-d01", "1e11-d02", "1e11-d03"):
         result = read(trials / tid / "result.json")
         record = records[tid]
         assert record["kind"] == "branch"
@@ -129,7 +134,7 @@ def test_killing_a_stable_run_mid_segment_loses_no_finished_branch(tmp_path: Pat
         # its own compute is its cooldown: the prefix was its stable run's
         assert result["own_flops"] < 0.25 * result["flops"]
     assert 0.6 < status["strategy"]["computeFraction"] < 0.9
-    assert "cooldown from 2e11-d01-stable" in (run_dir / "report.md").read_text()
+    assert "cooldown from 1e11-d01-stable" in (run_dir / "report.md").read_text()
 
 
 def test_plan_says_what_the_strategy_trains_and_its_share_of_the_grid(tmp_path: Path) -> None:
