@@ -63,8 +63,9 @@ typecheck: $(STAMP)
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict
 
+# the 25 slowest tests close the output: the suite's budget (docs/development/testing.md)
 unit: $(STAMP) tools cluster images
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=25
 
 # the end-to-end tests alone, on the real control plane
 e2e: $(STAMP) tools cluster images
