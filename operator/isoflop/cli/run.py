@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,6 +33,12 @@ def add_backend_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--simulate", action="store_true", help="draw losses from a known law instead")
     p.add_argument("--law", help=LAW_HELP)
     p.add_argument("--noise", type=float, default=0.005, help="simulated multiplicative noise")
+    p.add_argument(
+        "--rates",
+        help="how the simulated loss depends on the learning rate: 'step' (Step Law's optimum "
+        "1.79 N^-0.713 D^0.307, a basin of depth 0.2 per squared decade) or "
+        "coefficient,alpha,beta,depth; default: it does not",
+    )
     p.add_argument("--parallelism", type=int, help="trials at once (default: the spec's)")
     p.add_argument(
         "--gpus",
@@ -102,9 +109,14 @@ def open_run(args: argparse.Namespace, sweep: api.ScalingSweep, directory: Path)
     from isoflop.local.backends import make_backend
     from isoflop.local.devices import DeviceError, parse_gpus
     from isoflop.local.runner import Run, RunError
-    from isoflop.sweep.forecast import Law
+    from isoflop.sweep.forecast import Law, RateBasin
 
-    law = Law.parse(args.law) if args.law else Law()
+    try:
+        law = Law.parse(args.law) if args.law else Law()
+        if args.rates:
+            law = replace(law, rates=RateBasin.parse(args.rates))
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     kind = "simulated" if args.simulate else "local"
     try:
         gpus = None if args.gpus is None else parse_gpus(args.gpus)

@@ -91,7 +91,15 @@ class SimulatedBackend:
     def launch(
         self, trial: Trial, attempt: int, config: TrainConfig, workdir: Path, share: Fraction = ONE
     ) -> None:
-        loss = simulated_loss(self.law, trial.id, trial.params, trial.tokens, self.noise, self.seed)
+        loss = simulated_loss(
+            self.law,
+            trial.id,
+            trial.params,
+            trial.tokens,
+            self.noise,
+            self.seed,
+            rate=config.learning_rate,
+        )
         self.done[trial.id] = Observation("Succeeded", loss=loss)
 
     def observe(self) -> dict[str, Observation]:

@@ -39,6 +39,43 @@ METHODS = ("parabola", "parametric")
 
 
 @dataclass(frozen=True)
+class RateBasin:
+    """How a simulated loss depends on the learning rate: L(N, D, eta) = L(N, D) x (1 + depth x
+    log10(eta / eta*)^2), a convex basin in log eta around eta*(N, D) = coefficient x N^alpha x
+    D^beta (Step Law's form and shape, Li et al. 2025). At depth 0.2 a rate 2x off its optimum
+    loses 1.8%, 3x off 4.6%, 10x off 20% (the quickstart measured 6-32% at 3x off its optimum,
+    2026-12-03: DiTs are more sensitive than the LLMs Step Law was fitted on)."""
+
+    coefficient: float = 1.79
+    alpha: float = -0.713
+    beta: float = 0.307
+    depth: float = 0.2
+
+    @classmethod
+    def parse(cls, text: str) -> RateBasin:
+        """'coefficient,alpha,beta,depth' ('step' for Step Law's constants at depth 0.2)."""
+        if text == "step":
+            return cls()
+        try:
+            c, alpha, beta, depth = (float(v) for v in text.split(","))
+        except ValueError:
+            raise ValueError(
+                "--rates takes 'step' or four numbers coefficient,alpha,beta,depth; "
+                f"got {text!r}"
+            ) from None
+        if not (c > 0 and depth > 0 and math.isfinite(alpha) and math.isfinite(beta)):
+            raise ValueError(f"--rates: the coefficient and depth must be positive; got {text!r}")
+        return cls(c, alpha, beta, depth)
+
+    def optimum(self, params: float, tokens: float) -> float:
+        return float(self.coefficient * params**self.alpha * tokens**self.beta)
+
+    def factor(self, params: float, tokens: float, rate: float) -> float:
+        off = math.log10(rate / self.optimum(params, tokens))
+        return 1.0 + self.depth * off * off
+
+
+@dataclass(frozen=True)
 class Law:
     """L(N, D) = E + (A / N^alpha + B / D^beta)^gamma, the surface a simulated sweep samples.
 
@@ -54,6 +91,8 @@ class Law:
     alpha: float = 0.2
     beta: float = 0.26307
     gamma: float = 1.0
+    # the loss's dependence on the learning rate; None: every rate is the optimum
+    rates: RateBasin | None = None
 
     def __call__(self, params: float | np.ndarray, tokens: float | np.ndarray) -> np.ndarray:
         core = self.A / np.power(params, self.alpha) + self.B / np.power(tokens, self.beta)
@@ -74,7 +113,8 @@ class Law:
             raise ValueError(
                 f"--law takes five or six positive numbers E,A,B,alpha,beta[,gamma]; got {text!r}"
             )
-        return cls(*values)
+        e, a, b, alpha, beta = values[:5]
+        return cls(e, a, b, alpha, beta, values[5] if len(values) == 6 else 1.0)
 
     def text(self) -> str:
         core = f"E={self.E:.4g} A={self.A:.4g} B={self.B:.4g} alpha={self.alpha:.4g} "
@@ -103,11 +143,21 @@ def law_from_results(points: Points) -> tuple[Law, float | None]:
 
 
 def simulated_loss(
-    law: Law, trial_id: str, params: float, tokens: float, noise: float, seed: int
+    law: Law,
+    trial_id: str,
+    params: float,
+    tokens: float,
+    noise: float,
+    seed: int,
+    rate: float | None = None,
 ) -> float:
-    """One trial's loss: the law times lognormal noise, seeded by the trial's id."""
+    """One trial's loss: the law (at this learning rate, where the law has a rate basin) times
+    lognormal noise, seeded by the trial's id."""
     key = int(hashlib.sha256(f"{seed}/{trial_id}".encode()).hexdigest()[:12], 16)
-    return float(law(params, tokens)) * math.exp(noise * np.random.default_rng(key).normal())
+    loss = float(law(params, tokens))
+    if law.rates is not None and rate is not None:
+        loss *= law.rates.factor(params, tokens, rate)
+    return loss * math.exp(noise * np.random.default_rng(key).normal())
 
 
 @dataclass(frozen=True)
