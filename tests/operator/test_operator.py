@@ -743,3 +743,78 @@ async def test_the_emulator_answers_on_connections_opened_while_an_operator_ran(
         await asyncio.gather(*(k8s.get(url) for _ in range(4)))
     answers = await asyncio.wait_for(asyncio.gather(*(k8s.get(url) for _ in range(4))), 10)
     assert [a.status for a in answers] == [200] * 4
+
+
+def job_rate(job: dict[str, Any]) -> float:
+    """The learning rate a Job's trainer was given (its --config-json)."""
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    return float(json.loads(args[args.index("--config-json") + 1])["learning_rate"])
+
+
+async def test_the_tuning_stage_runs_first_survives_a_restart_and_sets_the_grids_rates(
+    k8s: Any,
+) -> None:
+    """spec.tuning on the emulator: only tuning Jobs until the stage's law stands (an operator
+    restarted in the middle of it creates none twice), then every grid Job trains at the law's
+    rate for its own N and D, and the law and each record's rate are in the status."""
+    from isoflop.sweep.forecast import RateBasin
+
+    basin = RateBasin(coefficient=0.2, alpha=-0.7, beta=0.3)
+    tuning = {
+        "budgets": [3e10],
+        "rungs": ["d01", "d02", "d03"],
+        "learningRates": [5e-4, 2e-3, 8e-3],
+    }
+    obj = manifest(parallelism=3, tuning={**tuning, "widen": 1})
+    spec = api.parse_sweep(obj).spec
+    p = plan(spec)
+    trials = {f"qs-{t.id}": t for t in (*p.trials, *p.tuning)}
+
+    def loss(name: str, job: dict[str, Any]) -> float:
+        t = trials[name]
+        return loss_of(t) * basin.factor(t.params, t.tokens, job_rate(job))
+
+    done: set[str] = set()
+
+    async def finish_some(limit: int) -> None:
+        for name, job in list(jobs(k8s).items())[:limit]:
+            if name not in done:
+                await finish(k8s, name, {"status": "succeeded", "eval_loss": loss(name, job)})
+                done.add(name)
+
+    async with running_operator(k8s):
+        await k8s.post("/apis/isoflop.dev/v1alpha1/namespaces/default/scalingsweeps", json=obj)
+        await wait_for(lambda: len(jobs(k8s)) == 3)
+        assert all(n.startswith("qs-tune-3e10-") for n in jobs(k8s))
+        await finish_some(2)
+        await wait_for(lambda: len(jobs(k8s)) == 5)
+    async with running_operator(k8s):  # a new operator picks the stage up where it stood
+        while sweep_status(k8s).get("phase") != "Succeeded":
+            await finish_some(100)
+            await asyncio.sleep(0.05)
+            tuning_status = sweep_status(k8s).get("tuning") or {}
+            grid_jobs = [n for n in jobs(k8s) if not n.startswith("qs-tune-")]
+            if grid_jobs:  # the grid starts only once the law stands
+                assert tuning_status.get("phase") == "Tuned", tuning_status
+    status = sweep_status(k8s)
+    law = status["tuning"]["law"]
+    assert law["form"] == "params"  # one budget: D's exponent is not identified
+    assert "tokensExponent" not in law
+    creates = Counter(
+        r.data["metadata"]["name"]
+        for r in k8s
+        if r.action == kmock.action.CREATE and r.resource == JOBS
+    )
+    assert set(creates.values()) == {1}  # no Job twice, across the restart
+    records = {r["id"]: r for r in trial_records(k8s)}
+    for name, job in jobs(k8s).items():
+        t = trials[name]
+        if name.startswith("qs-tune-"):
+            assert records[t.id]["kind"] == "tuning"
+            assert job_rate(job) == records[t.id]["learningRate"] == t.learning_rate
+            continue
+        want = law["coefficient"] * t.params ** law["paramsExponent"]
+        assert job_rate(job) == pytest.approx(want, rel=5e-3)
+        assert records[t.id]["learningRate"] == job_rate(job)
+    assert {f"qs-{t.id}" for t in p.trials} <= set(jobs(k8s))
+    assert status["counts"]["succeeded"] == len(p.trials)  # tuning trials are no grid points

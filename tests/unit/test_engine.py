@@ -44,6 +44,7 @@ ADAPTIVE = {"adaptive": {"seedBudgets": 2, "rungs": 3}}
     max_failed=st.integers(0, 4),
     strategy=st.sampled_from([{}, {}, WSD, ADAPTIVE, {**WSD, **ADAPTIVE}]),
     packed=st.sampled_from([1, 1, 2, 3]),
+    tuned=st.sampled_from([False, False, True]),
 )
 def test_engine_invariants_over_random_outcomes(
     outcomes: list[tuple[int, str]],
@@ -52,17 +53,22 @@ def test_engine_invariants_over_random_outcomes(
     max_failed: int,
     strategy: dict[str, Any],
     packed: int,
+    tuned: bool,
 ) -> None:
     """Under every strategy: parallelism and retries hold, a branch or stable segment starts
     only once the segment before it succeeded (its checkpoint exists), every sweep ends, and
     the decisions (the adaptive ladder's among them) are the same when made again from any
     saved state, as a restarted driver makes them. Packed trials (`packed` to a GPU: these rungs
-    are all small) count as 1/packed of a slot."""
+    are all small) count as 1/packed of a slot. With a tuning stage (not with WSD branches, which
+    train a rung's budgets at one rate), no grid trial starts before the stage's law stands."""
+    tuned = tuned and "wsdBranches" not in strategy
+    tuning = {"budgets": [3e10], "rungs": ["d01", "d02"], "learningRates": [1e-3, 2e-3, 4e-3]}
     s = spec(
         parallelism=parallelism,
         retries={"perTrial": per_trial, "maxFailedTrials": max_failed},
         strategy=strategy,
         resources={"packing": {"maxTrialsPerGpu": packed}},
+        **({"tuning": {**tuning, "widen": 1}} if tuned else {}),
     )
     p = plan(s)
     share = Fraction(1, packed)
@@ -70,7 +76,7 @@ def test_engine_invariants_over_random_outcomes(
     states: dict[str, TrialState] = {}
     fitted: tuple[float, ...] = ()
     history: list[tuple[dict[str, TrialState], tuple[float, ...], engine.Decision]] = []
-    limit = len(p.trials) * (per_trial + 1) * 3 + 20
+    limit = (len(p.trials) + len(p.tuning)) * (per_trial + 1) * 3 + 20
     for i in range(limit):
         d = decide(s, p, states, fitted)
         history.append((dict(states), fitted, d))
@@ -83,6 +89,11 @@ def test_engine_invariants_over_random_outcomes(
             assert launch.attempt == before.attempts + 1 <= per_trial + 1  # retries stop
             if launch.node.after is not None:  # its parent's checkpoint exists
                 assert states[launch.node.after].phase == "Succeeded"
+            if tuned and launch.node.kind != "tuning":  # the grid waits for the stage's law
+                stage = engine.resolve(s, p, states).tuning
+                assert stage is not None
+                assert stage.law is not None
+                assert launch.trial.learning_rate is not None
         if d.fit_due:
             fitted = d.complete_budgets
         if d.phase in ("Succeeded", "Failed"):

@@ -79,6 +79,7 @@ from isoflop.api.spec import (
     StrategySpec,
     Toleration,
     TrainingSpec,
+    TuningSpec,
     Values,
     WeightedPodAffinityTerm,
     WsdBranchesSpec,
@@ -99,6 +100,8 @@ from isoflop.api.status import (
     Phase,
     PowerLaw,
     Prediction,
+    RateGroup,
+    RateLaw,
     ResultSource,
     SaturatingLaw,
     ScalingSweepStatus,
@@ -106,6 +109,7 @@ from isoflop.api.status import (
     TrialCounts,
     TrialPhase,
     TrialRecord,
+    TuningStatus,
 )
 
 __all__ = [
@@ -169,6 +173,8 @@ __all__ = [
     "PowerLaw",
     "Prediction",
     "PreferredSchedulingTerm",
+    "RateGroup",
+    "RateLaw",
     "ResourcesSpec",
     "ResultSource",
     "RetrySpec",
@@ -187,6 +193,8 @@ __all__ = [
     "TrialCounts",
     "TrialPhase",
     "TrialRecord",
+    "TuningSpec",
+    "TuningStatus",
     "Values",
     "WeightedPodAffinityTerm",
     "WsdBranchesSpec",

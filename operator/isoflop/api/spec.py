@@ -610,6 +610,51 @@ class StrategySpec(SpecModel):
     """Train each rung once at a constant rate and branch a cooldown off it for each budget."""
 
 
+LearningRate = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]
+
+
+class TuningSpec(SpecModel):
+    """A tuning stage before the grid: a log grid of learning rates at a few small budgets and
+    rungs. isoflop fits each rung's optimum (the minimum of a parabola in log learning rate),
+    then the law eta*(N, D) = coefficient x N^alpha x D^beta across them, and trains every
+    grid trial and confirmation at the law's rate for its own N and D."""
+
+    budgets: Annotated[list[Flops], AfterValidator(_unique)] = Field(
+        default_factory=list,
+        max_length=4,
+        description="Budgets (FLOPs) of the tuning trials. Default: the grid's smallest budget "
+        "and half of it (two budgets tell the law's N and D exponents apart).",
+    )
+    rungs: list[Annotated[str, Field(pattern=DNS_LABEL_PATTERN, max_length=20)]] = Field(
+        default_factory=list,
+        max_length=6,
+        description="Ladder rungs (by name: dNN for a depth ladder) to tune. Default: three "
+        "across the ladder, the smallest, the middle and the largest that every tuning budget "
+        "can train.",
+    )
+    learning_rates: Annotated[list[LearningRate], AfterValidator(_unique)] = Field(
+        default_factory=list,
+        max_length=9,
+        description="The grid of peak learning rates, at least three, best log-spaced. Default: "
+        "training.learningRate x 2^k for k = -2..2.",
+    )
+    widen: int = Field(
+        default=2,
+        ge=0,
+        le=3,
+        description="Grid steps added beyond an edge, one at a time, where a rung's lowest loss "
+        "sits at it; past them the stage stops and proposes a wider grid instead of fitting a "
+        "law through an edge.",
+    )
+
+    @field_validator("learning_rates")
+    @classmethod
+    def _three(cls, v: list[float]) -> list[float]:
+        if 0 < len(v) < 3:
+            raise ValueError("give at least three learning rates: a parabola needs three points")
+        return v
+
+
 class MetricsSpec(SpecModel):
     """Where the operator reads trial metrics (Prometheus), and how long it waits."""
 
@@ -855,6 +900,11 @@ class ScalingSweepSpec(SpecModel):
     metrics: MetricsSpec = Field(default_factory=MetricsSpec)
     fit: FitSpec = Field(default_factory=FitSpec)
     strategy: StrategySpec = Field(default_factory=StrategySpec)
+    tuning: TuningSpec | None = Field(
+        default=None,
+        description="Tune the learning rate as a law of N and D before the grid (unset: every "
+        "trial at training.learningRate and its scaling rule).",
+    )
     confirm: Annotated[list[Flops], AfterValidator(_unique)] = Field(
         default_factory=list,
         max_length=8,
@@ -889,6 +939,7 @@ class ScalingSweepSpec(SpecModel):
                 "cosine contradicts it (leave it unset or say wsd)"
             )
         self._confirmation()
+        self._tuning()
         seeds = self.strategy.adaptive.seed_budgets if self.strategy.adaptive else 0
         if seeds > len(self.budgets):
             raise ValueError(
@@ -896,6 +947,36 @@ class ScalingSweepSpec(SpecModel):
                 "budgets"
             )
         return self
+
+    def _tuning(self) -> None:
+        """spec.tuning's rules: rungs of the ladder, and no other rule for the learning rate."""
+        tuning = self.tuning
+        if tuning is None:
+            return
+        names = [f"d{d:02d}" for d in self.model.depths] + [c.name for c in self.model.configs]
+        unknown = [r for r in tuning.rungs if r not in names]
+        if unknown:
+            raise ValueError(
+                f"tuning.rungs: {unknown[0]} is not a rung of the ladder ({', '.join(names)})"
+            )
+        if len(set(tuning.rungs)) != len(tuning.rungs):
+            raise ValueError("tuning.rungs must not repeat")
+        if self.strategy.wsd_branches is not None:
+            raise ValueError(
+                "tuning gives each budget's trial of a rung a rate of its own, and "
+                "strategy.wsdBranches trains them all from one constant-rate run: use one of them"
+            )
+        if self.training.learning_rate_scaling != "none":
+            raise ValueError(
+                "tuning sets every trial's learning rate from its law; training."
+                "learningRateScaling must be none with it"
+            )
+        fixed = [c.name for c in self.model.configs if c.learning_rate is not None]
+        if fixed:
+            raise ValueError(
+                f"tuning sets every trial's learning rate from its law; model.configs "
+                f"{fixed[0]} gives one of its own (remove learningRate there)"
+            )
 
     def _confirmation(self) -> None:
         """spec.confirm's rules (the API server's are _CONFIRM_CEL)."""

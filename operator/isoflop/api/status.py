@@ -40,11 +40,17 @@ class TrialRecord(Model):
         default=None, description="fid, bpd, loss_se: what the trial measured beside its loss."
     )
     error: str | None = Field(default=None, description="Why a failed trial failed, in short.")
-    kind: Literal["stable", "branch"] | None = Field(
+    kind: Literal["stable", "branch", "tuning"] | None = Field(
         default=None,
         description="branch: a trial trained as a WSD cooldown from a stable run's checkpoint; "
-        "stable: a segment of a rung's constant-rate run (not a point of the fit); unset: a "
-        "trial trained from scratch.",
+        "stable: a segment of a rung's constant-rate run (not a point of the fit); tuning: a "
+        "trial of the tuning stage (not a point of the fit); unset: a trial trained from "
+        "scratch.",
+    )
+    learning_rate: float | None = Field(
+        default=None,
+        description="The peak learning rate it trains at: a tuning trial's, or the tuning law's "
+        "for its N and D; unset: training.learningRate under its scaling rule.",
     )
     branched_from: str | None = Field(
         default=None, description="The stable segment whose last checkpoint it starts from."
@@ -307,6 +313,57 @@ class Confirmation(Model):
     message: str | None = Field(default=None, description="The verdict in one sentence.")
 
 
+class RateGroup(Model):
+    """One (budget, rung) of the tuning stage: its optimum learning rate, once settled."""
+
+    budget: float
+    rung: str
+    params: int
+    tokens: int
+    trials: int = Field(description="Learning rates chosen so far (the grid, widened at edges).")
+    settled: bool = False
+    best_learning_rate: float | None = Field(
+        default=None, description="The minimum of the parabola in log learning rate."
+    )
+    edge: Literal["low", "high"] | None = Field(
+        default=None, description="Its lowest loss sits at this edge of the grid, even widened."
+    )
+    problem: str | None = None
+
+
+class RateLaw(Model):
+    """The tuning law: log10 eta* = log10 coefficient + paramsExponent log10 N + tokensExponent
+    log10 D (+ computeExponent log10 C); exponents the stage cannot identify are null."""
+
+    form: Literal["params-tokens", "compute", "params", "constant"]
+    description: str
+    coefficient: float
+    params_exponent: float | None = None
+    tokens_exponent: float | None = None
+    compute_exponent: float | None = None
+    points: int
+    residual_std: float = Field(description="Of log10 eta* around the law.")
+    coefficient_interval: Interval | None = None
+    params_exponent_interval: Interval | None = None
+    tokens_exponent_interval: Interval | None = None
+    compute_exponent_interval: Interval | None = None
+
+
+class TuningStatus(Model):
+    """The tuning stage (spec.tuning): its rungs' optima, the law, and what it cost."""
+
+    phase: Literal["Tuning", "Tuned", "Failed"]
+    message: str = ""
+    trials: int = Field(description="Tuning trials chosen so far.")
+    succeeded: int = 0
+    planned_flops: float = Field(description="The compute of the chosen tuning trials.")
+    grid_fraction: float = Field(
+        description="That compute as a fraction of the full grid's (the stage's extra cost)."
+    )
+    groups: list[RateGroup] = Field(default_factory=list)
+    law: RateLaw | None = None
+
+
 class ScalingSweepStatus(Model):
     """The status both the operator and the local runner write."""
 
@@ -328,6 +385,9 @@ class ScalingSweepStatus(Model):
     fit: FitResult | None = None
     strategy: StrategyStatus | None = Field(
         default=None, description="Set when spec.strategy asks for adaptive ladders or branches."
+    )
+    tuning: TuningStatus | None = Field(
+        default=None, description="Set when spec.tuning asks for a tuning stage."
     )
     data: DataStatus | None = None
     confirmations: list[Confirmation] = Field(

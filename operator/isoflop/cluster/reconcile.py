@@ -354,7 +354,8 @@ def keep(s: Sweep, trials: list[api.TrialRecord]) -> None:
     ]
     if not finished:
         return
-    budgets = {n.id: n.trial.budget for n in graph(s.spec, s.plan.trials).nodes}  # segments too
+    nodes = graph(s.spec, s.plan.trials, s.plan.tuning).nodes
+    budgets = {n.id: n.trial.budget for n in nodes}  # segments and tuning trials too
     records.write(s.clients.core, s.sweep, s.uid, s.namespace, budgets, finished)
     s.records |= {r.id: r for r in finished}
 

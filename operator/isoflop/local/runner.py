@@ -27,7 +27,7 @@ from isoflop.sweep import engine
 from isoflop.sweep.confirm import is_confirmation, predict, resources_spec
 from isoflop.sweep.engine import TrialState
 from isoflop.sweep.packing import Packing
-from isoflop.sweep.plan import Plan, plan
+from isoflop.sweep.plan import Plan, format_flops, plan
 from isoflop.sweep.status import results_table, sweep_status
 from isoflop.sweep.strategy import graph
 from isoflop.sweep.trials import fit, node_config
@@ -59,7 +59,7 @@ class Run:
         self.rundir = RunDirectory(directory, sweep.name)
         self.dir = self.rundir.path
         self.plan: Plan = plan(self.spec)
-        self.graph = graph(self.spec, self.plan.trials)  # what the strategy trains
+        self.graph = graph(self.spec, self.plan.trials, self.plan.tuning)  # what it trains
         self.engine_spec, self.notices = local_spec(self.spec, backend.packs)
         self.packing = Packing.of(self.engine_spec)
         self.skipped: frozenset[str] = frozenset()  # what the adaptive ladder left out so far
@@ -275,6 +275,25 @@ class Run:
             if not failing:  # the first error (a full disk) says it all: no second one
                 raise
 
+    def plot_rates(self, tuning: api.TuningStatus) -> Path:
+        """plots/rates.png: each tuning rung's loss against learning rate."""
+        from isoflop.fit.plots import RateCurve, plot_rates
+
+        curves = []
+        for g in tuning.groups:
+            mine = [
+                (t.learning_rate or 0.0, s.loss)
+                for t in self.plan.tuning
+                if t.budget == g.budget and t.rung == g.rung
+                and (s := self.state.trials.get(t.id)) is not None and s.loss is not None
+            ]  # fmt: skip
+            if mine:
+                rates, losses = zip(*mine, strict=True)
+                label = f"{g.rung} at {format_flops(g.budget)}"
+                curves.append(RateCurve(label, rates, losses, g.best_learning_rate))
+        (self.dir / "plots").mkdir(parents=True, exist_ok=True)
+        return plot_rates(curves, self.dir / "plots" / "rates.png")
+
     def report(self, decision: engine.Decision) -> Any:
         """Write status, trial table, plots and report.md; returns the final Analysis or None.
         A run resumed with results its stored fit has not seen refits first."""
@@ -294,6 +313,8 @@ class Run:
             self.plots = plot_all(points, self.analysis, self.dir / "plots", marks)
         elif stored:  # a finished run, resumed: its fit and plots stand
             self.plots = sorted((self.dir / "plots").glob("*.png"))
+        if status.tuning is not None and status.tuning.law is not None:
+            self.plots.append(self.plot_rates(status.tuning))
         markdown = report_markdown(self.sweep, status, self.state.fit_text, self.elapsed)
         atomic_write(self.dir / "report.md", markdown)
         return self.analysis

@@ -24,6 +24,7 @@ from isoflop.sweep.confirm import is_confirmation, resources_spec, trial_of
 from isoflop.sweep.packing import Packing
 from isoflop.sweep.plan import Plan, Trial
 from isoflop.sweep.strategy import Adaptive, Graph, Node, adapt, graph
+from isoflop.sweep.tuning import Stage, stage
 
 TrialPhase = Literal["Pending", "Starting", "Queued", "Running", "Succeeded", "Failed"]
 ACTIVE: tuple[TrialPhase, ...] = ("Starting", "Queued", "Running")  # launched, not finished
@@ -112,20 +113,37 @@ class Decision:
 class Sweep:
     """The spec's plan as its strategy trains it, and where the strategy's decisions stand."""
 
-    graph: Graph
+    graph: Graph  # the grid's trials at the tuning law's rates once it stands
     states: Mapping[str, TrialState]  # a failed stable run's dependants failed with it
     chosen: frozenset[str]  # grid trials to train (so far)
     skipped: frozenset[str]  # grid trials the adaptive ladder left out
     settled: tuple[float, ...]  # budgets whose choice of trials is final
+    tuning: Stage | None = None  # the tuning stage (spec.tuning): its choice, then its law
+
+    @property
+    def grid_ready(self) -> bool:
+        """The grid may train: no tuning stage, or its law stands."""
+        return self.tuning is None or self.tuning.law is not None
 
     def state(self, trial_id: str) -> TrialState:
         return self.states.get(trial_id, TrialState())
 
 
 def resolve(spec: api.ScalingSweepSpec, plan: Plan, states: Mapping[str, TrialState]) -> Sweep:
-    """The strategy's nodes, their effective states and the adaptive ladder's choice."""
+    """The strategy's nodes, their effective states, the tuning stage and the adaptive
+    ladder's choice. Once the tuning stage's law stands, the grid's trials carry its rates."""
     limit = 1 + spec.retries.per_trial
-    g = graph(spec, plan.trials)
+    tuned = {
+        t.id
+        for t in plan.tuning
+        if (s := states.get(t.id)) is not None and (s.phase == "Succeeded" or s.exhausted(limit))
+    }
+    rate_losses = {tid: s.loss for tid in tuned if (s := states[tid]).loss is not None}
+    tuning = stage(spec, plan.tuning, rate_losses, tuned)
+    grid = plan.trials
+    if tuning is not None and tuning.law is not None:
+        grid = tuple(tuning.tuned(t) for t in grid)
+    g = graph(spec, grid, plan.tuning)
     effective = dict(states)
     for n in g.nodes:  # parents come before their children
         parent = effective.get(n.after) if n.after else None
@@ -135,11 +153,11 @@ def resolve(spec: api.ScalingSweepSpec, plan: Plan, states: Mapping[str, TrialSt
             if parent.error and parent.error.startswith("its stable run"):
                 error = parent.error  # the segment that failed, not the one between
             effective[n.id] = mine.fail(error, permanent=True)
-    grid = plan.trials
     adaptive = spec.strategy.adaptive
     if adaptive is None:
         chosen = frozenset(t.id for t in grid)
-        return Sweep(g, effective, chosen, frozenset(), tuple(sorted({t.budget for t in grid})))
+        budgets = tuple(sorted({t.budget for t in grid}))
+        return Sweep(g, effective, chosen, frozenset(), budgets, tuning)
     finished = {
         t.id
         for t in grid
@@ -149,7 +167,7 @@ def resolve(spec: api.ScalingSweepSpec, plan: Plan, states: Mapping[str, TrialSt
     choice = adapt(
         grid, Adaptive(adaptive.seed_budgets, adaptive.rungs, adaptive.stride), losses, finished
     )
-    return Sweep(g, effective, choice.chosen, choice.skipped, choice.settled)
+    return Sweep(g, effective, choice.chosen, choice.skipped, choice.settled, tuning)
 
 
 @dataclass(frozen=True)
@@ -228,6 +246,15 @@ def decide(
             f"{', '.join(t.failed[:5])}" + (f"; {t.failed[0]}: {first}" if first else ""),
             **said,
         )
+    tuning = sweep.tuning
+    if tuning is not None and tuning.problem is not None:  # no law through an edge
+        return Decision(
+            phase="Failed",
+            cancels=t.cancels + tuple(Cancel(tid, "the sweep failed") for tid in sorted(t.active)),
+            reason="TuningFailed",
+            message=tuning.problem,
+            **said,
+        )
     launches = pick_launches(spec, sweep, t.active)
     terminal = {x.id for x in t.succeeded} | set(t.failed)
     complete = tuple(
@@ -238,6 +265,13 @@ def decide(
     )
     fit_due = len(usable) >= 2 and usable != tuple(fitted)
     done = f"{len(terminal)}/{len(t.grid)} trials finished"
+    if tuning is not None and not tuning.done:
+        settled = sum(g.settled for g in tuning.groups)
+        done = (
+            f"tuning the learning rate: {settled}/{len(tuning.groups)} rungs settled, "
+            f"{len(tuning.chosen & set(sweep.states))} of {len(tuning.chosen)} trials started; "
+            + done
+        )
     if t.counts["queued"]:
         done += f"; {t.counts['running']} running, {t.counts['queued']} waiting in the queue"
     if len(terminal) == len(t.grid) and not t.active:  # every trial finished
@@ -252,7 +286,7 @@ def decide(
                 **said,
             )
         if not fit_due and spec.confirm:
-            confirming = confirm_step(spec, states, confirmations)
+            confirming = confirm_step(spec, states, confirmations, tuning)
             if confirming is not None:
                 phase, reason, message, launches, due = confirming
                 return Decision(
@@ -294,11 +328,13 @@ def confirm_step(
     spec: api.ScalingSweepSpec,
     states: Mapping[str, TrialState],
     confirmations: Sequence[api.Confirmation],
+    tuning: Stage | None = None,
 ) -> Confirming | None:
     """After the final fit: (phase, reason, message, launches, confirm_due) while spec.confirm's
     runs are not all predicted and finished; None once they are. A confirmation counts a slot
     of `parallelism` each and is retried like a trial; one that fails for good ends with its
-    error in its record, and the sweep still succeeds (its laws stand)."""
+    error in its record, and the sweep still succeeds (its laws stand). With a tuning stage, a
+    confirmation trains at its law's rate, like the grid."""
     confirmations = [c for c in confirmations if c.budget in spec.confirm]  # budgets removed
     stored = {c.budget for c in confirmations}
     if any(b not in stored for b in spec.confirm):
@@ -318,7 +354,10 @@ def confirm_step(
             if room <= 0:
                 break
             room -= 1
-            launches.append(Launch(Node(trial_of(trained, c)), s.attempts + 1))
+            trial = trial_of(trained, c)
+            if tuning is not None and tuning.law is not None:
+                trial = tuning.tuned(trial)
+            launches.append(Launch(Node(trial), s.attempts + 1))
     done = len(confirmations) - len(open_)
     return (
         "Confirming",
@@ -332,9 +371,10 @@ def confirm_step(
 def pick_launches(
     spec: api.ScalingSweepSpec, sweep: Sweep, active: list[str]
 ) -> tuple[Launch, ...]:
-    """Retries and new trials, smallest budgets (then smallest models) first, while the sweep's
-    parallelism has room (a trial packed k to a GPU takes 1/k of a slot: spec.resources.packing);
-    a branch or segment once the segment before it has succeeded (its checkpoint exists)."""
+    """Retries and new trials, the tuning stage's first and the grid's once its law stands, then
+    smallest budgets (then smallest models) first, while the sweep's parallelism has room (a
+    trial packed k to a GPU takes 1/k of a slot: spec.resources.packing); a branch or segment
+    once the segment before it has succeeded (its checkpoint exists)."""
     limit = 1 + spec.retries.per_trial
     state, by_id = sweep.state, sweep.graph.by_id
     # what is wanted: the chosen grid trials, and the stable segments their open branches need
@@ -344,6 +384,10 @@ def pick_launches(
             reach[n.run] = max(reach.get(n.run, 0), n.branch_step)
 
     def wanted(n: Node) -> bool:
+        if n.kind == "tuning":
+            return sweep.tuning is not None and n.id in sweep.tuning.chosen
+        if not sweep.grid_ready:
+            return False
         if n.kind == "stable":
             return n.trial.steps <= reach.get(n.run, 0)
         return n.id in sweep.chosen
@@ -359,7 +403,7 @@ def pick_launches(
     used = sum((packing.share(by_id[i].trial) for i in active if i in by_id), Fraction(0))
     used += sum(1 for i in active if i not in by_id)  # trials of an older plan: a slot each
     candidates = [n for n in sweep.graph.nodes if wanted(n) and ready(n) and due(n)]
-    candidates.sort(key=lambda n: (n.trial.budget, n.trial.params, n.id))
+    candidates.sort(key=lambda n: (n.kind != "tuning", n.trial.budget, n.trial.params, n.id))
     picked: list[Launch] = []
     for n in candidates:
         share = packing.share(n.trial)

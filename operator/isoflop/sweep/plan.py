@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Literal
 
 import numpy as np
 
+from isoflop import api
 from isoflop.api import ScalingSweepSpec
 from isoflop_trainer.config import PEAK_BF16_FLOPS, DiTConfig
 
@@ -100,6 +102,9 @@ class Trial:
     flops_exact: int
     flops_6nd: int
     replicate: int = 0  # the k-th seed of this (budget, rung): training.seed + k
+    # its peak learning rate: a tuning trial's rate, or a grid trial's from the tuning law;
+    # None: training.learningRate under its scaling rule (isoflop.sweep.trials.learning_rate)
+    learning_rate: float | None = None
 
     @property
     def rounding(self) -> float:
@@ -132,6 +137,7 @@ class Plan:
     accounting: str
     trials: tuple[Trial, ...]
     infeasible: tuple[Infeasible, ...]
+    tuning: tuple[Trial, ...] = ()  # the tuning stage's trials (isoflop.sweep.tuning)
 
     def trial(self, trial_id: str) -> Trial:
         for t in self.trials:
@@ -158,6 +164,9 @@ class Plan:
                 for t in self.trials
             ],
             "infeasible": [asdict(i) for i in self.infeasible],
+            "tuning": [
+                {**asdict(t), "gpu_hours": t.gpu_hours(curve, peak_flops)} for t in self.tuning
+            ],
         }
 
 
@@ -259,8 +268,117 @@ def sized(
     ]
 
 
+# -- the tuning stage's trials (spec.tuning; its decisions are isoflop.sweep.tuning's) ---------
+
+TUNING_PREFIX = "tune-"
+TUNING_STEPS = 2  # the default grid: training.learningRate x 2^k, k = -2..2
+MAX_RATE = 1.0  # the API's bound on a learning rate
+
+
+def is_tuning(trial_id: str) -> bool:
+    return trial_id.startswith(TUNING_PREFIX)
+
+
+def tuning_id(budget: float, rung: str, rate: float) -> str:
+    """tune-3e10-d2w40-lr1em3: deterministic, DNS-safe, and a new rate keeps the old IDs."""
+    return f"{TUNING_PREFIX}{budget_tag(budget)}-{rung}-lr{budget_tag(rate)}"
+
+
+def three_digits(x: float) -> float:
+    return float(f"{x:.3g}")
+
+
+@dataclass(frozen=True)
+class TuningGrid:
+    """The stage's budgets, rungs and rates: the rates ascending, the requested ones from index
+    `first` to `last`, the widened steps beyond them."""
+
+    budgets: tuple[float, ...]
+    rungs: tuple[str, ...]
+    rates: tuple[float, ...]
+    first: int
+    last: int
+
+
+def requested_rates(spec: api.ScalingSweepSpec) -> list[float]:
+    tuning = spec.tuning
+    assert tuning is not None
+    if tuning.learning_rates:
+        return sorted(tuning.learning_rates)
+    base = spec.training.learning_rate
+    steps = range(-TUNING_STEPS, TUNING_STEPS + 1)
+    return sorted({r for k in steps if (r := three_digits(base * 2.0**k)) <= MAX_RATE})
+
+
+def beyond(rates: Sequence[float], steps: int, side: Literal["low", "high"]) -> list[float]:
+    """`steps` more rates past one end of an ascending grid, at the ratio of its last step there
+    (3 significant digits; none above the API's bound)."""
+    if side == "low":
+        ratio = rates[1] / rates[0]
+        return sorted(three_digits(rates[0] / ratio**k) for k in range(1, steps + 1))
+    ratio = rates[-1] / rates[-2]
+    out = [three_digits(rates[-1] * ratio**k) for k in range(1, steps + 1)]
+    return [r for r in out if r <= MAX_RATE]
+
+
+def tuning_grid(spec: api.ScalingSweepSpec, rungs: Sequence[Rung]) -> TuningGrid | None:
+    """The stage's grid, None without spec.tuning. ValueError names a rung that a tuning budget
+    cannot train, or a stage with no rung to tune."""
+    tuning = spec.tuning
+    if tuning is None:
+        return None
+    budgets = tuple(sorted(tuning.budgets or {min(spec.budgets) / 2, min(spec.budgets)}))
+    feasible = [
+        r
+        for r in rungs
+        if all(not isinstance(sized(spec, b, r, r.name), Infeasible) for b in budgets)
+    ]
+    if tuning.rungs:
+        for name in tuning.rungs:
+            rung = next(r for r in rungs if r.name == name)
+            for b in budgets:
+                got = sized(spec, b, rung, name)
+                if isinstance(got, Infeasible):
+                    raise ValueError(
+                        f"spec.tuning.rungs: {name} cannot train at the tuning budget "
+                        f"{format_flops(b)}: "
+                        f"{got.reason}"
+                    )
+        chosen = tuple(r.name for r in rungs if r.name in tuning.rungs)  # ascending size
+    elif not feasible:
+        raise ValueError(
+            f"spec.tuning: no rung of the ladder can train at every tuning budget "
+            f"({', '.join(format_flops(b) for b in budgets)}): raise spec.tuning.budgets"
+        )
+    else:
+        picks = sorted({0, (len(feasible) - 1) // 2, len(feasible) - 1})
+        chosen = tuple(feasible[i].name for i in picks)
+    asked = requested_rates(spec)
+    low = beyond(asked, tuning.widen, "low")
+    high = beyond(asked, tuning.widen, "high")
+    rates = tuple(low + asked + high)
+    return TuningGrid(budgets, chosen, rates, len(low), len(low) + len(asked) - 1)
+
+
+def tuning_trials(spec: api.ScalingSweepSpec, rungs: Sequence[Rung]) -> tuple[Trial, ...]:
+    """Every trial the stage may train: each tuning budget x rung x rate of the widened grid."""
+    g = tuning_grid(spec, rungs)
+    if g is None:
+        return ()
+    by_name = {r.name: r for r in rungs}
+    out = []
+    for budget in g.budgets:
+        for name in g.rungs:
+            for rate in g.rates:
+                got = sized(spec, budget, by_name[name], tuning_id(budget, name, rate))
+                assert not isinstance(got, Infeasible)  # tuning_grid checked every one
+                out.append(replace(got[0], learning_rate=rate))
+    return tuple(out)
+
+
 def plan(spec: ScalingSweepSpec) -> Plan:
-    """Size every (budget, rung) trial; list the infeasible ones with the reason."""
+    """Size every (budget, rung) trial; list the infeasible ones with the reason; and the tuning
+    stage's trials (ValueError: a tuning rung its budgets cannot train)."""
     tags = {budget_tag(b) for b in spec.budgets}
     if len(tags) != len(spec.budgets):
         raise ValueError(
@@ -276,4 +394,4 @@ def plan(spec: ScalingSweepSpec) -> Plan:
                 infeasible.append(got)
             else:
                 trials += got
-    return Plan(spec.flops_accounting, tuple(trials), tuple(infeasible))
+    return Plan(spec.flops_accounting, tuple(trials), tuple(infeasible), tuning_trials(spec, rungs))

@@ -17,12 +17,12 @@ from isoflop.sweep.plan import Plan
 def budget_summaries(
     spec: api.ScalingSweepSpec, plan: Plan, records: list[api.TrialRecord]
 ) -> list[api.BudgetSummary]:
-    """Per-budget counts and the best trial so far, from the trial records (stable segments are
-    no budget's points)."""
+    """Per-budget counts and the best trial so far, from the trial records (stable segments and
+    tuning trials are no budget's points)."""
     budget_of = {t.id: t.budget for t in plan.trials} | {i.id: i.budget for i in plan.infeasible}
     by_budget: dict[float, list[api.TrialRecord]] = {b: [] for b in spec.budgets}
     for r in records:
-        if r.kind != "stable":
+        if r.kind not in ("stable", "tuning"):
             by_budget[budget_of[r.id]].append(r)
     out = []
     for budget in sorted(spec.budgets):
@@ -49,9 +49,11 @@ def budget_summaries(
 
 def trial_records(sweep: Sweep, plan: Plan, limit: int) -> list[api.TrialRecord]:
     """Compact per-trial records for the status: every node the strategy trains (stable segments
-    among them), the trials it skipped, and the infeasible ones."""
+    and tuning trials among them), the trials it skipped, and the infeasible ones."""
     records = []
     planned = {n.id for n in sweep.graph.planned(sweep.skipped)}
+    if sweep.tuning is not None:
+        planned |= sweep.tuning.chosen
     for n in sweep.graph.nodes:
         t = n.trial
         s = sweep.states.get(t.id, TrialState())
@@ -78,6 +80,7 @@ def trial_records(sweep: Sweep, plan: Plan, limit: int) -> list[api.TrialRecord]
                 metrics=dict(s.metrics) or None,
                 error=(s.error or "")[:ERROR_CHARS] or None if phase == "Failed" else None,
                 kind=None if n.kind == "trial" else n.kind,
+                learning_rate=t.learning_rate,
                 branched_from=n.after if n.kind == "branch" else None,
                 branch_step=n.branch_step if n.kind == "branch" else None,
             )
@@ -105,6 +108,68 @@ def strategy_status(spec: api.ScalingSweepSpec, sweep: Sweep) -> api.StrategySta
         branches=sum(n.kind == "branch" for n in planned),
         stable_segments=sum(n.kind == "stable" for n in planned),
         skipped=len(sweep.skipped),
+    )
+
+
+def tuning_status(sweep: Sweep) -> api.TuningStatus | None:
+    """The tuning stage's groups, law and compute; None without one."""
+    stage = sweep.tuning
+    if stage is None:
+        return None
+    trials = [n.trial for n in sweep.graph.nodes if n.kind == "tuning" and n.id in stage.chosen]
+    flops = float(sum(t.flops for t in trials))
+    full = sweep.graph.full_grid_flops
+    succeeded = sum(sweep.state(t.id).phase == "Succeeded" for t in trials)
+    groups = [
+        api.RateGroup(
+            budget=g.budget,
+            rung=g.rung,
+            params=g.params,
+            tokens=g.tokens,
+            trials=len(g.chosen),
+            settled=g.settled,
+            best_learning_rate=g.best_rate,
+            edge=g.edge,
+            problem=g.problem,
+        )
+        for g in stage.groups
+    ]
+    law = None
+    if stage.law is not None:
+        x = stage.law
+        law = api.RateLaw(
+            form=x.form,
+            description=x.words,
+            coefficient=x.coefficient,
+            params_exponent=x.params_exponent,
+            tokens_exponent=x.tokens_exponent,
+            compute_exponent=x.compute_exponent,
+            points=x.points,
+            residual_std=x.residual_std,
+            **{
+                f"{name}_interval" if name == "coefficient" else f"{name}_exponent_interval": (
+                    api.Interval(low=ci.low, high=ci.high) if ci is not None else None
+                )
+                for name, ci in x.intervals.items()
+            },
+        )
+    phase: Literal["Tuning", "Tuned", "Failed"]
+    if stage.problem is not None:
+        phase, message = "Failed", stage.problem
+    elif stage.law is not None:
+        phase, message = "Tuned", f"every grid trial trains at {stage.law.words}"
+    else:
+        settled = sum(g.settled for g in stage.groups)
+        phase, message = "Tuning", f"{settled}/{len(stage.groups)} rungs settled"
+    return api.TuningStatus(
+        phase=phase,
+        message=message,
+        trials=len(trials),
+        succeeded=succeeded,
+        planned_flops=flops,
+        grid_fraction=round(flops / full, 4) if full else 0.0,
+        groups=groups,
+        law=law,
     )
 
 
@@ -165,6 +230,7 @@ def sweep_status(
         trials=records,
         fit=fit,
         strategy=strategy_status(spec, sweep),
+        tuning=tuning_status(sweep),
         data=data,
         confirmations=confirmed,
     )

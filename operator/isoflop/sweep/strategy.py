@@ -268,13 +268,14 @@ def branch_plan(
     return stable, branches
 
 
-NodeKind = Literal["trial", "stable", "branch"]
+NodeKind = Literal["trial", "stable", "branch", "tuning"]
 
 
 @dataclass(frozen=True)
 class Node:
     """One training run the engine launches: a grid trial trained from scratch, a WSD branch (a
-    grid trial trained as a cooldown from its stable run), or a segment of a stable run."""
+    grid trial trained as a cooldown from its stable run), a segment of a stable run, or a trial
+    of the tuning stage (isoflop.sweep.tuning), trained from scratch before the grid."""
 
     trial: Trial  # a stable segment's stand-in: its run from step 0 to `trial.steps`
     kind: NodeKind = "trial"
@@ -292,10 +293,11 @@ class Node:
 
 @dataclass(frozen=True)
 class Graph:
-    """Everything a strategy trains: the grid's trials as nodes, and the stable segments their
-    branches wait for. A stable run is trained in segments, each to the next branch point and
-    each a launch of its own that resumes the run's checkpoint: a segment's success is what
-    tells a branch its checkpoint exists, to the local runner and the operator alike."""
+    """Everything a strategy trains: the tuning stage's trials first, the grid's trials as nodes,
+    and the stable segments their branches wait for. A stable run is trained in segments, each
+    to the next branch point and each a launch of its own that resumes the run's checkpoint: a
+    segment's success is what tells a branch its checkpoint exists, to the local runner and the
+    operator alike."""
 
     nodes: tuple[Node, ...]
     full_grid_flops: int  # the grid's trials from scratch
@@ -305,8 +307,9 @@ class Graph:
         object.__setattr__(self, "by_id", {n.id: n for n in self.nodes})
 
     def planned(self, skipped: Iterable[str] = ()) -> list[Node]:
-        """The nodes trained when these grid trials are skipped: the rest of the grid, and each
-        stable run's segments up to the last branch point a trial of it still has."""
+        """The grid's nodes trained when these grid trials are skipped: the rest of the grid, and
+        each stable run's segments up to the last branch point a trial of it still has (the
+        tuning stage's are its own: isoflop.sweep.tuning.Stage.chosen)."""
         left_out = set(skipped)
         reach: dict[str | None, int] = {}
         for n in self.nodes:
@@ -315,7 +318,8 @@ class Graph:
         return [
             n
             for n in self.nodes
-            if (
+            if n.kind != "tuning"
+            and (
                 n.trial.steps <= reach.get(n.run, 0) if n.kind == "stable" else n.id not in left_out
             )
         ]
@@ -326,15 +330,18 @@ def stable_id(run: str, budget: float) -> str:
     return f"{budget_tag(budget)}-{run}-stable"
 
 
-def graph(spec: api.ScalingSweepSpec, trials: Sequence[Trial]) -> Graph:
-    """The nodes that train these grid trials under the spec's strategy. ValueError when WSD
-    branches cannot serve them (see `branch_plan`)."""
+def graph(
+    spec: api.ScalingSweepSpec, trials: Sequence[Trial], tuning: Sequence[Trial] = ()
+) -> Graph:
+    """The nodes that train the tuning stage's trials and these grid trials under the spec's
+    strategy. ValueError when WSD branches cannot serve them (see `branch_plan`)."""
     full = sum(t.flops for t in trials)
+    tuned = [Node(t, kind="tuning", own_flops=t.flops) for t in tuning]
     wsd = spec.strategy.wsd_branches
     if wsd is None:
-        return Graph(tuple(Node(t, own_flops=t.flops) for t in trials), full)
+        return Graph(tuple(tuned + [Node(t, own_flops=t.flops) for t in trials]), full)
     stable, branches = branch_plan(trials, Wsd(wsd.cooldown), spec.training.warmup_fraction)
-    nodes: list[Node] = []
+    nodes: list[Node] = list(tuned)
     segment_of: dict[tuple[str, int], str] = {}
     for run, sr in stable.items():
         mine = sorted(

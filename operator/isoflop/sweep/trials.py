@@ -27,7 +27,11 @@ def train_config(spec: api.ScalingSweepSpec, sweep: str, trial: Trial, **paths: 
         steps=trial.steps,
         global_batch_size=trial.batch_size,
         micro_batch_size=t.micro_batch_size or auto_micro_batch(spec, trial),
-        learning_rate=learning_rate(spec, rung.name, rungs, rung.config.width),
+        learning_rate=(
+            trial.learning_rate  # a tuning trial's, or the tuning law's
+            if trial.learning_rate is not None
+            else learning_rate(spec, rung.name, rungs, rung.config.width)
+        ),
         betas=(t.betas[0], t.betas[1]),
         weight_decay=t.weight_decay,
         warmup_steps=round(t.warmup_fraction * trial.steps),
@@ -91,10 +95,11 @@ def node_config(
     """The trainer's settings for one node of the strategy's graph. A stable segment trains its
     run's shared checkpoint (`stable_root`/<run>) at a constant rate to its end, keeping the
     branch checkpoint there; a branch starts from that checkpoint and cools down to its own
-    steps; a plain trial is `train_config`'s. ValueError when a strategy node has no stable root
-    (the trials of a cluster sweep without storage.checkpoints share no files)."""
+    steps; a plain trial (or a tuning trial) is `train_config`'s. ValueError when a strategy
+    node has no stable root (the trials of a cluster sweep without storage.checkpoints share
+    no files)."""
     cfg = train_config(spec, sweep, node.trial, **paths)
-    if node.kind == "trial":
+    if node.kind in ("trial", "tuning"):
         return cfg
     wsd = spec.strategy.wsd_branches
     if stable_root is None or wsd is None:
