@@ -25,7 +25,30 @@ def test_plan_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert "84 trials over 6 budgets (budgets counted as 6ND)" in out
     row = next(line for line in lines if "6e18-d15" in line).split()
     assert row[:4] == ["6e18", "6e18-d15", "15", "960"]
-    assert float(row[10]) == pytest.approx(6e18, rel=1e-3)  # the 6ND column is the budget
+    assert float(row[12]) == pytest.approx(6e18, rel=1e-3)  # the 6ND column is the budget
+    assert row[7:9] == ["1024", "0.0001"]  # its batch and learning rate
+
+
+def test_plan_shows_the_tuning_stage_and_that_the_grids_rates_come_from_its_law(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    m = api.yaml_load((ROOT / "examples/quickstart.yaml").read_text())
+    m["spec"]["tuning"] = {}
+    (tmp_path / "q.yaml").write_text(json.dumps(m))
+    assert cli.main(["plan", str(tmp_path / "q.yaml")]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if "3e10-d2w40 " in line).split()
+    assert row[7:9] == ["16", "law"]
+    assert (
+        "tuning: rungs d2w40, d2w64, d2w112 at 1.5e10, 3e10 FLOPs over learning rates "
+        "(6.25e-05), (0.000125), 0.00025, 0.0005, 0.001, 0.002, 0.004, (0.008), (0.016)"
+    ) in out
+    assert "30 trials, 6.755e+11 FLOPs (16.7% of the grid above;" in out
+    assert cli.main(["plan", str(tmp_path / "q.yaml"), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert len(data["tuning"]) == 2 * 3 * 9
+    assert all(t["learning_rate"] is None for t in data["trials"])
+    assert {t["learning_rate"] for t in data["tuning"]} >= {2.5e-4, 4e-3}
 
 
 def test_plan_json_matches_the_table(capsys: pytest.CaptureFixture[str]) -> None:

@@ -18,8 +18,10 @@ from isoflop.sweep.plan import (
     Infeasible,
     MfuCurve,
     Plan,
+    Trial,
     format_flops,
     plan,
+    requested_rates,
 )
 
 
@@ -78,7 +80,7 @@ def command(args: argparse.Namespace) -> int:
         )
     else:
         print(f"ScalingSweep '{sweep.name}' ({sweep.spec.model.family})")
-        print(format_plan(p, mfu, peak))
+        print(format_plan(p, mfu, peak, sweep.spec))
         if confirms:
             print(
                 confirm_text(
@@ -92,7 +94,16 @@ def command(args: argparse.Namespace) -> int:
     return 0
 
 
-def format_plan(p: Plan, mfu: MfuCurve, peak: float) -> str:
+def format_plan(p: Plan, mfu: MfuCurve, peak: float, spec: api.ScalingSweepSpec) -> str:
+    """The grid's trials, a row each, with the learning rate and batch each trains at ("law":
+    the tuning stage's, known once it has run), then the tuning stage's trials."""
+    from isoflop.sweep.trials import learning_rate
+
+    def rate(t: Trial) -> str:
+        if t.learning_rate is not None:
+            return f"{t.learning_rate:.3g}"
+        return "law" if spec.tuning is not None else f"{learning_rate(spec, t.rung):.3g}"
+
     headers = [
         "budget",
         "trial",
@@ -101,6 +112,8 @@ def format_plan(p: Plan, mfu: MfuCurve, peak: float) -> str:
         "params",
         "tok/sample",
         "steps",
+        "batch",
+        "lr",
         "samples",
         "tokens",
         "FLOPs exact",
@@ -118,6 +131,8 @@ def format_plan(p: Plan, mfu: MfuCurve, peak: float) -> str:
             si(t.params),
             str(t.tokens_per_sample),
             str(t.steps),
+            str(t.batch_size),
+            rate(t),
             si(t.samples),
             si(t.tokens),
             f"{t.flops_exact:.4e}",
@@ -129,6 +144,8 @@ def format_plan(p: Plan, mfu: MfuCurve, peak: float) -> str:
         for t in p.trials
     ]
     out = [table(headers, rows)]
+    if p.tuning:
+        out.append(tuning_text(spec, p, mfu, peak))
     if p.infeasible:
         out.append(f"\ninfeasible ({len(p.infeasible)}):")
         out += [f"  {i.id} ({si(i.params)} params): {i.reason}" for i in p.infeasible]
@@ -232,6 +249,28 @@ def packing_text(spec: api.ScalingSweepSpec, p: Plan, mfu: MfuCurve, peak: float
         f"{est['gpu_hours_packed']:.3g} GPU-hours in place of {est['gpu_hours_alone']:.3g}, "
         f"sweep MFU {est['mfu_alone']:.1%} -> {est['mfu_packed']:.1%} (an estimate: packed "
         "trials assumed to keep their speed alone)."
+    )
+
+
+def tuning_text(spec: api.ScalingSweepSpec, p: Plan, mfu: MfuCurve, peak: float) -> str:
+    """The tuning stage: where it tunes, its grid of rates, and its compute before the grid."""
+    asked = set(requested_rates(spec))
+    first = [t for t in p.tuning if t.learning_rate in asked]
+    rates = sorted({t.learning_rate or 0.0 for t in p.tuning})
+    budgets = sorted({t.budget for t in p.tuning})
+    rungs = list(dict.fromkeys(t.rung for t in sorted(p.tuning, key=lambda t: t.params)))
+    grid = sum(t.flops for t in p.trials)
+    flops = sum(t.flops for t in first)
+    most = sum(t.flops for t in p.tuning)
+    hours = sum(t.gpu_hours(mfu, peak) for t in first)
+    shown = ", ".join(f"{r:.3g}" if r in asked else f"({r:.3g})" for r in rates)
+    return (
+        f"\ntuning: rungs {', '.join(rungs)} at {', '.join(format_flops(b) for b in budgets)} "
+        f"FLOPs over learning rates {shown} (in parentheses: tried one at a time where a rung's "
+        f"best sits at an edge): {len(first)} trials, {flops:.3e} FLOPs "
+        f"({flops / grid:.1%} of the grid above; {most / grid:.1%} if every rung widens both "
+        f"ways), about {hours:.3g} GPU-hours. Every grid trial then trains at the law "
+        "eta*(N, D) fitted to their optima."
     )
 
 

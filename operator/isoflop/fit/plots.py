@@ -231,3 +231,36 @@ def plot_all(
     if analysis.parametric is not None:
         paths.append(plot_parametric(points, analysis, out / "parametric.png"))
     return paths
+
+
+@dataclass(frozen=True)
+class RateCurve:
+    """One rung of the tuning stage: its losses against learning rate, and its optimum."""
+
+    label: str
+    rates: tuple[float, ...]
+    losses: tuple[float, ...]
+    best: float | None
+
+
+def plot_rates(curves: Sequence[RateCurve], path: Path) -> Path:
+    """Loss against learning rate per tuning rung (log rate), each optimum marked."""
+    fig, ax = plt.subplots(figsize=(7, 5), dpi=120)
+    colors = plt.get_cmap("plasma")(np.linspace(0.0, 0.85, max(len(curves), 1)))
+    for curve, color in zip(curves, colors, strict=False):
+        order = np.argsort(curve.rates)
+        rates, losses = np.asarray(curve.rates)[order], np.asarray(curve.losses)[order]
+        ax.plot(rates, losses, "o-", color=color, ms=4, lw=1, label=curve.label)
+        if curve.best is not None:
+            ax.axvline(curve.best, color=color, lw=0.8, ls="--")
+    ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # no crowded minor labels
+    ax.set_xlabel("peak learning rate")
+    ax.set_ylabel("loss")
+    ax.set_title("tuning stage: loss against learning rate (dashed: fitted optima)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

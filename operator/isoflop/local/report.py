@@ -78,6 +78,7 @@ def report_markdown(
         *strategy_lines(spec, status.strategy),
         "",
     ]
+    lines += tuning_lines(status.tuning)
     if fit_text is not None:
         lines += ["## Fitted laws", "", "```", fit_text, "```", ""]
         lines += ["![isoFLOP curves](plots/isoflop.png)", "", "![laws](plots/laws.png)", ""]
@@ -85,19 +86,75 @@ def report_markdown(
     lines += [
         "## Trials",
         "",
-        "| trial | params | tokens | phase | attempts | loss | trained as |",
-        "|---|---:|---:|---|---:|---:|---|",
+        "| trial | params | tokens | learning rate | phase | attempts | loss | trained as |",
+        "|---|---:|---:|---:|---|---:|---:|---|",
     ]
+    default = f"{spec.training.learning_rate:.3g}" + (
+        " (scaled)" if spec.training.learning_rate_scaling != "none" else ""
+    )
     for r in status.trials:
         loss = "" if r.loss is None else f"{r.loss:.4f}"
         how = {
             "branch": f"cooldown from {r.branched_from} at step {r.branch_step}",
             "stable": "stable run (not a fit point)",
+            "tuning": "tuning (not a fit point)",
         }.get(r.kind or "", "from scratch")
+        rate = f"{r.learning_rate:.3g}" if r.learning_rate is not None else default
+        if r.learning_rate is None and spec.tuning is not None:
+            rate = ""  # not launched: its rate comes from the tuning law
         lines.append(
-            f"| {r.id} | {r.params:,} | {r.tokens:,} | {r.phase} | {r.attempts} | {loss} | {how} |"
+            f"| {r.id} | {r.params:,} | {r.tokens:,} | {rate} | {r.phase} | {r.attempts} "
+            f"| {loss} | {how} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def tuning_lines(st: api.TuningStatus | None) -> list[str]:
+    """The report's account of the tuning stage: each rung's optimum, the law, its cost."""
+    if st is None:
+        return []
+    lines = [
+        "## Learning-rate tuning",
+        "",
+        f"{st.phase}: {st.message}. {st.trials} tuning trials, "
+        f"{format_flops(st.planned_flops)} FLOPs ({st.grid_fraction:.1%} of the full grid).",
+        "",
+    ]
+    law = st.law
+    if law is not None:
+
+        def term(value: float | None, ci: api.Interval | None, name: str) -> str:
+            if value is None:
+                return ""
+            shown = "not identified" if ci is None else f"[{ci.low:.3f}, {ci.high:.3f}]"
+            return f" x {name}^{value:.3f} {shown}"
+
+        lines += [
+            f"- law ({law.form}, {law.points} optima): eta* = {law.coefficient:.4g}"
+            + term(law.params_exponent, law.params_exponent_interval, "N")
+            + term(law.tokens_exponent, law.tokens_exponent_interval, "D")
+            + term(law.compute_exponent, law.compute_exponent_interval, "C")
+            + f"; scatter {law.residual_std:.3f} decades",
+            "",
+            "![loss against learning rate](plots/rates.png)",
+            "",
+        ]
+    lines += [
+        "| budget | rung | params | tokens | rates tried | best learning rate |",
+        "|---|---|---:|---:|---:|---|",
+    ]
+    for g in st.groups:
+        if g.best_learning_rate is not None:
+            best = f"{g.best_learning_rate:.3g}"
+        elif g.edge is not None:
+            best = f"at the {'upper' if g.edge == 'high' else 'lower'} edge"
+        else:
+            best = g.problem or "open"
+        lines.append(
+            f"| {format_flops(g.budget)} | {g.rung} | {g.params:,} | {g.tokens:,} | {g.trials} "
+            f"| {best} |"
+        )
+    return [*lines, ""]
 
 
 def confirmation_lines(confirmations: list[api.Confirmation]) -> list[str]:

@@ -1,0 +1,105 @@
+"""`isoflop run` with a tuning stage, on losses simulated with a known learning-rate optimum: the
+laws of the model at its best rates, not of one fixed rate."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from isoflop import api
+from tests.integration.test_run import ROOT, isoflop
+
+# the paper's surface moved so that the quickstart's ladder brackets its optima, and a known
+# optimum rate per (N, D) of Step Law's form
+SURFACE = "0.58984,28.56,34.222,0.2,0.26307"
+RATES = (0.4, -0.713, 0.307, 0.2)
+
+
+def quickstart(tmp_path: Path, name: str, **spec: Any) -> Path:
+    m = api.yaml_load((ROOT / "examples" / "quickstart.yaml").read_text())
+    m["spec"].update(spec)
+    m["spec"]["fit"] = {"bootstrap": 200, "method": "parabola"}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(json.dumps(m))
+    return path
+
+
+def simulate(manifest: Path, run_dir: Path, rates: bool = True) -> dict[str, Any]:
+    basin = ["--rates", ",".join(map(str, RATES))] if rates else []
+    cmd = isoflop("run", str(manifest), "--simulate", "--law", SURFACE, *basin, "--plain",
+                  "--run-dir", str(run_dir))  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return dict(json.loads((run_dir / "status.json").read_text()))
+
+
+def exponent(status: dict[str, Any]) -> float:
+    return float(status["fit"]["laws"]["params"]["exponent"])
+
+
+def test_the_stage_removes_the_fixed_rates_bias_and_its_law_holds_the_true_exponents(
+    tmp_path: Path,
+) -> None:
+    ideal = exponent(simulate(quickstart(tmp_path, "ideal"), tmp_path / "ideal", rates=False))
+    fixed = exponent(simulate(quickstart(tmp_path, "fixed"), tmp_path / "fixed"))
+    tuned_dir = tmp_path / "tuned"
+    status = simulate(quickstart(tmp_path, "tuned", tuning={}), tuned_dir)
+    tuned = exponent(status)
+    # at one rate for all, the exponent is the rate's; at the law's rates, the grid's own
+    assert abs(fixed - ideal) > 0.08, (fixed, ideal)
+    assert abs(tuned - ideal) < 0.03, (tuned, ideal)
+
+    tuning = status["tuning"]
+    assert tuning["phase"] == "Tuned"
+    assert tuning["gridFraction"] < 0.2  # the stage's extra compute
+    law = tuning["law"]
+    assert law["form"] == "params-tokens"
+    for name, true in (("params", RATES[1]), ("tokens", RATES[2])):
+        ci = law[f"{name}ExponentInterval"]
+        assert ci["low"] <= true <= ci["high"], (name, ci)
+    records = status["trials"]
+    grid = [r for r in records if r.get("kind") is None and r["phase"] == "Succeeded"]
+    assert len(grid) == 36
+    assert len({r["learningRate"] for r in grid}) > 20  # a rate per (N, D)
+    report = (tuned_dir / "report.md").read_text()
+    assert "## Learning-rate tuning" in report
+    assert "| 3e10 | d2w64 | 186,672 | 44,928 |" in report
+    assert (tuned_dir / "plots" / "rates.png").stat().st_size > 10_000
+
+    # resumed: nothing trains again, the same law
+    again = simulate(quickstart(tmp_path, "tuned", tuning={}), tuned_dir)
+    assert again["tuning"]["law"] == law
+    assert [r["attempts"] for r in again["trials"]] == [r["attempts"] for r in records]
+
+
+def test_a_stage_at_the_edge_of_its_grid_stops_the_run_with_the_wider_grid(
+    tmp_path: Path,
+) -> None:
+    rates = {"learningRates": [1e-6, 2e-6, 4e-6], "widen": 1}
+    manifest = quickstart(tmp_path, "low", tuning=rates)
+    cmd = isoflop("run", str(manifest), "--simulate", "--law", SURFACE, "--rates",
+                  ",".join(map(str, RATES)), "--plain", "--run-dir", str(tmp_path / "low"))  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    assert out.returncode == 1, out.stderr[-2000:]
+    status = json.loads((tmp_path / "low" / "status.json").read_text())
+    assert status["phase"] == "Failed"
+    assert status["tuning"]["phase"] == "Failed"
+    message = status["tuning"]["message"]
+    assert "at the grid's upper edge (8e-06) after widening 1 step(s)" in message
+    assert message.endswith("give spec.tuning.learningRates [4e-06, 8e-06, 1.6e-05]")
+    assert message in out.stdout
+    assert not any(r.get("kind") is None and r["attempts"] for r in status["trials"])
+
+
+@pytest.mark.parametrize("bad", ["1,2,3", "step,1", "0,1,1,1"])
+def test_bad_rate_basins_are_one_sentence(tmp_path: Path, bad: str) -> None:
+    manifest = quickstart(tmp_path, "q", tuning={})
+    cmd = isoflop("run", str(manifest), "--simulate", "--rates", bad, "--run-dir",
+                  str(tmp_path / "r"))  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 2
+    assert out.stderr.strip().startswith("isoflop: error: --rates")
