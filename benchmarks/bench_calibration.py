@@ -24,6 +24,18 @@ and the share of sweeps whose own extrapolation check was too noisy to vouch for
         [--methods parabola parametric] [--out benchmarks/results/calibration-DATE.jsonl]
     .venv/bin/python benchmarks/bench_calibration.py --confirm 2.4e19 1.5e21 --noise 0.005
         --grids paper-in-context --runs 100
+    .venv/bin/python benchmarks/bench_calibration.py --rates step-law mild --noise 0.005
+
+`--rates` measures the learning rate's effect instead (issue 37): losses drawn with a basin in log
+rate around a known optimum eta*(N, D) = c N^alpha D^beta (Step Law's exponents, or half of
+each), its depth `--rate-depth` per squared decade, centred so that the spec's own rate is the
+optimum at the grid's middle trial. Rows ("bench": "calibration-rates") give the N* exponent's
+bias, scatter and coverage at that one rate for every trial ("fixed"), under the 1/width rule
+("width", base width the narrowest rung) and with the tuning stage's defaults ("tuned", run
+through the engine), and the stage's compute as a fraction of the grid's; the baseline in the
+same run ("ideal") trains every trial at its own optimum rate, so its bias is the grid's own.
+Target: with the stage, bias within 0.005 of the baseline's and coverage 0.90-0.98 at <= 20%
+extra compute.
 """
 
 from __future__ import annotations
@@ -36,6 +48,7 @@ import os
 import platform
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
 
@@ -44,6 +57,7 @@ from threadpoolctl import threadpool_limits
 from isoflop import api
 from isoflop.fit.parabola import DEFAULT_WINDOW
 from isoflop.sweep.forecast import Law, simulate, summarize, truth
+from isoflop.sweep.forecast_rates import STEP_LAW_EXPONENTS, centred_basin, simulate_rates
 from isoflop.sweep.plan import plan
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -146,6 +160,53 @@ def confirm_rows(
     ]
 
 
+RATE_GRIDS = {**GRIDS, "quickstart": ROOT / "examples" / "quickstart.yaml"}
+# the surfaces the rate rows sample: the paper's, and for the quickstart's ladder the paper's
+# moved until the ladder brackets its optima (as tests/integration/test_tuning.py does)
+RATE_SURFACES = {
+    "paper-in-context": PAPER,
+    "paper-cross-attention": PAPER,
+    "quickstart": Law(PAPER.E, 28.53, PAPER.B, PAPER.alpha, PAPER.beta),
+}
+# basins in log rate: Step Law's exponents, and a milder one (half of each)
+BASINS = {"step-law": STEP_LAW_EXPONENTS, "mild": (-0.356, 0.154)}
+
+
+def rate_rows(
+    grid: str, shape: str, depth: float, noise: float, runs: int, bootstrap: int
+) -> list[dict[str, object]]:
+    """The N* exponent at one fixed rate, under the 1/width rule and with the tuning stage
+    (its default grid around the spec's rate), on losses with a known optimum rate."""
+    spec = api.load_sweep(RATE_GRIDS[grid]).spec
+    surface = RATE_SURFACES[grid]
+    law = replace(surface, rates=centred_basin(spec, BASINS[shape], depth))
+    start = time.perf_counter()
+    found = simulate_rates(spec, law, noise, runs, bootstrap, seed=11)
+    seconds = time.perf_counter() - start
+    return [
+        {
+            "bench": "calibration-rates",
+            "grid": grid,
+            "basin": shape,
+            "depth": depth,
+            "noise": noise,
+            "way": f.way,
+            "true": round(f.true, 5),
+            "mean": round(f.mean, 5),
+            "bias": round(f.bias, 5),
+            "spread": round(f.spread, 5),
+            "coverage": None if f.coverage is None else round(f.coverage, 3),
+            "identified": round(f.identified, 3),
+            "failed": f.failed,
+            "stage_fraction": round(f.stage_fraction, 4),
+            "runs": runs,
+            "bootstrap": bootstrap,
+            "seconds": round(seconds, 1),
+        }
+        for f in found
+    ]
+
+
 def emit(row: dict[str, object], out: TextIO | None) -> None:
     """One JSON line to stdout, and to the --out file when given."""
     print(json.dumps(row), flush=True)
@@ -159,7 +220,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=200)
     ap.add_argument("--bootstrap", type=int, default=200, help="resamples per simulated fit")
     ap.add_argument("--noise", type=float, nargs="+", default=[0.002, 0.005, 0.01])
-    ap.add_argument("--grids", nargs="+", default=list(GRIDS), choices=list(GRIDS))
+    ap.add_argument("--grids", nargs="+", default=list(GRIDS), choices=list(RATE_GRIDS))
     ap.add_argument("--laws", nargs="+", default=list(LAWS), choices=list(LAWS))
     ap.add_argument(
         "--methods",
@@ -176,6 +237,14 @@ def main() -> None:
         metavar="C",
         help="calibrate spec.confirm's prediction at these budgets instead",
     )
+    ap.add_argument(
+        "--rates",
+        nargs="+",
+        choices=list(BASINS),
+        help="calibrate the learning-rate ways (one rate, 1/width, the tuning stage) on losses "
+        "with these basins instead",
+    )
+    ap.add_argument("--rate-depth", type=float, default=0.2, help="the basins' depth")
     args = ap.parse_args()
     warnings.simplefilter("ignore", RuntimeWarning)
     meta = {
@@ -190,6 +259,18 @@ def main() -> None:
     if out:
         out.write(json.dumps(meta) + "\n")
     with threadpool_limits(limits=1):
+        if args.rates:
+            grids = args.grids if args.grids != list(GRIDS) else list(RATE_GRIDS)
+            for grid in grids:
+                for shape in args.rates:
+                    for noise in args.noise:
+                        for row in rate_rows(
+                            grid, shape, args.rate_depth, noise, args.runs, args.bootstrap
+                        ):
+                            emit(row, out)
+            if out:
+                out.close()
+            return
         if args.confirm:
             for grid in args.grids:
                 for law_name in args.laws:

@@ -81,8 +81,9 @@ def test_a_stage_at_the_edge_of_its_grid_stops_the_run_with_the_wider_grid(
 ) -> None:
     rates = {"learningRates": [1e-6, 2e-6, 4e-6], "widen": 1}
     manifest = quickstart(tmp_path, "low", tuning=rates)
-    cmd = isoflop("run", str(manifest), "--simulate", "--law", SURFACE, "--rates",
-                  ",".join(map(str, RATES)), "--plain", "--run-dir", str(tmp_path / "low"))  # fmt: skip
+    basin = ",".join(map(str, RATES))
+    cmd = isoflop("run", str(manifest), "--simulate", "--law", SURFACE, "--rates", basin,
+                  "--plain", "--run-dir", str(tmp_path / "low"))  # fmt: skip
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
     assert out.returncode == 1, out.stderr[-2000:]
     status = json.loads((tmp_path / "low" / "status.json").read_text())

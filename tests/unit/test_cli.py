@@ -41,12 +41,13 @@ def test_plan_shows_the_tuning_stage_and_that_the_grids_rates_come_from_its_law(
     assert row[7:9] == ["16", "law"]
     assert (
         "tuning: rungs d2w40, d2w64, d2w112 at 1.5e10, 3e10 FLOPs over learning rates "
-        "(6.25e-05), (0.000125), 0.00025, 0.0005, 0.001, 0.002, 0.004, (0.008), (0.016)"
+        "(1.56e-05), (3.13e-05), (6.25e-05), (0.000125), 0.00025, 0.0005, 0.001, 0.002, 0.004, "
+        "(0.008), (0.016), (0.032), (0.064)"
     ) in out
     assert "30 trials, 6.755e+11 FLOPs (16.7% of the grid above;" in out
     assert cli.main(["plan", str(tmp_path / "q.yaml"), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert len(data["tuning"]) == 2 * 3 * 9
+    assert len(data["tuning"]) == 2 * 3 * 13
     assert all(t["learning_rate"] is None for t in data["trials"])
     assert {t["learning_rate"] for t in data["tuning"]} >= {2.5e-4, 4e-3}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -150,9 +151,11 @@ def test_the_default_stage_tunes_three_rungs_at_the_two_smallest_budgets_over_a_
     rungs = sorted({t.rung for t in p.tuning})
     assert rungs == ["d01", "d02", "d03"]  # the smallest, middle and largest feasible (not d04)
     rates = sorted({t.learning_rate for t in p.tuning})
-    # 1e-3 x 2^-2..2, and two widening steps beyond each end
-    assert rates == [6.25e-5, 1.25e-4, 2.5e-4, 5e-4, 1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2]
-    assert len(p.tuning) == 2 * 3 * 9
+    # 1e-3 x 2^-2..2, and four widening steps beyond each end (3 significant digits)
+    assert rates[4:9] == [2.5e-4, 5e-4, 1e-3, 2e-3, 4e-3]
+    assert rates[:4] == [1.56e-5, 3.13e-5, 6.25e-5, 1.25e-4]
+    assert rates[9:] == [8e-3, 1.6e-2, 3.2e-2, 6.4e-2]
+    assert len(p.tuning) == 2 * 3 * 13
     t = next(t for t in p.tuning if t.learning_rate == 1e-3 and t.budget == 3e10)
     assert t.id == f"tune-3e10-{t.rung}-lr1em3"
     assert is_tuning(t.id)
@@ -180,7 +183,7 @@ def test_explicit_budgets_rungs_and_rates_and_the_refusals() -> None:
         ({"rungs": ["d09"]}, "tuning.rungs: d09 is not a rung of the ladder (d01, d02, d03, d04)"),
         ({"learningRates": [1e-3, 2e-3]}, "at least three learning rates"),
         ({"learningRates": [1e-3, 1e-3, 2e-3]}, "must not repeat"),
-        ({"widen": 4}, "less than or equal to 3"),
+        ({"widen": 7}, "less than or equal to 6"),
     ]
     for tuning, said in wrong:
         with pytest.raises(api.ManifestError, match=re.escape(said)):
@@ -266,7 +269,7 @@ def test_a_rung_whose_best_rate_sits_at_an_edge_widens_then_stops_with_a_wider_g
     """The optimum is 30x above the requested grid: each rung widens two steps upward, its loss
     still falls at the top, and the sweep stops, naming the rung and edge and proposing rates
     around it, with no grid trial trained."""
-    s = spec()
+    s = spec({"widen": 2})
     p = plan(s)
 
     def too_high(t: Any) -> float:  # the best rate: ever higher
@@ -284,7 +287,7 @@ def test_a_rung_whose_best_rate_sits_at_an_edge_widens_then_stops_with_a_wider_g
     assert len(states) == 6 * 7
     assert not any(t.learning_rate < 2.5e-4 for t in p.tuning if t.id in states)
     # the proposal, given, moves the stage on: the finished trials are kept (same IDs)
-    wider = spec({"learningRates": [0.004, 0.008, 0.016, 0.032, 0.064]})
+    wider = spec({"learningRates": [0.004, 0.008, 0.016, 0.032, 0.064], "widen": 2})
     kept = {t.id for t in plan(wider).tuning} & set(states)
     assert len(kept) == 6 * 5  # 1e-3 to 1.6e-2 of every rung: the new grid widened down
 
@@ -303,3 +306,29 @@ def test_a_rung_with_too_few_trained_rates_is_left_out_of_the_law() -> None:
     assert bad.problem == "0 of its 5 learning rates trained to a loss"
     assert stage.law.points == 5
     assert launched[-1].phase == "Succeeded"  # tuning failures are no grid failures
+
+
+def test_the_forecast_measures_one_rates_bias_and_the_stage_removes_it() -> None:
+    """On the quickstart grid with losses whose optimum rate moves with N and D (Step Law's
+    exponents, the spec's rate best at the grid's middle): one rate for all pulls the N* exponent
+    far below the truth, the stage lands where every trial at its own optimum lands, at a stated
+    share of the grid's compute."""
+    from isoflop.sweep.forecast import Law
+    from isoflop.sweep.forecast_rates import centred_basin, format_rates, simulate_rates
+
+    s = api.load_sweep(Path(__file__).resolve().parents[2] / "examples" / "quickstart.yaml").spec
+    paper = Law()
+    basin = centred_basin(s)
+    mid = sorted(plan(s).trials, key=lambda t: (t.budget, t.params))[9 * 2 + 4]  # 1.2e11, d2w72
+    assert basin.optimum(mid.params, mid.tokens) == pytest.approx(s.training.learning_rate)
+    law = Law(paper.E, 28.53, paper.B, paper.alpha, paper.beta, rates=basin)
+    rows = {r.way: r for r in simulate_rates(s, law, 0.005, 8, 100, seed=3)}
+    assert rows["fixed"].bias < -0.1
+    assert abs(rows["tuned"].mean - rows["ideal"].mean) < 0.04
+    assert 0.1 < rows["tuned"].stage_fraction < 0.2
+    assert rows["ideal"].stage_fraction == 0.0
+    text = format_rates(list(rows.values()), 8, 0.005, basin)
+    assert "one rate (training.learningRate)" in text
+    assert f"{rows['tuned'].stage_fraction:.1%}" in text
+    with pytest.raises(ValueError, match="no rate basin"):
+        simulate_rates(s, paper, 0.005, 2, 100)

@@ -639,9 +639,9 @@ class TuningSpec(SpecModel):
         "training.learningRate x 2^k for k = -2..2.",
     )
     widen: int = Field(
-        default=2,
+        default=4,
         ge=0,
-        le=3,
+        le=6,
         description="Grid steps added beyond an edge, one at a time, where a rung's lowest loss "
         "sits at it; past them the stage stops and proposes a wider grid instead of fitting a "
         "law through an edge.",

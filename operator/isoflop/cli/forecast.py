@@ -44,6 +44,13 @@ def register(sub: Subparsers) -> None:
         action="store_true",
         help="also compare the full grid with WSD branches and adaptive ladders on the same law",
     )
+    p.add_argument(
+        "--rates",
+        metavar="BASIN",
+        help="also compare one learning rate, the 1/width rule and the tuning stage on losses "
+        "that depend on the rate: 'centred' (Step Law's exponents, the spec's rate optimal at "
+        "the grid's middle trial, depth 0.2) or coefficient,alpha,beta,depth",
+    )
     p.set_defaults(func=command)
 
 
@@ -99,6 +106,28 @@ def command(args: argparse.Namespace) -> int:
             )
         print()
         print(format_confirm(confirm, args.runs, noise))
+    if args.rates:
+        from dataclasses import replace
+
+        from isoflop.sweep.forecast import RateBasin
+        from isoflop.sweep.forecast_rates import WAYS, centred_basin, format_rates, simulate_rates
+
+        try:
+            basin = (
+                centred_basin(sweep.spec)
+                if args.rates == "centred"
+                else RateBasin.parse(args.rates)
+            )
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+        noise = 0.005 if noise is None else noise
+        with threadpool_limits(limits=1), progress_bar("rates", args.runs * len(WAYS)) as advance:
+            rates = simulate_rates(
+                sweep.spec, replace(law, rates=basin), noise, args.runs, args.bootstrap,
+                progress=advance,
+            )  # fmt: skip
+        print()
+        print(format_rates(rates, args.runs, noise, basin))
     if args.strategies:
         from isoflop.sweep.forecast import compare_strategies, format_strategies
         from isoflop.sweep.strategy import STRATEGIES

@@ -60,8 +60,7 @@ class RateBasin:
             c, alpha, beta, depth = (float(v) for v in text.split(","))
         except ValueError:
             raise ValueError(
-                "--rates takes 'step' or four numbers coefficient,alpha,beta,depth; "
-                f"got {text!r}"
+                f"--rates takes 'step' or four numbers coefficient,alpha,beta,depth; got {text!r}"
             ) from None
         if not (c > 0 and depth > 0 and math.isfinite(alpha) and math.isfinite(beta)):
             raise ValueError(f"--rates: the coefficient and depth must be positive; got {text!r}")
