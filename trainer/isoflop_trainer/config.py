@@ -51,6 +51,8 @@ TimestepConditioning = Literal["adaln-zero", "in-context"]
 FlopsAccounting = Literal["exact", "6ND"]
 
 FAMILIES: tuple[Family, ...] = ("in-context", "cross-attention")
+Parameterization = Literal["standard", "mup"]
+PARAMETERIZATIONS: tuple[Parameterization, ...] = ("standard", "mup")
 FREQUENCY_DIM = 256  # sinusoidal timestep features fed to the timestep MLP
 
 
@@ -93,8 +95,19 @@ class DiTConfig:
     text_dim: int = 768
     timestep_conditioning: TimestepConditioning = "adaln-zero"
     qk_norm: bool = False
+    # standard, or muP (isoflop_trainer.models.mup): per-layer init and Adam rates by the width
+    # ratio to base_width (None: this model's own width, where muP is the standard exactly)
+    parameterization: Parameterization = "standard"
+    base_width: int | None = None
 
     def __post_init__(self) -> None:
+        if self.parameterization not in PARAMETERIZATIONS:
+            raise ValueError(
+                f"parameterization must be one of {PARAMETERIZATIONS}, "
+                f"got {self.parameterization!r}"
+            )
+        if self.base_width is not None and self.base_width < 1:
+            raise ValueError(f"base_width must be at least 1, got {self.base_width}")
         for name in ("depth", "width", "heads", "patch_size", "latent_channels", "text_length"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")

@@ -40,6 +40,7 @@ from isoflop_trainer.components.throughput import Throughput
 from isoflop_trainer.config import TrainConfig
 from isoflop_trainer.data.datasets import TRAIN, atomic_write, open_trial_data
 from isoflop_trainer.evaluation.evaluate import evaluate
+from isoflop_trainer.models import mup
 from isoflop_trainer.models.dit import DiT
 
 
@@ -56,7 +57,7 @@ class Trainer:
         self.ddp, forward = self.parallelize()
         # after sharding: fully_shard replaces the parameters
         self.opt = torch.optim.AdamW(
-            self.model.parameters(),
+            mup.param_groups(self.model, cfg.model),  # one group, or muP's three
             lr=cfg.learning_rate,
             betas=cfg.betas,
             weight_decay=cfg.weight_decay,

@@ -224,8 +224,15 @@ class TrainingSpec(SpecModel):
         default=None,
         ge=1,
         le=16384,
-        description="The width at which learningRate holds under width scaling. Default: the "
-        "narrowest rung.",
+        description="The width at which learningRate holds under width scaling or muP. Default: "
+        "the narrowest rung.",
+    )
+    parameterization: Literal["standard", "mup"] = Field(
+        default="standard",
+        description="standard: every layer at learningRate, DiT's initialisation. mup: muP for "
+        "the built-in DiTs (Adam; hidden and output layers' rates x baseWidth / width, input "
+        "layers at their base width's initialisation), so that a rate tuned at baseWidth holds "
+        "at every width.",
     )
     eval_samples: int = Field(
         default=512, ge=1, le=1 << 20, description="Validation samples at the end."
@@ -940,6 +947,14 @@ class ScalingSweepSpec(SpecModel):
             )
         self._confirmation()
         self._tuning()
+        if (
+            self.training.parameterization == "mup"
+            and self.training.learning_rate_scaling != "none"
+        ):
+            raise ValueError(
+                "training.parameterization mup scales each layer's rate by width itself; "
+                "training.learningRateScaling must be none with it"
+            )
         seeds = self.strategy.adaptive.seed_budgets if self.strategy.adaptive else 0
         if seeds > len(self.budgets):
             raise ValueError(

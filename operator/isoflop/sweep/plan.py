@@ -188,10 +188,19 @@ def trial_id(budget: float, rung: str, replicate: int = 0) -> str:
     return f"{budget_tag(budget)}-{rung}" + (f"-r{replicate}" if replicate else "")
 
 
+def base_width(spec: ScalingSweepSpec) -> int:
+    """training.baseWidth, or the narrowest rung's width: where learningRate holds as given
+    under width scaling and muP."""
+    m = spec.model
+    widths = [m.width_per_depth * depth for depth in m.depths] + [c.width for c in m.configs]
+    return spec.training.base_width or min(widths)
+
+
 def rung_config(spec: ScalingSweepSpec, depth: int, width: int, heads: int) -> DiTConfig:
     """The DiT of one rung: its size from the ladder, everything else from the spec."""
     m, d = spec.model, spec.data
     channels, height, side = d.latent_shape
+    mup = spec.training.parameterization == "mup"
     return DiTConfig(
         family=m.family,
         depth=depth,
@@ -206,6 +215,8 @@ def rung_config(spec: ScalingSweepSpec, depth: int, width: int, heads: int) -> D
         text_dim=d.text_dim,
         timestep_conditioning=m.timestep_conditioning,
         qk_norm=m.qk_norm,
+        parameterization=spec.training.parameterization,
+        base_width=base_width(spec) if mup else None,
     )
 
 

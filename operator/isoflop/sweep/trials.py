@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from isoflop import api
 from isoflop.sweep.packing import Packing
-from isoflop.sweep.plan import H100_MFU_CURVE, Rung, Trial, ladder, rung_config
+from isoflop.sweep.plan import H100_MFU_CURVE, Rung, Trial, base_width, ladder, rung_config
 from isoflop.sweep.strategy import Node
 from isoflop_trainer.config import TrainConfig
 
@@ -143,8 +143,7 @@ def learning_rate(
         return t.learning_rate
     if width is None:
         width = next(r.config.width for r in rungs if r.name == rung_name)
-    base = t.base_width or min(r.config.width for r in rungs)
-    return t.learning_rate * base / width
+    return t.learning_rate * base_width(spec) / width
 
 
 def fit(

@@ -121,7 +121,7 @@ class Step:
         cfg, rt, B = self.cfg, self.rt, self.cfg.global_batch_size
         lr = cfg.learning_rate * cfg.lr_multiplier(step)
         for group in self.opt.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)  # muP's per-layer multipliers
         g = torch.Generator(device=rt.device).manual_seed(step_seed(cfg.seed, step))
         noise_all = torch.randn((B, *self.shape), generator=g, device=rt.device)
         t_all = sample_timesteps(B, cfg.timestep_sampling, g, str(rt.device))

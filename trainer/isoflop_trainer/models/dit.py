@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from isoflop_trainer.config import FREQUENCY_DIM, DiTConfig
+from isoflop_trainer.models import mup
 
 
 def sincos_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:
@@ -160,7 +161,8 @@ class DiT(nn.Module):
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
-        """All initialisation: Xavier linears, zero biases, zero adaLN and output (output = 0)."""
+        """All initialisation: Xavier linears, zero biases, zero adaLN and output (output = 0),
+        and under muP its input layers at their base width's scale."""
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
@@ -185,6 +187,7 @@ class DiT(nn.Module):
                 nn.init.zeros_(out.bias)
         nn.init.zeros_(self.final_layer.linear.weight)
         nn.init.zeros_(self.final_layer.linear.bias)
+        mup.initialize(self, self.cfg)  # muP's input and timestep layers (standard: nothing)
 
     def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, p*p*C) -> (B, C, H, W)."""
