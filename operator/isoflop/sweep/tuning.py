@@ -180,8 +180,3 @@ def edge_sentence(spec: api.ScalingSweepSpec, group: Group, count: int) -> str:
         f"the grid's {side} edge ({edge_rate:g}) after widening {spec.tuning.widen} step(s)"
         f"{others}: {advice}"
     )
-
-
-def stage_flops(trials: Sequence[Trial], chosen: frozenset[str]) -> int:
-    """The compute of the stage's chosen trials."""
-    return sum(t.flops for t in trials if t.id in chosen)
