@@ -263,6 +263,10 @@ def test_a_confirmation_trains_at_the_laws_rate() -> None:
     (launch,) = d.launches
     t = launch.trial
     assert t.learning_rate == pytest.approx(stage.law(t.params, t.tokens, t.budget), rel=5e-3)
+    # and its record says so
+    stored = c.model_copy(update={"params": t.params, "tokens": t.tokens, "steps": t.steps})
+    status = sweep_status(s, p, states, d, None, confirmations=[stored])
+    assert status.confirmations[0].learning_rate == t.learning_rate
 
 
 def test_a_rung_whose_best_rate_sits_at_an_edge_widens_then_stops_with_a_wider_grid() -> None:

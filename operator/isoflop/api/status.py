@@ -278,6 +278,11 @@ class Confirmation(Model):
     predicted_loss: float | None = Field(
         default=None, description="The fitted surface L(N, D) at this model; null: not trained."
     )
+    learning_rate: float | None = Field(
+        default=None,
+        description="The rate it trains at, from the tuning stage's law (spec.tuning); unset: "
+        "training.learningRate under its scaling rule.",
+    )
     loss_interval: Interval | None = Field(
         default=None,
         description="Where one trial's loss falls (confidence below): the surface's "

@@ -12,6 +12,7 @@ from isoflop import api
 from isoflop.sweep.confirm import verdict
 from isoflop.sweep.engine import ACTIVE, ERROR_CHARS, Decision, Sweep, TrialState, resolve
 from isoflop.sweep.plan import Plan
+from isoflop.sweep.tuning import Stage
 
 
 def budget_summaries(
@@ -211,12 +212,12 @@ def sweep_status(
     c = decision.counts
     finished = c.get("succeeded", 0) + c.get("failed", 0)
     kept = [c for c in confirmations if c.budget in spec.confirm]
-    confirmed = confirmation_records(kept, states, 1 + spec.retries.per_trial)
+    sweep = resolve(spec, plan, states)
+    confirmed = confirmation_records(kept, states, 1 + spec.retries.per_trial, sweep.tuning)
     wanted = wanted_conditions(decision, fit, data)
     if spec.confirm:
         wanted.append(confirmed_condition(confirmed))
     conditions = _conditions(previous or [], now, wanted)
-    sweep = resolve(spec, plan, states)
     records = trial_records(sweep, plan, 1 + spec.retries.per_trial)
     return api.ScalingSweepStatus(
         fitted_budgets=list(fitted),
@@ -237,11 +238,17 @@ def sweep_status(
 
 
 def confirmation_records(
-    confirmations: Sequence[api.Confirmation], states: Mapping[str, TrialState], limit: int
+    confirmations: Sequence[api.Confirmation],
+    states: Mapping[str, TrialState],
+    limit: int,
+    tuning: Stage | None = None,
 ) -> list[api.Confirmation]:
-    """The stored confirmations with where their runs stand: a measured one with its verdict."""
+    """The stored confirmations with where their runs stand: a measured one with its verdict;
+    with a tuning stage's law, the rate each trains at."""
     out = []
     for c in confirmations:
+        if tuning is not None and tuning.law is not None and c.depth is not None:
+            c = c.model_copy(update={"learning_rate": tuned_rate(tuning, c)})
         s = states.get(c.trial)
         if c.phase in ("Infeasible", "Succeeded") or s is None:
             out.append(c)
@@ -270,6 +277,14 @@ def confirmation_records(
                 )
             )
     return out
+
+
+def tuned_rate(tuning: Stage, c: api.Confirmation) -> float | None:
+    """The rate the tuning law gives a confirmation's model at its budget (None: not trainable)."""
+    if c.depth is None or c.width is None or c.params is None or c.tokens is None:
+        return None
+    assert tuning.law is not None
+    return tuning.tuned_rate(c.params, c.tokens, c.budget)
 
 
 def confirmed_condition(confirmations: Sequence[api.Confirmation]) -> tuple[str, bool, str, str]:

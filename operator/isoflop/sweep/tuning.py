@@ -68,11 +68,15 @@ class Stage:
     def done(self) -> bool:
         return all(g.settled for g in self.groups)
 
-    def tuned(self, trial: Trial) -> Trial:
-        """The trial at the law's rate for its N, D and budget (3 significant digits)."""
+    def tuned_rate(self, params: float, tokens: float, budget: float) -> float:
+        """The law's rate at this N, D and budget (3 significant digits, at most the API's 1)."""
         assert self.law is not None
-        rate = self.law(trial.params, trial.tokens, trial.budget)
-        return replace(trial, learning_rate=min(three_digits(rate), MAX_RATE))
+        return min(three_digits(self.law(params, tokens, budget)), MAX_RATE)
+
+    def tuned(self, trial: Trial) -> Trial:
+        """The trial at the law's rate for its N, D and budget."""
+        rate = self.tuned_rate(trial.params, trial.tokens, trial.budget)
+        return replace(trial, learning_rate=rate)
 
 
 def settle(
