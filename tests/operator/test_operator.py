@@ -790,13 +790,14 @@ async def test_the_tuning_stage_runs_first_survives_a_restart_and_sets_the_grids
         await wait_for(lambda: len(jobs(k8s)) == 5)
     async with running_operator(k8s):  # a new operator picks the stage up where it stood
         while sweep_status(k8s).get("phase") != "Succeeded":
+            tuning_jobs = [n for n in jobs(k8s) if n.startswith("qs-tune-")]
+            if any(not n.startswith("qs-tune-") for n in jobs(k8s)):
+                # the grid starts only once every tuning trial it has launched has finished
+                assert set(tuning_jobs) <= done, sorted(set(tuning_jobs) - done)
             await finish_some(100)
             await asyncio.sleep(0.05)
-            tuning_status = sweep_status(k8s).get("tuning") or {}
-            grid_jobs = [n for n in jobs(k8s) if not n.startswith("qs-tune-")]
-            if grid_jobs:  # the grid starts only once the law stands
-                assert tuning_status.get("phase") == "Tuned", tuning_status
     status = sweep_status(k8s)
+    assert status["tuning"]["phase"] == "Tuned"
     law = status["tuning"]["law"]
     assert law["form"] == "params"  # one budget: D's exponent is not identified
     assert "tokensExponent" not in law
@@ -806,6 +807,10 @@ async def test_the_tuning_stage_runs_first_survives_a_restart_and_sets_the_grids
         if r.action == kmock.action.CREATE and r.resource == JOBS
     )
     assert set(creates.values()) == {1}  # no Job twice, across the restart
+    order = [name for name in creates]  # in the order the operator created them
+    first_grid = next(i for i, n in enumerate(order) if not n.startswith("qs-tune-"))
+    assert all(n.startswith("qs-tune-") for n in order[:first_grid])
+    assert not any(n.startswith("qs-tune-") for n in order[first_grid:])  # no tuning after
     records = {r["id"]: r for r in trial_records(k8s)}
     for name, job in jobs(k8s).items():
         t = trials[name]
