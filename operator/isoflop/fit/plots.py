@@ -51,10 +51,19 @@ def plot_isoflops(points: Points, analysis: Analysis, path: Path) -> Path:
                 edgecolor="black",
                 zorder=4,
             )
+    return save_loss_plot(fig, ax, "parameters N", "isoFLOP curves (stars: fitted optima)", path)
+
+
+def save_loss_plot(
+    fig: Any, ax: Any, xlabel: str, title: str, path: Path, minor_labels: bool = True
+) -> Path:
+    """Finish a plot of loss against a log-scaled x (labels, legend, grid) and write it."""
     ax.set_xscale("log")
-    ax.set_xlabel("parameters N")
+    if not minor_labels:  # a few decades of rates: the minor labels crowd each other
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("loss")
-    ax.set_title("isoFLOP curves (stars: fitted optima)")
+    ax.set_title(title)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
@@ -253,14 +262,5 @@ def plot_rates(curves: Sequence[RateCurve], path: Path) -> Path:
         ax.plot(rates, losses, "o-", color=color, ms=4, lw=1, label=curve.label)
         if curve.best is not None:
             ax.axvline(curve.best, color=color, lw=0.8, ls="--")
-    ax.set_xscale("log")
-    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # no crowded minor labels
-    ax.set_xlabel("peak learning rate")
-    ax.set_ylabel("loss")
-    ax.set_title("tuning stage: loss against learning rate (dashed: fitted optima)")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3, which="both")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    title = "tuning stage: loss against learning rate (dashed: fitted optima)"
+    return save_loss_plot(fig, ax, "peak learning rate", title, path, minor_labels=False)
