@@ -268,10 +268,13 @@ def trial_processes(workdirs: Iterable[Path]) -> dict[Path, list[int]]:
     return out
 
 
-def _signal_all(pids: list[int], sig: signal.Signals) -> None:
+def _signal_all(pids: list[int], sig: signal.Signals, groups: set[int]) -> None:
+    """`sig` to each process outside `groups`, the process groups already signalled: a second
+    SIGTERM to torchrun's agent while it handles the first breaks its shutdown with a traceback."""
     for pid in pids:
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, sig)
+            if os.getpgid(pid) not in groups:
+                os.kill(pid, sig)
 
 
 def stop_trials(
@@ -281,7 +284,8 @@ def stop_trials(
 ) -> None:
     """Stop trials' trainers: SIGTERM to each of their processes (the trainers checkpoint), SIGKILL
     to what is left after `grace` seconds; returns once none is alive. `procs`, the agents this
-    process started, are signalled by process group too, and reaped."""
+    process started, are signalled by process group instead, and reaped; each process gets one
+    signal a round."""
 
     def alive() -> list[int]:
         for p in procs:
@@ -289,11 +293,13 @@ def stop_trials(
         return [pid for pids in trial_processes(workdirs).values() for pid in pids]
 
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 30.0)):
+        groups = set()
         for p in procs:
             if p.poll() is None:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(p.pid, sig)
-        _signal_all(alive(), sig)
+                    groups.add(p.pid)  # each agent leads a session (and group) of its own
+        _signal_all(alive(), sig, groups)
         deadline = time.monotonic() + wait
         while (alive() or any(p.poll() is None for p in procs)) and time.monotonic() < deadline:
             time.sleep(0.1)
