@@ -30,8 +30,10 @@ class Throughput:
         return rate
 
     def finish(self) -> None:
-        """The time since the last window counts towards the run's seconds."""
-        self.state.seconds += time.perf_counter() - self.start
+        """The steps since the last window count towards the run's seconds. Nothing when none
+        was trained: a resumed finished trial trains nothing, so its seconds stay as saved."""
+        if self.samples:
+            self.state.seconds += time.perf_counter() - self.start
 
     def steady_rate(self) -> float:
         s = self.state
