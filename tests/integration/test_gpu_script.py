@@ -3,12 +3,17 @@ writes the figures the GPU run will, so the script cannot rot while no GPU is at
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
+
+import pytest
+
+from benchmarks import gpu as gpu_run
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -57,12 +62,22 @@ def test_the_tiny_gpu_run_measures_every_step_on_the_cpu(tmp_path: Path) -> None
 
 
 def test_a_step_past_the_deadline_is_cut_and_recorded_and_later_steps_are_not_run(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    rows = gpu(tmp_path, "--deadline-s", "8", "--steps", "sweep", "pytest", timeout=120)
+    # steps of known length, so that the cut never depends on how busy the machine is
+    sleep = [sys.executable, "-c", "import time; time.sleep(60)"]
+    steps = [
+        gpu_run.Step("long", 240, lambda tiny, work: [gpu_run.Command(sleep, "sleeper")]),
+        gpu_run.Step("later", 240, lambda tiny, work: [gpu_run.Command(sleep, "never")]),
+    ]
+    monkeypatch.setattr(gpu_run, "STEPS", steps)
+    args = argparse.Namespace(
+        out_dir=str(tmp_path), deadline_s=8.0, steps=None, tiny=True, time_scale=1.0
+    )
+    results = gpu_run.run_steps(args)
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
     ends = {r["step"]: r["status"] for r in rows if "candidate" not in r}
-    assert ends == {"sweep": "timeout", "pytest": "timeout"}
-    cut = [r for r in rows if r.get("status") == "timeout" and "candidate" in r]
-    assert cut
-    assert cut[0]["exit_code"] is None
-    assert cut[0]["seconds"] < 10
+    assert ends == {"long": "timeout", "later": "timeout"}
+    (cut,) = [r for r in rows if "candidate" in r]  # the later step never started its command
+    assert (cut["candidate"], cut["status"], cut["exit_code"]) == ("sleeper", "timeout", None)
+    assert 4 < cut["seconds"] < 10  # what was left of the 8 s (at least 5), then cut
