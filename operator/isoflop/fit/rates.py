@@ -1,6 +1,7 @@
-"""Learning-rate laws: the optimum of one rung's loss against log learning rate, and the law of
-those optima across sizes and data, eta*(N, D) = coefficient x N^alpha x D^beta (Step Law's form,
-Li et al. 2025), or the forms a narrower stage identifies (DeepSeek LLM's eta*(C) for one size).
+"""Learning-rate and batch-size laws: the optimum of one rung's loss against log learning rate
+(or log batch size), and the law of those optima across sizes and data, eta*(N, D) = coefficient x
+N^alpha x D^beta and B*(D) = coefficient x D^beta (Step Law's forms, Li et al. 2025), or the forms
+a narrower stage identifies (DeepSeek LLM's eta*(C) for one size).
 
 Pure numpy. Fits validate their input and raise ValueError naming the problem; the bootstrap
 takes an explicit seed, and an exponent the points cannot pin down has no interval.
@@ -10,25 +11,28 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
 
 from isoflop.fit.stats import Interval, percentile_interval
 
-RateForm = Literal["params-tokens", "compute", "params", "constant"]
+RateForm = Literal["params-tokens", "compute", "params", "tokens", "constant"]
 FORM_WORDS: dict[RateForm, str] = {
     "params-tokens": "eta* = a N^alpha D^beta",
     "compute": "eta* = a C^gamma (one model size: DeepSeek's compute-only form)",
     "params": "eta* = a N^alpha (one budget: D's exponent is not identified)",
+    "tokens": "B* = a D^beta (Step Law's batch form)",
     "constant": "eta* = a (one rung at one budget: no scaling is identified)",
 }
+BATCH_CONSTANT_WORDS = "B* = a (one number of tokens: no scaling is identified)"
 
 
 def rate_optimum(rates: Sequence[float], losses: Sequence[float]) -> float:
     """The minimum of the parabola in log10(rate) through three points whose middle one has the
-    lowest loss: the optimum between its neighbours. ValueError otherwise."""
+    lowest loss: the optimum between its neighbours. ValueError otherwise. The same for three
+    batch sizes."""
     if len(rates) != 3 or len(losses) != 3:
         raise ValueError("rate_optimum takes three rates and their losses")
     x = np.log10(np.asarray(rates, dtype=np.float64))
@@ -45,18 +49,19 @@ def rate_optimum(rates: Sequence[float], losses: Sequence[float]) -> float:
 
 @dataclass(frozen=True)
 class RatePoint:
-    """One rung's optimum at one budget."""
+    """One rung's optimum (a learning rate, or a batch size) at one budget."""
 
     budget: float
     params: float
     tokens: float
-    rate: float
+    optimum: float
 
 
 @dataclass(frozen=True)
 class RateLaw:
-    """log10 eta* = log10 coefficient + alpha log10 N + beta log10 D (or + gamma log10 C); the
-    exponents the form has not are None, as are intervals the resamples cannot identify."""
+    """log10 eta* = log10 coefficient + alpha log10 N + beta log10 D (or + gamma log10 C), or
+    log10 B* = log10 coefficient + beta log10 D; the exponents the form has not are None, as are
+    intervals the resamples cannot identify."""
 
     form: RateForm
     coefficient: float
@@ -74,8 +79,12 @@ class RateLaw:
         log += (self.compute_exponent or 0.0) * math.log10(compute)
         return float(10**log)
 
+    batch: bool = False  # a batch-size law
+
     @property
     def words(self) -> str:
+        if self.batch and self.form == "constant":
+            return BATCH_CONSTANT_WORDS
         return FORM_WORDS[self.form]
 
 
@@ -103,6 +112,7 @@ def _design(points: Sequence[RatePoint], form: RateForm = "params-tokens") -> np
         "params-tokens": [ones, logs["params"], logs["tokens"]],
         "compute": [ones, logs["compute"]],
         "params": [ones, logs["params"]],
+        "tokens": [ones, logs["tokens"]],
         "constant": [ones],
     }[form]
     return np.stack(columns, axis=1)
@@ -112,6 +122,7 @@ EXPONENTS: dict[RateForm, tuple[str, ...]] = {
     "params-tokens": ("params", "tokens"),
     "compute": ("compute",),
     "params": ("params",),
+    "tokens": ("tokens",),
     "constant": (),
 }
 
@@ -126,16 +137,35 @@ def _solve(design: np.ndarray, y: np.ndarray) -> np.ndarray | None:
 def fit_rate_law(
     points: Sequence[RatePoint], bootstrap: int = 1000, seed: int = 0, confidence: float = 0.95
 ) -> RateLaw:
-    """The law of these optima in the richest form they identify, with percentile intervals of
-    its coefficient and exponents from `bootstrap` residual resamples (the design fixed, the
-    residuals drawn again). A law with no degrees of freedom left has no intervals."""
+    """The learning-rate law of these optima in the richest form they identify, with percentile
+    intervals of its coefficient and exponents from `bootstrap` residual resamples (the design
+    fixed, the residuals drawn again). A law with no degrees of freedom left has no intervals."""
+    _check(points, "a learning-rate law")
+    return _fit(points, rate_form(points), bootstrap, seed, confidence)
+
+
+def fit_batch_law(
+    points: Sequence[RatePoint], bootstrap: int = 1000, seed: int = 0, confidence: float = 0.95
+) -> RateLaw:
+    """The batch-size law of these optima: B* = a D^beta (Step Law's form: the optimum batch
+    grows with the data, not the model), or a constant where every point has the same D."""
+    _check(points, "a batch-size law")
+    form: RateForm = "tokens" if len({p.tokens for p in points}) > 1 else "constant"
+    return replace(_fit(points, form, bootstrap, seed, confidence), batch=True)
+
+
+def _check(points: Sequence[RatePoint], what: str) -> None:
     if not points:
-        raise ValueError("a learning-rate law needs at least one optimum")
-    if any(not (p.rate > 0 and p.params > 0 and p.tokens > 0 and p.budget > 0) for p in points):
+        raise ValueError(f"{what} needs at least one optimum")
+    if any(not (p.optimum > 0 and p.params > 0 and p.tokens > 0 and p.budget > 0) for p in points):
         raise ValueError("optima, sizes, tokens and budgets must be positive")
-    form = rate_form(points)
+
+
+def _fit(
+    points: Sequence[RatePoint], form: RateForm, bootstrap: int, seed: int, confidence: float
+) -> RateLaw:
     design = _design(points, form)
-    y = np.log10([p.rate for p in points])
+    y = np.log10([p.optimum for p in points])
     coef = _solve(design, y)
     assert coef is not None  # the form was chosen for its rank
     dof = len(points) - design.shape[1]
