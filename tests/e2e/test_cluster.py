@@ -463,6 +463,41 @@ def test_the_api_server_and_isoflop_validate_refuse_too_few_resamples_alike(
     cluster.kubectl("apply", "--dry-run=server", "-f", str(path))
 
 
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [
+        ({"strategy": {"wsdBranches": {}}}, "strategy.wsdBranches trains them all"),
+        ({"training": {"learningRateScaling": "width"}}, "learningRateScaling must be none"),
+        (
+            {"training": {"microBatchSize": 8}, "tuning": {"globalBatchSizes": [8, 12, 16]}},
+            "must be a multiple of training.microBatchSize",
+        ),
+    ],
+)
+def test_the_api_server_and_isoflop_validate_refuse_the_tuning_stages_contradictions(
+    cluster: Cluster, installed: Path, tmp_path: Path, change: dict[str, Any], said: str
+) -> None:
+    """spec.tuning's cross-field rules are CEL rules of the CRD too, with the same sentence."""
+    manifest = small_sweep("tuned")
+    manifest["spec"]["tuning"] = {}
+    for key, value in change.items():
+        manifest["spec"][key] = {**manifest["spec"].get(key, {}), **value}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    server = cluster.kubectl("apply", "--dry-run=server", "-f", str(path), check=False)
+    assert server.returncode != 0
+    assert said in server.stderr
+    local = subprocess.run(
+        [sys.executable, "-m", "isoflop.cli", "validate", "--no-data", str(path)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert local.returncode == 2
+    assert said in local.stderr
+    manifest["spec"] = small_sweep("tuned")["spec"] | {"tuning": {}}  # the stage alone: stored
+    path.write_text(yaml.safe_dump(manifest))
+    cluster.kubectl("apply", "--dry-run=server", "-f", str(path))
+
+
 def test_packed_trials_share_a_gpu_as_the_sharing_plugins_replicas_allow(
     cluster: Cluster, installed: Path, tmp_path: Path
 ) -> None:

@@ -17,6 +17,8 @@ from tests.integration.test_run import ROOT, isoflop
 # optimum rate per (N, D) of Step Law's form
 SURFACE = "0.58984,28.56,34.222,0.2,0.26307"
 RATES = (0.4, -0.713, 0.307, 0.2)
+# and a known optimum batch B*(D) = 0.05 D^0.5: 4-16 at the stage's rungs, up to 47 on the grid
+BATCHES = (0.05, 0.5, 0.1)
 
 
 def quickstart(tmp_path: Path, name: str, **spec: Any) -> Path:
@@ -28,8 +30,11 @@ def quickstart(tmp_path: Path, name: str, **spec: Any) -> Path:
     return path
 
 
-def simulate(manifest: Path, run_dir: Path, rates: bool = True) -> dict[str, Any]:
+def simulate(
+    manifest: Path, run_dir: Path, rates: bool = True, batches: bool = False
+) -> dict[str, Any]:
     basin = ["--rates", ",".join(map(str, RATES))] if rates else []
+    basin += ["--batches", ",".join(map(str, BATCHES))] if batches else []
     cmd = isoflop("run", str(manifest), "--simulate", "--law", SURFACE, *basin, "--plain",
                   "--run-dir", str(run_dir))  # fmt: skip
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
@@ -94,6 +99,38 @@ def test_a_stage_at_the_edge_of_its_grid_stops_the_run_with_the_wider_grid(
     assert message.endswith("give spec.tuning.learningRates [4e-06, 8e-06, 1.6e-05]")
     assert message in out.stdout
     assert not any(r.get("kind") is None and r["attempts"] for r in status["trials"])
+
+
+def test_a_stage_with_batch_sizes_finds_the_batch_law_and_trains_the_grid_at_its_batches(
+    tmp_path: Path,
+) -> None:
+    tuning = {"globalBatchSizes": [4, 8, 16, 32]}
+    run_dir = tmp_path / "batches"
+    status = simulate(quickstart(tmp_path, "b", tuning=tuning), run_dir, batches=True)
+    stage = status["tuning"]
+    assert stage["phase"] == "Tuned", stage["message"]
+    law = stage["batchLaw"]
+    assert law["form"] == "tokens"
+    ci = law["tokensExponentInterval"]
+    assert ci["low"] <= BATCHES[1] <= ci["high"], ci
+    assert abs(law["tokensExponent"] - BATCHES[1]) < 0.15
+    grid = [r for r in status["trials"] if r.get("kind") is None and r["phase"] == "Succeeded"]
+    assert len(grid) == 36
+    sizes = {r["globalBatchSize"] for r in grid}
+    assert len(sizes) > 4  # a batch per D
+    assert max(sizes) > 16 >= min(sizes) - 8  # around the basin's 8-47, not the spec's 16
+    batch_trials = [r for r in status["trials"] if "-bs" in r["id"] and r["attempts"]]
+    assert batch_trials
+    rates = {(g["budget"], g["rung"]): g["bestLearningRate"] for g in stage["groups"]}
+    assert all(r["learningRate"] for r in batch_trials)  # at its rung's best rate
+    assert all(
+        r["learningRate"] == pytest.approx(rates[(float(r["id"].split("-")[1].replace("p", ".")),
+                                                  r["id"].split("-")[2])], rel=5e-3)
+        for r in batch_trials
+    )  # fmt: skip
+    report = (run_dir / "report.md").read_text()
+    assert "- batch law (tokens, 6 optima): B* = " in report
+    assert "| batches tried | best batch |" in report
 
 
 @pytest.mark.parametrize("bad", ["1,2,3", "step,1", "0,1,1,1"])

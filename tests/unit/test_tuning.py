@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 
 from isoflop import api
-from isoflop.fit.rates import RatePoint, fit_rate_law, rate_optimum
+from isoflop.fit.rates import RatePoint, fit_batch_law, fit_rate_law, rate_optimum
 from isoflop.sweep.check import runnable_plan
 from isoflop.sweep.confirm import confirm_id
 from isoflop.sweep.engine import TrialState, decide, resolve
-from isoflop.sweep.forecast import RateBasin
+from isoflop.sweep.forecast import BatchBasin, RateBasin
 from isoflop.sweep.plan import Plan, is_tuning, plan
-from isoflop.sweep.status import sweep_status
+from isoflop.sweep.status import results_table, sweep_status
 from isoflop.sweep.trials import train_config
 
 
@@ -220,8 +220,8 @@ def test_the_grid_waits_for_the_stage_and_trains_at_the_laws_rate_for_its_own_n_
     assert stage.law.form == "params-tokens"
     # every rung found its optimum, each near the basin's own
     for g in stage.groups:
-        assert g.best_rate is not None
-        assert abs(math.log10(g.best_rate / BASIN.optimum(g.params, g.tokens))) < 0.1
+        assert g.best is not None
+        assert abs(math.log10(g.best / BASIN.optimum(g.params, g.tokens))) < 0.1
     # the grid trained at the law's rates, each the law at its N and D
     grid = [launch.trial for launch in launched[:-1] if launch.node.kind == "trial"]
     assert len(grid) == len(p.trials)
@@ -306,10 +306,177 @@ def test_a_rung_with_too_few_trained_rates_is_left_out_of_the_law() -> None:
     assert stage.law is not None
     bad = next(g for g in stage.groups if g.rung == "d03" and g.budget == 1.5e10)
     assert bad.settled
-    assert bad.best_rate is None
+    assert bad.best is None
     assert bad.problem == "0 of its 5 learning rates trained to a loss"
     assert stage.law.points == 5
     assert launched[-1].phase == "Succeeded"  # tuning failures are no grid failures
+
+
+# -- batch sizes (spec.tuning.globalBatchSizes) -------------------------------------------------
+
+BATCHES = BatchBasin(coefficient=0.1, beta=0.5, depth=0.1)
+
+
+def batch_loss(trial: Any) -> float:
+    """basin_loss, times a basin in log batch around B*(D) = 0.1 D^0.5 (8-55 at the stage's
+    rungs, up to 170 on the grid)."""
+    return basin_loss(trial) * BATCHES.factor(trial.tokens, trial.batch_size)
+
+
+def test_the_batch_law_recovers_its_exponent_and_is_a_constant_at_one_d() -> None:
+    points = [
+        RatePoint(b, n, d, 0.5 * d**0.55) for b, n, d in ((1e10, 1e5, 2e4), (3e10, 1e5, 6e4),
+                                                          (3e10, 3e5, 2e4), (1e11, 1e6, 1.7e4))
+    ]  # fmt: skip
+    law = fit_batch_law(points, bootstrap=200)
+    assert law.form == "tokens"
+    assert law.batch
+    assert law.tokens_exponent == pytest.approx(0.55)
+    assert law.coefficient == pytest.approx(0.5)
+    assert law.params_exponent is None
+    assert law(123.0, 1e6, 1.0) == pytest.approx(0.5 * 1e6**0.55)  # N and C play no part
+    assert law.words == "B* = a D^beta (Step Law's batch form)"
+    flat = fit_batch_law([RatePoint(1e10, 1e5, 2e4, 64.0), RatePoint(1e10, 3e5, 2e4, 32.0)])
+    assert flat.form == "constant"
+    assert flat.coefficient == pytest.approx(math.sqrt(64 * 32))
+    assert flat.words.startswith("B* = a ")
+    with pytest.raises(ValueError, match="a batch-size law needs at least one optimum"):
+        fit_batch_law([])
+
+
+def test_batch_trials_are_planned_per_rung_with_their_own_steps_and_the_refusals() -> None:
+    s = spec({"globalBatchSizes": [8, 16, 32], "widen": 2})
+    p = plan(s)
+    batch = [t for t in p.tuning if t.tunes == "batch"]
+    assert {t.batch_size for t in batch} == {2, 4, 8, 16, 32, 64, 128}  # two steps each side
+    t = next(t for t in batch if t.batch_size == 32 and t.budget == 3e10)
+    assert t.id == f"tune-3e10-{t.rung}-bs32"
+    assert t.learning_rate is None  # its rung's optimum, once found
+    assert t.steps == round(3e10 / (t.flops_per_sample * 32))
+    # a batch that leaves fewer than minSteps steps is not planned
+    assert all(x.steps >= 10 for x in batch)
+    assert len(batch) < 6 * 7
+    # the rate trials are unchanged
+    assert len([x for x in p.tuning if x.tunes == "rate"]) == 6 * 9
+    wrong = [
+        ({"globalBatchSizes": [8, 16]}, "at least three batch sizes"),
+        ({"globalBatchSizes": [8, 8, 16]}, "must not repeat"),
+    ]
+    for tuning, said in wrong:
+        with pytest.raises(api.ManifestError, match=re.escape(said)):
+            spec(tuning)
+    with pytest.raises(
+        api.ManifestError,
+        match=re.escape(
+            "every tuning.globalBatchSizes entry must be a multiple of training.microBatchSize "
+            "(12 is not a multiple of 8)"
+        ),
+    ):
+        spec(
+            {"globalBatchSizes": [8, 12, 16]},
+            training={"globalBatchSize": 16, "minSteps": 10, "microBatchSize": 8},
+        )
+
+
+def test_batches_train_at_each_rungs_optimum_rate_and_the_grid_at_the_batch_laws_batch() -> None:
+    s = spec(
+        {"globalBatchSizes": [8, 16, 32, 64], "widen": 2},
+        training={"globalBatchSize": 16, "minSteps": 10, "learningRate": 1e-3,
+                  "microBatchSize": 4},
+    )  # fmt: skip
+    p = plan(s)
+    states, launched = drive(s, p, loss=batch_loss)
+    d = launched[-1]
+    assert d.phase == "Succeeded", d.message
+    stage = resolve(s, p, states).tuning
+    assert stage is not None
+    assert stage.ready
+    assert stage.batch_law is not None
+    assert stage.batch_law.form == "tokens"
+    rates = {(g.budget, g.rung): g for g in stage.groups}
+    order = [launch.trial.id for launch in launched[:-1]]
+    for launch in launched[:-1]:
+        t = launch.trial
+        if t.tunes != "batch":
+            continue
+        group = rates[(t.budget, t.rung)]
+        assert group.best is not None
+        assert t.learning_rate == pytest.approx(group.best, rel=5e-3)  # its rung's optimum
+        # launched after every rate of its rung finished
+        mine = [x.id for x in p.tuning if x.tunes == "rate" and x.id in stage.chosen
+                and (x.budget, x.rung) == (t.budget, t.rung)]  # fmt: skip
+        assert max(order.index(i) for i in mine) < order.index(t.id)
+    for g in stage.batch_groups:  # each optimum near the basin's own
+        assert g.best is not None
+        assert abs(math.log10(g.best / BATCHES.optimum(g.tokens))) < 0.15
+    assert stage.batch_law.tokens_exponent == pytest.approx(0.5, abs=0.15)
+    grid = [launch.trial for launch in launched[:-1] if launch.node.kind == "trial"]
+    assert len(grid) == len(p.trials)
+    assert len({t.batch_size for t in grid}) > 3  # no longer one batch for all
+    planned = {t.id: t for t in p.trials}
+    for t in grid:
+        assert t.batch_size % 4 == 0  # a multiple of the micro-batch
+        assert t.steps >= 10  # never below minSteps
+        assert t.samples == t.steps * t.batch_size
+        assert abs(t.flops / planned[t.id].flops - 1) <= t.batch_size / planned[t.id].samples
+        want = stage.batch_law(1.0, planned[t.id].tokens, 1.0)
+        most = planned[t.id].samples // 10 // 4 * 4
+        assert t.batch_size == min(max(4, 4 * round(want / 4)), most)
+        assert t.learning_rate == pytest.approx(stage.law(t.params, t.tokens, t.budget), rel=5e-3)
+        cfg = train_config(s, "sw", t)
+        assert (cfg.global_batch_size, cfg.steps) == (t.batch_size, t.steps)
+    status = sweep_status(s, p, states, d, None)
+    assert status.tuning is not None
+    assert status.tuning.batch_law is not None
+    assert status.tuning.batch_law.form == "tokens"
+    assert "B* = a D^beta" in status.tuning.message
+    assert all(g.best_batch_size is not None for g in status.tuning.groups)
+    records = {r.id: r for r in status.trials}
+    assert all(records[t.id].global_batch_size == t.batch_size for t in grid)
+    assert all(records[t.id].tokens == t.tokens for t in grid)
+    # the fit sees the tokens each trial trained, not the ones planned at the spec's batch
+    rows = results_table(p, states, s)
+    assert sorted(r["tokens"] for r in rows) == sorted(float(t.tokens) for t in grid)
+    assert sorted(r["tokens"] for r in results_table(p, states)) != sorted(
+        r["tokens"] for r in rows
+    )
+    # the same states give the same decisions: a restarted driver trains the same batches
+    assert resolve(s, p, dict(states)).graph == resolve(s, p, states).graph
+
+
+def test_a_batch_optimum_beyond_the_grid_stops_the_stage_with_a_wider_batch_grid() -> None:
+    """The bigger the batch the better: each rung widens its batches upward until minSteps
+    stops it (d01 at 1.5e10: 512 leaves 12 steps, 1024 would leave 6), or, at larger budgets,
+    the widening ends."""
+
+    def big_batches(t: Any) -> float:
+        return basin_loss(t) * (1.0 + 1.0 / t.batch_size)
+
+    s = spec({"globalBatchSizes": [8, 16, 32], "widen": 5})
+    states, launched = drive(s, plan(s), loss=big_batches)
+    d = launched[-1]
+    assert d.phase == "Failed"
+    assert d.reason == "TuningFailed"
+    assert all(launch.node.kind == "tuning" for launch in launched[:-1])
+    assert d.message.startswith(
+        "tuning: rung d01 at 1.5e10 FLOPs has its lowest loss at the batch grid's upper edge "
+        "(512) after widening 5 step(s) (and 5 more at an edge): a larger batch leaves fewer "
+        "than minSteps 10 steps at this budget"
+    )
+    trained = sorted(
+        int(i.rsplit("bs", 1)[1]) for i in states if i.startswith("tune-1p5e10-d01-bs")
+    )
+    assert trained == [8, 16, 32, 64, 128, 256, 512]  # widened one at a time, never below
+
+    def rate_at_1em3(t: Any) -> float:  # every rung's best rate: the grid's middle
+        return (1.0 + 0.1 * math.log10(t.learning_rate / 1e-3) ** 2) * (1.0 + 1.0 / t.batch_size)
+
+    s = spec({"globalBatchSizes": [8, 16, 32], "widen": 1}, budgets=[3e11, 1e12, 3e12])
+    _, launched = drive(s, plan(s), loss=rate_at_1em3)
+    d = launched[-1]
+    assert d.phase == "Failed"
+    assert "has its lowest loss at the batch grid's upper edge (64) after widening 1" in d.message
+    assert d.message.endswith("give spec.tuning.globalBatchSizes [32, 64, 128]")
 
 
 def test_the_forecast_measures_one_rates_bias_and_the_stage_removes_it() -> None:
@@ -336,3 +503,26 @@ def test_the_forecast_measures_one_rates_bias_and_the_stage_removes_it() -> None
     assert f"{rows['tuned'].stage_fraction:.1%}" in text
     with pytest.raises(ValueError, match="no rate basin"):
         simulate_rates(s, paper, 0.005, 2, 100)
+
+
+def test_the_batch_forecast_measures_a_fixed_batchs_bias_and_the_batch_stage_removes_it() -> None:
+    """On the quickstart grid with losses whose optimum rate and batch move with N and D: one
+    rate and batch for all pulls the N* exponent below the truth, the stage tuning both lands
+    near the baseline, and its batch law's exponent near the basin's."""
+    from isoflop.sweep.forecast import Law
+    from isoflop.sweep.forecast_batches import centred_batches, simulate_batches
+    from isoflop.sweep.forecast_rates import centred_basin
+
+    s = api.load_sweep(Path(__file__).resolve().parents[2] / "examples" / "quickstart.yaml").spec
+    paper = Law()
+    batches = centred_batches(s)
+    mid = sorted(plan(s).trials, key=lambda t: (t.budget, t.params))[9 * 2 + 4]
+    assert batches.optimum(mid.tokens) == pytest.approx(s.training.global_batch_size)
+    law = Law(paper.E, 28.53, paper.B, paper.alpha, paper.beta, rates=centred_basin(s),
+              batches=batches)  # fmt: skip
+    rows = {r.way: r for r in simulate_batches(s, law, 0.005, 20, 100, seed=3)}
+    assert rows["fixed"].bias < -0.05
+    assert abs(rows["both"].bias - rows["ideal"].bias) < 0.03
+    assert rows["both"].batch_bias is not None
+    assert abs(rows["both"].batch_bias) < 0.05
+    assert rows["both"].stage_fraction > rows["rates"].stage_fraction > 0

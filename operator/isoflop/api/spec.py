@@ -645,6 +645,17 @@ class TuningSpec(SpecModel):
         description="The grid of peak learning rates, at least three, best log-spaced. Default: "
         "training.learningRate x 2^k for k = -2..2.",
     )
+    global_batch_sizes: Annotated[
+        list[Annotated[int, Field(ge=1, le=1 << 20)]], AfterValidator(_unique)
+    ] = Field(
+        default_factory=list,
+        max_length=7,
+        description="Where given (at least three, best log-spaced), a grid of global batch "
+        "sizes too: each rung trains them at its optimum learning rate once that is found, and "
+        "the law B*(D) = coefficient x D^beta across the optima sets every grid trial's batch "
+        "(a multiple of training.microBatchSize where that is set). Empty: every trial trains "
+        "at training.globalBatchSize.",
+    )
     widen: int = Field(
         default=4,
         ge=0,
@@ -659,6 +670,13 @@ class TuningSpec(SpecModel):
     def _three(cls, v: list[float]) -> list[float]:
         if 0 < len(v) < 3:
             raise ValueError("give at least three learning rates: a parabola needs three points")
+        return v
+
+    @field_validator("global_batch_sizes")
+    @classmethod
+    def _three_batches(cls, v: list[int]) -> list[int]:
+        if 0 < len(v) < 3:
+            raise ValueError("give at least three batch sizes: a parabola needs three points")
         return v
 
 
@@ -834,6 +852,44 @@ CONFIRM_HEADS = (
     "every confirmation.shapes width must split into its heads (default width / headDim)"
 )
 
+TUNING_WSD = (
+    "tuning gives each budget's trial of a rung a rate of its own, and strategy.wsdBranches "
+    "trains them all from one constant-rate run: use one of them"
+)
+TUNING_SCALING = (
+    "tuning sets every trial's learning rate from its law; training.learningRateScaling must be "
+    "none with it"
+)
+TUNING_CONFIG_RATE = (
+    "tuning sets every trial's learning rate from its law; a model.configs entry gives one of "
+    "its own (remove learningRate there)"
+)
+TUNING_MICRO = "every tuning.globalBatchSizes entry must be a multiple of training.microBatchSize"
+_TUNING = "has(self.tuning)"
+# the same rules as ScalingSweepSpec._tuning, for the API server
+_TUNING_CEL: list[JsonValue] = [
+    {
+        "rule": f"!{_TUNING} || !has(self.strategy) || !has(self.strategy.wsdBranches)",
+        "message": TUNING_WSD,
+    },
+    {
+        "rule": f"!{_TUNING} || !has(self.training) || !has(self.training.learningRateScaling) "
+        "|| self.training.learningRateScaling == 'none'",
+        "message": TUNING_SCALING,
+    },
+    {
+        "rule": f"!{_TUNING} || !has(self.model.configs) "
+        "|| self.model.configs.all(c, !has(c.learningRate))",
+        "message": TUNING_CONFIG_RATE,
+    },
+    {
+        "rule": f"!{_TUNING} || !has(self.tuning.globalBatchSizes) || !has(self.training) "
+        "|| !has(self.training.microBatchSize) "
+        "|| self.tuning.globalBatchSizes.all(b, b % self.training.microBatchSize == 0)",
+        "message": TUNING_MICRO,
+    },
+]
+
 MAX_TRIALS = 4096  # budgets x rungs x replicates: the largest sweep one resource may hold
 _TRIALS_CEL = (
     "size(self.budgets) * (size(self.model.depths) + size(self.model.configs))"
@@ -884,6 +940,7 @@ class ScalingSweepSpec(SpecModel):
                     f"{MAX_TRIALS} trials; split the sweep",
                 },
                 *_CONFIRM_CEL,
+                *_TUNING_CEL,
             ]
         }
     )
@@ -964,7 +1021,8 @@ class ScalingSweepSpec(SpecModel):
         return self
 
     def _tuning(self) -> None:
-        """spec.tuning's rules: rungs of the ladder, and no other rule for the learning rate."""
+        """spec.tuning's rules: rungs of the ladder, and no other rule for the learning rate (the
+        API server's are _TUNING_CEL)."""
         tuning = self.tuning
         if tuning is None:
             return
@@ -977,21 +1035,16 @@ class ScalingSweepSpec(SpecModel):
         if len(set(tuning.rungs)) != len(tuning.rungs):
             raise ValueError("tuning.rungs must not repeat")
         if self.strategy.wsd_branches is not None:
-            raise ValueError(
-                "tuning gives each budget's trial of a rung a rate of its own, and "
-                "strategy.wsdBranches trains them all from one constant-rate run: use one of them"
-            )
+            raise ValueError(TUNING_WSD)
         if self.training.learning_rate_scaling != "none":
-            raise ValueError(
-                "tuning sets every trial's learning rate from its law; training."
-                "learningRateScaling must be none with it"
-            )
+            raise ValueError(TUNING_SCALING)
         fixed = [c.name for c in self.model.configs if c.learning_rate is not None]
         if fixed:
-            raise ValueError(
-                f"tuning sets every trial's learning rate from its law; model.configs "
-                f"{fixed[0]} gives one of its own (remove learningRate there)"
-            )
+            raise ValueError(f"{TUNING_CONFIG_RATE} (model.configs {fixed[0]})")
+        micro = self.training.micro_batch_size
+        odd = [b for b in tuning.global_batch_sizes if micro and b % micro]
+        if odd:
+            raise ValueError(f"{TUNING_MICRO} ({odd[0]} is not a multiple of {micro})")
 
     def _confirmation(self) -> None:
         """spec.confirm's rules (the API server's are _CONFIRM_CEL)."""

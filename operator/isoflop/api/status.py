@@ -52,6 +52,11 @@ class TrialRecord(Model):
         description="The peak learning rate it trains at: a tuning trial's, or the tuning law's "
         "for its N and D; unset: training.learningRate under its scaling rule.",
     )
+    global_batch_size: int | None = Field(
+        default=None,
+        description="The global batch it trains at where the tuning stage tunes batches: a "
+        "tuning trial's, or the batch law's for its D; unset: training.globalBatchSize.",
+    )
     branched_from: str | None = Field(
         default=None, description="The stable segment whose last checkpoint it starts from."
     )
@@ -283,6 +288,11 @@ class Confirmation(Model):
         description="The rate it trains at, from the tuning stage's law (spec.tuning); unset: "
         "training.learningRate under its scaling rule.",
     )
+    global_batch_size: int | None = Field(
+        default=None,
+        description="The batch it trains at, from the tuning stage's batch law "
+        "(spec.tuning.globalBatchSizes); unset: training.globalBatchSize.",
+    )
     loss_interval: Interval | None = Field(
         default=None,
         description="Where one trial's loss falls (confidence below): the surface's "
@@ -334,13 +344,24 @@ class RateGroup(Model):
         default=None, description="Its lowest loss sits at this edge of the grid, even widened."
     )
     problem: str | None = None
+    batch_trials: int = Field(
+        default=0, description="Batch sizes chosen so far (spec.tuning.globalBatchSizes)."
+    )
+    batch_settled: bool = False
+    best_batch_size: float | None = Field(
+        default=None,
+        description="The minimum of the parabola in log batch size, at the best learning rate.",
+    )
+    batch_edge: Literal["low", "high"] | None = None
+    batch_problem: str | None = None
 
 
 class RateLaw(Model):
-    """The tuning law: log10 eta* = log10 coefficient + paramsExponent log10 N + tokensExponent
-    log10 D (+ computeExponent log10 C); exponents the stage cannot identify are null."""
+    """A tuning law: log10 eta* = log10 coefficient + paramsExponent log10 N + tokensExponent
+    log10 D (+ computeExponent log10 C), or for the batch log10 B* = log10 coefficient +
+    tokensExponent log10 D; exponents the stage cannot identify are null."""
 
-    form: Literal["params-tokens", "compute", "params", "constant"]
+    form: Literal["params-tokens", "compute", "params", "tokens", "constant"]
     description: str
     coefficient: float
     params_exponent: float | None = None
@@ -367,6 +388,9 @@ class TuningStatus(Model):
     )
     groups: list[RateGroup] = Field(default_factory=list)
     law: RateLaw | None = None
+    batch_law: RateLaw | None = Field(
+        default=None, description="Set when spec.tuning.globalBatchSizes asks for batches."
+    )
 
 
 class ScalingSweepStatus(Model):

@@ -21,6 +21,7 @@ from isoflop.sweep.plan import (
     Trial,
     format_flops,
     plan,
+    requested_batches,
     requested_rates,
 )
 
@@ -104,6 +105,10 @@ def format_plan(p: Plan, mfu: MfuCurve, peak: float, spec: api.ScalingSweepSpec)
             return f"{t.learning_rate:.3g}"
         return "law" if spec.tuning is not None else f"{learning_rate(spec, t.rung):.3g}"
 
+    def batch(t: Trial) -> str:  # the batch law's, where batches are tuned: steps change too
+        tuned = spec.tuning is not None and bool(spec.tuning.global_batch_sizes)
+        return f"law ({t.batch_size})" if tuned else str(t.batch_size)
+
     headers = [
         "budget",
         "trial",
@@ -131,7 +136,7 @@ def format_plan(p: Plan, mfu: MfuCurve, peak: float, spec: api.ScalingSweepSpec)
             si(t.params),
             str(t.tokens_per_sample),
             str(t.steps),
-            str(t.batch_size),
+            batch(t),
             rate(t),
             si(t.samples),
             si(t.tokens),
@@ -255,8 +260,9 @@ def packing_text(spec: api.ScalingSweepSpec, p: Plan, mfu: MfuCurve, peak: float
 def tuning_text(spec: api.ScalingSweepSpec, p: Plan, mfu: MfuCurve, peak: float) -> str:
     """The tuning stage: where it tunes, its grid of rates, and its compute before the grid."""
     asked = set(requested_rates(spec))
-    first = [t for t in p.tuning if t.learning_rate in asked]
-    rates = sorted({t.learning_rate or 0.0 for t in p.tuning})
+    stage = [t for t in p.tuning if t.tunes == "rate"]
+    first = [t for t in stage if t.learning_rate in asked]
+    rates = sorted({t.learning_rate or 0.0 for t in stage})
     budgets = sorted({t.budget for t in p.tuning})
     rungs = list(dict.fromkeys(t.rung for t in sorted(p.tuning, key=lambda t: t.params)))
     grid = sum(t.flops for t in p.trials)
@@ -264,13 +270,29 @@ def tuning_text(spec: api.ScalingSweepSpec, p: Plan, mfu: MfuCurve, peak: float)
     most = sum(t.flops for t in p.tuning)
     hours = sum(t.gpu_hours(mfu, peak) for t in first)
     shown = ", ".join(f"{r:.3g}" if r in asked else f"({r:.3g})" for r in rates)
+    batches = ""
+    if spec.tuning is not None and spec.tuning.global_batch_sizes:
+        wanted = set(requested_batches(spec))
+        trials = [t for t in p.tuning if t.tunes == "batch"]
+        first_batches = [t for t in trials if t.batch_size in wanted]
+        flops += sum(t.flops for t in first_batches)
+        hours += sum(t.gpu_hours(mfu, peak) for t in first_batches)
+        sizes = sorted({t.batch_size for t in trials})
+        listed = ", ".join(str(b) if b in wanted else f"({b})" for b in sizes)
+        batches = (
+            f"; then, at each rung's best rate, global batches {listed} "
+            f"({len(first_batches)} of the trials; a batch that leaves fewer than minSteps "
+            "steps is left out)"
+        )
+        first = [*first, *first_batches]
     return (
         f"\ntuning: rungs {', '.join(rungs)} at {', '.join(format_flops(b) for b in budgets)} "
         f"FLOPs over learning rates {shown} (in parentheses: tried one at a time where a rung's "
-        f"best sits at an edge): {len(first)} trials, {flops:.3e} FLOPs "
+        f"best sits at an edge){batches}: {len(first)} trials, {flops:.3e} FLOPs "
         f"({flops / grid:.1%} of the grid above; {most / grid:.1%} if every rung widens both "
         f"ways), about {hours:.3g} GPU-hours. Every grid trial then trains at the law "
-        "eta*(N, D) fitted to their optima."
+        "eta*(N, D) fitted to their optima"
+        + (" and the batch of B*(D), its steps resized to its budget." if batches else ".")
     )
 
 

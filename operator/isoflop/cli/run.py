@@ -39,6 +39,12 @@ def add_backend_options(p: argparse.ArgumentParser) -> None:
         "1.79 N^-0.713 D^0.307, a basin of depth 0.2 per squared decade) or "
         "coefficient,alpha,beta,depth; default: it does not",
     )
+    p.add_argument(
+        "--batches",
+        help="how the simulated loss depends on the global batch: 'step' (Step Law's optimum "
+        "0.58 D^0.571, a basin of depth 0.1 per squared decade) or coefficient,beta,depth; "
+        "default: it does not",
+    )
     p.add_argument("--parallelism", type=int, help="trials at once (default: the spec's)")
     p.add_argument(
         "--gpus",
@@ -109,12 +115,14 @@ def open_run(args: argparse.Namespace, sweep: api.ScalingSweep, directory: Path)
     from isoflop.local.backends import make_backend
     from isoflop.local.devices import DeviceError, parse_gpus
     from isoflop.local.runner import Run, RunError
-    from isoflop.sweep.forecast import Law, RateBasin
+    from isoflop.sweep.forecast import BatchBasin, Law, RateBasin
 
     try:
         law = Law.parse(args.law) if args.law else Law()
         if args.rates:
             law = replace(law, rates=RateBasin.parse(args.rates))
+        if args.batches:
+            law = replace(law, batches=BatchBasin.parse(args.batches))
     except ValueError as err:
         raise UsageError(str(err)) from None
     kind = "simulated" if args.simulate else "local"

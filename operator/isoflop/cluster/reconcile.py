@@ -119,7 +119,7 @@ def reconcile_sweep(s: Sweep, patch: kopf.Patch) -> None:
         fitted = decision.complete_budgets
         fit_result, analysis = fit(
             s.spec,
-            results_table(s.plan, states),
+            results_table(s.plan, states, s.spec),
             fitted,
             final=decision.phase == "Fitting",
         )
@@ -197,7 +197,7 @@ def predict_confirmations(
     an earlier reconcile: the same trials give the same fit)."""
     from isoflop.fit import Points
 
-    rows = results_table(s.plan, states)
+    rows = results_table(s.plan, states, s.spec)
     if analysis is None:
         _, analysis = fit(s.spec, rows, fitted, final=True)
     points = Points.from_rows([r for r in rows if r["budget"] in fitted])

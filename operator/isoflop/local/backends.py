@@ -99,6 +99,7 @@ class SimulatedBackend:
             self.noise,
             self.seed,
             rate=config.learning_rate,
+            batch=config.global_batch_size,
         )
         self.done[trial.id] = Observation("Succeeded", loss=loss)
 

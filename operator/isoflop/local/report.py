@@ -139,22 +139,45 @@ def tuning_lines(st: api.TuningStatus | None) -> list[str]:
             "![loss against learning rate](plots/rates.png)",
             "",
         ]
-    lines += [
-        "| budget | rung | params | tokens | rates tried | best learning rate |",
-        "|---|---|---:|---:|---:|---|",
-    ]
-    for g in st.groups:
-        if g.best_learning_rate is not None:
-            best = f"{g.best_learning_rate:.3g}"
-        elif g.edge is not None:
-            best = f"at the {'upper' if g.edge == 'high' else 'lower'} edge"
-        else:
-            best = g.problem or "open"
-        lines.append(
-            f"| {format_flops(g.budget)} | {g.rung} | {g.params:,} | {g.tokens:,} | {g.trials} "
-            f"| {best} |"
+    batch = st.batch_law
+    if batch is not None:
+        ci = batch.tokens_exponent_interval
+        exponent = (
+            ""
+            if batch.tokens_exponent is None
+            else f" x D^{batch.tokens_exponent:.3f} "
+            + ("not identified" if ci is None else f"[{ci.low:.3f}, {ci.high:.3f}]")
         )
+        lines += [
+            f"- batch law ({batch.form}, {batch.points} optima): B* = {batch.coefficient:.4g}"
+            f"{exponent}; scatter {batch.residual_std:.3f} decades",
+            "",
+        ]
+    batches = any(g.batch_trials for g in st.groups)
+    head = "| budget | rung | params | tokens | rates tried | best learning rate |"
+    rule = "|---|---|---:|---:|---:|---|"
+    if batches:
+        head, rule = head + " batches tried | best batch |", rule + "---:|---|"
+    lines += [head, rule]
+    for g in st.groups:
+        row = (
+            f"| {format_flops(g.budget)} | {g.rung} | {g.params:,} | {g.tokens:,} | {g.trials} "
+            f"| {best_text(g.best_learning_rate, g.edge, g.problem)} |"
+        )
+        if batches:
+            best_batch = best_text(g.best_batch_size, g.batch_edge, g.batch_problem)
+            row += f" {g.batch_trials} | {best_batch} |"
+        lines.append(row)
     return [*lines, ""]
+
+
+def best_text(best: float | None, edge: str | None, problem: str | None) -> str:
+    """A tuning group's optimum, or where it stands without one."""
+    if best is not None:
+        return f"{best:.3g}"
+    if edge is not None:
+        return f"at the {'upper' if edge == 'high' else 'lower'} edge"
+    return problem or "open"
 
 
 def confirmation_lines(confirmations: list[api.Confirmation]) -> list[str]:

@@ -176,7 +176,7 @@ class Run:
         """Fit the trials of these budgets; remember the text and what it was fitted to."""
         from isoflop.fit.report import format_text
 
-        rows = results_table(self.plan, self.state.trials)
+        rows = results_table(self.plan, self.state.trials, self.spec)
         self.fitting = True
         try:
             self.state.fit, self.analysis = fit(self.spec, rows, budgets, final=final)
@@ -193,7 +193,7 @@ class Run:
 
         if self.analysis is None:
             self.refit(self.state.fitted)
-        rows = results_table(self.plan, self.state.trials)
+        rows = results_table(self.plan, self.state.trials, self.spec)
         points = Points.from_rows([r for r in rows if r["budget"] in self.state.fitted])
         have = {c.budget for c in self.state.confirmations}
         wanted = sorted(b for b in self.spec.confirm if b not in have)
@@ -284,7 +284,7 @@ class Run:
             mine = [
                 (t.learning_rate or 0.0, s.loss)
                 for t in self.plan.tuning
-                if t.budget == g.budget and t.rung == g.rung
+                if t.budget == g.budget and t.rung == g.rung and t.tunes == "rate"
                 and (s := self.state.trials.get(t.id)) is not None and s.loss is not None
             ]  # fmt: skip
             if mine:
@@ -299,7 +299,7 @@ class Run:
         A run resumed with results its stored fit has not seen refits first."""
         status = self.write_status(decision)
         write_trials_csv(self.dir / "trials.csv", self.plan, self.state.trials, decision.skipped)
-        rows = results_table(self.plan, self.state.trials)
+        rows = results_table(self.plan, self.state.trials, self.spec)
         stored = self.state.fit_key == fit_key(self.spec, rows, self.state.fitted, True)
         if self.analysis is None and len(self.state.fitted) >= 2 and not stored:
             self.refit(self.state.fitted)
@@ -307,7 +307,7 @@ class Run:
             from isoflop.fit import Points
             from isoflop.fit.plots import plot_all
 
-            rows = results_table(self.plan, self.state.trials)
+            rows = results_table(self.plan, self.state.trials, self.spec)
             points = Points.from_rows([r for r in rows if r["budget"] in self.state.fitted])
             marks = confirm_points(status.confirmations)
             self.plots = plot_all(points, self.analysis, self.dir / "plots", marks)

@@ -123,7 +123,7 @@ class Sweep:
     @property
     def grid_ready(self) -> bool:
         """The grid may train: no tuning stage, or its law stands."""
-        return self.tuning is None or self.tuning.law is not None
+        return self.tuning is None or self.tuning.ready
 
     def state(self, trial_id: str) -> TrialState:
         return self.states.get(trial_id, TrialState())
@@ -140,10 +140,12 @@ def resolve(spec: api.ScalingSweepSpec, plan: Plan, states: Mapping[str, TrialSt
     }
     rate_losses = {tid: s.loss for tid in tuned if (s := states[tid]).loss is not None}
     tuning = stage(spec, plan.tuning, rate_losses, tuned)
-    grid = plan.trials
-    if tuning is not None and tuning.law is not None:
-        grid = tuple(tuning.tuned(t) for t in grid)
-    g = graph(spec, grid, plan.tuning)
+    grid, stage_trials = plan.trials, plan.tuning
+    if tuning is not None:
+        stage_trials = tuple(tuning.prepared(t) for t in stage_trials)  # batch trials' rates
+        if tuning.ready:
+            grid = tuple(tuning.tuned(t) for t in grid)
+    g = graph(spec, grid, stage_trials)
     effective = dict(states)
     for n in g.nodes:  # parents come before their children
         parent = effective.get(n.after) if n.after else None
@@ -266,9 +268,10 @@ def decide(
     fit_due = len(usable) >= 2 and usable != tuple(fitted)
     done = f"{len(terminal)}/{len(t.grid)} trials finished"
     if tuning is not None and not tuning.done:
-        settled = sum(g.settled for g in tuning.groups)
+        settled = sum(g.settled for g in tuning.batch_groups or tuning.groups)  # rate first
         done = (
-            f"tuning the learning rate: {settled}/{len(tuning.groups)} rungs settled, "
+            f"tuning the learning rate{' and batch' if tuning.batch_groups else ''}: "
+            f"{settled}/{len(tuning.groups)} rungs settled, "
             f"{len(tuning.chosen & set(sweep.states))} of {len(tuning.chosen)} trials started; "
             + done
         )
@@ -355,7 +358,7 @@ def confirm_step(
                 break
             room -= 1
             trial = trial_of(trained, c)
-            if tuning is not None and tuning.law is not None:
+            if tuning is not None and tuning.ready:
                 trial = tuning.tuned(trial)
             launches.append(Launch(Node(trial), s.attempts + 1))
     done = len(confirmations) - len(open_)

@@ -11,6 +11,7 @@ the grid's own.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -108,28 +109,32 @@ def way_spec(spec: api.ScalingSweepSpec, way: RateWay) -> api.ScalingSweepSpec:
 
 def draw(law: Law, trials: Sequence[Trial], rates: Sequence[float], noise: float,
          rng: np.random.Generator) -> dict[str, float]:  # fmt: skip
-    """Each trial's loss at its rate: the law, its rate basin, lognormal noise."""
+    """Each trial's loss at its rate (and batch, where the law has a batch basin): the law, its
+    basins, lognormal noise."""
     assert law.rates is not None
     params = np.array([float(t.params) for t in trials])
     tokens = np.array([float(t.tokens) for t in trials])
     factor = np.array(
         [law.rates.factor(n, d, r) for n, d, r in zip(params, tokens, rates, strict=True)]
     )
+    if law.batches is not None:
+        factor *= np.array([law.batches.factor(float(t.tokens), t.batch_size) for t in trials])
     loss = law(params, tokens) * factor * np.exp(noise * rng.standard_normal(len(trials)))
     return {t.id: float(v) for t, v in zip(trials, loss, strict=True)}
 
 
 def tuned_losses(
     spec: api.ScalingSweepSpec, p: Plan, law: Law, noise: float, rng: np.random.Generator
-) -> tuple[dict[str, float] | None, float]:
+) -> tuple[dict[str, float] | None, float, dict[str, TrialState]]:
     """The grid's losses with the tuning stage run through the engine (every launch finishes at
-    once), and the stage's compute over the grid's; None when the stage stopped."""
+    once; None when the stage stopped), the stage's compute over the grid's, and every trial's
+    state (the stage's laws: resolve them)."""
     states: dict[str, TrialState] = {}
     stage_flops = 0.0
     for _ in range(200):
         d = decide(spec, p, states)
         if d.phase == "Failed":
-            return None, stage_flops / sum(t.flops for t in p.trials)
+            return None, stage_flops / sum(t.flops for t in p.trials), states
         if not d.launches:
             break
         trials = [launch.trial for launch in d.launches]
@@ -141,7 +146,24 @@ def tuned_losses(
         )
     grid = {t.id for t in p.trials}
     losses = {tid: s.loss for tid, s in states.items() if tid in grid and s.loss is not None}
-    return losses, stage_flops / sum(t.flops for t in p.trials)
+    return losses, stage_flops / sum(t.flops for t in p.trials), states
+
+
+def n_star_exponent(
+    trials: Sequence[Trial], losses: dict[str, float], bootstrap: int, seed: int
+) -> tuple[float, float, float] | None:
+    """The N* exponent of the parabola fit of these trials' losses, with its interval (NaN where
+    none is identified); None where the fit gives no N* law."""
+    points = trial_points([t for t in trials if t.id in losses], losses)
+    try:
+        a = analyze(points, method="parabola", bootstrap=bootstrap, seed=seed)
+    except ValueError:
+        return None
+    law_n = a.laws.get("params")
+    if law_n is None:
+        return None
+    ci = law_n.exponent_ci
+    return law_n.exponent, ci.low if ci else math.nan, ci.high if ci else math.nan
 
 
 def simulate_rates(
@@ -167,7 +189,7 @@ def simulate_rates(
         fractions, failed = [], 0
         for r in range(runs):
             if way == "tuned":
-                losses, fraction = tuned_losses(s, p, law, noise, rng)
+                losses, fraction, _ = tuned_losses(s, p, law, noise, rng)
                 fractions.append(fraction)
             elif way == "ideal":
                 rates = [law.rates.optimum(t.params, t.tokens) for t in p.trials]
@@ -175,22 +197,13 @@ def simulate_rates(
             else:
                 rates = [learning_rate(s, t.rung) for t in p.trials]
                 losses = draw(law, p.trials, rates, noise, rng)
-            if losses is None:
+            found = (
+                None if losses is None else n_star_exponent(p.trials, losses, bootstrap, seed + r)
+            )
+            if found is None:
                 failed += 1
                 continue
-            points = trial_points([t for t in p.trials if t.id in losses], losses)
-            try:
-                a = analyze(points, method="parabola", bootstrap=bootstrap, seed=seed + r)
-            except ValueError:
-                failed += 1
-                continue
-            law_n = a.laws.get("params")
-            if law_n is None:
-                failed += 1
-                continue
-            value[r] = law_n.exponent
-            if law_n.exponent_ci is not None:
-                low[r], high[r] = law_n.exponent_ci.low, law_n.exponent_ci.high
+            value[r], low[r], high[r] = found
             if progress is not None:
                 progress(1)
         ok = np.isfinite(value)

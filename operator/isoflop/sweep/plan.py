@@ -105,6 +105,7 @@ class Trial:
     # its peak learning rate: a tuning trial's rate, or a grid trial's from the tuning law;
     # None: training.learningRate under its scaling rule (isoflop.sweep.trials.learning_rate)
     learning_rate: float | None = None
+    tunes: Literal["rate", "batch"] | None = None  # a tuning trial: what it varies
 
     @property
     def rounding(self) -> float:
@@ -236,12 +237,18 @@ def ladder(spec: ScalingSweepSpec) -> list[Rung]:
 
 
 def sized(
-    spec: ScalingSweepSpec, budget: float, rung: Rung, tid: str, replicates: int = 1
+    spec: ScalingSweepSpec,
+    budget: float,
+    rung: Rung,
+    tid: str,
+    replicates: int = 1,
+    batch: int | None = None,
 ) -> list[Trial] | Infeasible:
     """One rung at one budget: its trials (one per replicate) with the steps that spend the
-    budget, or why it cannot be trained (fewer steps than minSteps, less than one batch)."""
+    budget at `batch` (default training.globalBatchSize), or why it cannot be trained (fewer
+    steps than minSteps, less than one batch)."""
     cfg = rung.config
-    batch = spec.training.global_batch_size
+    batch = batch or spec.training.global_batch_size
     params = cfg.params()
     per_sample = cfg.training_flops_per_sample(spec.flops_accounting)
     steps = round(budget / (per_sample * batch))
@@ -279,6 +286,23 @@ def sized(
     ]
 
 
+def resized(trial: Trial, batch: int) -> Trial:
+    """The same trial at another global batch: the steps that come nearest its samples (at
+    least one), and the samples, tokens and FLOPs those steps train."""
+    steps = max(round(trial.samples / batch), 1)
+    samples = steps * batch
+    return replace(
+        trial,
+        batch_size=batch,
+        steps=steps,
+        samples=samples,
+        tokens=samples * trial.tokens_per_sample,
+        flops=samples * trial.flops_per_sample,
+        flops_exact=samples * (trial.flops_exact // trial.samples),
+        flops_6nd=samples * (trial.flops_6nd // trial.samples),
+    )
+
+
 # -- the tuning stage's trials (spec.tuning; its decisions are isoflop.sweep.tuning's) ---------
 
 TUNING_PREFIX = "tune-"
@@ -295,6 +319,11 @@ def tuning_id(budget: float, rung: str, rate: float) -> str:
     return f"{TUNING_PREFIX}{budget_tag(budget)}-{rung}-lr{budget_tag(rate)}"
 
 
+def batch_tuning_id(budget: float, rung: str, batch: int) -> str:
+    """tune-3e10-d02-bs64: a batch-size trial of the stage."""
+    return f"{TUNING_PREFIX}{budget_tag(budget)}-{rung}-bs{batch}"
+
+
 def three_digits(x: float) -> float:
     return float(f"{x:.3g}")
 
@@ -309,6 +338,7 @@ class TuningGrid:
     rates: tuple[float, ...]
     first: int
     last: int
+    batches: tuple[int, ...] = ()  # spec.tuning.globalBatchSizes, widened likewise
 
 
 def requested_rates(spec: api.ScalingSweepSpec) -> list[float]:
@@ -319,6 +349,36 @@ def requested_rates(spec: api.ScalingSweepSpec) -> list[float]:
     base = spec.training.learning_rate
     steps = range(-TUNING_STEPS, TUNING_STEPS + 1)
     return sorted({r for k in steps if (r := three_digits(base * 2.0**k)) <= MAX_RATE})
+
+
+def requested_batches(spec: api.ScalingSweepSpec) -> list[int]:
+    tuning = spec.tuning
+    assert tuning is not None
+    return sorted(tuning.global_batch_sizes)
+
+
+def batch_unit(spec: api.ScalingSweepSpec) -> int:
+    """What every global batch must be a multiple of: training.microBatchSize where set."""
+    return spec.training.micro_batch_size or 1
+
+
+MAX_BATCH = 1 << 20  # the API's bound on a global batch
+
+
+def beyond_batches(
+    batches: Sequence[int], steps: int, side: Literal["low", "high"], unit: int
+) -> list[int]:
+    """`steps` more batch sizes past one end of an ascending grid, at the ratio of its last step
+    there, as multiples of `unit` (none below one unit or above the API's bound, no repeats)."""
+    edge = batches[0] if side == "low" else batches[-1]
+    ratio = batches[1] / batches[0] if side == "low" else batches[-1] / batches[-2]
+    out = set()
+    for k in range(1, steps + 1):
+        x = edge / ratio**k if side == "low" else edge * ratio**k
+        b = max(unit, unit * round(x / unit))
+        if b <= MAX_BATCH and b not in batches:
+            out.add(b)
+    return sorted(out)
 
 
 def beyond(rates: Sequence[float], steps: int, side: Literal["low", "high"]) -> list[float]:
@@ -368,11 +428,21 @@ def tuning_grid(spec: api.ScalingSweepSpec, rungs: Sequence[Rung]) -> TuningGrid
     low = beyond(asked, tuning.widen, "low")
     high = beyond(asked, tuning.widen, "high")
     rates = tuple(low + asked + high)
-    return TuningGrid(budgets, chosen, rates, len(low), len(low) + len(asked) - 1)
+    batches: tuple[int, ...] = ()
+    if tuning.global_batch_sizes:
+        wanted, unit = requested_batches(spec), batch_unit(spec)
+        batches = tuple(
+            beyond_batches(wanted, tuning.widen, "low", unit)
+            + wanted
+            + beyond_batches(wanted, tuning.widen, "high", unit)
+        )
+    return TuningGrid(budgets, chosen, rates, len(low), len(low) + len(asked) - 1, batches)
 
 
 def tuning_trials(spec: api.ScalingSweepSpec, rungs: Sequence[Rung]) -> tuple[Trial, ...]:
-    """Every trial the stage may train: each tuning budget x rung x rate of the widened grid."""
+    """Every trial the stage may train: each tuning budget x rung x rate of the widened grid,
+    and where batches are tuned each batch size its steps allow (their rate is the rung's
+    optimum, known once its rates are trained: isoflop.sweep.tuning sets it)."""
     g = tuning_grid(spec, rungs)
     if g is None:
         return ()
@@ -383,7 +453,12 @@ def tuning_trials(spec: api.ScalingSweepSpec, rungs: Sequence[Rung]) -> tuple[Tr
             for rate in g.rates:
                 got = sized(spec, budget, by_name[name], tuning_id(budget, name, rate))
                 assert not isinstance(got, Infeasible)  # tuning_grid checked every one
-                out.append(replace(got[0], learning_rate=rate))
+                out.append(replace(got[0], learning_rate=rate, tunes="rate"))
+            for batch in g.batches:
+                tid = batch_tuning_id(budget, name, batch)
+                sized_at = sized(spec, budget, by_name[name], tid, batch=batch)
+                if not isinstance(sized_at, Infeasible):  # too few steps at this batch
+                    out.append(replace(sized_at[0], tunes="batch"))
     return tuple(out)
 
 

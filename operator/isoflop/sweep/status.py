@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 from isoflop import api
-from isoflop.sweep.confirm import verdict
+from isoflop.fit.rates import RateLaw
+from isoflop.sweep.confirm import resources_spec, trial_of, verdict
 from isoflop.sweep.engine import ACTIVE, ERROR_CHARS, Decision, Sweep, TrialState, resolve
 from isoflop.sweep.plan import Plan
 from isoflop.sweep.tuning import Stage
@@ -55,6 +56,7 @@ def trial_records(sweep: Sweep, plan: Plan, limit: int) -> list[api.TrialRecord]
     planned = {n.id for n in sweep.graph.planned(sweep.skipped)}
     if sweep.tuning is not None:
         planned |= sweep.tuning.chosen
+    batches = sweep.tuning is not None and bool(sweep.tuning.batch_groups)
     for n in sweep.graph.nodes:
         t = n.trial
         s = sweep.states.get(t.id, TrialState())
@@ -82,6 +84,7 @@ def trial_records(sweep: Sweep, plan: Plan, limit: int) -> list[api.TrialRecord]
                 error=(s.error or "")[:ERROR_CHARS] or None if phase == "Failed" else None,
                 kind=None if n.kind == "trial" else n.kind,
                 learning_rate=t.learning_rate,
+                global_batch_size=t.batch_size if batches else None,
                 branched_from=n.after if n.kind == "branch" else None,
                 branch_step=n.branch_step if n.kind == "branch" else None,
             )
@@ -113,7 +116,7 @@ def strategy_status(spec: api.ScalingSweepSpec, sweep: Sweep) -> api.StrategySta
 
 
 def tuning_status(sweep: Sweep) -> api.TuningStatus | None:
-    """The tuning stage's groups, law and compute; None without one."""
+    """The tuning stage's groups, laws and compute; None without one."""
     stage = sweep.tuning
     if stage is None:
         return None
@@ -121,46 +124,45 @@ def tuning_status(sweep: Sweep) -> api.TuningStatus | None:
     flops = float(sum(t.flops for t in trials))
     full = sweep.graph.full_grid_flops
     succeeded = sum(sweep.state(t.id).phase == "Succeeded" for t in trials)
-    groups = [
-        api.RateGroup(
-            budget=g.budget,
-            rung=g.rung,
-            params=g.params,
-            tokens=g.tokens,
-            trials=len(g.chosen),
-            settled=g.settled,
-            best_learning_rate=g.best_rate,
-            edge=g.edge,
-            problem=g.problem,
-        )
-        for g in stage.groups
-    ]
-    law = None
-    if stage.law is not None:
-        x = stage.law
-        law = api.RateLaw(
-            form=x.form,
-            description=x.words,
-            coefficient=x.coefficient,
-            params_exponent=x.params_exponent,
-            tokens_exponent=x.tokens_exponent,
-            compute_exponent=x.compute_exponent,
-            points=x.points,
-            residual_std=x.residual_std,
-            **{
-                f"{name}_interval" if name == "coefficient" else f"{name}_exponent_interval": (
-                    api.Interval(low=ci.low, high=ci.high) if ci is not None else None
-                )
-                for name, ci in x.intervals.items()
-            },
+    batch = {(g.budget, g.rung): g for g in stage.batch_groups}
+    groups = []
+    for g in stage.groups:
+        b = batch.get((g.budget, g.rung))
+        groups.append(
+            api.RateGroup(
+                budget=g.budget,
+                rung=g.rung,
+                params=g.params,
+                tokens=g.tokens,
+                trials=len(g.chosen),
+                settled=g.settled,
+                best_learning_rate=g.best,
+                edge=g.edge,
+                problem=g.problem,
+                **(
+                    {
+                        "batch_trials": len(b.chosen),
+                        "batch_settled": b.settled,
+                        "best_batch_size": b.best,
+                        "batch_edge": b.edge,
+                        "batch_problem": b.problem,
+                    }
+                    if b is not None
+                    else {}
+                ),
+            )
         )
     phase: Literal["Tuning", "Tuned", "Failed"]
     if stage.problem is not None:
         phase, message = "Failed", stage.problem
-    elif stage.law is not None:
-        phase, message = "Tuned", f"every grid trial trains at {stage.law.words}"
+    elif stage.ready:
+        assert stage.law is not None
+        message = f"every grid trial trains at {stage.law.words}"
+        if stage.batch_law is not None:
+            message += f" and {stage.batch_law.words}"
+        phase = "Tuned"
     else:
-        settled = sum(g.settled for g in stage.groups)
+        settled = sum(g.settled for g in stage.batch_groups or stage.groups)
         phase, message = "Tuning", f"{settled}/{len(stage.groups)} rungs settled"
     return api.TuningStatus(
         phase=phase,
@@ -170,16 +172,46 @@ def tuning_status(sweep: Sweep) -> api.TuningStatus | None:
         planned_flops=flops,
         grid_fraction=round(flops / full, 4) if full else 0.0,
         groups=groups,
-        law=law,
+        law=rate_law(stage.law),
+        batch_law=rate_law(stage.batch_law),
     )
 
 
-def results_table(plan: Plan, states: Mapping[str, TrialState]) -> list[dict[str, float]]:
+def rate_law(x: RateLaw | None) -> api.RateLaw | None:
+    """A fitted learning-rate or batch law as the status holds it."""
+    if x is None:
+        return None
+    return api.RateLaw(
+        form=x.form,
+        description=x.words,
+        coefficient=x.coefficient,
+        params_exponent=x.params_exponent,
+        tokens_exponent=x.tokens_exponent,
+        compute_exponent=x.compute_exponent,
+        points=x.points,
+        residual_std=x.residual_std,
+        **{
+            f"{name}_interval" if name == "coefficient" else f"{name}_exponent_interval": (
+                api.Interval(low=ci.low, high=ci.high) if ci is not None else None
+            )
+            for name, ci in x.intervals.items()
+        },
+    )
+
+
+def results_table(
+    plan: Plan, states: Mapping[str, TrialState], spec: api.ScalingSweepSpec | None = None
+) -> list[dict[str, float]]:
     """Rows for `isoflop.fit`: every succeeded trial of the plan with the metrics that every one
-    of them measured (a metric some trials lack cannot be fitted across budgets)."""
+    of them measured (a metric some trials lack cannot be fitted across budgets), at the tokens
+    it trained: where the tuning stage sets batches (`spec` given), its resized steps'."""
+    grid = plan.trials
+    if spec is not None and spec.tuning is not None and spec.tuning.global_batch_sizes:
+        trained = {n.id: n.trial for n in resolve(spec, plan, states).graph.nodes}
+        grid = tuple(trained.get(t.id, t) for t in grid)
     done = [
         (t, s)
-        for t in plan.trials
+        for t in grid
         if (s := states.get(t.id)) is not None and s.phase == "Succeeded" and s.loss is not None
     ]
     common = set.intersection(*(set(dict(s.metrics)) for _, s in done)) if done else set()
@@ -213,7 +245,9 @@ def sweep_status(
     finished = c.get("succeeded", 0) + c.get("failed", 0)
     kept = [c for c in confirmations if c.budget in spec.confirm]
     sweep = resolve(spec, plan, states)
-    confirmed = confirmation_records(kept, states, 1 + spec.retries.per_trial, sweep.tuning)
+    confirmed = confirmation_records(
+        kept, states, 1 + spec.retries.per_trial, sweep.tuning, resources_spec(spec)
+    )
     wanted = wanted_conditions(decision, fit, data)
     if spec.confirm:
         wanted.append(confirmed_condition(confirmed))
@@ -242,13 +276,15 @@ def confirmation_records(
     states: Mapping[str, TrialState],
     limit: int,
     tuning: Stage | None = None,
+    trained: api.ScalingSweepSpec | None = None,
 ) -> list[api.Confirmation]:
     """The stored confirmations with where their runs stand: a measured one with its verdict;
-    with a tuning stage's law, the rate each trains at."""
+    with a tuning stage's laws (and `trained`, the spec confirmations train under), the rate
+    and batch each trains at."""
     out = []
     for c in confirmations:
-        if tuning is not None and tuning.law is not None and c.depth is not None:
-            c = c.model_copy(update={"learning_rate": tuned_rate(tuning, c)})
+        if tuning is not None and trained is not None and tuning.ready and c.depth is not None:
+            c = c.model_copy(update=tuned_fields(trained, tuning, c))
         s = states.get(c.trial)
         if c.phase in ("Infeasible", "Succeeded") or s is None:
             out.append(c)
@@ -279,12 +315,18 @@ def confirmation_records(
     return out
 
 
-def tuned_rate(tuning: Stage, c: api.Confirmation) -> float | None:
-    """The rate the tuning law gives a confirmation's model at its budget (None: not trainable)."""
-    if c.depth is None or c.width is None or c.params is None or c.tokens is None:
-        return None
-    assert tuning.law is not None
-    return tuning.tuned_rate(c.params, c.tokens, c.budget)
+def tuned_fields(spec: api.ScalingSweepSpec, tuning: Stage, c: api.Confirmation) -> dict[str, Any]:
+    """What the tuning laws give a confirmation's model at its budget, as the engine trains it
+    (`spec`: the spec it trains under): its rate, and where batches are tuned its batch, steps
+    and tokens; nothing for a model it cannot train."""
+    try:
+        trial = tuning.tuned(trial_of(spec, c))
+    except ValueError:
+        return {}
+    out: dict[str, Any] = {"learning_rate": trial.learning_rate}
+    if tuning.batch_law is not None:
+        out |= {"global_batch_size": trial.batch_size, "steps": trial.steps, "tokens": trial.tokens}
+    return out
 
 
 def confirmed_condition(confirmations: Sequence[api.Confirmation]) -> tuple[str, bool, str, str]:
