@@ -36,6 +36,16 @@ through the engine), and the stage's compute as a fraction of the grid's; the ba
 same run ("ideal") trains every trial at its own optimum rate, so its bias is the grid's own.
 Target: with the stage, bias within 0.005 of the baseline's and coverage 0.90-0.98 at <= 20%
 extra compute.
+
+`--batches` measures the global batch's effect (issue 37): losses drawn with the Step Law rate
+basin and a basin in log batch (depth `--batch-depth`) around B*(D) = c D^0.571, centred so that
+the spec's own batch is the optimum at the grid's middle trial. Rows ("bench":
+"calibration-batches") give the N* exponent's bias and coverage at one rate and batch ("fixed"),
+with the stage tuning the rate alone ("rates") and the rate then the batch over
+globalBatchSize x 2^(-2..2) ("both"), against every trial at its own optimum ("ideal"); and for
+"both" the batch law's D exponent: its bias and its 95% interval's coverage of 0.571.
+
+    .venv/bin/python benchmarks/bench_calibration.py --batches --noise 0.005
 """
 
 from __future__ import annotations
@@ -57,6 +67,7 @@ from threadpoolctl import threadpool_limits
 from isoflop import api
 from isoflop.fit.parabola import DEFAULT_WINDOW
 from isoflop.sweep.forecast import Law, simulate, summarize, truth
+from isoflop.sweep.forecast_batches import centred_batches, simulate_batches
 from isoflop.sweep.forecast_rates import STEP_LAW_EXPONENTS, centred_basin, simulate_rates
 from isoflop.sweep.plan import plan
 
@@ -207,6 +218,42 @@ def rate_rows(
     ]
 
 
+def batch_rows(
+    grid: str, depth: float, noise: float, runs: int, bootstrap: int
+) -> list[dict[str, object]]:
+    """The N* exponent at one rate and batch, with the stage tuning the rate, and the rate and
+    the batch; the batch law's exponent against the basin's."""
+    spec = api.load_sweep(RATE_GRIDS[grid]).spec
+    law = replace(
+        RATE_SURFACES[grid], rates=centred_basin(spec), batches=centred_batches(spec, depth=depth)
+    )
+    start = time.perf_counter()
+    found = simulate_batches(spec, law, noise, runs, bootstrap, seed=11)
+    seconds = time.perf_counter() - start
+    return [
+        {
+            "bench": "calibration-batches",
+            "grid": grid,
+            "batch_depth": depth,
+            "noise": noise,
+            "way": f.way,
+            "true": round(f.true, 5),
+            "bias": round(f.bias, 5),
+            "spread": round(f.spread, 5),
+            "coverage": None if f.coverage is None else round(f.coverage, 3),
+            "failed": f.failed,
+            "stage_fraction": round(f.stage_fraction, 4),
+            "batch_true": f.batch_true,
+            "batch_bias": None if f.batch_bias is None else round(f.batch_bias, 5),
+            "batch_coverage": None if f.batch_coverage is None else round(f.batch_coverage, 3),
+            "runs": runs,
+            "bootstrap": bootstrap,
+            "seconds": round(seconds, 1),
+        }
+        for f in found
+    ]
+
+
 def emit(row: dict[str, object], out: TextIO | None) -> None:
     """One JSON line to stdout, and to the --out file when given."""
     print(json.dumps(row), flush=True)
@@ -245,6 +292,12 @@ def main() -> None:
         "with these basins instead",
     )
     ap.add_argument("--rate-depth", type=float, default=0.2, help="the basins' depth")
+    ap.add_argument(
+        "--batches",
+        action="store_true",
+        help="calibrate the batch ways (one batch, the stage with and without batches) instead",
+    )
+    ap.add_argument("--batch-depth", type=float, default=0.1, help="the batch basin's depth")
     args = ap.parse_args()
     warnings.simplefilter("ignore", RuntimeWarning)
     meta = {
@@ -259,6 +312,15 @@ def main() -> None:
     if out:
         out.write(json.dumps(meta) + "\n")
     with threadpool_limits(limits=1):
+        if args.batches:
+            grids = args.grids if args.grids != list(GRIDS) else list(RATE_GRIDS)
+            for grid in grids:
+                for noise in args.noise:
+                    for row in batch_rows(grid, args.batch_depth, noise, args.runs, args.bootstrap):
+                        emit(row, out)
+            if out:
+                out.close()
+            return
         if args.rates:
             grids = args.grids if args.grids != list(GRIDS) else list(RATE_GRIDS)
             for grid in grids:
