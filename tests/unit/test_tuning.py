@@ -14,7 +14,7 @@ import pytest
 from isoflop import api
 from isoflop.fit.rates import RatePoint, fit_batch_law, fit_rate_law, rate_optimum
 from isoflop.sweep.check import runnable_plan
-from isoflop.sweep.confirm import confirm_id
+from isoflop.sweep.confirm import confirm_id, trial_of
 from isoflop.sweep.engine import TrialState, decide, resolve
 from isoflop.sweep.forecast import BatchBasin, RateBasin
 from isoflop.sweep.plan import Plan, is_tuning, plan
@@ -442,6 +442,37 @@ def test_batches_train_at_each_rungs_optimum_rate_and_the_grid_at_the_batch_laws
     )
     # the same states give the same decisions: a restarted driver trains the same batches
     assert resolve(s, p, dict(states)).graph == resolve(s, p, states).graph
+
+
+def test_a_confirmation_trains_at_the_batch_laws_batch_and_its_record_says_so() -> None:
+    s = spec(
+        {"globalBatchSizes": [8, 16, 32, 64], "widen": 2},
+        confirm=[1e12],
+        fit={"method": "both"},
+        training={"globalBatchSize": 16, "minSteps": 10, "learningRate": 1e-3,
+                  "microBatchSize": 4},
+    )  # fmt: skip
+    p = plan(s)
+    states, launched = drive(s, p, loss=batch_loss)
+    stage = resolve(s, p, states).tuning
+    assert stage is not None
+    assert stage.batch_law is not None
+    c = api.Confirmation(budget=1e12, trial=confirm_id(1e12), depth=4, width=128, heads=4)
+    d = decide(s, p, states, launched[-1].complete_budgets, [c])
+    (launch,) = d.launches
+    t = launch.trial
+    planned = trial_of(s, c)
+    assert t.batch_size == stage.tuned_batch(planned.tokens, planned.samples)
+    assert t.batch_size != planned.batch_size
+    assert t.steps == round(planned.samples / t.batch_size)
+    assert t.learning_rate == pytest.approx(stage.law(t.params, t.tokens, t.budget), rel=5e-3)
+    stored = c.model_copy(
+        update={"params": planned.params, "tokens": planned.tokens, "steps": planned.steps}
+    )
+    status = sweep_status(s, p, states, d, None, confirmations=[stored])
+    (shown,) = status.confirmations
+    assert (shown.global_batch_size, shown.steps, shown.tokens) == (t.batch_size, t.steps, t.tokens)
+    assert shown.learning_rate == t.learning_rate
 
 
 def test_a_batch_optimum_beyond_the_grid_stops_the_stage_with_a_wider_batch_grid() -> None:
