@@ -4,6 +4,7 @@ laws of the model at its best rates, not of one fixed rate."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -141,3 +142,27 @@ def test_bad_rate_basins_are_one_sentence(tmp_path: Path, bad: str) -> None:
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
     assert out.returncode == 2
     assert out.stderr.strip().startswith("isoflop: error: --rates")
+
+
+def test_forecast_compares_the_batch_ways_before_anything_trains(tmp_path: Path) -> None:
+    manifest = quickstart(tmp_path, "f")
+    cmd = isoflop("forecast", str(manifest), "--runs", "6", "--no-variants", "--law", SURFACE,
+                  "--batches", "centred")  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+
+    def bias(way: str) -> float:
+        found = re.search(rf"^  {re.escape(way)}\s+([+-][0-9.]+)", out.stdout, re.MULTILINE)
+        assert found, out.stdout
+        return float(found.group(1))
+
+    fixed, both = bias("one rate and batch"), bias("the stage on rates, then batches")
+    assert fixed < -0.05  # one batch for all pulls the exponent down
+    assert abs(both) < 0.06
+    assert "the batch law's D exponent: bias" in out.stdout
+    bad = subprocess.run(
+        isoflop("forecast", str(manifest), "--batches", "1,2"), capture_output=True, text=True,
+        timeout=60, check=False,
+    )  # fmt: skip
+    assert bad.returncode == 2
+    assert bad.stderr.strip().startswith("isoflop: error: --batches takes 'step' or three")

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from threadpoolctl import threadpool_limits
 
 from isoflop import api
+
+if TYPE_CHECKING:
+    from isoflop.sweep.forecast import BatchBasin, RateBasin
 from isoflop.cli.common import LAW_HELP, HelpFormatter, Subparsers, UsageError
 from isoflop_trainer.progress import progress_bar
 
@@ -51,6 +55,14 @@ def register(sub: Subparsers) -> None:
         "that depend on the rate: 'centred' (Step Law's exponents, the spec's rate optimal at "
         "the grid's middle trial, depth 0.2) or coefficient,alpha,beta,depth",
     )
+    p.add_argument(
+        "--batches",
+        metavar="BASIN",
+        help="also compare one rate and batch, the tuning stage on rates, and on rates then "
+        "batches, on losses that depend on both: 'centred' (Step Law's, the spec's rate and "
+        "batch optimal at the grid's middle trial, depths 0.2 and 0.1) or coefficient,beta,depth "
+        "for the batch's basin",
+    )
     p.set_defaults(func=command)
 
 
@@ -65,6 +77,7 @@ def command(args: argparse.Namespace) -> int:
 
     sweep = api.load_sweep(args.file)
     law = Law.parse(args.law) if args.law else Law()
+    rate_basin, batch_basin = basins(args, sweep.spec)  # a bad one is refused before any work
     noise = args.noise
     if args.law and args.results_from:
         raise UsageError("give --law or --from, not both")
@@ -109,17 +122,10 @@ def command(args: argparse.Namespace) -> int:
     if args.rates:
         from dataclasses import replace
 
-        from isoflop.sweep.forecast import RateBasin
-        from isoflop.sweep.forecast_rates import WAYS, centred_basin, format_rates, simulate_rates
+        from isoflop.sweep.forecast_rates import WAYS, format_rates, simulate_rates
 
-        try:
-            basin = (
-                centred_basin(sweep.spec)
-                if args.rates == "centred"
-                else RateBasin.parse(args.rates)
-            )
-        except ValueError as err:
-            raise UsageError(str(err)) from None
+        assert rate_basin is not None
+        basin = rate_basin
         noise = 0.005 if noise is None else noise
         with threadpool_limits(limits=1), progress_bar("rates", args.runs * len(WAYS)) as advance:
             rates = simulate_rates(
@@ -128,6 +134,22 @@ def command(args: argparse.Namespace) -> int:
             )  # fmt: skip
         print()
         print(format_rates(rates, args.runs, noise, basin))
+    if args.batches:
+        from dataclasses import replace
+
+        from isoflop.sweep.forecast_batches import BATCH_WAYS, format_batches, simulate_batches
+        from isoflop.sweep.forecast_rates import centred_basin
+
+        assert batch_basin is not None
+        noise = 0.005 if noise is None else noise
+        both = replace(law, rates=centred_basin(sweep.spec), batches=batch_basin)
+        size = args.runs * len(BATCH_WAYS)
+        with threadpool_limits(limits=1), progress_bar("batches", size) as advance:
+            found = simulate_batches(
+                sweep.spec, both, noise, args.runs, args.bootstrap, progress=advance
+            )
+        print()
+        print(format_batches(found, args.runs, noise, batch_basin))
     if args.strategies:
         from isoflop.sweep.forecast import compare_strategies, format_strategies
         from isoflop.sweep.strategy import STRATEGIES
@@ -141,3 +163,26 @@ def command(args: argparse.Namespace) -> int:
         print()
         print(format_strategies(rows, args.runs, noise))
     return 0
+
+
+def basins(
+    args: argparse.Namespace, spec: api.ScalingSweepSpec
+) -> tuple[RateBasin | None, BatchBasin | None]:
+    """--rates and --batches as basins (UsageError: one that does not parse)."""
+    from isoflop.sweep.forecast import BatchBasin, RateBasin
+    from isoflop.sweep.forecast_batches import centred_batches
+    from isoflop.sweep.forecast_rates import centred_basin
+
+    try:
+        rates = batches = None
+        if args.rates:
+            rates = centred_basin(spec) if args.rates == "centred" else RateBasin.parse(args.rates)
+        if args.batches:
+            batches = (
+                centred_batches(spec)
+                if args.batches == "centred"
+                else BatchBasin.parse(args.batches)
+            )
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    return rates, batches
