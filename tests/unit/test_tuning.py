@@ -17,7 +17,7 @@ from isoflop.sweep.check import runnable_plan
 from isoflop.sweep.confirm import confirm_id, trial_of
 from isoflop.sweep.engine import TrialState, decide, resolve
 from isoflop.sweep.forecast import BatchBasin, RateBasin
-from isoflop.sweep.plan import Plan, is_tuning, plan
+from isoflop.sweep.plan import Plan, batch_unit, is_tuning, plan
 from isoflop.sweep.status import results_table, sweep_status
 from isoflop.sweep.trials import train_config
 
@@ -358,6 +358,10 @@ def test_batch_trials_are_planned_per_rung_with_their_own_steps_and_the_refusals
     assert len(batch) < 6 * 7
     # the rate trials are unchanged
     assert len([x for x in p.tuning if x.tunes == "rate"]) == 6 * 9
+    with pytest.raises(api.ManifestError, match=re.escape("split evenly over a trial's 8 GPUs")):
+        spec({"globalBatchSizes": [4, 8, 16]}, resources={"gpusPerNode": 8})
+    on_gpus = spec({"globalBatchSizes": [8, 16, 32]}, resources={"gpusPerNode": 4, "nodes": 2})
+    assert batch_unit(on_gpus) == 8  # what the stage rounds every batch it sets to
     wrong = [
         ({"globalBatchSizes": [8, 16]}, "at least three batch sizes"),
         ({"globalBatchSizes": [8, 8, 16]}, "must not repeat"),

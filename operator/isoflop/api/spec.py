@@ -653,8 +653,8 @@ class TuningSpec(SpecModel):
         description="Where given (at least three, best log-spaced), a grid of global batch "
         "sizes too: each rung trains them at its optimum learning rate once that is found, and "
         "the law B*(D) = coefficient x D^beta across the optima sets every grid trial's batch "
-        "(a multiple of training.microBatchSize where that is set). Empty: every trial trains "
-        "at training.globalBatchSize.",
+        "(a multiple of training.microBatchSize and of a trial's GPUs). Empty: every trial "
+        "trains at training.globalBatchSize.",
     )
     widen: int = Field(
         default=4,
@@ -1045,6 +1045,13 @@ class ScalingSweepSpec(SpecModel):
         odd = [b for b in tuning.global_batch_sizes if micro and b % micro]
         if odd:
             raise ValueError(f"{TUNING_MICRO} ({odd[0]} is not a multiple of {micro})")
+        gpus = max(self.resources.gpus_per_node, 1) * self.resources.nodes
+        uneven = [b for b in tuning.global_batch_sizes if b % gpus]
+        if uneven:
+            raise ValueError(
+                f"every tuning.globalBatchSizes entry must split evenly over a trial's {gpus} "
+                f"GPUs (resources.gpusPerNode x nodes); {uneven[0]} does not"
+            )
 
     def _confirmation(self) -> None:
         """spec.confirm's rules (the API server's are _CONFIRM_CEL)."""

@@ -22,7 +22,7 @@ from typing import Any, Literal
 from isoflop import api
 from isoflop.sweep.confirm import is_confirmation, resources_spec, trial_of
 from isoflop.sweep.packing import Packing
-from isoflop.sweep.plan import Plan, Trial
+from isoflop.sweep.plan import Plan, Trial, batch_unit
 from isoflop.sweep.strategy import Adaptive, Graph, Node, adapt, graph
 from isoflop.sweep.tuning import Stage, stage
 
@@ -358,8 +358,8 @@ def confirm_step(
                 break
             room -= 1
             trial = trial_of(trained, c)
-            if tuning is not None and tuning.ready:
-                trial = tuning.tuned(trial)
+            if tuning is not None and tuning.ready:  # its batch splits over its own GPUs
+                trial = replace(tuning, unit=batch_unit(trained)).tuned(trial)
             launches.append(Launch(Node(trial), s.attempts + 1))
     done = len(confirmations) - len(open_)
     return (

@@ -358,8 +358,11 @@ def requested_batches(spec: api.ScalingSweepSpec) -> list[int]:
 
 
 def batch_unit(spec: api.ScalingSweepSpec) -> int:
-    """What every global batch must be a multiple of: training.microBatchSize where set."""
-    return spec.training.micro_batch_size or 1
+    """What every global batch the tuning stage sets must be a multiple of: the micro-batch
+    (training.microBatchSize where set) and the trial's GPUs (the trainer splits the batch
+    evenly over its processes)."""
+    r = spec.resources
+    return math.lcm(spec.training.micro_batch_size or 1, max(r.gpus_per_node, 1) * r.nodes)
 
 
 MAX_BATCH = 1 << 20  # the API's bound on a global batch

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any, Literal
 
 from isoflop import api
 from isoflop.fit.rates import RateLaw
 from isoflop.sweep.confirm import resources_spec, trial_of, verdict
 from isoflop.sweep.engine import ACTIVE, ERROR_CHARS, Decision, Sweep, TrialState, resolve
-from isoflop.sweep.plan import Plan
+from isoflop.sweep.plan import Plan, batch_unit
 from isoflop.sweep.tuning import Stage
 
 
@@ -320,7 +321,7 @@ def tuned_fields(spec: api.ScalingSweepSpec, tuning: Stage, c: api.Confirmation)
     (`spec`: the spec it trains under): its rate, and where batches are tuned its batch, steps
     and tokens; nothing for a model it cannot train."""
     try:
-        trial = tuning.tuned(trial_of(spec, c))
+        trial = replace(tuning, unit=batch_unit(spec)).tuned(trial_of(spec, c))
     except ValueError:
         return {}
     out: dict[str, Any] = {"learning_rate": trial.learning_rate}
