@@ -823,3 +823,71 @@ async def test_the_tuning_stage_runs_first_survives_a_restart_and_sets_the_grids
         assert records[t.id]["learningRate"] == job_rate(job)
     assert {f"qs-{t.id}" for t in p.trials} <= set(jobs(k8s))
     assert status["counts"]["succeeded"] == len(p.trials)  # tuning trials are no grid points
+
+
+def job_config(job: dict[str, Any]) -> dict[str, Any]:
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    return dict(json.loads(args[args.index("--config-json") + 1]))
+
+
+async def test_the_tuning_stage_tunes_batches_after_each_rungs_rate_and_the_grid_trains_at_b_star(
+    k8s: Any,
+) -> None:
+    """spec.tuning.globalBatchSizes on the emulator: a rung's batch Jobs are created only after
+    its rate Jobs finished, at its optimum rate; every grid Job trains at the batch law's batch
+    (its steps resized) and the law's rate; the batch law is in the status."""
+    from isoflop.sweep.forecast import BatchBasin, RateBasin
+
+    rates, batches = RateBasin(coefficient=0.2, alpha=-0.7, beta=0.3), BatchBasin(0.1, 0.5, 0.1)
+    tuning = {"budgets": [1.5e10, 3e10], "rungs": ["d01", "d02"],
+              "learningRates": [5e-4, 2e-3, 8e-3], "globalBatchSizes": [8, 16, 32],
+              "widen": 2}  # fmt: skip
+    obj = manifest(parallelism=4, tuning=tuning)
+    p = plan(api.parse_sweep(obj).spec)
+    trials = {f"qs-{t.id}": t for t in (*p.trials, *p.tuning)}
+    done: list[str] = []
+
+    def loss(name: str, job: dict[str, Any]) -> float:
+        t, cfg = trials[name], job_config(job)
+        tokens = cfg["steps"] * cfg["global_batch_size"] * t.tokens_per_sample
+        return (
+            loss_of(t)
+            * rates.factor(t.params, tokens, cfg["learning_rate"])
+            * batches.factor(tokens, cfg["global_batch_size"])
+        )
+
+    async with running_operator(k8s):
+        await k8s.post("/apis/isoflop.dev/v1alpha1/namespaces/default/scalingsweeps", json=obj)
+        while sweep_status(k8s).get("phase") not in ("Succeeded", "Failed"):
+            for name, job in list(jobs(k8s).items()):
+                if name not in done:
+                    await finish(k8s, name, {"status": "succeeded", "eval_loss": loss(name, job)})
+                    done.append(name)
+            await asyncio.sleep(0.05)
+    status = sweep_status(k8s)
+    assert status["phase"] == "Succeeded", status.get("conditions")
+    stage = status["tuning"]
+    assert stage["phase"] == "Tuned", stage["message"]
+    law, batch_law = stage["law"], stage["batchLaw"]
+    assert batch_law["form"] == "tokens"
+    best = {(g["budget"], g["rung"]): g["bestLearningRate"] for g in stage["groups"]}
+    created = [r.data["metadata"]["name"] for r in k8s
+               if r.action == kmock.action.CREATE and r.resource == JOBS]  # fmt: skip
+    assert len(created) == len(set(created))
+    for name in created:
+        t, cfg = trials[name], job_config(jobs(k8s)[name])
+        if t.tunes == "batch":
+            rate_jobs = [n for n in created if trials[n].tunes == "rate"
+                         and (trials[n].budget, trials[n].rung) == (t.budget, t.rung)]  # fmt: skip
+            assert max(created.index(n) for n in rate_jobs) < created.index(name)
+            assert cfg["learning_rate"] == pytest.approx(best[(t.budget, t.rung)], rel=5e-3)
+            assert cfg["global_batch_size"] == t.batch_size
+        elif t.tunes is None:  # a grid trial: the batch law's batch, then the rate law's rate
+            b = cfg["global_batch_size"]
+            want = batch_law["coefficient"] * t.tokens ** batch_law["tokensExponent"]
+            assert b == min(max(1, round(want)), max(1, t.samples // 20))  # minSteps 20
+            assert cfg["steps"] == round(t.samples / b)
+    assert sum(trials[n].tunes == "batch" for n in created) >= 4 * 3  # every group's batches
+    grid = [n for n in created if trials[n].tunes is None]
+    assert len({job_config(jobs(k8s)[n])["global_batch_size"] for n in grid}) > 1
+    assert law["form"] == "params-tokens"
