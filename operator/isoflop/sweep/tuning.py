@@ -265,15 +265,14 @@ def edge_sentence(spec: api.ScalingSweepSpec, group: Group, count: int) -> str:
     assert spec.tuning is not None
     others = f" (and {count - 1} more at an edge)" if count > 1 else ""
     if group.tunes == "batch":
-        wanted = [float(b) for b in requested_batches(spec)]
+        wanted = requested_batches(spec)
         unit = batch_unit(spec)
         ratio = (wanted[-1] / wanted[0]) ** (1 / (len(wanted) - 1))
         half = len(wanted) // 2
         grid = sorted({max(unit, unit * round(edge_value * ratio ** (k - half) / unit))
                        for k in range(len(wanted))})  # fmt: skip
         advice = f"give spec.tuning.globalBatchSizes [{', '.join(str(b) for b in grid)}]"
-        wanted_ints = requested_batches(spec)
-        widest = beyond_batches(wanted_ints, spec.tuning.widen, "high", unit) or wanted_ints
+        widest = beyond_batches(wanted, spec.tuning.widen, "high", unit) or wanted
         if group.edge == "low" and edge_value <= unit:
             advice = "the batch cannot go lower; check the model and data"
         elif group.edge == "high" and edge_value < widest[-1]:
