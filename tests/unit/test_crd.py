@@ -101,7 +101,12 @@ def test_crd_names_columns_and_rules() -> None:
         # a maximum past 2^63 is read as an overflowing int64 by the server: a CEL rule instead
         "x-kubernetes-validations": [{"rule": "self <= 1e+30", "message": "must be at most 1e+30"}],
     }
-    assert props["model"]["properties"]["family"]["enum"] == ["in-context", "cross-attention"]
+    assert props["model"]["properties"]["family"]["enum"] == [
+        "in-context",
+        "cross-attention",
+        "diffusers",
+        "custom",
+    ]
     assert props["training"]["default"] == {}
     assert props["data"]["properties"]["latentShape"]["default"] == [4, 32, 32]
 

@@ -142,6 +142,33 @@ def cmd_check_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check_model(args: argparse.Namespace) -> int:
+    """Build each rung of a class family on the meta device and measure its parameters and
+    training FLOPs per sample (the operator runs this as a Job in the trainer image); prints the
+    result as JSON, and exits 65 when the class refuses a rung (its sentence in the result)."""
+    from isoflop_trainer.components.telemetry import write_result
+    from isoflop_trainer.data.store import PERMANENT_EXIT_CODE
+    from isoflop_trainer.modelcheck import check
+
+    try:
+        text = Path(args.rungs).read_text() if args.rungs != "-" else sys.stdin.read()
+        rungs = json.loads(text)
+    except OSError as err:
+        raise ValueError(f"cannot read {args.rungs}: {err.strerror or err}") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"the rungs are not valid JSON (line {err.lineno})") from None
+    if not isinstance(rungs, dict):
+        raise ValueError("the rungs must be a JSON object: rung name -> its model config")
+    result = check(rungs)
+    refused = {k: v["error"] for k, v in result["rungs"].items() if "error" in v}
+    verdict: dict[str, object] = {"status": "failed" if refused else "succeeded", **result}
+    write_result(verdict, args.output, args.termination_log)
+    print(json.dumps(verdict))
+    for name, error in refused.items():
+        print(f"isoflop-train: rung {name}: {error}", file=sys.stderr)
+    return PERMANENT_EXIT_CODE if refused else 0
+
+
 def _prepare_procedural(args: argparse.Namespace) -> int:
     from isoflop_trainer.data.datasets import TRAIN, VALIDATION, ProceduralShapes, write_shards
 
@@ -166,6 +193,7 @@ def parser() -> argparse.ArgumentParser:
     add_train(sub)
     add_prepare(sub)
     add_check_data(sub)
+    add_check_model(sub)
     return ap
 
 
@@ -304,6 +332,22 @@ def add_check_data(sub: Subparsers) -> None:
         help="where the verdict goes as JSON (in a pod: its termination message)",
     )
     p.set_defaults(func=cmd_check_data)
+
+
+def add_check_model(sub: Subparsers) -> None:
+    p = sub.add_parser(
+        "check-model",
+        help="measure each rung of a class family: parameters and FLOPs per sample",
+        description=cmd_check_model.__doc__,
+    )
+    p.add_argument("rungs", help="a JSON file (or - for stdin): rung name -> its model config")
+    p.add_argument("--output", help="also write the result to this file")
+    p.add_argument(
+        "--termination-log",
+        default="/dev/termination-log",
+        help="where the verdict goes as JSON (in a pod: its termination message)",
+    )
+    p.set_defaults(func=cmd_check_model)
 
 
 def default_workers() -> int:

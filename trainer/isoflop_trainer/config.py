@@ -33,8 +33,11 @@ the counter reports for the math SDPA kernel.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
+
+from isoflop_trainer.counts import FlopCount, FlopsAccounting, ParamCount
+from isoflop_trainer.families import ClassConfig
 
 Family = Literal["in-context", "cross-attention"]
 
@@ -48,34 +51,11 @@ def peak_bf16_flops(device_name: str) -> float | None:
 
 
 TimestepConditioning = Literal["adaln-zero", "in-context"]
-FlopsAccounting = Literal["exact", "6ND"]
 
 FAMILIES: tuple[Family, ...] = ("in-context", "cross-attention")
 Parameterization = Literal["standard", "mup"]
 PARAMETERIZATIONS: tuple[Parameterization, ...] = ("standard", "mup")
 FREQUENCY_DIM = 256  # sinusoidal timestep features fed to the timestep MLP
-
-
-@dataclass(frozen=True)
-class ParamCount:
-    """Exact parameter count, total and per module."""
-
-    total: int
-    non_embedding: int  # transformer blocks only: no embedders, no final layer
-    by_module: dict[str, int] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class FlopCount:
-    """Training FLOPs for one sample (forward + backward), with the attention share."""
-
-    forward: int
-    backward: int
-    attention: int  # forward + backward FLOPs of the attention score/value products
-
-    @property
-    def total(self) -> int:
-        return self.forward + self.backward
 
 
 @dataclass(frozen=True)
@@ -223,6 +203,16 @@ class DiTConfig:
         return self.flops_per_sample_6nd()
 
 
+ModelConfig = DiTConfig | ClassConfig  # a built-in DiT, or a class family's rung
+
+
+def model_config(data: dict[str, Any]) -> ModelConfig:
+    """A model's config from its dict (a saved TrainConfig's): a class family's has its class."""
+    if "transformer" in data:
+        return ClassConfig(**data)
+    return DiTConfig(**data)
+
+
 Schedule = Literal["constant", "cosine", "wsd"]
 DecayShape = Literal["linear", "1-sqrt"]
 Precision = Literal["bf16", "fp16", "fp32"]
@@ -241,7 +231,7 @@ COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotu
 class TrainConfig:
     """Everything one trial's trainer needs; saved, resolved, in every checkpoint and result."""
 
-    model: DiTConfig
+    model: ModelConfig
     steps: int
     global_batch_size: int
     micro_batch_size: int | None = None  # per process; None: the whole per-process share
@@ -326,6 +316,11 @@ class TrainConfig:
             raise ValueError(f"decay_shape must be linear or 1-sqrt, got {self.decay_shape!r}")
         if self.branch_points and not self.checkpoint:
             raise ValueError("branch_points need a checkpoint location to keep them in")
+        if self.low_precision_residual and isinstance(self.model, ClassConfig):
+            raise ValueError(
+                "low_precision_residual is the built-in DiT's; a class family's "
+                "model keeps its own residual stream"
+            )
         if self.branch_from is not None and not 0 < self.branch_step < self.steps:
             raise ValueError(f"branch_step must lie in 1..steps-1 ({self.steps - 1})")
 
@@ -335,7 +330,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         fields = dict(data)
-        fields["model"] = DiTConfig(**fields["model"])
+        fields["model"] = model_config(fields["model"])
         if "betas" in fields:
             fields["betas"] = tuple(fields["betas"])
         if "branch_points" in fields:

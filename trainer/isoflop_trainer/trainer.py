@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
@@ -40,8 +41,7 @@ from isoflop_trainer.components.throughput import Throughput
 from isoflop_trainer.config import TrainConfig
 from isoflop_trainer.data.datasets import TRAIN, atomic_write, open_trial_data
 from isoflop_trainer.evaluation.evaluate import evaluate
-from isoflop_trainer.models import mup
-from isoflop_trainer.models.dit import DiT
+from isoflop_trainer.models import adapters, mup
 
 
 class Trainer:
@@ -94,11 +94,14 @@ class Trainer:
         self.tokens_per_sample = cfg.model.tokens_per_sample
         self.peak = peak_flops(cfg, rt.device)
 
-    def build_model(self) -> DiT:
+    def build_model(self) -> nn.Module:
         cfg, rt = self.cfg, self.rt
         torch.manual_seed(cfg.seed)
         residual = self.precision.autocast if cfg.low_precision_residual else None
-        model = DiT(cfg.model, residual_dtype=residual).to(rt.device)
+        try:
+            model = adapters.build(cfg.model, residual_dtype=residual).to(rt.device)
+        except adapters.FamilyError as err:
+            raise TrialFailed(str(err)) from None
         self.params = sum(p.numel() for p in model.parameters())
         if self.params != cfg.model.params().total:
             raise TrialFailed(
@@ -115,7 +118,7 @@ class Trainer:
         if cfg.fsdp and rt.world > 1:
             from torch.distributed.fsdp import fully_shard
 
-            for block in model.blocks:
+            for block in adapters.blocks(model):
                 fully_shard(block)
             fully_shard(model)
             return None, model

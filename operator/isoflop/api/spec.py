@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import json
+import re
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
     ConfigDict,
     Field,
     JsonValue,
+    PrivateAttr,
     field_validator,
     model_validator,
 )
+from pydantic.alias_generators import to_camel
 
 from isoflop.api.base import (
     DATA_URI_PATTERN,
@@ -25,7 +29,33 @@ from isoflop.api.base import (
     Immutable,
     SpecModel,
 )
-from isoflop_trainer.config import Family, FlopsAccounting, TimestepConditioning
+from isoflop_trainer.config import TimestepConditioning
+from isoflop_trainer.counts import FlopsAccounting
+from isoflop_trainer.families import DIFFUSERS_CLASSES, Measure
+
+ModelFamily = Literal["in-context", "cross-attention", "diffusers", "custom"]
+CLASS_FAMILY_FIELDS = ("mlp_ratio", "patch_size", "timestep_conditioning", "qk_norm")
+
+
+ARGUMENT_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
+MAX_ARGUMENTS_BYTES = 8192
+
+
+def _arguments(v: dict[str, Any]) -> dict[str, Any]:
+    """Constructor arguments: Python names, JSON values, a few kilobytes in all."""
+    bad = [k for k in v if not re.match(ARGUMENT_NAME, k)]
+    if bad:
+        raise ValueError(f"{bad[0]!r} is not a Python argument name")
+    try:
+        text = json.dumps(v, allow_nan=False)
+    except (TypeError, ValueError):
+        raise ValueError("values must be JSON: strings, numbers, booleans, lists, maps") from None
+    if len(text) > MAX_ARGUMENTS_BYTES:
+        raise ValueError(f"must be at most {MAX_ARGUMENTS_BYTES} bytes as JSON")
+    return v
+
+
+Arguments = Annotated[dict[str, Any], AfterValidator(_arguments)]
 
 
 class RungSpec(SpecModel):
@@ -34,11 +64,16 @@ class RungSpec(SpecModel):
     name: str = Field(
         pattern=DNS_LABEL_PATTERN, max_length=20, description="Rung name, used in trial IDs."
     )
-    depth: int = Field(ge=1, le=128)
-    """Transformer blocks."""
-    width: int = Field(ge=8, le=16384)
+    depth: int | None = Field(default=None, ge=1, le=128)
+    """Transformer blocks (built-in families; a diffusers class's through its shape rule)."""
+    width: int | None = Field(default=None, ge=8, le=16384)
     """Model width (hidden size); a multiple of model.headDim."""
     heads: int | None = Field(default=None, ge=1, le=16384, description="Default: width / headDim.")
+    arguments: Arguments = Field(
+        default_factory=dict,
+        max_length=64,
+        description="A class family's constructor arguments for this rung, over model.arguments.",
+    )
     learning_rate: float | None = Field(
         default=None,
         gt=0,
@@ -47,14 +82,38 @@ class RungSpec(SpecModel):
         "training.learningRateScaling.",
     )
 
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(depth, width): a built-in family's rung always has both (ModelSpec checks it)."""
+        if self.depth is None or self.width is None:
+            raise ValueError(f"configs '{self.name}': give its depth and width")
+        return self.depth, self.width
+
 
 class ModelSpec(SpecModel):
     """The model family and the ladder of sizes every budget is swept over."""
 
-    family: Family = Field(
+    family: ModelFamily = Field(
         default="in-context",
         description="in-context: text and image tokens share self-attention; "
-        "cross-attention: text enters each block through cross-attention.",
+        "cross-attention: text enters each block through cross-attention (the built-in DiTs); "
+        "diffusers: a diffusers transformer class (model.transformer); custom: your own, an "
+        "isoflop.families entry point installed in the trainer image.",
+        json_schema_extra=Immutable,
+    )
+    transformer: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_.-]{0,99}$",
+        description="The class of a diffusers or custom family: "
+        + ", ".join(DIFFUSERS_CLASSES)
+        + ", or the name of an isoflop.families entry point.",
+        json_schema_extra=Immutable,
+    )
+    arguments: Arguments = Field(
+        default_factory=dict,
+        max_length=64,
+        description="A class family's base constructor arguments, shared by every rung "
+        "(the data's shapes set the channel, sample-size and text-width arguments).",
         json_schema_extra=Immutable,
     )
     depths: list[Annotated[int, Field(ge=1, le=128)]] = Field(
@@ -80,6 +139,18 @@ class ModelSpec(SpecModel):
         default_factory=list, max_length=64, description="Explicit rungs, instead of depths."
     )
 
+    # a class family's model check: each rung's measure by the digest of its ClassConfig, set by
+    # isoflop.sweep.families.measured (never written by a user, never serialized)
+    _measures: dict[str, Measure] = PrivateAttr(default_factory=dict)
+
+    @property
+    def measures(self) -> dict[str, Measure]:
+        return dict(self._measures)
+
+    @property
+    def is_class_family(self) -> bool:
+        return self.family in ("diffusers", "custom")
+
     @field_validator("depths")
     @classmethod
     def _depths(cls, v: list[int]) -> list[int]:
@@ -101,13 +172,63 @@ class ModelSpec(SpecModel):
                     f"depth {depth} gives width {width} (widthPerDepth x depth), "
                     f"not a multiple of headDim {self.head_dim}"
                 )
+        if self.is_class_family:
+            self._class_family()
+            return self
+        if self.transformer is not None or self.arguments:
+            raise ValueError(
+                f"model.transformer and model.arguments belong to the diffusers and custom "
+                f"families, not the built-in {self.family}"
+            )
         for c in self.configs:
+            if c.depth is None or c.width is None:
+                raise ValueError(f"configs '{c.name}': give its depth and width")
+            if c.arguments:
+                raise ValueError(
+                    f"configs '{c.name}': arguments belong to the diffusers and custom families"
+                )
             heads = c.heads or c.width // self.head_dim
             if heads < 1 or c.width % heads:
                 raise ValueError(
                     f"configs '{c.name}': width {c.width} does not split into {heads} heads"
                 )
         return self
+
+    def _class_family(self) -> None:
+        """A class family's rules: its class, and rungs its shape rule or arguments say."""
+        if self.transformer is None:
+            raise ValueError(f"model.family {self.family} needs model.transformer, its class")
+        if self.family == "diffusers" and self.transformer not in DIFFUSERS_CLASSES:
+            raise ValueError(
+                f"model.transformer: isoflop has no adapter for the diffusers class "
+                f"{self.transformer}; it adapts {', '.join(DIFFUSERS_CLASSES)} (or write your own "
+                "family: model.family custom)"
+            )
+        fixed = [f for f in CLASS_FAMILY_FIELDS if f in self.model_fields_set]
+        if fixed:
+            name = to_camel(fixed[0])
+            raise ValueError(
+                f"model.{name} shapes the built-in DiTs; give a {self.family} class's own "
+                "argument in model.arguments instead"
+            )
+        if self.depths and self.family == "custom":
+            raise ValueError(
+                "model.depths needs a shape rule, which only the built-in and diffusers "
+                "families have; give a custom family's rungs as configs with arguments"
+            )
+        for c in self.configs:
+            sized = c.depth is not None or c.width is not None or c.heads is not None
+            if self.family == "custom" and sized:
+                raise ValueError(
+                    f"configs '{c.name}': a custom family's rung is its arguments (no depth, "
+                    "width or heads)"
+                )
+            if sized and (c.depth is None or c.width is None):
+                raise ValueError(f"configs '{c.name}': give both depth and width, or arguments")
+            if c.width is not None and c.width % (c.heads or self.head_dim):
+                raise ValueError(f"configs '{c.name}': width {c.width} does not split into heads")
+            if not sized and not c.arguments:
+                raise ValueError(f"configs '{c.name}': give its arguments (or depth and width)")
 
 
 def _check_shape(v: list[int]) -> list[int]:
@@ -983,7 +1104,8 @@ class ScalingSweepSpec(SpecModel):
     def _cross_fields(self) -> ScalingSweepSpec:
         _, height, width = self.data.latent_shape
         p = self.model.patch_size
-        if height % p or width % p:
+        self._class_family()
+        if self.model.transformer is None and (height % p or width % p):
             raise ValueError(
                 f"data.latentShape {height}x{width} is not divisible by model.patchSize {p}"
             )
@@ -1019,6 +1141,24 @@ class ScalingSweepSpec(SpecModel):
                 "budgets"
             )
         return self
+
+    def _class_family(self) -> None:
+        """What a class family cannot do yet, or ever: muP's per-layer roles are the built-in
+        DiT's, and a confirmation's model beyond the ladder would need a model check of its
+        own."""
+        family = self.model.family
+        if not self.model.is_class_family:
+            return
+        if self.training.parameterization == "mup":
+            raise ValueError(
+                f"training.parameterization mup knows the built-in DiTs' layers only; a {family} "
+                "family trains in the standard parameterization"
+            )
+        if self.confirm:
+            raise ValueError(
+                f"confirm: confirmation runs are not yet planned for the {family} family (their "
+                "model is beyond the ladder, and has no model check); leave confirm empty"
+            )
 
     def _tuning(self) -> None:
         """spec.tuning's rules: rungs of the ladder, and no other rule for the learning rate (the
@@ -1071,8 +1211,8 @@ class ScalingSweepSpec(SpecModel):
             raise ValueError(CONFIRM_SURFACE)
         configs = self.model.configs
         if configs and not self.confirmation.shapes:
-            first = configs[0]
-            same_depth = all(c.depth == first.depth for c in configs)
-            same_ratio = all(c.width * first.depth == first.width * c.depth for c in configs)
+            (d0, w0), shapes = configs[0].shape, [c.shape for c in configs]
+            same_depth = all(d == d0 for d, _ in shapes)
+            same_ratio = all(w * d0 == w0 * d for d, w in shapes)
             if not (same_depth or same_ratio):
                 raise ValueError(CONFIRM_SHAPES)

@@ -9,7 +9,7 @@ from pydantic import (
 )
 
 from isoflop.api.base import Model
-from isoflop_trainer.config import FlopsAccounting
+from isoflop_trainer.counts import FlopsAccounting
 
 Phase = Literal["Pending", "Running", "Fitting", "Confirming", "Succeeded", "Failed"]
 TrialPhase = Literal[

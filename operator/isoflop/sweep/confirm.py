@@ -71,20 +71,18 @@ def shapes(spec: api.ScalingSweepSpec) -> list[Rung]:
             if m.width_per_depth * d % m.head_dim == 0 and m.width_per_depth * d <= MAX_WIDTH
         ]
     else:
-        first = m.configs[0]
-        if all(c.depth == first.depth for c in m.configs):
+        d0, w0 = m.configs[0].shape
+        if all(c.shape[0] == d0 for c in m.configs):
             out = [
-                _rung(spec, first.depth, w)
-                for w in range(m.head_dim, MAX_WIDTH + 1, m.head_dim)
-                if w >= 8
+                _rung(spec, d0, w) for w in range(m.head_dim, MAX_WIDTH + 1, m.head_dim) if w >= 8
             ]
         else:  # one width/depth ratio (the spec's rules allow no other configs without shapes)
             out = [
-                _rung(spec, d, first.width * d // first.depth)
+                _rung(spec, d, w0 * d // d0)
                 for d in range(1, MAX_DEPTH + 1)
-                if first.width * d % first.depth == 0
-                and (first.width * d // first.depth) % m.head_dim == 0
-                and 8 <= first.width * d // first.depth <= MAX_WIDTH
+                if w0 * d % d0 == 0
+                and (w0 * d // d0) % m.head_dim == 0
+                and 8 <= w0 * d // d0 <= MAX_WIDTH
             ]
     return sorted(out, key=lambda r: (r.config.params().total, r.name))
 

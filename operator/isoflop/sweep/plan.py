@@ -12,7 +12,8 @@ import numpy as np
 
 from isoflop import api
 from isoflop.api import ScalingSweepSpec
-from isoflop_trainer.config import PEAK_BF16_FLOPS, DiTConfig
+from isoflop.sweep.families import class_configs
+from isoflop_trainer.config import FAMILIES, PEAK_BF16_FLOPS, DiTConfig, ModelConfig
 
 H100_BF16_PEAK_FLOPS = PEAK_BF16_FLOPS["H100"]
 DEFAULT_MFU = 0.40
@@ -77,7 +78,7 @@ class Rung:
     """One model size of the ladder."""
 
     name: str
-    config: DiTConfig
+    config: ModelConfig
 
 
 @dataclass(frozen=True)
@@ -193,8 +194,12 @@ def base_width(spec: ScalingSweepSpec) -> int:
     """training.baseWidth, or the narrowest rung's width: where learningRate holds as given
     under width scaling and muP."""
     m = spec.model
-    widths = [m.width_per_depth * depth for depth in m.depths] + [c.width for c in m.configs]
-    return spec.training.base_width or min(widths)
+    if spec.training.base_width:
+        return spec.training.base_width
+    if m.is_class_family:  # as the model check measured them
+        return min(r.config.width for r in class_ladder(spec))
+    widths = [m.width_per_depth * depth for depth in m.depths] + [c.width or 0 for c in m.configs]
+    return min(widths)
 
 
 def rung_config(spec: ScalingSweepSpec, depth: int, width: int, heads: int) -> DiTConfig:
@@ -202,8 +207,9 @@ def rung_config(spec: ScalingSweepSpec, depth: int, width: int, heads: int) -> D
     m, d = spec.model, spec.data
     channels, height, side = d.latent_shape
     mup = spec.training.parameterization == "mup"
+    family = next(f for f in FAMILIES if f == m.family)  # a class family's rungs: ClassConfigs
     return DiTConfig(
-        family=m.family,
+        family=family,
         depth=depth,
         width=width,
         heads=heads,
@@ -222,18 +228,35 @@ def rung_config(spec: ScalingSweepSpec, depth: int, width: int, heads: int) -> D
 
 
 def ladder(spec: ScalingSweepSpec) -> list[Rung]:
-    """The model sizes of the sweep, smallest first."""
+    """The model sizes of the sweep, smallest first (a class family's as its model check
+    measured them: ValueError for a rung it has not measured)."""
     m = spec.model
+    if m.is_class_family:
+        return sorted(class_ladder(spec), key=lambda r: (r.config.params().total, r.name))
     rungs = [
         Rung(f"d{depth:02d}", rung_config(spec, depth, w, w // m.head_dim))
         for depth in m.depths
         for w in [m.width_per_depth * depth]
     ]
     rungs += [
-        Rung(c.name, rung_config(spec, c.depth, c.width, c.heads or c.width // m.head_dim))
+        Rung(c.name, rung_config(spec, depth, width, c.heads or width // m.head_dim))
         for c in m.configs
+        for depth, width in [c.shape]
     ]
     return sorted(rungs, key=lambda r: (r.config.params().total, r.name))
+
+
+def class_ladder(spec: ScalingSweepSpec) -> list[Rung]:
+    have, rungs = spec.model.measures, []
+    for name, cfg in class_configs(spec):
+        measure = have.get(cfg.digest())
+        if measure is None:
+            raise ValueError(
+                f"spec.model: rung {name} of {cfg.transformer} has no model check yet (its "
+                "parameters and FLOPs are measured by building it in the trainer's environment)"
+            )
+        rungs.append(Rung(name, replace(cfg, measure=measure)))
+    return rungs
 
 
 def sized(

@@ -20,6 +20,7 @@ def train_config(spec: api.ScalingSweepSpec, sweep: str, trial: Trial, **paths: 
     rungs = ladder(spec)
     rung = next((r for r in rungs if r.name == trial.rung), None)
     if rung is None:  # a confirmation run: a model of the family beyond the ladder
+        assert not spec.model.is_class_family  # the spec refuses their confirmations
         rung = Rung(trial.rung, rung_config(spec, trial.depth, trial.width, trial.heads))
     t, e = spec.training, spec.evaluation
     return TrainConfig(
@@ -143,6 +144,11 @@ def learning_rate(
         return t.learning_rate
     if width is None:
         width = next(r.config.width for r in rungs if r.name == rung_name)
+    if not width:  # a custom family that does not say its width
+        raise ValueError(
+            f"training.learningRateScaling {t.learning_rate_scaling} scales by width, and the "
+            f"{spec.model.transformer} family does not say its rungs' widths: use none"
+        )
     return t.learning_rate * base_width(spec) / width
 
 

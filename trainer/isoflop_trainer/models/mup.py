@@ -24,13 +24,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from isoflop_trainer.config import DiTConfig
+from isoflop_trainer.config import DiTConfig, ModelConfig
 
 INPUTS = ("x_embedder.", "y_embedder.", "t_embedder.mlp.0.")
 OUTPUT = "final_layer.linear.weight"
 
 
-def width_ratio(cfg: DiTConfig) -> float:
+def width_ratio(cfg: ModelConfig) -> float:
     """m = width / base_width (1 under the standard parameterization)."""
     if cfg.parameterization != "mup":
         return 1.0
@@ -46,7 +46,7 @@ def role(name: str, param: torch.Tensor) -> str:
     return "hidden"
 
 
-def param_groups(model: nn.Module, cfg: DiTConfig) -> list[dict[str, Any]]:
+def param_groups(model: nn.Module, cfg: ModelConfig) -> list[dict[str, Any]]:
     """The optimizer's parameter groups, each with `lr_scale`: the multiplier of the schedule's
     learning rate. The standard parameterization: one group at 1 (as before muP, so its
     checkpoints' optimizer states keep their shape)."""
