@@ -63,7 +63,8 @@ def test_a_diffusers_rung_is_measured_and_predicts_a_velocity_of_the_latents_sha
     torch.manual_seed(0)
     model = build(cfg)
     assert sum(p.numel() for p in model.parameters()) == got.params
-    assert got.width == 64 and got.heads == 2 and got.forward > 0
+    assert (got.width, got.heads) == (64, 2)
+    assert got.forward > 0
     assert got.backward == pytest.approx(2 * got.forward, rel=0.05)
     x, t, text = torch.randn(2, 4, 16, 16), torch.rand(2), torch.randn(2, 8, 32)
     v = model(x, t, text)

@@ -77,7 +77,8 @@ def test_yaml_reads_exponent_floats_like_kubernetes() -> None:
         ({"model.dephts": [1]}, "spec.model.dephts: is not a known field"),
         (
             {"model.family": "unet"},
-            "spec.model.family: Input should be 'in-context', 'cross-attention', 'diffusers' or 'custom'",
+            "spec.model.family: Input should be 'in-context', 'cross-attention', 'diffusers' or "
+            "'custom'",
         ),
         (
             {"model.depths": [2, 0]},

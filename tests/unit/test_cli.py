@@ -106,7 +106,8 @@ def test_invalid_manifest_exit_code_from_a_real_process(tmp_path: Path) -> None:
     )
     assert out.returncode == 2
     assert out.stderr.strip() == (
-        "isoflop: error: spec.model.family: Input should be 'in-context', 'cross-attention', 'diffusers' or 'custom'"
+        "isoflop: error: spec.model.family: Input should be 'in-context', 'cross-attention', "
+        "'diffusers' or 'custom'"
     )
     assert "Traceback" not in out.stderr
 
