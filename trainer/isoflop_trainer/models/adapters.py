@@ -119,6 +119,17 @@ class DiffusersFamily(Family):
         out = {**arguments, **fixed}
         return {**self.defaults(out, inputs), **out}
 
+    def value(self, arguments: dict[str, Any], name: str) -> Any:
+        """An argument as the class gets it: the sweep's, else the constructor's default."""
+        if name in arguments:
+            return arguments[name]
+        return inspect.signature(self.cls().__init__).parameters[name].default
+
+    def width(self, arguments: dict[str, Any]) -> int:
+        """Heads x head width: the hidden size of the blocks."""
+        heads = self.value(arguments, "num_attention_heads")
+        return int(heads) * int(self.value(arguments, "attention_head_dim"))
+
     def cls(self) -> type[nn.Module]:
         import diffusers
 
@@ -145,7 +156,7 @@ class DiffusersFamily(Family):
         return heads * int(config.attention_head_dim), heads
 
     def image_tokens(self, arguments: dict[str, Any], inputs: Inputs) -> int:
-        p = int(arguments.get("patch_size", 2))
+        p = int(self.value(arguments, "patch_size"))
         return (inputs.latent_height // p) * (inputs.latent_width // p)
 
 
@@ -171,12 +182,9 @@ class SD3(DiffusersFamily):
         }
 
     def defaults(self, arguments: dict[str, Any], inputs: Inputs) -> dict[str, Any]:
-        p = int(arguments.get("patch_size", 2))
-        width = int(arguments.get("num_attention_heads", 18)) * int(
-            arguments.get("attention_head_dim", 64)
-        )
+        p = int(self.value(arguments, "patch_size"))
         side = max(inputs.latent_height, inputs.latent_width) // p
-        return {"caption_projection_dim": width, "pos_embed_max_size": side}
+        return {"caption_projection_dim": self.width(arguments), "pos_embed_max_size": side}
 
     def velocity(
         self, model: nn.Module, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor
@@ -217,7 +225,7 @@ class Flux(DiffusersFamily):
         }
 
     def defaults(self, arguments: dict[str, Any], inputs: Inputs) -> dict[str, Any]:
-        head = int(arguments.get("attention_head_dim", 128))
+        head = int(self.value(arguments, "attention_head_dim"))
         return {"axes_dims_rope": rope_axes(head), "guidance_embeds": False}
 
     def velocity(
@@ -265,11 +273,8 @@ class PixArt(DiffusersFamily):
         }
 
     def defaults(self, arguments: dict[str, Any], inputs: Inputs) -> dict[str, Any]:
-        width = int(arguments.get("num_attention_heads", 16)) * int(
-            arguments.get("attention_head_dim", 72)
-        )
         return {
-            "cross_attention_dim": width,
+            "cross_attention_dim": self.width(arguments),
             "norm_type": "ada_norm_single",
             "use_additional_conditions": False,
         }
