@@ -28,7 +28,8 @@ TINY_MODEL = dict(
 
 
 def tiny(tmp: Path | None = None, **kw: Any) -> TrainConfig:
-    model = DiTConfig(**{**TINY_MODEL, **kw.pop("model", {})})  # type: ignore[arg-type]
+    given = kw.pop("model", {})  # overrides of the tiny DiT, or a whole model config
+    model = given if not isinstance(given, dict) else DiTConfig(**{**TINY_MODEL, **given})
     base: dict[str, Any] = dict(
         model=model,
         steps=30,

@@ -3,15 +3,20 @@ transformers are built, fed and measured through their adapters, and bad input i
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
+
 import pytest
 import torch
 
 from isoflop import api
+from isoflop.api.spec import MAX_CLASS_RUNGS
 from isoflop.sweep.families import class_configs, measured, unchecked
 from isoflop.sweep.plan import ladder
+from isoflop_trainer.components.telemetry import TERMINATION_MESSAGE_LIMIT
 from isoflop_trainer.config import DiTConfig
-from isoflop_trainer.families import ClassConfig
-from isoflop_trainer.modelcheck import check, measure
+from isoflop_trainer.families import ClassConfig, Measure
+from isoflop_trainer.modelcheck import check, compact, from_compact, measure
 from isoflop_trainer.models.adapters import build
 
 SMALL = {"num_layers": 2, "num_attention_heads": 2, "attention_head_dim": 32}
@@ -145,6 +150,14 @@ def test_a_class_family_plans_from_its_model_check_and_not_before() -> None:
             },
             "model.mlpRatio shapes the built-in DiTs",
         ),
+        (
+            {
+                "family": "diffusers",
+                "transformer": "SD3Transformer2DModel",
+                "depths": list(range(1, 34)),
+            },
+            "a diffusers family's ladder has at most 32 rungs",
+        ),
     ],
 )
 def test_a_bad_class_family_is_refused_in_one_sentence(
@@ -158,3 +171,26 @@ def test_a_bad_class_family_is_refused_in_one_sentence(
     }
     with pytest.raises(api.ManifestError, match=message):
         api.parse_sweep(doc)
+
+
+def test_the_compact_verdict_of_the_largest_ladder_fits_a_termination_message() -> None:
+    biggest = Measure(
+        params=10**12 - 1,  # more than 16384 wide x 128 deep has
+        non_embedding=10**12 - 1,
+        forward=10**18 - 1,
+        backward=10**18 - 1,
+        attention=10**18 - 1,
+        tokens_per_sample=99_999,
+        depth=999,
+        width=16384,
+        heads=16384,
+    )
+    names = [f"rung-name-of-20-c{i:02d}" for i in range(MAX_CLASS_RUNGS)]
+    verdict = {"rungs": {n: {"measure": asdict(biggest)} for n in names}, "torch": "2.13.0+cu130"}
+    text = compact(verdict)
+    assert len(text.encode()) <= TERMINATION_MESSAGE_LIMIT
+    assert from_compact(json.loads(text), names) == dict.fromkeys(names, biggest)
+    assert from_compact(json.loads(text), names[:-1]) is None  # not the verdict of these rungs
+    verdict["rungs"][names[3]] = {"error": "x" * 5000}
+    refused = json.loads(compact(verdict))
+    assert (refused["status"], refused["rung"], len(refused["error"])) == ("failed", names[3], 1000)

@@ -148,10 +148,13 @@ def cmd_check_model(args: argparse.Namespace) -> int:
     result as JSON, and exits 65 when the class refuses a rung (its sentence in the result)."""
     from isoflop_trainer.components.telemetry import write_result
     from isoflop_trainer.data.store import PERMANENT_EXIT_CODE
-    from isoflop_trainer.modelcheck import check
+    from isoflop_trainer.modelcheck import check, compact
 
     try:
-        text = Path(args.rungs).read_text() if args.rungs != "-" else sys.stdin.read()
+        if args.rungs.lstrip().startswith("{"):  # the JSON itself (a Job's argument)
+            text = args.rungs
+        else:
+            text = Path(args.rungs).read_text() if args.rungs != "-" else sys.stdin.read()
         rungs = json.loads(text)
     except OSError as err:
         raise ValueError(f"cannot read {args.rungs}: {err.strerror or err}") from None
@@ -162,7 +165,7 @@ def cmd_check_model(args: argparse.Namespace) -> int:
     result = check(rungs)
     refused = {k: v["error"] for k, v in result["rungs"].items() if "error" in v}
     verdict: dict[str, object] = {"status": "failed" if refused else "succeeded", **result}
-    write_result(verdict, args.output, args.termination_log)
+    write_result(verdict, args.output, args.termination_log, compact(result))
     print(json.dumps(verdict))
     for name, error in refused.items():
         print(f"isoflop-train: rung {name}: {error}", file=sys.stderr)
@@ -340,7 +343,10 @@ def add_check_model(sub: Subparsers) -> None:
         help="measure each rung of a class family: parameters and FLOPs per sample",
         description=cmd_check_model.__doc__,
     )
-    p.add_argument("rungs", help="a JSON file (or - for stdin): rung name -> its model config")
+    p.add_argument(
+        "rungs",
+        help="rung name -> its model config, as JSON: a file, - for stdin, or the JSON itself",
+    )
     p.add_argument("--output", help="also write the result to this file")
     p.add_argument(
         "--termination-log",

@@ -58,6 +58,9 @@ def _arguments(v: dict[str, Any]) -> dict[str, Any]:
 Arguments = Annotated[dict[str, Any], AfterValidator(_arguments)]
 
 
+MAX_CLASS_RUNGS = 32  # a class family's: its model check's verdict fits 4 KiB (see modelcheck)
+
+
 class RungSpec(SpecModel):
     """An explicit ladder rung: one model size."""
 
@@ -204,7 +207,9 @@ class ModelSpec(SpecModel):
                 f"{self.transformer}; it adapts {', '.join(DIFFUSERS_CLASSES)} (or write your own "
                 "family: model.family custom)"
             )
-        fixed = [f for f in CLASS_FAMILY_FIELDS if f in self.model_fields_set]
+        # set to other than its default (a manifest written back by to_wire holds the defaults)
+        fields = type(self).model_fields
+        fixed = [f for f in CLASS_FAMILY_FIELDS if getattr(self, f) != fields[f].default]
         if fixed:
             name = to_camel(fixed[0])
             raise ValueError(
@@ -215,6 +220,12 @@ class ModelSpec(SpecModel):
             raise ValueError(
                 "model.depths needs a shape rule, which only the built-in and diffusers "
                 "families have; give a custom family's rungs as configs with arguments"
+            )
+        rungs = len(self.depths) + len(self.configs)
+        if rungs > MAX_CLASS_RUNGS:
+            raise ValueError(
+                f"a {self.family} family's ladder has at most {MAX_CLASS_RUNGS} rungs (its model "
+                f"check's verdict must fit a pod's termination message), got {rungs}"
             )
         for c in self.configs:
             sized = c.depth is not None or c.width is not None or c.heads is not None

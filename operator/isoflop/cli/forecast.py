@@ -67,6 +67,7 @@ def register(sub: Subparsers) -> None:
 
 
 def command(args: argparse.Namespace) -> int:
+    from isoflop.local.modelcheck import model_checked
     from isoflop.sweep.forecast import (
         Law,
         forecast,
@@ -76,6 +77,7 @@ def command(args: argparse.Namespace) -> int:
     )
 
     sweep = api.load_sweep(args.file)
+    sweep = sweep.model_copy(update={"spec": model_checked(sweep.spec)})
     law = Law.parse(args.law) if args.law else Law()
     rate_basin, batch_basin = basins(args, sweep.spec)  # a bad one is refused before any work
     noise = args.noise

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from isoflop import api
 from isoflop.cli.common import HelpFormatter, Subparsers, UsageError, si, table
+from isoflop.local.modelcheck import model_checked
 from isoflop.sweep.confirm import Planned, plan_confirmations
 from isoflop.sweep.forecast import Law
 from isoflop.sweep.plan import (
@@ -66,6 +67,8 @@ def command(args: argparse.Namespace) -> int:
     if args.peak_tflops <= 0:
         raise UsageError(f"--peak-tflops must be positive, got {args.peak_tflops}")
     sweep = api.load_sweep(args.file)
+    spec = model_checked(sweep.spec)
+    sweep = sweep.model_copy(update={"spec": spec})
     p = plan(sweep.spec)
     peak = args.peak_tflops * 1e12
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -63,6 +64,7 @@ def execute(args: argparse.Namespace, sweep: api.ScalingSweep, directory: Path) 
     """Run (or resume) the sweep in its directory until it ends or is stopped."""
     from isoflop.local.runner import Display
 
+    sweep = checked(args, sweep, directory)
     run = open_run(args, sweep, directory)
     try:
         decision = run.run(Display(live=False if args.plain else None))
@@ -93,20 +95,31 @@ def execute(args: argparse.Namespace, sweep: api.ScalingSweep, directory: Path) 
 
 
 def load(args: argparse.Namespace) -> api.ScalingSweep:
-    """The manifest, with --parallelism; a real run's data checked before anything starts."""
+    """The manifest, with --parallelism."""
     sweep = api.load_sweep(args.file)
     if args.parallelism is not None:
         if args.parallelism < 1:
             raise UsageError(f"--parallelism must be at least 1, got {args.parallelism}")
         spec = sweep.spec.model_copy(update={"parallelism": args.parallelism})
         sweep = sweep.model_copy(update={"spec": spec})
+    return sweep
+
+
+def checked(args: argparse.Namespace, sweep: api.ScalingSweep, directory: Path) -> api.ScalingSweep:
+    """The sweep as it runs: a class family's rungs measured (once per run directory), its plan
+    checked, and a real run's data checked, before anything starts."""
+    from isoflop.local.modelcheck import CACHE, model_checked
+
+    say = partial(print, "isoflop:", flush=True)
+    spec = model_checked(sweep.spec, directory / CACHE, say)
+    sweep = sweep.model_copy(update={"spec": spec})
     planned = runnable_plan(sweep.spec)
     if not args.simulate:
         from isoflop.sweep.datacheck import check_data
 
         report = check_data(sweep.spec, planned)
         if report.train is not None:
-            print(f"isoflop: {report.text()}", flush=True)
+            say(report.text())
     return sweep
 
 

@@ -56,13 +56,15 @@ def command(args: argparse.Namespace) -> int:
 
 def check(args: argparse.Namespace, where: str, doc: Document) -> None:
     """One sweep of the file: its notes, then valid (and its data's report) or a ValueError."""
+    from isoflop.local.modelcheck import model_checked
     from isoflop.sweep.datacheck import check_data
 
     for note in doc.dropped:
         print(f"{where}: note: dropped {note}")
     sweep = api.parse_sweep(doc.obj)
-    planned = runnable_plan(sweep.spec)
-    report = None if args.no_data else check_data(sweep.spec, planned)
+    spec = model_checked(sweep.spec)
+    planned = runnable_plan(spec)
+    report = None if args.no_data else check_data(spec, planned)
     print(f"{where}: ScalingSweep '{sweep.name}' is valid.")
     if report is not None:
         print(report.text())

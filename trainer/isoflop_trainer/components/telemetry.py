@@ -86,8 +86,14 @@ def compact_result(result: dict[str, Any]) -> str:
     return json.dumps(keep, separators=(",", ":"))[:TERMINATION_MESSAGE_LIMIT]
 
 
-def write_result(result: dict[str, Any], path: str | None, termination_log: str | None) -> None:
-    """The full result to the results file (atomically); a compact copy to the termination log."""
+def write_result(
+    result: dict[str, Any],
+    path: str | None,
+    termination_log: str | None,
+    compact: str | None = None,
+) -> None:
+    """The full result to the results file (atomically); a compact copy (`compact_result`'s,
+    unless given) to the termination log."""
     if path:
         atomic_write(Path(path), json.dumps(result, indent=2).encode())
     # Kubernetes mounts the termination log into the container; elsewhere it does not exist and
@@ -95,6 +101,6 @@ def write_result(result: dict[str, Any], path: str | None, termination_log: str 
     if termination_log and os.path.exists(termination_log):
         try:
             with open(termination_log, "w") as f:
-                f.write(compact_result(result))
+                f.write(compact if compact is not None else compact_result(result))
         except OSError:
             pass  # not in a pod (no writable /dev/termination-log): the results file has it all
