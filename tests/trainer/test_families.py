@@ -15,8 +15,8 @@ from isoflop.sweep.families import class_configs, measured, unchecked
 from isoflop.sweep.plan import ladder
 from isoflop_trainer.components.telemetry import TERMINATION_MESSAGE_LIMIT
 from isoflop_trainer.config import DiTConfig
-from isoflop_trainer.families import ClassConfig, Measure
-from isoflop_trainer.modelcheck import check, compact, from_compact, measure
+from isoflop_trainer.families import ClassConfig, Measure, compact, from_compact
+from isoflop_trainer.modelcheck import check, measure
 from isoflop_trainer.models.adapters import build
 
 SMALL = {"num_layers": 2, "num_attention_heads": 2, "attention_head_dim": 32}

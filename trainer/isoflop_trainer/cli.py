@@ -148,7 +148,8 @@ def cmd_check_model(args: argparse.Namespace) -> int:
     result as JSON, and exits 65 when the class refuses a rung (its sentence in the result)."""
     from isoflop_trainer.components.telemetry import write_result
     from isoflop_trainer.data.store import PERMANENT_EXIT_CODE
-    from isoflop_trainer.modelcheck import check, compact
+    from isoflop_trainer.families import compact
+    from isoflop_trainer.modelcheck import check
 
     try:
         if args.rungs.lstrip().startswith("{"):  # the JSON itself (a Job's argument)

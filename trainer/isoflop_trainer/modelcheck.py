@@ -10,7 +10,6 @@ constructor's sentence, never a traceback.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict
 from typing import Any
@@ -25,7 +24,6 @@ from isoflop_trainer.models import adapters
 from isoflop_trainer.models.adapters import FamilyError, Inputs, build, family_of
 
 ATTENTION_OPS = ("bmm", "baddbmm", "_scaled_dot_product")
-FIELDS = tuple(Measure.__dataclass_fields__)  # the order of a measure in the compact verdict
 
 
 def measure(cfg: ModelConfig) -> Measure:
@@ -87,39 +85,3 @@ def check(rungs: dict[str, dict[str, Any]]) -> dict[str, Any]:
             continue
         out[name] = {"measure": asdict(got), "seconds": round(time.perf_counter() - start, 4)}
     return {"rungs": out, "torch": torch.__version__}
-
-
-def compact(verdict: dict[str, Any]) -> str:
-    """The verdict for a pod's termination message (Kubernetes keeps 4 KiB): each rung's measure
-    as a list in FIELDS order, the rungs in the order they were asked for; a refusal as its rung
-    and sentence. 32 rungs of the largest models a spec allows fit (tested)."""
-    rungs = verdict["rungs"]
-    refused = [(name, r["error"]) for name, r in rungs.items() if "error" in r]
-    if refused:
-        name, error = refused[0]
-        out: dict[str, Any] = {"status": "failed", "rung": name, "error": error[:1000]}
-        if len(refused) > 1:
-            out["others"] = [n for n, _ in refused[1:]][:20]
-    else:
-        out = {
-            "status": "succeeded",
-            "torch": verdict.get("torch"),
-            "measures": [[r["measure"][f] for f in FIELDS] for r in rungs.values()],
-        }
-    return json.dumps(out, separators=(",", ":"))
-
-
-def from_compact(said: dict[str, Any], names: list[str]) -> dict[str, Measure] | None:
-    """The measures of a compact verdict by rung name (None if it does not hold one measure per
-    rung of FIELDS' length: not the verdict of these rungs)."""
-    got = said.get("measures")
-    if not isinstance(got, list) or len(got) != len(names):
-        return None
-    out = {}
-    for name, values in zip(names, got, strict=True):
-        if not isinstance(values, list) or len(values) != len(FIELDS):
-            return None
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-            return None
-        out[name] = Measure(**dict(zip(FIELDS, values, strict=True)))
-    return out

@@ -245,6 +245,36 @@ class DataStatus(Model):
     message: str = ""
 
 
+class RungMeasure(Model):
+    """One rung of a class family as the model check measured it (per sample, at batch 1)."""
+
+    params: int
+    non_embedding: int = Field(description="Parameters in the transformer's blocks.")
+    forward: int = Field(description="Forward FLOPs per sample (torch.utils.flop_counter).")
+    backward: int = Field(description="Backward FLOPs per sample.")
+    attention: int = Field(description="Attention's score and value FLOPs, forward + backward.")
+    tokens_per_sample: int
+    depth: int
+    width: int
+    heads: int
+
+
+class ModelCheckStatus(Model):
+    """What the model check Job measured of a class family's rungs (diffusers or custom): the
+    sweep is planned from these, since no formula counts such a model."""
+
+    ready: bool | None = Field(
+        default=None,
+        description="true: every rung measured; false: the class refused one; null: checking.",
+    )
+    request: str = Field(
+        default="", description="A digest of the rungs checked: another ladder checks again."
+    )
+    rungs: dict[str, RungMeasure] = Field(default_factory=dict)
+    torch: str | None = Field(default=None, description="The torch that counted the FLOPs.")
+    message: str = ""
+
+
 class StrategyStatus(Model):
     """What the sweep's strategy trains, against the full grid trained from scratch."""
 
@@ -419,6 +449,9 @@ class ScalingSweepStatus(Model):
         default=None, description="Set when spec.tuning asks for a tuning stage."
     )
     data: DataStatus | None = None
+    model_check: ModelCheckStatus | None = Field(
+        default=None, description="Set for a diffusers or custom model family."
+    )
     confirmations: list[Confirmation] = Field(
         default_factory=list,
         description="spec.confirm's runs: the predicted optimum at each budget above the grid, "
@@ -426,7 +459,8 @@ class ScalingSweepStatus(Model):
     )
     admitted: dict[str, str] | None = Field(
         default=None,
-        description="A digest of each field that defines the sweep (model.family, data, "
-        "flopsAccounting) as first admitted: a spec that differs in one is refused, and nothing "
+        description="A digest of each field that defines the sweep (model.family, "
+        "model.transformer, model.arguments, data, flopsAccounting) as first admitted: a spec "
+        "that differs in one is refused, and nothing "
         "is done for it until the field is restored.",
     )

@@ -36,6 +36,7 @@ from isoflop import api
 from isoflop.cluster import admission, policy
 from isoflop.cluster.clients import make_clients, server_message
 from isoflop.cluster.metrics import ERRORS, LATENCY, forget
+from isoflop.cluster.modeljob import model_check, plan_after_check
 from isoflop.cluster.reconcile import Sweep, now, reconcile_sweep
 from isoflop.cluster.validation import (
     IMMUTABLE,
@@ -218,9 +219,19 @@ def reconcile(
     if not status.get("admitted"):  # first sight of a valid spec: what defines the sweep
         patch.status["admitted"] = identity(sweep.spec)
     try:
+        check = None
+        if p is None:  # a class family: planned from its model check, once the check has run
+            check = model_check(sweep, uid, namespace, dict(status), memo.clients)
+            planned = plan_after_check(sweep, check, status, patch, now())
+            if not isinstance(planned, tuple):
+                if planned is not None:  # refused: InvalidSpec with the sentence, written once
+                    refuse_once(status, patch, planned)
+                return
+            sweep, p = planned
         s = Sweep(
-            sweep, p, uid, namespace, dict(status), meta.get("generation"), body, memo.clients
-        )
+            sweep, p, uid, namespace, dict(status), meta.get("generation"), body, memo.clients,
+            model_check=check,
+        )  # fmt: skip
         reconcile_sweep(s, patch)
     except ApiException as err:
         # refused for now (a quota, a missing right, a server under load): the sweep says so, with
@@ -241,3 +252,10 @@ def reconcile(
         raise kopf.TemporaryError(message, delay=15) from err
     finally:
         LATENCY.observe(time.monotonic() - start)
+
+
+def refuse_once(status: Any, patch: kopf.Patch, message: str) -> None:
+    """InvalidSpec with this sentence, unless the status already says it."""
+    said = [c.get("message") for c in status.get("conditions") or []]
+    if message not in said:
+        invalid(patch, message)

@@ -5,6 +5,7 @@ headless Service when a trial spans nodes). No I/O and no Kubernetes client: dic
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from typing import Any
 
@@ -53,6 +54,8 @@ FAIL_ON_PERMANENT_ERROR: dict[str, Any] = {
 }
 ROLE_LABEL = "isoflop.dev/role"
 DATA_CHECK = "data-check"  # the role and the name suffix of a sweep's data check Job
+MODEL_CHECK = "model-check"  # ... and of its model check Job (class families)
+REQUEST_LABEL = "isoflop.dev/request"  # the model check's rungs, as a digest
 # Kueue: a Job with the queue label waits, suspended, until its ClusterQueue admits it
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
@@ -288,39 +291,72 @@ def data_check_job(
     """A small CPU Job that reads the sweep's shard indexes with the sweep's own credentials (the
     operator never reads a user's data with its rights) and compares them with the spec; through
     the sweep's queue like its trials."""
-    spec = sweep.spec
-    args = check_data_args(spec)
+    small = {"cpu": "250m", "memory": "512Mi"}
+    job = check_job(sweep, uid, namespace, DATA_CHECK, check_data_args(sweep.spec), small)
+    if sweep.spec.resources.s3_credentials_secret:
+        container = job["spec"]["template"]["spec"]["containers"][0]
+        container["envFrom"] = [{"secretRef": {"name": sweep.spec.resources.s3_credentials_secret}}]
+    return queued(job, queue_labels(sweep.spec.resources, default_queue))
+
+
+def model_check_job(
+    sweep: api.ScalingSweep,
+    uid: str,
+    namespace: str,
+    rungs: dict[str, Any],
+    request: str,
+    default_queue: str | None = None,
+) -> dict[str, Any]:
+    """A CPU Job in the sweep's own trainer image, as the sweep's ServiceAccount, that builds each
+    rung of a class family on the meta device and counts its parameters and FLOPs (the operator
+    never imports torch, diffusers or a user's family). `request` (the rungs' digest) labels it:
+    a Job for other rungs is not this sweep's answer."""
+    args = ["check-model", json.dumps(rungs, separators=(",", ":"))]
+    resources = {"cpu": "1", "memory": "2Gi"}  # torch and diffusers imported; no weights (meta)
+    job = check_job(sweep, uid, namespace, MODEL_CHECK, args, resources, {REQUEST_LABEL: request})
+    return queued(job, queue_labels(sweep.spec.resources, default_queue))
+
+
+def check_job(
+    sweep: api.ScalingSweep,
+    uid: str,
+    namespace: str,
+    role: str,
+    args: list[str],
+    resources: dict[str, str],
+    more_labels: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """A check before any trial: one pod of `isoflop-train ARGS` in the sweep's image, with its
+    pod identity, that says its verdict in its termination message (exit 65: refused for good)."""
     job_labels = {
         "app.kubernetes.io/managed-by": "isoflop",
-        "app.kubernetes.io/name": "isoflop-data-check",
+        "app.kubernetes.io/name": f"isoflop-{role}",
         SWEEP_LABEL: sweep.name,
-        ROLE_LABEL: DATA_CHECK,
+        ROLE_LABEL: role,
+        **(more_labels or {}),
     }
-    small = {"cpu": "250m", "memory": "512Mi"}
     container: dict[str, Any] = {
         "name": "trainer",
-        "image": spec.resources.image,
+        "image": sweep.spec.resources.image,
         "command": ["isoflop-train"],
         "args": args,
-        "resources": {"requests": small, "limits": small},
+        "resources": {"requests": resources, "limits": resources},
         "terminationMessagePath": "/dev/termination-log",
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": CONTAINER_SECURITY,
     }
-    if spec.resources.s3_credentials_secret:
-        container["envFrom"] = [{"secretRef": {"name": spec.resources.s3_credentials_secret}}]
     pod: dict[str, Any] = {
         "restartPolicy": "Never",
         "containers": [container],
         "securityContext": POD_SECURITY,
         "enableServiceLinks": False,
     }
-    _pod_identity(pod, spec.resources)
-    job = {
+    _pod_identity(pod, sweep.spec.resources)
+    return {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
-            "name": job_name(sweep.name, DATA_CHECK),
+            "name": job_name(sweep.name, role),
             "namespace": namespace,
             "labels": job_labels,
             "ownerReferences": [owner_reference(sweep, uid)],
@@ -328,12 +364,11 @@ def data_check_job(
         "spec": {
             "backoffLimit": 2,  # an unreachable store may come back; a wrong index does not
             "activeDeadlineSeconds": 600,
-            "ttlSecondsAfterFinished": spec.resources.finished_ttl_seconds,
+            "ttlSecondsAfterFinished": sweep.spec.resources.finished_ttl_seconds,
             "podFailurePolicy": {"rules": [FAIL_ON_PERMANENT_ERROR]},
             "template": {"metadata": {"labels": job_labels}, "spec": pod},
         },
     }
-    return queued(job, queue_labels(spec.resources, default_queue))
 
 
 def check_data_args(spec: api.ScalingSweepSpec) -> list[str]:

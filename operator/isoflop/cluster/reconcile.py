@@ -70,6 +70,7 @@ class Sweep:
     records: dict[str, api.TrialRecord] = field(default_factory=dict)  # as stored
     given_up: list[str] = field(default_factory=list)  # Jobs of trials failed for good
     pods: dict[str, list[Any]] | None = None  # the sweep's pods by Job, listed once when needed
+    model_check: api.ModelCheckStatus | None = None  # a class family's measures, kept in status
 
     @property
     def spec(self) -> api.ScalingSweepSpec:
@@ -134,7 +135,7 @@ def reconcile_sweep(s: Sweep, patch: kopf.Patch) -> None:
     full = sweep_status(
         s.spec, s.plan, states, decision, fit_result, fitted, s.generation, now(), previous, data,
         confirmations,
-    )  # fmt: skip
+    ).model_copy(update={"model_check": s.model_check})  # fmt: skip
     record(s, full, decision, patch)
     metrics.record(
         s.namespace,

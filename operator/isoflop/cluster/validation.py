@@ -16,15 +16,23 @@ from isoflop.cluster.clients import Clients
 from isoflop.sweep.check import runnable_plan
 from isoflop.sweep.plan import Plan
 
-IMMUTABLE = (("model", "family"), ("data",), ("flopsAccounting",))  # what defines a sweep
+IMMUTABLE = (  # what defines a sweep
+    ("model", "family"),
+    ("model", "transformer"),
+    ("model", "arguments"),
+    ("data",),
+    ("flopsAccounting",),
+)
 
 
-def admissible(name: str, spec: Any, memo: Any) -> tuple[api.ScalingSweepSpec, Plan]:
+def admissible(name: str, spec: Any, memo: Any) -> tuple[api.ScalingSweepSpec, Plan | None]:
     """The spec and plan of a sweep the operator may run: a usable name, a valid spec that can be
-    planned, and nothing the installation's policy forbids; else a ManifestError's sentence."""
+    planned, and nothing the installation's policy forbids; else a ManifestError's sentence.
+    A class family (diffusers, custom) has no plan until its model check Job has measured its
+    rungs (`isoflop.cluster.modeljob`): its plan is None here, and checked after the check."""
     api.parse_name(name)
     parsed = api.parse_spec(dict(spec))
-    p = runnable_plan(parsed)
+    p = None if parsed.model.is_class_family else runnable_plan(parsed)
     if parsed.strategy.wsd_branches is not None and not parsed.storage.checkpoints:
         raise api.ManifestError(
             "spec.strategy.wsdBranches needs spec.storage.checkpoints on a cluster: each branch "

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from isoflop import api
-from isoflop.sweep.families import class_configs, measured
+from isoflop.sweep.families import class_configs, measured, rung_field
 from isoflop_trainer.data.store import atomic_write
 from isoflop_trainer.families import Measure
 
@@ -54,14 +54,6 @@ def model_checked(
             raise api.ManifestError(f"{rung_field(spec, name)} ('{name}'): {why}")
         measures[cfg.digest()] = Measure.from_dict(got["measure"])
     return measured(spec, measures)
-
-
-def rung_field(spec: api.ScalingSweepSpec, name: str) -> str:
-    """Where in the spec a rung comes from: its configs entry, or the depth ladder."""
-    names = [c.name for c in spec.model.configs]
-    if name in names:
-        return f"spec.model.configs[{names.index(name)}]"
-    return "spec.model.depths"
 
 
 def cached(cache: Path | None, requests: dict[str, Any]) -> dict[str, Any] | None:

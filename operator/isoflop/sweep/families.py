@@ -8,6 +8,8 @@ Job). `measured` attaches the check's result to a spec, and the planner sizes tr
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 from isoflop import api
@@ -56,6 +58,27 @@ def class_configs(spec: api.ScalingSweepSpec) -> list[tuple[str, ClassConfig]]:
         )
         for name, arguments in rung_arguments(spec)
     ]
+
+
+def check_request(spec: api.ScalingSweepSpec) -> tuple[dict[str, dict[str, Any]], str]:
+    """What the model check is asked (each rung's ClassConfig request, in ladder order) and its
+    digest: a check of other rungs (another ladder, other arguments) is not this sweep's."""
+    requests = {name: cfg.request() for name, cfg in class_configs(spec)}
+    text = json.dumps(requests, sort_keys=True)
+    return requests, hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def rung_field(spec: api.ScalingSweepSpec, name: str) -> str:
+    """Where in the spec a rung comes from: its configs entry, or the depth ladder."""
+    names = [c.name for c in spec.model.configs]
+    if name in names:
+        return f"spec.model.configs[{names.index(name)}]"
+    return "spec.model.depths"
+
+
+def by_digest(spec: api.ScalingSweepSpec, measures: dict[str, Measure]) -> dict[str, Measure]:
+    """Measures by rung name, as the planner looks them up (by ClassConfig digest)."""
+    return {cfg.digest(): measures[name] for name, cfg in class_configs(spec) if name in measures}
 
 
 def measured(spec: api.ScalingSweepSpec, measures: dict[str, Measure]) -> api.ScalingSweepSpec:
