@@ -100,32 +100,43 @@ def test_the_operator_runs_as_the_charts_deployment_and_its_webhook_answers_thro
     assert get(cluster, "scalingsweep", "refused", TRIALS_NAMESPACE) == {}
 
 
+def apply_until_done(
+    cluster: Cluster, deployed: dict[str, str], manifest: dict[str, Any], path: Path
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]], list[dict[str, Any]], float]:
+    """`kubectl apply` the sweep (written to `path`), wait until it ends, and read its status,
+    trial records and pods before deleting it; with the seconds it took."""
+    name = manifest["metadata"]["name"]
+    path.write_text(yaml.safe_dump(manifest))
+    started = time.monotonic()
+    cluster.kubectl("apply", "-f", str(path))
+    try:
+        deadline = time.monotonic() + 900
+        while get(cluster, "scalingsweep", name, TRIALS_NAMESPACE).get("status", {}).get(
+            "phase"
+        ) not in ("Succeeded", "Failed"):
+            assert time.monotonic() < deadline, operator_log(cluster, deployed)
+            time.sleep(2)
+        wall = time.monotonic() - started
+        status = get(cluster, "scalingsweep", name, TRIALS_NAMESPACE)["status"]
+        records = {r["id"]: r for r in trial_records(cluster, name, TRIALS_NAMESPACE)}
+        pods = json.loads(
+            cluster.kubectl(
+                "get", "pods", "-n", TRIALS_NAMESPACE, "-l", f"isoflop.dev/sweep={name}", "-o",
+                "json",
+            ).stdout
+        )["items"]  # fmt: skip
+    finally:
+        cluster.kubectl("delete", "scalingsweep", name, "-n", TRIALS_NAMESPACE, check=False)
+    return status, records, pods, wall
+
+
 def test_a_sweep_applied_with_kubectl_trains_every_trial_in_a_real_pod(
     cluster: Cluster, node: Node, deployed: dict[str, str], images: dict[str, Any], tmp_path: Path
 ) -> None:
     manifest = pod_sweep("pods", images["trainer"][0])
     trials = {t.id: t for t in plan(api.parse_sweep(manifest).spec).trials}
     path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump(manifest))
-    started = time.monotonic()
-    cluster.kubectl("apply", "-f", str(path))
-    try:
-        deadline = time.monotonic() + 900
-        while get(cluster, "scalingsweep", "pods", TRIALS_NAMESPACE).get("status", {}).get(
-            "phase"
-        ) not in ("Succeeded", "Failed"):
-            assert time.monotonic() < deadline, operator_log(cluster, deployed)
-            time.sleep(2)
-        wall = time.monotonic() - started
-        status = get(cluster, "scalingsweep", "pods", TRIALS_NAMESPACE)["status"]
-        records = {r["id"]: r for r in trial_records(cluster, "pods", TRIALS_NAMESPACE)}
-        pods = json.loads(
-            cluster.kubectl(
-                "get", "pods", "-n", TRIALS_NAMESPACE, "-l", "isoflop.dev/sweep=pods", "-o", "json"
-            ).stdout
-        )["items"]  # fmt: skip
-    finally:
-        cluster.kubectl("delete", "scalingsweep", "pods", "-n", TRIALS_NAMESPACE, check=False)
+    status, records, pods, wall = apply_until_done(cluster, deployed, manifest, path)
     assert status["phase"] == "Succeeded", (status, operator_log(cluster, deployed))
     assert set(records) == set(trials)
     assert all(r["phase"] == "Succeeded" for r in records.values()), records
@@ -429,3 +440,36 @@ class PodMonitorDiscovery:
     def stop(self) -> None:
         self.stopped.set()
         self.thread.join(10)
+
+
+def test_an_sd3_sweep_applied_with_kubectl_is_measured_by_its_model_check_pod_and_trains(
+    cluster: Cluster, node: Node, deployed: dict[str, str], images: dict[str, Any], tmp_path: Path
+) -> None:
+    """diffusers' SD3 MMDiT as the sweep's family: the model check runs in a pod of the trainer
+    image, the operator plans from its verdict, every trial trains SD3 in a pod, and the laws
+    come with intervals. The ladder brackets each budget's optimum (examples/quickstart-sd3)."""
+    manifest = pod_sweep("sd3", images["trainer"][0])
+    quick = api.yaml_load((ROOT / "examples" / "quickstart-sd3.yaml").read_text())["spec"]
+    keep = {"d2w40", "d2w48", "d2w64", "d2w80", "d2w96"}
+    model = {
+        **quick["model"],
+        "configs": [c for c in quick["model"]["configs"] if c["name"] in keep],
+    }
+    manifest["spec"].update(model=model, budgets=[3e10, 6e10], training=quick["training"])
+    manifest["spec"]["training"]["evalSamples"] = 256
+    status, records, pods, wall = apply_until_done(cluster, deployed, manifest, tmp_path / "s.yaml")
+    check_pods = [
+        p for p in pods if p["metadata"]["labels"].get("isoflop.dev/role") == "model-check"
+    ]
+    assert status["phase"] == "Succeeded", (status, operator_log(cluster, deployed))
+    check = api.ModelCheckStatus.model_validate(status["modelCheck"])
+    assert check.ready is True
+    assert sorted(check.rungs) == sorted(keep)
+    assert {p["spec"]["nodeName"] for p in check_pods} == {NODE}  # measured in a real pod
+    assert len(records) == 10
+    assert all(r["phase"] == "Succeeded" for r in records.values()), records
+    for tid, r in records.items():  # each trial trained the model its rung's check measured
+        assert r["params"] == check.rungs[tid.split("-", 1)[1]].params
+    law = status["fit"]["laws"]["params"]
+    assert law["exponentInterval"]["low"] < law["exponent"] < law["exponentInterval"]["high"]
+    print(f"\nreal pods: SD3 sweep, model check and {len(records)} trials in {wall:.0f} s")
