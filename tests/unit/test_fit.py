@@ -200,6 +200,14 @@ def test_comparison_of_in_context_and_cross_attention() -> None:
     assert c.more_data == "second"  # cross-attention puts more of extra compute into data
     text = format_comparison(c, "in-context", "cross-attention")
     assert "cross-attention allocates more of extra compute to data" in text
+    # two sweeps of one law: a D* difference within the noise names neither
+    again = analyze(
+        Points.from_rows(paper_rows(noise=3e-4, seed=3)), method="parabola", bootstrap=300
+    )
+    same = compare(ic, again)
+    assert not same.differences[1].significant
+    assert same.more_data == "neither"
+    assert "Neither puts measurably more" in format_comparison(same, "a", "b")
 
 
 # -- degenerate input ------------------------------------------------------------------------------

@@ -565,7 +565,7 @@ class ExponentDifference:
 @dataclass(frozen=True)
 class Comparison:
     differences: tuple[ExponentDifference, ...]
-    more_data: Literal["first", "second", "neither"]  # whose D* grows faster with compute
+    more_data: Literal["first", "second", "neither"]  # whose D* grows measurably faster
 
 
 def compare(first: Analysis, second: Analysis, confidence: float = 0.95) -> Comparison:
@@ -586,9 +586,9 @@ def compare(first: Analysis, second: Analysis, confidence: float = 0.95) -> Comp
                 )
         diffs.append(ExponentDifference(name, a.exponent, b.exponent, ci))
     tokens = diffs[1]
-    more: Literal["first", "second", "neither"] = "neither"
-    if tokens.difference > 0:
+    more: Literal["first", "second", "neither"] = "neither"  # not a measurable difference
+    if tokens.significant and tokens.difference > 0:
         more = "first"
-    elif tokens.difference < 0:
+    elif tokens.significant and tokens.difference < 0:
         more = "second"
     return Comparison(tuple(diffs), more)

@@ -325,7 +325,10 @@ def format_comparison(c: Comparison, first: str, second: str) -> str:
     )
     who = {"first": first, "second": second}.get(c.more_data)
     if who is None:
-        lines.append("Both put the same share of extra compute into data.")
+        lines.append(
+            "Neither puts measurably more of extra compute into data (the D* exponents' "
+            "difference interval holds 0, or has no resamples)."
+        )
     else:
         lines.append(f"{who} allocates more of extra compute to data (larger D* exponent).")
     return "\n".join(lines)
