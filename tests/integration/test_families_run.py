@@ -95,6 +95,10 @@ def test_the_paper_grid_with_sd3_recovers_a_simulated_law_from_its_measures(
     table = spec.model.measures
     sizes = {cfg.digest(): table[cfg.digest()].params for _, cfg in class_configs(spec)}
     assert {t["params"] for t in status["trials"]} <= set(sizes.values())
+    check = status["modelCheck"]  # the status as the operator writes it, measures included
+    assert check["ready"] is True
+    assert len(check["rungs"]) == 14
+    assert check["rungs"]["d02"]["params"] == min(sizes.values())
 
 
 def test_an_sd3_sweep_trains_on_cpu_from_isoflop_run(tmp_path: Path) -> None:

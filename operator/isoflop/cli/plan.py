@@ -83,7 +83,9 @@ def command(args: argparse.Namespace) -> int:
             )
         )
     else:
-        print(f"ScalingSweep '{sweep.name}' ({sweep.spec.model.family})")
+        m = sweep.spec.model
+        family = f"{m.family} {m.transformer}" if m.transformer else m.family
+        print(f"ScalingSweep '{sweep.name}' ({family})")
         print(format_plan(p, mfu, peak, sweep.spec))
         if confirms:
             print(

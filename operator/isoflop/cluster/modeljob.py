@@ -30,7 +30,7 @@ from isoflop.cluster.manifests import (
 )
 from isoflop.cluster.results import termination_message
 from isoflop.sweep.check import runnable_plan
-from isoflop.sweep.families import by_digest, check_request, measured, rung_field
+from isoflop.sweep.families import by_digest, check_request, check_status, measured, rung_field
 from isoflop.sweep.plan import Plan
 from isoflop_trainer.families import Measure, from_compact
 
@@ -91,13 +91,10 @@ def model_check(
     measures = from_compact(said, list(requests))
     if measures is None:
         return checking  # the pod's message is not readable yet
-    return api.ModelCheckStatus(
-        ready=True,
-        request=request,
-        rungs={name: api.RungMeasure.model_validate(vars(m)) for name, m in measures.items()},
-        torch=said.get("torch") if isinstance(said.get("torch"), str) else None,
-        message=f"{len(measures)} rungs of {spec.model.transformer} measured",
-    )
+    torch = said.get("torch") if isinstance(said.get("torch"), str) else None
+    ready = check_status(measured(spec, by_digest(spec, measures)), torch)
+    assert ready is not None  # a class family's
+    return ready
 
 
 def checked_spec(spec: api.ScalingSweepSpec, check: api.ModelCheckStatus) -> api.ScalingSweepSpec:

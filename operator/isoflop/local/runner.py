@@ -26,6 +26,7 @@ from isoflop.local.rundir import RunDirectory, RunError, RunState
 from isoflop.sweep import engine
 from isoflop.sweep.confirm import is_confirmation, predict, resources_spec
 from isoflop.sweep.engine import TrialState
+from isoflop.sweep.families import check_status
 from isoflop.sweep.packing import Packing
 from isoflop.sweep.plan import Plan, format_flops, plan
 from isoflop.sweep.status import results_table, sweep_status
@@ -210,7 +211,7 @@ class Run:
             now=now(),
             previous=self.state.conditions,
             confirmations=self.state.confirmations,
-        )
+        ).model_copy(update={"model_check": check_status(self.spec)})
         self.state.conditions = status.conditions
         self.state.confirmations = status.confirmations  # with their verdicts
         self.rundir.write_status(status)

@@ -94,3 +94,24 @@ def unchecked(spec: api.ScalingSweepSpec) -> list[str]:
         return []
     have = spec.model.measures
     return [name for name, cfg in class_configs(spec) if cfg.digest() not in have]
+
+
+def check_status(
+    spec: api.ScalingSweepSpec, torch: str | None = None
+) -> api.ModelCheckStatus | None:
+    """The status's `modelCheck` of a spec whose rungs are all measured (None for a built-in
+    family): every rung's measure by name, with the rungs' digest."""
+    if not spec.model.is_class_family:
+        return None
+    table = spec.model.measures
+    rungs = {
+        name: api.RungMeasure.model_validate(vars(table[cfg.digest()]))
+        for name, cfg in class_configs(spec)
+    }
+    return api.ModelCheckStatus(
+        ready=True,
+        request=check_request(spec)[1],
+        rungs=rungs,
+        torch=torch,
+        message=f"{len(rungs)} rungs of {spec.model.transformer} measured",
+    )
