@@ -132,3 +132,24 @@ async def test_a_rung_the_class_refuses_fails_the_sweep_once_and_a_new_ladder_ch
 
         await wait_for(rechecking)
         await wait_for(lambda: sweep_status(k8s).get("phase") == "Pending")
+
+
+async def test_a_model_check_job_that_never_says_fails_the_sweep_with_the_jobs_reason(
+    k8s: Any,
+) -> None:
+    async with running_operator(k8s):
+        await k8s.post(URL, json=class_manifest())
+        await wait_for(lambda: "qs-model-check" in jobs(k8s))
+        failed = {"type": "Failed", "status": "True", "reason": "DeadlineExceeded",
+                  "message": "Job was active longer than specified deadline"}  # fmt: skip
+        await k8s.patch(
+            "/apis/batch/v1/namespaces/default/jobs/qs-model-check/status",
+            json={"status": {"failed": 1, "conditions": [failed]}},
+        )
+        await wait_for(lambda: sweep_status(k8s).get("phase") == "Failed")
+        assert list(jobs(k8s)) == ["qs-model-check"]
+    ready = next(c for c in sweep_status(k8s)["conditions"] if c["type"] == "Ready")
+    assert (ready["reason"], ready["message"]) == (
+        "InvalidSpec",
+        "spec.model: the model check Job failed: Job was active longer than specified deadline",
+    )

@@ -73,7 +73,8 @@ def model_check(
                 raise
         return checking
     st = job.status or kubernetes.client.V1JobStatus()
-    failed = any(c.type == "Failed" and c.status == "True" for c in (st.conditions or []))
+    ended = [c for c in st.conditions or [] if c.type == "Failed" and c.status == "True"]
+    failed = bool(ended)
     if not (st.succeeded or failed):
         if job.spec is not None and job.spec.suspend:
             return checking.model_copy(
@@ -85,8 +86,9 @@ def model_check(
         rung, error = said.get("rung"), said.get("error")
         if isinstance(rung, str) and rung in requests:
             message = f"{rung_field(spec, rung)} ('{rung}'): {error}"
-        else:
-            message = f"spec.model: the model check Job failed: {error or 'it left no message'}"
+        else:  # it never said (its image did not start, it ran out of memory or time)
+            why = error or next((c.message or c.reason for c in ended if c.message or c.reason), "")
+            message = f"spec.model: the model check Job failed: {why or 'it left no message'}"
         return api.ModelCheckStatus(ready=False, request=request, message=message[:1500])
     measures = from_compact(said, list(requests))
     if measures is None:
