@@ -34,7 +34,9 @@ MODEL = {
 
 
 def class_manifest(**model: Any) -> dict[str, Any]:
-    return manifest(model={**MODEL, **model}, resources={"image": "team/trainer:1"})
+    resources = {"image": "team/trainer:1", "nodeSelector": {"pool": "gpu"},
+                 "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}]}  # fmt: skip
+    return manifest(model={**MODEL, **model}, resources=resources)
 
 
 def run_check(job: dict[str, Any], tmp: Path) -> dict[str, Any]:
@@ -61,6 +63,9 @@ async def test_a_class_family_is_planned_from_its_model_check_job(k8s: Any, tmp_
         pod = job["spec"]["template"]["spec"]
         assert pod["containers"][0]["image"] == "team/trainer:1"  # the user's image runs it
         assert pod["automountServiceAccountToken"] is False
+        assert pod["nodeSelector"] == {"pool": "gpu"}  # where the sweep's pods may run
+        assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists"}]
+        assert "nvidia.com/gpu" not in pod["containers"][0]["resources"]["limits"]
         requests, digest = check_request(api.parse_sweep(obj).spec)
         assert job["metadata"]["labels"]["isoflop.dev/request"] == digest
         assert json.loads(pod["containers"][0]["args"][1]) == requests

@@ -219,14 +219,7 @@ def trial_pod(
         "securityContext": POD_SECURITY,
         "enableServiceLinks": False,
     }
-    if res.node_selector:
-        pod["nodeSelector"] = dict(res.node_selector)
-    if res.tolerations:
-        pod["tolerations"] = [t.to_wire() for t in res.tolerations]
-    if res.affinity:
-        pod["affinity"] = res.affinity.to_wire()
-    if res.priority_class_name:
-        pod["priorityClassName"] = res.priority_class_name
+    _placement(pod, res)
     _pod_identity(pod, res)
     if subdomain is not None:
         pod["subdomain"] = subdomain
@@ -314,6 +307,9 @@ def model_check_job(
     args = ["check-model", json.dumps(rungs, separators=(",", ":"))]
     resources = {"cpu": "1", "memory": "2Gi"}  # torch and diffusers imported; no weights (meta)
     job = check_job(sweep, uid, namespace, MODEL_CHECK, args, resources, {REQUEST_LABEL: request})
+    # where the trials run (no GPU asked): the nodes that may run the sweep's pods, which pull its
+    # trainer image anyway; a node the sweep may not use could not run user code under its name
+    _placement(job["spec"]["template"]["spec"], sweep.spec.resources)
     return queued(job, queue_labels(sweep.spec.resources, default_queue))
 
 
@@ -382,6 +378,19 @@ def check_data_args(spec: api.ScalingSweepSpec) -> list[str]:
     if fid.samples and fid.vae is None:
         args.append("--need-vae")
     return args
+
+
+def _placement(pod: dict[str, Any], res: api.ResourcesSpec) -> None:
+    """Where the sweep's pods may run, as the spec says: node selector, tolerations, affinity,
+    priority."""
+    if res.node_selector:
+        pod["nodeSelector"] = dict(res.node_selector)
+    if res.tolerations:
+        pod["tolerations"] = [t.to_wire() for t in res.tolerations]
+    if res.affinity:
+        pod["affinity"] = res.affinity.to_wire()
+    if res.priority_class_name:
+        pod["priorityClassName"] = res.priority_class_name
 
 
 def _pod_identity(pod: dict[str, Any], res: api.ResourcesSpec) -> None:
