@@ -36,7 +36,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from isoflop_trainer.counts import FlopCount, FlopsAccounting, ParamCount
+from isoflop_trainer.counts import Accounting, FlopCount, ParamCount
 from isoflop_trainer.families import ClassConfig
 
 Family = Literal["in-context", "cross-attention"]
@@ -59,7 +59,7 @@ FREQUENCY_DIM = 256  # sinusoidal timestep features fed to the timestep MLP
 
 
 @dataclass(frozen=True)
-class DiTConfig:
+class DiTConfig(Accounting):
     """One DiT: architecture, input shapes, and the derived exact counts."""
 
     family: Family
@@ -192,15 +192,6 @@ class DiTConfig:
         forward = sum(f for f, _ in mm) + attention_fwd
         backward = sum(2 * f if grad else f for f, grad in mm) + 2 * attention_fwd
         return FlopCount(forward=forward, backward=backward, attention=3 * attention_fwd)
-
-    def flops_per_sample_6nd(self) -> int:
-        """The paper's convention: 6 * N (all parameters) * tokens per sample."""
-        return 6 * self.params().total * self.tokens_per_sample
-
-    def training_flops_per_sample(self, accounting: FlopsAccounting) -> int:
-        if accounting == "exact":
-            return self.flops_per_sample().total
-        return self.flops_per_sample_6nd()
 
 
 ModelConfig = DiTConfig | ClassConfig  # a built-in DiT, or a class family's rung

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 FlopsAccounting = Literal["exact", "6ND"]
 
@@ -28,3 +28,25 @@ class FlopCount:
     @property
     def total(self) -> int:
         return self.forward + self.backward
+
+
+class Counted(Protocol):
+    @property
+    def tokens_per_sample(self) -> int: ...
+
+    def params(self) -> ParamCount: ...
+    def flops_per_sample(self) -> FlopCount: ...
+
+
+class Accounting:
+    """A rung's training FLOPs per sample under either accounting, from its own counts (shared by
+    the built-in DiTConfig and a class family's ClassConfig)."""
+
+    def flops_per_sample_6nd(self: Counted) -> int:
+        """The paper's convention: 6 * N (all parameters) * tokens per sample."""
+        return 6 * self.params().total * self.tokens_per_sample
+
+    def training_flops_per_sample(self: Counted, accounting: FlopsAccounting) -> int:
+        if accounting == "exact":
+            return self.flops_per_sample().total
+        return Accounting.flops_per_sample_6nd(self)

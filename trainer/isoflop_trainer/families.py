@@ -16,7 +16,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from isoflop_trainer.counts import FlopCount, FlopsAccounting, ParamCount
+from isoflop_trainer.counts import Accounting, FlopCount, ParamCount
 
 ClassFamily = Literal["diffusers", "custom"]
 CLASS_FAMILIES: tuple[ClassFamily, ...] = ("diffusers", "custom")
@@ -113,7 +113,7 @@ def from_compact(said: dict[str, Any], names: list[str]) -> dict[str, Measure] |
 
 
 @dataclass(frozen=True)
-class ClassConfig:
+class ClassConfig(Accounting):
     """One rung of a class family: the class, its full constructor arguments, the data's shapes
     and, once the model check has run, its measure. Mirrors `DiTConfig`'s accounting."""
 
@@ -183,11 +183,3 @@ class ClassConfig:
     def flops_per_sample(self) -> FlopCount:
         m = self.checked()
         return FlopCount(forward=m.forward, backward=m.backward, attention=m.attention)
-
-    def flops_per_sample_6nd(self) -> int:
-        return 6 * self.params().total * self.tokens_per_sample
-
-    def training_flops_per_sample(self, accounting: FlopsAccounting) -> int:
-        if accounting == "exact":
-            return self.flops_per_sample().total
-        return self.flops_per_sample_6nd()

@@ -166,6 +166,15 @@ def pooled(text: torch.Tensor) -> torch.Tensor:
     return text.mean(dim=1)
 
 
+def latent_arguments(inputs: Inputs) -> dict[str, Any]:
+    """A class that patches the latents itself: channels in and out, and the sample's side."""
+    return {
+        "in_channels": inputs.latent_channels,
+        "out_channels": inputs.latent_channels,
+        "sample_size": inputs.latent_height,
+    }
+
+
 class SD3(DiffusersFamily):
     """MMDiT (Stable Diffusion 3): text and image streams with their own weights, joint
     attention over both; adaLN from the timestep and the pooled text vector."""
@@ -174,9 +183,7 @@ class SD3(DiffusersFamily):
 
     def data_arguments(self, inputs: Inputs) -> dict[str, Any]:
         return {
-            "in_channels": inputs.latent_channels,
-            "out_channels": inputs.latent_channels,
-            "sample_size": inputs.latent_height,
+            **latent_arguments(inputs),
             "joint_attention_dim": inputs.text_dim,
             "pooled_projection_dim": inputs.text_dim,
         }
@@ -265,12 +272,7 @@ class PixArt(DiffusersFamily):
     name = "PixArtTransformer2DModel"
 
     def data_arguments(self, inputs: Inputs) -> dict[str, Any]:
-        return {
-            "in_channels": inputs.latent_channels,
-            "out_channels": inputs.latent_channels,
-            "sample_size": inputs.latent_height,
-            "caption_channels": inputs.text_dim,
-        }
+        return {**latent_arguments(inputs), "caption_channels": inputs.text_dim}
 
     def defaults(self, arguments: dict[str, Any], inputs: Inputs) -> dict[str, Any]:
         return {
