@@ -76,6 +76,17 @@ def _structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
         out["minimum"], out["exclusiveMinimum"] = node["exclusiveMinimum"], True
     if "exclusiveMaximum" in node:
         out["maximum"], out["exclusiveMaximum"] = node["exclusiveMaximum"], True
+    if out.get("type") == "integer":
+        # the API server holds bounds as doubles and wants an integer's to be int64s it can hold:
+        # the 64-bit range itself it refuses ("Minimum boundary value must be of type integer"),
+        # and with it every value; it goes without saying for format int64, as in core/v1
+        # (tolerationSeconds carries no bounds there)
+        for bound, limit in (("minimum", -(2**63)), ("maximum", 2**63 - 1)):
+            if out.get(bound) == limit:
+                del out[bound]
+                out["format"] = "int64"
+        if any(abs(out.get(b, 0)) > 2**53 for b in ("minimum", "maximum")):
+            raise ValueError(f"an integer bound beyond 2^53 is not exact as a double: {node}")
     if abs(out.get("maximum", 0)) >= 2**63:
         # the API server reads a bound this large as a 64-bit integer (1e30 overflows to -2^63
         # and refuses every value): a CEL rule on the double says it instead
