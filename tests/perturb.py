@@ -13,6 +13,7 @@ compares validate's verdict and spec with what the server stores and the operato
 
 from __future__ import annotations
 
+import base64
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,6 +52,49 @@ def spellings(value: str) -> Iterator[tuple[str, str]]:
     else:
         yield "1:30", "1:30"
         yield "a date", "2026-01-02"
+    # explicit tags, each resolved by go-yaml v2 its own way (or the file refused)
+    for tag in ("!!int", "!!float", "!!str", "!!bool", "!!null", "!!timestamp", "!local"):
+        yield f"tagged {tag}", f"{tag} {value}"
+    yield "tagged !!int and empty", "!!int"
+    yield "tagged !!binary", "!!binary " + base64.b64encode(value.encode()).decode()
+    yield "tagged !!binary, not base64", "!!binary a*b"
+
+
+# Whole-file edits of the structure go-yaml v2 builds: merge keys in their order, keys that are
+# not strings, anchors defined twice, aliasing past its limit. Each (what, old, new) replaces a
+# line of the example; the metadata's anchors are what the spec's maps then merge.
+_LABELS = "  labels: &a {team: vision, tier: '1'}\n  annotations: &b {tier: '2', note: x}\n"
+_SELECTOR = "    nodeSelector:\n      cloud.google.com/gke-accelerator: nvidia-h100-80gb\n"
+_TOLERATION = "      - key: nvidia.com/gpu\n        operator: Exists\n        effect: NoSchedule\n"
+STRUCTURES: tuple[tuple[str, str, str], ...] = (
+    ("merge keys in a list, a key before them", _SELECTOR,
+     "    nodeSelector: {team: other, <<: [*a, *b]}\n"),
+    ("merge keys, a key after them", _SELECTOR, "    nodeSelector: {<<: [*b, *a], team: other}\n"),
+    ("two merge keys in one map", _SELECTOR, "    nodeSelector: {<<: *a, <<: *b}\n"),
+    ("a merge key in a list item", _TOLERATION,
+     "      - &t {key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}\n"
+     "      - {effect: NoExecute, <<: *t, key: other}\n"),
+    ("a merge key of a scalar", _SELECTOR, "    nodeSelector: {<<: 3}\n"),
+    ("a toleration for 300 s", _TOLERATION,
+     "      - {key: gpu, operator: Exists, effect: NoExecute, tolerationSeconds: 300}\n"),
+    ("a toleration for -1 s", _TOLERATION,
+     "      - {key: a, operator: Exists, effect: NoExecute, tolerationSeconds: -1}\n"),
+    ("keys that are not strings", _SELECTOR,
+     "    nodeSelector: {8: a, y: b, 0x10: c, 1e3: d, 1.5: e, 010: f, n: g}\n"),
+    ("keys that are not strings, two the same", _SELECTOR, "    nodeSelector: {y: a, on: b}\n"),
+    ("a null key", _SELECTOR, "    nodeSelector: {~: a}\n"),
+    ("a key of 2^64 - 1", _SELECTOR, "    nodeSelector: {18446744073709551615: a}\n"),
+    ("a list as a key", _SELECTOR, "    nodeSelector: {[a]: b}\n"),
+    ("an anchor defined again before its alias", _SELECTOR,
+     "    nodeSelector: *a\n"),
+    ("a null label", "  labels: &a {team: vision, tier: '1'}\n", "  labels: {team: null}\n"),
+    ("an alias bomb", _SELECTOR,
+     "    nodeSelector: {}\n    x: &a [&b [&c [&d [&e [&f [q, q, q, q, q, q, q, q, q], *f, *f, *f,"
+     " *f, *f, *f, *f, *f], *e, *e, *e, *e, *e, *e, *e, *e], *d, *d, *d, *d, *d, *d, *d, *d],"
+     " *c, *c, *c, *c, *c, *c, *c, *c], *b, *b, *b, *b, *b, *b, *b, *b]\n"),
+    ("many aliases, well within the limit", _SELECTOR,
+     "    nodeSelector: {team: 'x', a: *x, b: *x, c: *x, d: *x, e: *x}\n"),
+)  # fmt: skip
 
 
 def _with_name(text: str, name: str) -> str:
@@ -100,3 +144,25 @@ def perturbed_files() -> Iterator[tuple[str, str, bytes]]:
         first, second = name(), name()
         both = f"{_with_name(text, first)}\n---\n{_with_name(text, second)}"
         yield f"{example} two documents", f"{first},{second}", both.encode()
+        for api_version, kind in (
+            ("apps/v1", "List"),
+            ("isoflop.dev/v1alpha1", "ScalingSweepList"),
+            ("isoflop.dev/v1alpha1", "List"),
+            ("", "List"),  # kubectl refuses a list with no apiVersion
+        ):
+            sweep = name()
+            body = _with_name(text, sweep).replace("\n", "\n    ")
+            head = f"apiVersion: {api_version}\n" if api_version else ""
+            listed = f"{head}kind: {kind}\nitems:\n  - {body}\n"
+            yield f"{example} in a {api_version} {kind}", sweep, listed.encode()
+        labelled = text.replace("  name: ", _LABELS + "  name: ", 1)
+        for what, old, new in STRUCTURES:
+            if old not in labelled:
+                continue
+            sweep = name()
+            edited = labelled.replace(old, new, 1)
+            if what == "an anchor defined again before its alias":
+                edited = edited.replace("&b {", "&a {", 1)  # the alias *a now means the second
+            if "*x" in new:
+                edited = edited.replace("team: vision", "team: &x vision", 1)
+            yield f"{example} {what}", sweep, _with_name(edited, sweep).encode()

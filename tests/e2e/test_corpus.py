@@ -165,11 +165,11 @@ def stored_objects(out: str) -> dict[str, dict[str, Any]]:
 def test_validate_reads_every_file_as_kubectl_and_the_server_do(
     cluster: Cluster, installed: Path, tmp_path: Path
 ) -> None:
-    """The second corpus (tests/perturb.py: the paper examples rewritten in every YAML spelling
-    and file form that readers disagree on) through `kubectl create --dry-run=server`. For every
-    sweep: what validate reads is what the server stores and the operator then parses, to the
-    value; validate refuses nothing the operator would run, and accepts nothing the server
-    refuses."""
+    """The second corpus (tests/perturb.py: the paper examples rewritten in every YAML spelling,
+    explicit tag, merge key, map key, anchor and file form that readers disagree on) through
+    `kubectl create --dry-run=server`. For every sweep: what validate reads is what the server
+    stores and the operator then parses, to the value (spec, labels and annotations); validate
+    refuses nothing the operator would run, and accepts nothing the server refuses."""
     directory = tmp_path / "perturbed"
     directory.mkdir()
     cases = []
@@ -209,6 +209,11 @@ def test_validate_reads_every_file_as_kubectl_and_the_server_do(
                 problems.append(f"{what}: validate refuses ({refusal}), the operator would run it")
             elif mine.spec != operator_sees.spec:
                 problems.append(f"{what}: validate reads another spec than the server stores")
+            elif any(
+                getattr(mine.metadata, k) != getattr(operator_sees.metadata, k)
+                for k in ("labels", "annotations")
+            ):
+                problems.append(f"{what}: validate reads other metadata than the server stores")
             else:
                 accepted += 1
     assert not problems, "\n".join(problems[:40])
