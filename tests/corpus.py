@@ -397,6 +397,15 @@ def pod_corpus() -> Iterator[tuple[str, dict[str, Any]]]:
     yield edit("a metadata label key with a space", "metadata.labels", {"my team": "ml"})
     yield edit("a metadata label value of 64 characters", "metadata.labels", {"team": "m" * 64})
     yield edit("a metadata annotation key with a space", "metadata.annotations", {"a b": "c"})
+    yield edit("a namespace that is not a DNS label", "metadata.namespace", "Team_A")
+    yield edit("a finalizer that is not a qualified name", "metadata.finalizers", ["a b/c d"])
+    yield edit(
+        "an ownerReference without its uid",
+        "metadata.ownerReferences",
+        [{"apiVersion": "v1", "kind": "ConfigMap", "name": "owner"}],
+    )
+    yield edit("annotations over 256 KiB", "metadata.annotations", {"a": "x" * 270_000})
+    yield edit("an unknown metadata field", "metadata.owner", "me")
 
 
 def invalid_manifests() -> list[tuple[str, dict[str, Any]]]:

@@ -104,3 +104,34 @@ def test_an_update_that_keeps_the_spec_asks_nothing() -> None:
     assert auth.reviews == []
     with pytest.raises(kopf.AdmissionError):
         call(auth, spec, operation="UPDATE", old={"spec": {**spec, "budgets": [1e11]}})
+
+
+def test_annotations_that_leave_no_room_for_the_operators_copy_are_refused() -> None:
+    """kopf keeps a copy of a sweep's annotations in its own: a legal 200 KiB annotation would
+    push the object past the server's 256 KiB at its first patch (a 422, retried for ever).
+    The webhook refuses more than 64 KiB of the user's own; kopf's patches of its bookkeeping
+    (the same user annotations) pass."""
+    spec = base_manifest()["spec"]
+    auth = Authorization(("create", "jobs", None))
+    memo = SimpleNamespace(
+        clients=Clients(batch=None, core=None, authorization=auth), policy=policy.Policy()
+    )
+
+    def review(annotations: dict[str, str], operation: str = "CREATE", old: Any = None) -> None:
+        handlers.validate(
+            name="quick", namespace="ml", spec=spec, userinfo=ALICE, memo=memo, old=old,
+            new={"spec": spec, "metadata": {"name": "quick", "annotations": annotations}},
+            operation=operation,
+        )  # fmt: skip
+
+    with pytest.raises(kopf.AdmissionError) as refused:
+        review({"notes": "x" * 200_000})
+    assert refused.value.code == 422
+    assert str(refused.value) == (
+        "metadata: annotations take 200005 bytes, more than a sweep's 65536: the operator's and "
+        "kubectl's copies of them must fit the object's 262144"
+    )
+    review({"notes": "x" * 60_000})  # within: no review of rights fails here
+    kopf_copy = {"notes": "x" * 60_000, "kopf.zalando.org/last-handled-configuration": "y" * 70_000}
+    old = {"spec": spec, "metadata": {"name": "quick", "annotations": {"notes": "x" * 60_000}}}
+    review(kopf_copy, operation="UPDATE", old=old)

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from isoflop import api, cli
 from isoflop.api import kubeyaml
@@ -191,3 +194,120 @@ def test_every_file_of_the_second_corpus_is_read_or_refused_in_one_sentence(
             assert sweeps[0].spec.training.compile is True  # y, as kubectl reads it
     assert read > 400
     assert refused > 100
+
+
+# go-yaml v2's maps, tags and anchors (tests/e2e/test_corpus.py checks the same against the
+# real server, with the perturbed files of tests/perturb.py)
+
+
+@pytest.mark.parametrize(
+    ("written", "read"),
+    [
+        # a merge sets its keys over those before it; a later key wins over the merge
+        ("{x: 9, <<: {x: 1, z: 2}}", {"x": 1, "z": 2}),
+        ("{<<: {x: 1, z: 2}, x: 9}", {"x": 9, "z": 2}),
+        # of a list of maps, the first wins; two merges: the later wins
+        ("{<<: [{x: 1}, {x: 2, z: 3}]}", {"x": 1, "z": 3}),
+        ("{<<: {x: 1}, <<: {x: 2}}", {"x": 2}),
+        # keys that are not strings, as JSON gets them (010 is 8 too: the later wins)
+        ("{8: a, y: b, 0x10: c, 1e3: d, 1.5: e, 010: f, n: g, 1e-5: h, 1234567.0: i}",
+         {"true": "b", "16": "c", "1000": "d", "1.5": "e", "8": "f", "false": "g",
+          "1e-05": "h", "1.234567e+06": "i"}),
+        # explicit tags
+        ("{a: !!float 3, b: !!int '3', c: !!str 3, d: !!bool yes, e: !foo 3, f: !!binary aGk=}",
+         {"a": 3.0, "b": 3, "c": "3", "d": True, "e": "3", "f": "hi"}),
+        ("{a: !!timestamp 2026-01-02, b: !!null '', c: !!merge 3, d: !!set {q}}",
+         {"a": "2026-01-02", "b": None, "c": "3", "d": {"q": None}}),
+        # an anchor defined again: later aliases take the new value
+        ("{a: &x 1, b: &x 2, c: *x}", {"a": 1, "b": 2, "c": 2}),
+    ],
+)  # fmt: skip
+def test_maps_tags_and_anchors_as_go_yaml_builds_them(written: str, read: Any) -> None:
+    assert kubeyaml.load(written) == read
+
+
+@pytest.mark.parametrize(
+    ("written", "says"),
+    [
+        ("v: !!int", "cannot decode !!null `` as a !!int"),
+        ("v: !!int 1e3", "cannot decode !!float `1e3` as a !!int"),
+        ("v: !!float abc", "cannot decode !!str `abc` as a !!float"),
+        ("v: !!bool maybe", "cannot decode !!str `maybe` as a !!bool"),
+        ("v: !!timestamp bogus", "cannot decode !!str `bogus` as a !!timestamp"),
+        ("v: !!int 1:30", "cannot decode !!str `1:30` as a !!int"),
+        ("v: !!null x", "cannot decode !!str `x` as a !!null"),
+        ("v: !!binary a*b", "!!binary value contains invalid base64 data"),
+        ("v: {~: a}", "a map key cannot be null"),
+        ("v: {[a]: b}", "a map key cannot be list"),
+        ("v: {<<: 3}", "expected a map"),
+    ],
+)
+def test_what_go_yaml_refuses_is_one_sentence_with_its_line(
+    written: str, says: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "sweep.yaml"
+    path.write_text(f"apiVersion: isoflop.dev/v1alpha1\nkind: ScalingSweep\n{written}\n")
+    with pytest.raises(api.ManifestError) as err:
+        api.read_manifests(path)
+    assert str(err.value) == f"{path} is not valid YAML at line 3: {says}" or (
+        says in str(err.value) and "at line 3" in str(err.value)
+    ), err.value
+    assert "\n" not in str(err.value)
+
+
+def test_an_alias_bomb_is_refused_and_a_few_aliases_are_not() -> None:
+    levels = ["[q, q, q, q, q, q, q, q, q]"]
+    for i in range(7):
+        levels.append(f"[&l{i} {levels[-1]}, " + ", ".join([f"*l{i}"] * 8) + "]")
+    with pytest.raises(yaml.YAMLError, match="excessive aliasing"):
+        kubeyaml.load(f"v: {levels[-1]}")
+    assert kubeyaml.load("{a: &x [1, 2], b: *x, c: *x}") == {"a": [1, 2], "b": [1, 2], "c": [1, 2]}
+
+
+@pytest.mark.parametrize(
+    ("head", "expanded"),
+    [
+        ("apiVersion: v1\nkind: List", True),
+        ("apiVersion: apps/v1\nkind: List", True),  # kubectl expands a List of any group
+        ("apiVersion: isoflop.dev/v1alpha1\nkind: ScalingSweepList", True),
+        ("kind: List", False),  # kubectl refuses a list without an apiVersion
+    ],
+)
+def test_the_lists_kubectl_expands(head: str, expanded: bool) -> None:
+    body = QUICKSTART.replace("\n", "\n    ")
+    docs = kubeyaml.objects(f"{head}\nitems:\n  - {body}\n")
+    assert [d.obj.get("kind") for d in docs] == (["ScalingSweep"] if expanded else [head[-4:]])
+
+
+def test_a_generate_name_names_the_sweep_as_the_server_would(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "sweep.yaml"
+    path.write_text(QUICKSTART.replace("  name: quickstart", "  generateName: quickstart-"))
+    assert cli.main(["validate", "--no-data", str(path)]) == 0
+    assert "ScalingSweep 'quickstart' is valid" in capsys.readouterr().out
+    # with the 5 characters the server adds, the name must fit a sweep's 40 (its CEL rule)
+    path.write_text(QUICKSTART.replace("  name: quickstart", f"  generateName: {'q' * 36}"))
+    assert cli.main(["validate", "--no-data", str(path)]) == 2
+    assert "metadata: generateName must start a name" in capsys.readouterr().err
+    path.write_text(QUICKSTART.replace("  name: quickstart", "  namespace: default"))
+    assert cli.main(["validate", "--no-data", str(path)]) == 2
+    assert "metadata: name or generateName is required" in capsys.readouterr().err
+
+
+def test_metadata_the_server_refuses_is_refused(tmp_path: Path) -> None:
+    manifest = api.yaml_load(QUICKSTART)
+    for field, value, says in (
+        ("namespace", "Team_A", "metadata.namespace"),
+        ("finalizers", ["a b/c"], "metadata.finalizers[0]"),
+        ("ownerReferences", [{"apiVersion": "v1", "kind": "X", "name": "o"}], "uid: is required"),
+        ("annotations", {"a": "x" * 270_000}, "more than the 262144 allowed"),
+        ("annotations", {"a": "x" * 70_000}, "more than a sweep's 65536"),
+        ("owner", "me", "metadata.owner: is not a known field"),
+    ):
+        broken = {**manifest, "metadata": {**manifest["metadata"], field: value}}
+        with pytest.raises(api.ManifestError, match=re.escape(says)):
+            api.parse_sweep(broken)
+    # kopf's and kubectl's own annotations are not the sweep's to count
+    big = {"kopf.zalando.org/last-handled-configuration": "x" * 100_000}
+    api.parse_sweep({**manifest, "metadata": {**manifest["metadata"], "annotations": big}})

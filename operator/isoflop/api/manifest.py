@@ -8,14 +8,16 @@ import re
 import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
-    ConfigDict,
+    Field,
+    JsonValue,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from isoflop.api import kubeyaml
@@ -23,22 +25,61 @@ from isoflop.api.base import (
     API_VERSION,
     DNS_LABEL_PATTERN,
     KIND,
+    LABEL_KEY_PATTERN,
     NAME_MAX_LENGTH,
     NAME_RULE,
     PATTERN_RULES,
     ManifestError,
     Model,
 )
-from isoflop.api.spec import LabelKey, LabelValue, ScalingSweepSpec
+from isoflop.api.spec import DnsLabel, LabelKey, LabelValue, ScalingSweepSpec
 from isoflop.api.status import ScalingSweepStatus
+
+# Every annotation of an object together: the API server's limit (TotalAnnotationSizeLimitB).
+ANNOTATIONS_LIMIT = 256 * 1024
+# What a sweep's own annotations may take of it: kopf keeps a copy of them in its
+# last-handled-configuration annotation, and `kubectl apply` one more in last-applied: three
+# copies and the spec twice must fit, or every patch of the operator's is refused (a 422 loop).
+USER_ANNOTATIONS_LIMIT = 64 * 1024
+# The annotations that are not the user's own: kopf's bookkeeping and kubectl's copy.
+OWN_ANNOTATION_PREFIXES = ("kopf.zalando.org/", "kopf.dev/", "kubectl.kubernetes.io/")
+GENERATED_SUFFIX = 5  # the API server appends 5 random characters to a generateName
+
+QualifiedName = Annotated[str, Field(min_length=1, max_length=317, pattern=LABEL_KEY_PATTERN)]
+
+
+class OwnerReference(Model):
+    """metadata.ownerReferences[]: the API server requires each of the four identifying fields."""
+
+    api_version: Annotated[str, Field(min_length=1)]
+    kind: Annotated[str, Field(min_length=1)]
+    name: Annotated[str, Field(min_length=1)]
+    uid: Annotated[str, Field(min_length=1)]
+    controller: bool | None = None
+    block_owner_deletion: bool | None = None
 
 
 class ObjectMeta(Model):
-    model_config = ConfigDict(extra="allow")
-    name: str
-    namespace: str | None = None
+    """metadata as the API server validates it on create: a name (or a generateName to make
+    one), a namespace that is a DNS label, qualified finalizer and annotation keys, owner
+    references with their uid, annotations within the limits, and no field ObjectMeta lacks."""
+
+    name: str | None = None
+    generate_name: str | None = None
+    namespace: DnsLabel | None = None
     labels: dict[LabelKey, LabelValue] | None = None
     annotations: dict[LabelKey, str] | None = None  # keys are qualified names, as labels'
+    finalizers: list[QualifiedName] | None = None
+    owner_references: list[OwnerReference] | None = None
+    # what the server sets, read back from a stored object
+    uid: str | None = None
+    resource_version: str | None = None
+    generation: int | None = None
+    creation_timestamp: str | None = None
+    deletion_timestamp: str | None = None
+    deletion_grace_period_seconds: int | None = None
+    self_link: str | None = None
+    managed_fields: list[JsonValue] | None = None
 
     @field_validator("name")
     @classmethod
@@ -46,6 +87,40 @@ class ObjectMeta(Model):
         if len(v) > NAME_MAX_LENGTH or not re.match(DNS_LABEL_PATTERN, v):
             raise ValueError(NAME_RULE)
         return v
+
+    @field_validator("annotations")
+    @classmethod
+    def _annotations_size(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        if v is None:
+            return v
+        total = sum(len(k.encode()) + len(a.encode()) for k, a in v.items())
+        if total > ANNOTATIONS_LIMIT:
+            raise ValueError(f"take {total} bytes, more than the {ANNOTATIONS_LIMIT} allowed")
+        return v
+
+    @model_validator(mode="after")
+    def _whole(self) -> ObjectMeta:
+        if not self.name and not self.generate_name:
+            raise ValueError("name or generateName is required")
+        made = (self.generate_name or "") + "x" * GENERATED_SUFFIX  # the server's name for it
+        if not self.name and (len(made) > NAME_MAX_LENGTH or not re.match(DNS_LABEL_PATTERN, made)):
+            raise ValueError(
+                f"generateName must start a name that {NAME_RULE.removeprefix('must be ')} with "
+                f"the {GENERATED_SUFFIX} characters the server adds: at most "
+                f"{NAME_MAX_LENGTH - GENERATED_SUFFIX} characters"
+            )
+        own = sum(
+            len(k.encode()) + len(v.encode())
+            for k, v in (self.annotations or {}).items()
+            if not k.startswith(OWN_ANNOTATION_PREFIXES)
+        )
+        if own > USER_ANNOTATIONS_LIMIT:
+            raise ValueError(
+                f"annotations take {own} bytes, more than a sweep's {USER_ANNOTATIONS_LIMIT}: "
+                "the operator's and kubectl's copies of them must fit the object's "
+                f"{ANNOTATIONS_LIMIT}"
+            )
+        return self
 
 
 class ScalingSweep(Model):
@@ -59,7 +134,9 @@ class ScalingSweep(Model):
 
     @property
     def name(self) -> str:
-        return self.metadata.name
+        """The sweep's name; for a manifest with only a generateName, that prefix without its
+        last '-' (the run directory of `isoflop run`, the name validate shows)."""
+        return self.metadata.name or (self.metadata.generate_name or "").rstrip("-")
 
 
 def yaml_load(text: str) -> Any:
@@ -165,6 +242,16 @@ def parse_name(name: str) -> None:
         raise ManifestError(describe_validation_error(err, prefix="metadata")) from None
 
 
+def parse_metadata(meta: Mapping[str, Any]) -> ObjectMeta:
+    """Validate a sweep's metadata alone (as the admission webhook receives it)."""
+    try:
+        return ObjectMeta.model_validate(dict(meta), by_alias=True, by_name=False)
+    except ValidationError as err:
+        raise ManifestError(
+            describe_validation_error(err, prefix="metadata", model=ObjectMeta)
+        ) from None
+
+
 def parse_spec(spec: Mapping[str, Any]) -> ScalingSweepSpec:
     """Validate a spec alone (as the operator receives it)."""
     try:
@@ -189,7 +276,10 @@ def read_manifests(path: str | Path) -> list[kubeyaml.Document]:
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ManifestError(f"{p} is not valid YAML{where}") from None
+        problem = getattr(err, "problem", None)
+        raise ManifestError(
+            f"{p} is not valid YAML{where}" + (f": {problem}" if problem else "")
+        ) from None
     except RecursionError:
         raise ManifestError(f"{p} nests too deep for a ScalingSweep manifest") from None
 

@@ -101,3 +101,24 @@ def spec_changed(
     if operation != "UPDATE" or old is None:
         return True
     return bool(old.get("spec") != new.get("spec"))
+
+
+def metadata_changed(
+    operation: str | None, old: Mapping[str, Any] | None, new: Mapping[str, Any]
+) -> bool:
+    """Whether a request sets the user's metadata: every CREATE, and an UPDATE that changes
+    anything of metadata but kopf's and kubectl's own annotations (kopf's patches of its
+    bookkeeping pass as they are)."""
+    if operation != "UPDATE" or old is None:
+        return True
+
+    def users(obj: Mapping[str, Any]) -> Any:
+        meta = dict(obj.get("metadata") or {})
+        meta["annotations"] = {
+            k: v
+            for k, v in (meta.get("annotations") or {}).items()
+            if not k.startswith(api.OWN_ANNOTATION_PREFIXES)
+        }
+        return {k: meta.get(k) for k in ("labels", "annotations", "finalizers", "ownerReferences")}
+
+    return bool(users(old) != users(new))

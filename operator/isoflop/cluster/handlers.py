@@ -134,6 +134,11 @@ def validate(
 ) -> None:
     """The admission webhook: refuse, before it is stored, a sweep the operator would refuse
     (InvalidSpec's sentence) or one that asks for more than its sender may do."""
+    if admission.metadata_changed(operation, old, new or {}):
+        try:  # what the server's own checks leave: the room kopf's copy of the annotations needs
+            api.parse_metadata({"name": name, **((new or {}).get("metadata") or {})})
+        except api.ManifestError as err:
+            raise kopf.AdmissionError(str(err), code=422) from None
     if not admission.spec_changed(operation, old, new or {}):
         return  # metadata only (kopf's annotations, a label): nothing new can run
     try:
