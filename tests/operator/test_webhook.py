@@ -128,7 +128,7 @@ def test_annotations_that_leave_no_room_for_the_operators_copy_are_refused() -> 
         review({"notes": "x" * 200_000})
     assert refused.value.code == 422
     assert str(refused.value) == (
-        "metadata: annotations take 200005 bytes, more than a sweep's 65536: the operator's and "
+        "metadata.annotations take 200005 bytes, more than a sweep's 65536: the operator's and "
         "kubectl's copies of them must fit the object's 262144"
     )
     review({"notes": "x" * 60_000})  # within: no review of rights fails here

@@ -105,7 +105,7 @@ def test_yaml_reads_exponent_floats_like_kubernetes() -> None:
         ({"data.latentShape": [4, 32]}, "spec.data.latentShape: List should have at least 3 items"),
         (
             {"data.latentShape": [4, 31, 32]},
-            "spec: data.latentShape 31x32 is not divisible by model.patchSize 2",
+            "spec.data.latentShape 31x32 is not divisible by spec.model.patchSize 2",
         ),
         ({"flopsAccounting": "7ND"}, "spec.flopsAccounting: Input should be 'exact' or '6ND'"),
         ({"training.betas": [0.9, 1.5]}, "spec.training.betas: betas must lie in [0, 1)"),
@@ -123,7 +123,7 @@ def test_yaml_reads_exponent_floats_like_kubernetes() -> None:
             {"metrics.prometheusUrl": "prometheus:9090"},
             "spec.metrics.prometheusUrl: must be an http:// or https:// URL with a host",
         ),
-        ({"fit.holdOutBudget": 3e17}, "spec: fit.holdOutBudget 3e+17 is not one of budgets"),
+        ({"fit.holdOutBudget": 3e17}, "spec.fit.holdOutBudget 3e+17 is not one of budgets"),
     ],
 )
 def test_invalid_spec_names_the_field(changes: dict[str, Any], message: str) -> None:
@@ -176,7 +176,7 @@ def test_parse_spec_prefixes_paths() -> None:
     assert api.parse_spec(MINIMAL["spec"]).budgets == [1e17]
     # a rule across fields has no path of its own below the spec (the operator's admission
     # parses the spec alone): the sentence still names it
-    with pytest.raises(api.ManifestError, match=r"^spec: fit.holdOutBudget 5e\+17 is not one"):
+    with pytest.raises(api.ManifestError, match=r"^spec.fit.holdOutBudget 5e\+17 is not one"):
         api.parse_spec({**MINIMAL["spec"], "fit": {"holdOutBudget": 5e17}})
 
 

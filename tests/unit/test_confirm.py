@@ -61,7 +61,7 @@ def test_configs_without_a_shape_rule_need_explicit_shapes() -> None:
     m = manifest()
     m["spec"]["confirm"] = [1e12]
     m["spec"]["model"]["configs"][0]["depth"] = 3  # neither one depth nor one ratio now
-    assert "give confirmation.shapes" in refused(m)
+    assert "give spec.confirmation.shapes" in refused(m)
     m["spec"]["confirmation"] = {"shapes": [{"depth": 3, "width": 100, "heads": 3}]}
     assert "does not split into 3 heads" in refused(m)
     m["spec"]["confirmation"] = {"shapes": [{"depth": 3, "width": 96}, {"depth": 4, "width": 128}]}

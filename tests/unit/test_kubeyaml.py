@@ -289,10 +289,10 @@ def test_a_generate_name_names_the_sweep_as_the_server_would(
     # with the 5 characters the server adds, the name must fit a sweep's 40 (its CEL rule)
     path.write_text(QUICKSTART.replace("  name: quickstart", f"  generateName: {'q' * 36}"))
     assert cli.main(["validate", "--no-data", str(path)]) == 2
-    assert "metadata: generateName must start a name" in capsys.readouterr().err
+    assert "metadata.generateName must start a name that is a DNS label" in capsys.readouterr().err
     path.write_text(QUICKSTART.replace("  name: quickstart", "  namespace: default"))
     assert cli.main(["validate", "--no-data", str(path)]) == 2
-    assert "metadata: name or generateName is required" in capsys.readouterr().err
+    assert "metadata.name is required (or generateName" in capsys.readouterr().err
 
 
 def test_metadata_the_server_refuses_is_refused(tmp_path: Path) -> None:

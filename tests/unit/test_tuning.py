@@ -372,7 +372,8 @@ def test_batch_trials_are_planned_per_rung_with_their_own_steps_and_the_refusals
     with pytest.raises(
         api.ManifestError,
         match=re.escape(
-            "every tuning.globalBatchSizes entry must be a multiple of training.microBatchSize "
+            "every spec.tuning.globalBatchSizes entry must be a multiple of "
+            "spec.training.microBatchSize "
             "(12 is not a multiple of 8)"
         ),
     ):

@@ -101,11 +101,11 @@ class ObjectMeta(Model):
     @model_validator(mode="after")
     def _whole(self) -> ObjectMeta:
         if not self.name and not self.generate_name:
-            raise ValueError("name or generateName is required")
+            raise ValueError("name is required (or generateName, for the server to make one)")
         made = (self.generate_name or "") + "x" * GENERATED_SUFFIX  # the server's name for it
         if not self.name and (len(made) > NAME_MAX_LENGTH or not re.match(DNS_LABEL_PATTERN, made)):
             raise ValueError(
-                f"generateName must start a name that {NAME_RULE.removeprefix('must be ')} with "
+                f"generateName must start a name that is {NAME_RULE.removeprefix('must be ')}, with "
                 f"the {GENERATED_SUFFIX} characters the server adds: at most "
                 f"{NAME_MAX_LENGTH - GENERATED_SUFFIX} characters"
             )
@@ -183,6 +183,21 @@ def _flatten(annotation: Any) -> list[Any]:
 
 MAX_PROBLEMS = 5  # named in one sentence; more are counted
 
+# a field named in a rule's sentence relative to the model that states it: fit.holdOutBudget
+_RELATIVE = re.compile(r"(?<![\w./:])([a-z][A-Za-z0-9]*)((?:\.[a-z][A-Za-z0-9]*)*)(?![\w(/:])")
+
+
+def _qualified(msg: str, path: str, fields: set[str]) -> str:
+    """A cross-field rule's sentence with every field it names by its full path
+    (spec.fit.holdOutBudget, not fit.holdOutBudget): dotted names anywhere, and a bare field
+    name that starts the sentence."""
+
+    def full(m: re.Match[str]) -> str:
+        dotted = bool(m.group(2)) or m.start() == 0
+        return f"{path}.{m.group(0)}" if dotted and m.group(1) in fields else m.group(0)
+
+    return _RELATIVE.sub(full, msg)
+
 
 def describe_validation_error(err: ValidationError, prefix: str = "", model: Any = None) -> str:
     """One sentence naming every offending field (up to MAX_PROBLEMS), an unknown key with the
@@ -209,6 +224,11 @@ def describe_validation_error(err: ValidationError, prefix: str = "", model: Any
             msg = f"{PATTERN_RULES[e['ctx']['pattern']]}, not {e['input']!r}"
         if key:
             msg = f"key {loc[-2]!r}: {msg}"
+        elif e["type"] == "value_error" and path:
+            msg = _qualified(msg, path, set(_known_fields(model, loc)))
+            if msg.startswith(f"{path}."):  # a rule across fields, named from the top
+                problems.append(msg)
+                continue
         problems.append(f"{path}: {msg}" if path else msg)
     more = len(problems) - MAX_PROBLEMS
     tail = f" (and {more} more problem{'s' if more > 1 else ''})" if more > 0 else ""
