@@ -385,6 +385,50 @@ def pod_corpus() -> Iterator[tuple[str, dict[str, Any]]]:
     yield edit("an s3 source with a non-ASCII bucket", "spec.data.source", "s3://bücket/x")
     yield edit("an s3 source with a one-letter bucket", "spec.data.source", "s3://b/x")
     yield edit("a data source with a control character", "spec.data.source", "file:///a\tb")
+    yield edit("an s3 source with an upper-case bucket", "spec.data.source", "s3://My-Bucket/x")
+    yield edit("an s3 source with .. in the bucket", "spec.data.source", "s3://my..bucket/x")
+    yield edit("an s3 source with .- in the bucket", "spec.data.source", "s3://my.-bucket/x")
+    yield edit("an s3 source whose bucket is an IP", "spec.data.source", "s3://192.168.1.10/x")
+    yield edit("an s3 source whose bucket starts xn--", "spec.data.source", "s3://xn--bucket/x")
+    yield edit("an s3 validation source with .. in it", "spec.data.validationSource", "s3://a..b/x")
+    yield edit(
+        "checkpoints in a bucket named as an IP", "spec.storage.checkpoints", "s3://10.0.0.1/c"
+    )
+    yield edit("checkpoints with an upper-case bucket", "spec.storage.checkpoints", "s3://Ckpt/c")
+    yield edit("checkpoints with a control character", "spec.storage.checkpoints", "s3://ck/a\x01b")
+    yield edit("checkpoints as a relative file path", "spec.storage.checkpoints", "file://ckpt")
+    yield edit(
+        "checkpoints in a bucket ending -s3alias", "spec.storage.checkpoints", "s3://b-s3alias"
+    )
+    url = "spec.metrics.prometheusUrl"
+    yield edit("a Prometheus URL with port 65536", url, "http://prometheus:65536")
+    yield edit("a Prometheus URL with port 0", url, "http://prometheus:0/")
+    yield edit("a Prometheus URL with a NUL", url, "http://prometheus/a\x00b")
+    yield edit("a Prometheus URL with a DEL", url, "http://prometheus/a\x7fb")
+    yield edit("a Prometheus URL with a DEL in the host", url, "http://prom\x7fetheus/")
+    yield edit("a lookback of 10^20 days", "spec.metrics.lookback", "1" + "0" * 20 + "d")
+    yield edit("a lookback of zero", "spec.metrics.lookback", "0s")
+    yield edit("a sharedMemory of 40 digits", "spec.storage.sharedMemory", "9" * 40)
+    yield edit("a batch that does not split over 3 GPUs", "spec.resources", {"gpusPerNode": 3})
+    yield edit(
+        "a batch that does not split over the confirmation's GPUs",
+        "spec",
+        {
+            **base["spec"],
+            "confirm": [1e12],
+            "confirmation": {"gpusPerNode": 3},
+            "fit": {**base["spec"]["fit"], "method": "both"},
+        },
+    )
+    yield edit(
+        "two confirm budgets that make one trial id",
+        "spec",
+        {
+            **base["spec"],
+            "confirm": [7e12, 7.000001e12],
+            "fit": {**base["spec"]["fit"], "method": "both"},
+        },
+    )
     yield edit("maxFailedTrials of 1e30 written out", "spec.retries.maxFailedTrials", 10**30)
     yield edit("maxFailedTrials above the largest sweep", "spec.retries.maxFailedTrials", 4097)
     yield edit("fit.seed of 2^64", "spec.fit.seed", 2**64)

@@ -59,7 +59,7 @@ def test_the_manifest_reference_lists_every_field_with_its_default_and_bounds() 
     quantity = next(line for line in text.splitlines() if line.startswith("| `cpu`"))
     assert "must be a Kubernetes quantity such as 500m, 4 or 16Gi" in quantity
     lookback = next(line for line in text.splitlines() if line.startswith("| `lookback`"))
-    assert "matches `^[0-9]+[smhd]$`" in lookback
+    assert "matches `^[1-9][0-9]{0,5}[smhd]$`" in lookback
     checkpoints = next(line for line in text.splitlines() if line.startswith("| `checkpoints`"))
     assert "s3\\|file" in checkpoints
     assert len(re.split(r"(?<!\\)\|", checkpoints)) == 7  # 5 cells between 6 bars

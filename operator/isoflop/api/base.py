@@ -3,6 +3,8 @@ base models (camelCase on the wire, strict where a user writes)."""
 
 from __future__ import annotations
 
+import json
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -39,6 +41,10 @@ DATA_URI_PATTERN = (
     r"^(procedural://[^\s\x00-\x1f\x7f]*|file://[^\x00-\x1f\x7f]*"
     r"|s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\x00-\x1f\x7f]*)?)$"
 )
+# where checkpoints go: an S3 prefix (as above) or a path on a shared volume
+STORE_URI_PATTERN = (
+    r"^(file:///[^\x00-\x1f\x7f]*|s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\x00-\x1f\x7f]*)?)$"
+)
 
 # Kubernetes' own rules for what ends up in a pod (k8s.io/apimachinery validation): a label key
 # (an optional DNS-subdomain prefix and '/', then a name of at most 63 characters), a label
@@ -55,8 +61,24 @@ IMAGE_PATTERN = (
     rf"^({_HOST}/)?{_COMPONENT}(/{_COMPONENT})*(:[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})?"
     r"(@[A-Za-z][A-Za-z0-9]*([-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$"
 )
-# an http(s) URL with a host, and nothing a URL cannot hold as written (spaces, controls)
-HTTP_URL_PATTERN = r"^https?://[^\s/?#@]+(/[^\s]*)?$"
+# an http(s) URL with a host (a name or an address, [IPv6] too), an optional port from 1 to
+# 65535, and nothing a URL cannot hold as written (spaces, controls, NUL, DEL)
+_PORT = r"(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})"
+_URL_CHAR = r"[^\s\x00-\x1f\x7f]"
+HTTP_URL_PATTERN = (
+    rf"^https?://(\[[0-9A-Fa-f:.]+\]|[^\s\x00-\x1f\x7f/?#@:\[\]]+)(:{_PORT})?(/{_URL_CHAR}*)?$"
+)
+# What S3 forbids in a bucket name beyond the pattern's letters and length (its naming rules):
+# the API server's CEL rules and validate's, on every s3:// field
+S3_BUCKET_RULES: list[tuple[str, str]] = [
+    (r"^s3://[^/]*\.\.", "an S3 bucket name has no two adjacent periods"),
+    (r"^s3://[^/]*(\.-|-\.)", "an S3 bucket name has no period next to a hyphen"),
+    (r"^s3://[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+(/|$)", "an S3 bucket name is not an IP address"),
+    (r"^s3://(xn--|sthree-|amzn-s3-demo-)", "an S3 bucket name starts with none of xn--, "
+     "sthree-, amzn-s3-demo-"),
+    (r"^s3://[^/]*(-s3alias|--ol-s3|\.mrap|--x-s3|--table-s3)(/|$)", "an S3 bucket name ends "
+     "with none of -s3alias, --ol-s3, .mrap, --x-s3, --table-s3"),
+]  # fmt: skip
 
 # What a pattern asks, in words: the sentence a refusal gives instead of the regular expression
 PATTERN_RULES = {
@@ -70,13 +92,30 @@ PATTERN_RULES = {
     "'_' or '.', starting and ending with a letter or digit",
     IMAGE_PATTERN: "must be an image reference such as registry.example.com:5000/team/trainer"
     ":1.0 or name@sha256:DIGEST (lower-case path, no spaces)",
-    HTTP_URL_PATTERN: "must be an http:// or https:// URL with a host and no spaces",
+    HTTP_URL_PATTERN: "must be an http:// or https:// URL with a host, a port (if any) from 1 "
+    "to 65535, and no spaces or control characters",
+    STORE_URI_PATTERN: "must be s3://BUCKET/PREFIX, with a bucket name S3 allows (3-63 "
+    "lower-case letters, digits, '.' and '-'), or file:///PATH, with no control characters",
 }
 
 # A CEL transition rule: the API server refuses changes to fields that define the sweep.
 Immutable: dict[str, JsonValue] = {
     "x-kubernetes-validations": [{"rule": "self == oldSelf", "message": "is immutable"}]
 }
+
+
+def s3_bucket_problem(uri: str | None) -> str | None:
+    """The S3 naming rule an s3:// URI's bucket breaks (S3_BUCKET_RULES); None if none."""
+    return next((m for r, m in S3_BUCKET_RULES if uri and re.search(r, uri)), None)
+
+
+def s3_bucket_rules() -> dict[str, Any]:
+    """The same rules for the API server (a field's x-kubernetes-validations)."""
+    return {
+        "x-kubernetes-validations": [
+            {"rule": f"!self.matches({json.dumps(r)})", "message": m} for r, m in S3_BUCKET_RULES
+        ]
+    }
 
 
 class ManifestError(ValueError):

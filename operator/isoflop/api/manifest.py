@@ -103,11 +103,13 @@ class ObjectMeta(Model):
         if not self.name and not self.generate_name:
             raise ValueError("name is required (or generateName, for the server to make one)")
         made = (self.generate_name or "") + "x" * GENERATED_SUFFIX  # the server's name for it
-        if not self.name and (len(made) > NAME_MAX_LENGTH or not re.match(DNS_LABEL_PATTERN, made)):
+        too_long = len(made) > NAME_MAX_LENGTH
+        if not self.name and (too_long or not re.match(DNS_LABEL_PATTERN, made)):
+            rule = NAME_RULE.removeprefix("must be ")
             raise ValueError(
-                f"generateName must start a name that is {NAME_RULE.removeprefix('must be ')}, with "
-                f"the {GENERATED_SUFFIX} characters the server adds: at most "
-                f"{NAME_MAX_LENGTH - GENERATED_SUFFIX} characters"
+                f"generateName must start a name that is {rule}, with the {GENERATED_SUFFIX} "
+                f"characters the server adds: at most {NAME_MAX_LENGTH - GENERATED_SUFFIX} "
+                "characters"
             )
         own = sum(
             len(k.encode()) + len(v.encode())

@@ -26,8 +26,11 @@ from isoflop.api.base import (
     LABEL_KEY_PATTERN,
     LABEL_VALUE_PATTERN,
     QUANTITY_PATTERN,
+    STORE_URI_PATTERN,
     Immutable,
     SpecModel,
+    s3_bucket_problem,
+    s3_bucket_rules,
 )
 from isoflop_trainer.config import TimestepConditioning
 from isoflop_trainer.counts import FlopsAccounting
@@ -257,6 +260,7 @@ class DataSpec(SpecModel):
         default="procedural://shapes",
         pattern=DATA_URI_PATTERN,
         max_length=2048,
+        json_schema_extra=s3_bucket_rules(),
         description="procedural://NAME (generated), s3://bucket/prefix or file:///path "
         "(pre-encoded shards).",
     )
@@ -264,8 +268,18 @@ class DataSpec(SpecModel):
         default=None,
         pattern=DATA_URI_PATTERN,
         max_length=2048,
+        json_schema_extra=s3_bucket_rules(),
         description="Default: the held-out split of source.",
     )
+
+    @field_validator("source", "validation_source")
+    @classmethod
+    def _bucket(cls, v: str | None) -> str | None:
+        problem = s3_bucket_problem(v)
+        if problem:
+            raise ValueError(f"{problem}, not {v!r}")
+        return v
+
     latent_shape: Annotated[
         list[Annotated[int, Field(ge=1, le=4096)]], AfterValidator(_check_shape)
     ] = Field(
@@ -677,14 +691,25 @@ class StorageSpec(SpecModel):
 
     checkpoints: str | None = Field(
         default=None,
-        pattern=r"^(s3|file)://.+",
+        pattern=STORE_URI_PATTERN,
         max_length=2048,
+        json_schema_extra=s3_bucket_rules(),
         description="s3://bucket/prefix (or file:// on a shared volume); each trial writes "
         "PREFIX/SWEEP/TRIAL/. Unset: checkpoints live in the pod and are lost with it.",
     )
+
+    @field_validator("checkpoints")
+    @classmethod
+    def _bucket(cls, v: str | None) -> str | None:
+        problem = s3_bucket_problem(v)
+        if problem:
+            raise ValueError(f"{problem}, not {v!r}")
+        return v
+
     shared_memory: str = Field(
         default="16Gi",
         pattern=QUANTITY_PATTERN,
+        max_length=32,
         description="Size of the memory-backed /dev/shm of trial pods.",
     )
 
@@ -825,7 +850,8 @@ class MetricsSpec(SpecModel):
     """Seconds to wait for Prometheus before falling back to the termination message."""
     lookback: str = Field(
         default="1h",
-        pattern=r"^[0-9]+[smhd]$",
+        pattern=r"^[1-9][0-9]{0,5}[smhd]$",
+        max_length=7,
         description="Range searched for a trial's last sample.",
     )
 
@@ -1127,6 +1153,7 @@ class ScalingSweepSpec(SpecModel):
                 f"budgets x rungs x training.replicates is {trials} trials, more than "
                 f"{MAX_TRIALS}; split the sweep"
             )
+        self._batch_split()
         held = self.fit.hold_out_budget
         if held is not None and held not in self.budgets:
             raise ValueError(f"fit.holdOutBudget {held:g} is not one of budgets")
@@ -1152,6 +1179,27 @@ class ScalingSweepSpec(SpecModel):
                 "budgets"
             )
         return self
+
+    def _batch_split(self) -> None:
+        """The global batch splits evenly over a trial's processes (one per GPU, on every
+        node; one for a packed trial), the grid's and the confirmation's: the trainer refuses
+        a batch that does not, and every trial would fail."""
+        res, conf, batch = self.resources, self.confirmation, self.training.global_batch_size
+        shapes = (
+            []
+            if res.packing is not None
+            else [("trial", "resources", res.gpus_per_node, res.nodes)]
+        )
+        if self.confirm:
+            gpus = res.gpus_per_node if conf.gpus_per_node is None else conf.gpus_per_node
+            shapes.append(("confirmation", "confirmation", gpus, conf.nodes or res.nodes))
+        for what, where, gpus, nodes in shapes:
+            ranks = max(gpus, 1) * nodes
+            if batch % ranks:
+                raise ValueError(
+                    f"training.globalBatchSize {batch} does not split evenly over a {what}'s "
+                    f"{ranks} processes ({where}.gpusPerNode x {where}.nodes)"
+                )
 
     def _class_family(self) -> None:
         """What a class family cannot do yet, or ever: muP's per-layer roles are the built-in

@@ -496,6 +496,11 @@ def plan(spec: ScalingSweepSpec) -> Plan:
         raise ValueError(
             "spec.budgets: two budgets are too close to tell apart (6 significant digits)"
         )
+    if len({budget_tag(b) for b in spec.confirm}) != len(spec.confirm):
+        raise ValueError(
+            "spec.confirm: two budgets are too close to tell apart (6 significant digits): "
+            "they would be one confirmation trial"
+        )
     trials: list[Trial] = []
     infeasible: list[Infeasible] = []
     rungs = ladder(spec)
