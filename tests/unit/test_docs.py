@@ -61,8 +61,10 @@ def test_the_manifest_reference_lists_every_field_with_its_default_and_bounds() 
     lookback = next(line for line in text.splitlines() if line.startswith("| `lookback`"))
     assert "matches `^[1-9][0-9]{0,5}[smhd]$`" in lookback
     checkpoints = next(line for line in text.splitlines() if line.startswith("| `checkpoints`"))
-    assert "s3\\|file" in checkpoints
-    assert len(re.split(r"(?<!\\)\|", checkpoints)) == 7  # 5 cells between 6 bars
+    assert "must be s3://BUCKET/PREFIX, with a bucket name S3 allows" in checkpoints
+    features = next(line for line in text.splitlines() if line.startswith("| `features`"))
+    assert "(inception\\|" in features
+    assert len(re.split(r"(?<!\\)\|", features)) == 7  # 5 cells between 6 bars
 
 
 def test_every_command_option_has_help() -> None:
