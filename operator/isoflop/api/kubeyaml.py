@@ -194,7 +194,8 @@ class Loader(yaml.SafeLoader):
     plain scalars, its explicit tags, its maps and merge keys, its anchors and aliasing limit."""
 
     def compose_document(self) -> Any:
-        self.decodes, self.aliased, self.frames, self.sizes = 0, 0, [0], {}
+        self.decodes, self.aliased, self.frames = 0, 0, [0]
+        self.sizes: dict[int, int] = {}  # an anchored node's size with its aliases expanded
         return super().compose_document()
 
     def compose_node(self, parent: Any, index: Any) -> Any:
@@ -203,7 +204,7 @@ class Loader(yaml.SafeLoader):
             self._count_alias(self.sizes.get(id(node), 1), node)
             return node
         # go-yaml lets a document define an anchor again; later aliases take the latest
-        anchor = self.peek_event().anchor
+        anchor = self.peek_event().anchor  # type: ignore[no-untyped-call]
         if anchor is not None:
             self.anchors.pop(anchor, None)
         self.decodes += 1
@@ -301,7 +302,7 @@ def _other(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
         return loader.construct_scalar(node)
     if isinstance(node, yaml.SequenceNode):
         return loader.construct_sequence(node, deep=True)
-    return loader.construct_mapping(node, deep=True)
+    return loader.construct_mapping(node, deep=True)  # type: ignore[arg-type]
 
 
 for _tag in _RESOLVED_TAGS:

@@ -9,7 +9,6 @@ with a sentence, and nothing is created for it. Patterns are shell globs (`fnmat
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from fnmatch import fnmatchcase
 from urllib.parse import urlsplit
 
 from isoflop import api
+from isoflop.cluster import egress
 
 ENV = {
     "images": "ISOFLOP_ALLOWED_IMAGES",
@@ -51,12 +51,10 @@ def _allowed(value: str, patterns: tuple[str, ...] | None) -> bool:
 
 
 def _link_local(url: str) -> bool:
-    """A link-local address (169.254.0.0/16, fe80::/10): where clouds serve instance metadata."""
-    host = urlsplit(url).hostname or ""
-    try:
-        return ipaddress.ip_address(host).is_link_local
-    except ValueError:
-        return False
+    """A link-local or instance-metadata address written in the URL, in any spelling the C
+    resolver reads as one (the connection itself is checked again: isoflop.cluster.egress)."""
+    ip = egress.literal_address(urlsplit(url).hostname or "")
+    return ip is not None and egress.forbidden(ip)
 
 
 def check(spec: api.ScalingSweepSpec, policy: Policy) -> str | None:
@@ -76,7 +74,10 @@ def check(spec: api.ScalingSweepSpec, policy: Policy) -> str | None:
     url = spec.metrics.prometheus_url
     if url is not None:
         if _link_local(url):
-            return f"spec.metrics.prometheusUrl {url!r} is a link-local address, never Prometheus"
+            return (
+                f"spec.metrics.prometheusUrl {url!r} is a link-local or cloud metadata address, "
+                "never Prometheus"
+            )
         if not _allowed(url, policy.prometheus_urls):
             return (
                 f"spec.metrics.prometheusUrl {url!r} is not allowed by this installation "

@@ -3,20 +3,23 @@ termination message; and what the pods of a retried Job say (which failures its 
 
 from __future__ import annotations
 
+import http.client
 import json
+import logging
 import math
 import os
 import urllib.parse
-import urllib.request
 from collections.abc import Callable
 from typing import Any
 
 from isoflop import api
+from isoflop.cluster import egress
 from isoflop.cluster.clients import Clients, pods_by_job
 from isoflop.cluster.manifests import (
     PREEMPTED_EXIT_CODE,
 )
 
+log = logging.getLogger(__name__)
 RESULT_METRICS = ("fid", "bpd", "loss_se")  # beside the loss: what the fit turns into laws
 
 
@@ -95,11 +98,15 @@ def query_prometheus(
     """The trial's last isoflop_<metric> through the HTTP API; None if absent or unreachable."""
     query = result_query(namespace, sweep, trial, metrics.lookback, metric)
     url = f"{base_url.rstrip('/')}/api/v1/query?{urllib.parse.urlencode({'query': query})}"
-    try:
-        with urllib.request.urlopen(url, timeout=metrics.query_timeout_seconds) as resp:
-            data = json.load(resp)
-    except (OSError, ValueError):
+    try:  # never to a metadata address, whatever the spelling; no redirect followed
+        data = egress.get_json(url, timeout=metrics.query_timeout_seconds)
+    except egress.Refused as err:
+        log.warning("sweep %s/%s: Prometheus not asked: %s", namespace, sweep, err)
+        return None
+    except (OSError, ValueError, http.client.HTTPException):
         return None  # down or slow: the termination message, or the next reconcile, has it
+    if not isinstance(data, dict):
+        return None
     results = data.get("data", {}).get("result", []) if data.get("status") == "success" else []
     if not results:
         return None
