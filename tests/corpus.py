@@ -385,6 +385,7 @@ def pod_corpus() -> Iterator[tuple[str, dict[str, Any]]]:
     yield edit("an s3 source with a non-ASCII bucket", "spec.data.source", "s3://bücket/x")
     yield edit("an s3 source with a one-letter bucket", "spec.data.source", "s3://b/x")
     yield edit("a data source with a control character", "spec.data.source", "file:///a\tb")
+    yield edit("an unknown procedural dataset", "spec.data.source", "procedural://faces")
     yield edit("an s3 source with an upper-case bucket", "spec.data.source", "s3://My-Bucket/x")
     yield edit("an s3 source with .. in the bucket", "spec.data.source", "s3://my..bucket/x")
     yield edit("an s3 source with .- in the bucket", "spec.data.source", "s3://my.-bucket/x")

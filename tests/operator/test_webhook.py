@@ -135,3 +135,23 @@ def test_annotations_that_leave_no_room_for_the_operators_copy_are_refused() -> 
     kopf_copy = {"notes": "x" * 60_000, "kopf.zalando.org/last-handled-configuration": "y" * 70_000}
     old = {"spec": spec, "metadata": {"name": "quick", "annotations": {"notes": "x" * 60_000}}}
     review(kopf_copy, operation="UPDATE", old=old)
+
+
+def test_a_workload_priority_without_a_queue_is_refused_where_no_default_queue_exists(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Kueue's priority label goes only with a queue: without one (none named, no default) it
+    was silently dropped."""
+    spec = base_manifest()["spec"]
+    spec["resources"] = {"workloadPriorityClass": "high"}
+    monkeypatch.delenv("ISOFLOP_DEFAULT_QUEUE", raising=False)
+    with pytest.raises(kopf.AdmissionError) as refused:
+        call(Authorization(("create", "jobs", None)), spec)
+    assert refused.value.code == 422
+    assert str(refused.value).startswith(
+        "spec.resources.workloadPriorityClass needs a Kueue queue: set spec.resources.queueName"
+    )
+    call(Authorization(("create", "jobs", None)), {**spec, "resources": {
+        "workloadPriorityClass": "high", "queueName": "mine"}})  # fmt: skip
+    monkeypatch.setenv("ISOFLOP_DEFAULT_QUEUE", "team-a")
+    call(Authorization(("create", "jobs", None)), spec)  # the installation's queue takes it

@@ -50,6 +50,10 @@ def peak_bf16_flops(device_name: str) -> float | None:
     return next((v for k, v in PEAK_BF16_FLOPS.items() if k in device_name), None)
 
 
+# The generated datasets procedural://NAME names (the empty name is shapes)
+PROCEDURAL_DATASETS = ("shapes",)
+
+
 TimestepConditioning = Literal["adaln-zero", "in-context"]
 
 FAMILIES: tuple[Family, ...] = ("in-context", "cross-attention")

@@ -32,7 +32,7 @@ from isoflop.api.base import (
     s3_bucket_problem,
     s3_bucket_rules,
 )
-from isoflop_trainer.config import TimestepConditioning
+from isoflop_trainer.config import PROCEDURAL_DATASETS, TimestepConditioning
 from isoflop_trainer.counts import FlopsAccounting
 from isoflop_trainer.families import DIFFUSERS_CLASSES, Measure
 
@@ -278,6 +278,10 @@ class DataSpec(SpecModel):
         problem = s3_bucket_problem(v)
         if problem:
             raise ValueError(f"{problem}, not {v!r}")
+        name = (v or "").removeprefix("procedural://").split("?")[0]
+        if v and v.startswith("procedural://") and name not in (*PROCEDURAL_DATASETS, ""):
+            known = ", ".join(f"procedural://{n}" for n in PROCEDURAL_DATASETS)
+            raise ValueError(f"{v!r} is no procedural dataset the trainer knows ({known})")
         return v
 
     latent_shape: Annotated[

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from typing import Any
 
 import kubernetes
@@ -13,6 +14,7 @@ import kubernetes
 from isoflop import api
 from isoflop.cluster import admission, policy
 from isoflop.cluster.clients import Clients
+from isoflop.cluster.manifests import DEFAULT_QUEUE_ENV
 from isoflop.sweep.check import runnable_plan
 from isoflop.sweep.plan import Plan
 
@@ -44,6 +46,12 @@ def admissible(name: str, spec: Any, memo: Any) -> tuple[api.ScalingSweepSpec, P
             "spec.resources.packing needs sharedGpuResource and replicasPerGpu on a cluster: "
             "packed trials request the resource a GPU-sharing device plugin (NVIDIA time-slicing "
             "or MPS) advertises, e.g. nvidia.com/gpu.shared, in place of whole GPUs"
+        )
+    res = parsed.resources
+    if res.workload_priority_class and not (res.queue_name or os.environ.get(DEFAULT_QUEUE_ENV)):
+        raise api.ManifestError(
+            "spec.resources.workloadPriorityClass needs a Kueue queue: set "
+            "spec.resources.queueName (this installation has no default queue, queue.default)"
         )
     refused = policy.check(parsed, getattr(memo, "policy", None) or policy.Policy())
     if refused is not None:

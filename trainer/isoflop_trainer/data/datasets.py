@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from isoflop_trainer.components.failures import DataError
-from isoflop_trainer.config import TrainConfig
+from isoflop_trainer.config import PROCEDURAL_DATASETS, TrainConfig
 from isoflop_trainer.data.store import FORMAT, ShardIndex, Store, atomic_write, read_index
 from isoflop_trainer.models.dit import sincos_1d
 
@@ -265,8 +265,9 @@ def open_dataset(
     """
     if uri.startswith("procedural://"):
         name = uri.removeprefix("procedural://").split("?")[0]
-        if name not in ("shapes", ""):
-            raise ValueError(f"unknown procedural dataset {name!r} (known: shapes)")
+        if name not in (*PROCEDURAL_DATASETS, ""):
+            known = ", ".join(PROCEDURAL_DATASETS)
+            raise ValueError(f"unknown procedural dataset {name!r} (known: {known})")
         return ProceduralShapes(latent_shape, text_length, text_dim, seed, split)
     index = read_index(uri)
     if split == VALIDATION and index.validation_uri is not None:
