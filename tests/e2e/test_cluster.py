@@ -644,3 +644,21 @@ def test_a_confirmation_trains_once_after_the_final_fit_through_operator_kills(
     names = sorted(j["metadata"]["labels"]["isoflop.dev/trial"] for j in jobs)
     assert names == sorted([*trials, "confirm-1p2e12"])  # one Job each, the confirmation's once
     assert "confirm" in listed
+
+
+def test_the_local_clusters_quickstart_is_one_the_server_and_validate_take_as_printed(
+    cluster: Cluster, installed: Path, tmp_path: Path
+) -> None:
+    """`make local-cluster` prints `kubectl apply -f .../quickstart.yaml`: the quickstart with
+    resources its one node has (no GPU, a CPU share), where the plain quickstart asks 8 CPUs,
+    64Gi and a GPU that no such node has."""
+    from tests.e2e.up import write_quickstart
+
+    path = write_quickstart(tmp_path / "quickstart.yaml", "localhost/isoflop-trainer:dev")
+    sweep = api.load_sweep(path)
+    assert sweep.spec.resources.gpus_per_node == 0
+    assert sweep.spec.resources.cpu == "900m"
+    plain = api.load_sweep(Path(__file__).resolve().parents[2] / "examples" / "quickstart.yaml")
+    assert sweep.spec.model == plain.spec.model and sweep.spec.budgets == plain.spec.budgets
+    out = cluster.kubectl("apply", "--dry-run=server", "-n", "default", "-f", str(path))
+    assert "created (server dry run)" in out.stdout
