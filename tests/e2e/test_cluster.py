@@ -659,6 +659,7 @@ def test_the_local_clusters_quickstart_is_one_the_server_and_validate_take_as_pr
     assert sweep.spec.resources.gpus_per_node == 0
     assert sweep.spec.resources.cpu == "900m"
     plain = api.load_sweep(Path(__file__).resolve().parents[2] / "examples" / "quickstart.yaml")
-    assert sweep.spec.model == plain.spec.model and sweep.spec.budgets == plain.spec.budgets
+    assert sweep.spec.model == plain.spec.model
+    assert sweep.spec.budgets == plain.spec.budgets
     out = cluster.kubectl("apply", "--dry-run=server", "-n", "default", "-f", str(path))
     assert "created (server dry run)" in out.stdout

@@ -267,6 +267,37 @@ async def test_a_permanent_failure_fails_its_trial_once_whatever_the_pod_exited_
     assert record["attempts"] == 2
 
 
+async def test_attempts_are_counted_per_attempt_and_kept_in_the_record(k8s: Any) -> None:
+    """A trial that succeeded after a failed pod records 2 attempts (it said 1 whenever it
+    succeeded); a 2-node trial whose two ranks failed together is on its 2nd attempt, not its
+    3rd, and its failed-attempts metric says 1."""
+    obj = manifest(parallelism=2, resources={"gpusPerNode": 1, "nodes": 2})
+    lost = {"status": "failed", "error": "rank 1 was killed"}
+    metric = "isoflop_operator_trial_failed_attempts"
+    labels = {"namespace": "default", "sweep": "qs", "trial": "3e10-d01"}
+    async with running_operator(k8s):
+        await k8s.post("/apis/isoflop.dev/v1alpha1/namespaces/default/scalingsweeps", json=obj)
+        await wait_for(lambda: "qs-3e10-d01" in jobs(k8s))
+        assert jobs(k8s)["qs-3e10-d01"]["spec"]["completions"] == 2  # one pod per node
+        await k8s.patch(  # both ranks of the first attempt failed; the Job runs them again
+            "/apis/batch/v1/namespaces/default/jobs/qs-3e10-d01/status",
+            json={"status": {"active": 2, "failed": 2}},
+        )
+        for rank in ("r0", "r1"):
+            await ended_pod(k8s, "qs-3e10-d01", lost, exit_code=1, suffix=rank)
+        await wait_for(lambda: REGISTRY.get_sample_value(metric, labels) == 1)
+        await k8s.patch(
+            "/apis/batch/v1/namespaces/default/jobs/qs-3e10-d01/status",
+            json={"status": {"active": 0, "succeeded": 2,
+                             "conditions": [{"type": "Complete", "status": "True"}]}},
+        )  # fmt: skip
+        await ended_pod(k8s, "qs-3e10-d01", {"status": "succeeded", "eval_loss": 0.5}, 0, "ok")
+        await wait_for(lambda: any(r["id"] == "3e10-d01" for r in trial_records(k8s)))
+    (record,) = [r for r in trial_records(k8s) if r["id"] == "3e10-d01"]
+    assert record["phase"] == "Succeeded"
+    assert record["attempts"] == 2
+
+
 async def test_adding_a_budget_to_a_running_sweep_adds_only_its_trials(k8s: Any) -> None:
     obj = manifest(parallelism=20)
     trials = {f"qs-{t.id}": t for t in plan(api.parse_sweep(obj).spec).trials}

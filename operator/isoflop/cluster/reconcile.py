@@ -16,6 +16,7 @@ its Jobs, so a restart at any point loses nothing and creates no duplicate.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -231,40 +232,52 @@ def observe_jobs(s: Sweep, jobs: list[Any], states: dict[str, TrialState]) -> No
         st = job.status or kubernetes.client.V1JobStatus()
         completions = (job.spec.completions if job.spec else None) or 1
         failed = any(c.type == "Failed" and c.status == "True" for c in (st.conditions or []))
+        failures = failed_attempts(s, job.metadata.name, st, completions)
         if (st.succeeded or 0) >= completions:
-            states[tid] = finished_trial(s, tid, job.metadata.name)
+            states[tid] = finished_trial(s, tid, job.metadata.name, 1 + failures)
         elif failed:
-            limit = 1 + s.spec.retries.per_trial
             said = message_of(s.pods_of(job.metadata.name)) or {}
-            error = str(said.get("error") or f"the Job failed after {limit} attempts")
-            states[tid] = TrialState("Failed", limit, error=error)
+            attempts = max(failures, 1)
+            error = str(said.get("error") or f"the Job failed after {attempts} attempts")
+            states[tid] = TrialState("Failed", attempts, error=error)
             s.warn("TrialFailed", f"{tid}: {error}")
         else:
             suspended = bool(job.spec and job.spec.suspend)
-            states[tid] = running_trial(s, tid, job.metadata.name, st, suspended)
+            states[tid] = running_trial(s, tid, job.metadata.name, st, 1 + failures, suspended)
 
 
-def finished_trial(s: Sweep, tid: str, job: str) -> TrialState:
+def failed_attempts(s: Sweep, job: str, st: Any, ranks: int) -> int:
+    """The failed attempts of a trial's Job, each counted once. The Job's `failed` counts pods:
+    less those its podFailurePolicy ignores (preempted, disrupted), and a multi-node trial's
+    ranks of one attempt fail together (one rank lost ends the others' rendezvous), so its
+    failed pods are divided among its ranks, rounded up. Its pods are listed only when some
+    failed."""
+    if not st.failed:
+        return 0
+    counted = max(st.failed - ignored_failures(s.pods_of(job)), 0)
+    return math.ceil(counted / max(ranks, 1))
+
+
+def finished_trial(s: Sweep, tid: str, job: str, attempts: int = 1) -> TrialState:
+    """A Job that completed, after `attempts` (its failed ones and the one that succeeded)."""
     result = read_result(lambda: s.pods_of(job), s.spec, s.name, s.namespace, tid)
     if result is None:
-        return TrialState("Running", 1)  # finished, result not readable yet
+        return TrialState("Running", attempts)  # finished, result not readable yet
     loss, source, note, measured = result
     if loss is None:
         s.warn("TrialFailed", f"{tid}: {note}")
         return TrialState("Failed", 1 + s.spec.retries.per_trial, error=note)
-    return TrialState("Succeeded", 1).finish(loss, measured, source)
+    return TrialState("Succeeded", attempts).finish(loss, measured, source)
 
 
-def running_trial(s: Sweep, tid: str, job: str, st: Any, suspended: bool = False) -> TrialState:
-    """A Job still at work. Its pods that failed so far are retried by the Job's backoff; the
-    Job's `failed` counts preempted and disrupted pods too, which its podFailurePolicy ignores:
-    so do we. A suspended Job waits in its queue: not admitted yet, or evicted by Kueue (its pods
-    deleted, checkpoint kept), which is no failure; the operator never unsuspends it."""
-    attempts, said = 1, {}
-    if st.failed:
-        pods = s.pods_of(job)
-        attempts += max(st.failed - ignored_failures(pods), 0)
-        said = message_of(pods) or {}
+def running_trial(
+    s: Sweep, tid: str, job: str, st: Any, attempts: int = 1, suspended: bool = False
+) -> TrialState:
+    """A Job still at work, on its `attempts`-th attempt (failed_attempts: its failures so far,
+    retried by the Job's backoff). A suspended Job waits in its queue: not admitted yet, or
+    evicted by Kueue (its pods deleted, checkpoint kept), which is no failure; the operator
+    never unsuspends it."""
+    said = (message_of(s.pods_of(job)) or {}) if st.failed else {}
     if said.get("permanent") is True:
         # the trainer says no retry can mend it, and the Job's exit-code rule did not see it (a
         # pod that exited 1: an image whose launcher is plain torchrun): fail once, stop the Job
