@@ -26,6 +26,7 @@ import kmock
 from tests.operator.emulator import (
     SWEEPS,
     SWEEPS_URL,
+    Emulator,
     finish,
     load_operator,
     operator_thread,
@@ -104,7 +105,7 @@ def drain(k8s: Any, ours: Counter[str], keep: int = 200) -> None:
 
 
 async def measure(trials: int) -> dict[str, Any]:
-    async with kmock.KubernetesEmulator() as k8s, kmock.Server(k8s):
+    async with Emulator() as k8s, kmock.Server(k8s):
         kubeconfig = Path(tempfile.mkdtemp()) / "kubeconfig"
         prepare(k8s, kubeconfig)
         os.environ["KUBECONFIG"] = str(kubeconfig)

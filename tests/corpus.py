@@ -453,6 +453,41 @@ def pod_corpus() -> Iterator[tuple[str, dict[str, Any]]]:
     yield edit("an unknown metadata field", "metadata.owner", "me")
 
 
+def _required_nodes(*expressions: Any, fields: Any = None) -> dict[str, Any]:
+    term = {"matchFields": fields} if fields else {"matchExpressions": list(expressions)}
+    required = {"nodeSelectorTerms": [term]}
+    return {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": required}}
+
+
+def child_corpus() -> list[tuple[str, dict[str, Any]]]:
+    """Sweeps the offline rules take whose children the API server refuses: what only its dry
+    run of a trial's Job and pod finds (isoflop.cluster.dryrun). tests/e2e/test_corpus.py sends
+    them to the operator; each must end InvalidSpec with the server's sentence, no Job made."""
+    base = base_manifest()
+
+    def edit(what: str, resources: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        m = copy.deepcopy(base)
+        m["spec"]["resources"] = resources
+        return what, m
+
+    return [
+        edit("node affinity In without values", {
+            "affinity": _required_nodes({"key": "zone", "operator": "In"})}),
+        edit("node affinity Exists with values", {
+            "affinity": _required_nodes({"key": "zone", "operator": "Exists", "values": ["a"]})}),
+        edit("node affinity Gt with two values", {
+            "affinity": _required_nodes({"key": "gen", "operator": "Gt", "values": ["1", "2"]})}),
+        edit("node affinity matchFields on another key", {
+            "affinity": _required_nodes(fields=[
+                {"key": "metadata.namespace", "operator": "In", "values": ["a"]}])}),
+        edit("pod affinity matchLabelKeys without a selector", {"affinity": {"podAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": [
+                {"topologyKey": "zone", "matchLabelKeys": ["app"]}]}}}),
+        edit("a PriorityClass that does not exist", {"priorityClassName": "no-such-priority"}),
+        edit("a ServiceAccount that does not exist", {"serviceAccountName": "no-such-account"}),
+    ]  # fmt: skip
+
+
 def invalid_manifests() -> list[tuple[str, dict[str, Any]]]:
     """Every manifest of the corpus, with a short description of how it is broken."""
     seen: set[str] = set()

@@ -7,7 +7,10 @@ creates nothing, and stays alive for the next sweep."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -222,3 +225,90 @@ def test_validate_reads_every_file_as_kubectl_and_the_server_do(
     assert len(stored) < sum(len(n) for _, n, _ in cases) - 50
     octal = next(p for w, _, p in cases if w == "paper-in-context.yaml parallelism 0o octal")
     assert api.load_sweep(octal).spec.parallelism == 8
+
+
+def test_children_the_server_refuses_end_the_sweep_before_any_trial_runs(
+    cluster: Cluster, installed: Path, tmp_path: Path
+) -> None:
+    """The child corpus (the offline rules take it; the API server refuses a trial's Job or
+    pod) given to the operator with the chart's rights: each sweep is InvalidSpec within one
+    reconcile, in the server's own words, no Job is made and no failure budget spent."""
+    from tests.corpus import child_corpus
+
+    namespace = "children"
+    cluster.kubectl("create", "namespace", namespace)
+    operator = Operator(installed, tmp_path / "operator.log")
+    log = (tmp_path / "operator.log").read_text
+    corpus = dict(child_corpus())
+    try:
+        names = {}
+        for i, (what, manifest) in enumerate(corpus.items()):
+            manifest["metadata"] = {"name": f"child-{i}", "namespace": namespace}
+            cluster.kubectl("create", "-f", "-", stdin=json.dumps(manifest))
+            names[f"child-{i}"] = what
+        deadline = time.monotonic() + 120
+        while True:
+            items = {o["metadata"]["name"]: o for o in sweeps_in(cluster, namespace)}
+            pending = [n for n, o in items.items() if invalid_condition(o) is None]
+            if not pending:
+                break
+            assert operator.proc.poll() is None, log()[-3000:]
+            assert time.monotonic() < deadline, (pending, log()[-3000:])
+            time.sleep(1)
+        for name, obj in items.items():
+            message = invalid_condition(obj)["message"]  # type: ignore[index]
+            assert message.startswith("the API server would refuse a trial's "), (
+                names[name],
+                message,
+            )
+        said = {names[n]: invalid_condition(o)["message"] for n, o in items.items()}  # type: ignore[index]
+        assert (
+            "no PriorityClass with name no-such-priority"
+            in said["a PriorityClass that does not exist"]
+        )
+        assert (
+            'serviceaccount "no-such-account" not found'
+            in said["a ServiceAccount that does not exist"]
+        )
+        assert (
+            "must be specified when `operator` is 'In'" in said["node affinity In without values"]
+        )
+        jobs = cluster.kubectl("get", "jobs,pods", "-n", namespace, "-o", "name").stdout
+        assert jobs.strip() == ""  # a dry run creates nothing
+        assert "Traceback" not in log(), log()[-3000:]
+        # the same from a user's machine: isoflop validate --server, with their kubeconfig
+        env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
+        for what, says in (
+            ("a PriorityClass that does not exist", "no PriorityClass with name no-such-priority"),
+            ("node affinity Gt with two values", "must be specified single value when"),
+        ):
+            path = tmp_path / "child.json"
+            manifest = {**corpus[what], "metadata": {"name": "mine", "namespace": namespace}}
+            path.write_text(json.dumps(manifest))
+            out = subprocess.run(
+                [sys.executable, "-m", "isoflop.cli", "validate", "--no-data", "--server",
+                 str(path)], capture_output=True, text=True, env=env, timeout=120,
+            )  # fmt: skip
+            assert out.returncode == 2, (what, out.stdout, out.stderr)
+            assert out.stderr.startswith("isoflop: error: the API server would refuse a trial's")
+            assert says in out.stderr, out.stderr
+        good = base_manifest()
+        good["metadata"] = {"name": "fine", "namespace": namespace}
+        (tmp_path / "good.json").write_text(json.dumps(good))
+        out = subprocess.run(
+            [sys.executable, "-m", "isoflop.cli", "validate", "--no-data", "--server",
+             str(tmp_path / "good.json")], capture_output=True, text=True, env=env, timeout=120,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        assert f"takes it in namespace {namespace}" in out.stdout
+        assert cluster.kubectl(
+            "get", "scalingsweep", "fine", "-n", namespace, check=False
+        ).returncode
+    finally:
+        cluster.kubectl("delete", "scalingsweeps", "--all", "-n", namespace, check=False)
+        operator.stop()
+
+
+def sweeps_in(cluster: Cluster, namespace: str) -> list[dict[str, Any]]:
+    out = cluster.kubectl("get", "scalingsweeps", "-n", namespace, "-o", "json")
+    return json.loads(out.stdout)["items"]  # type: ignore[no-any-return]

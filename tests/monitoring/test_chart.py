@@ -195,8 +195,8 @@ def covers(rules: list[dict[str, Any]], group: str, resource: str, verb: str) ->
 
 # (group, resource, verb) the operator's code uses, and nothing more: kopf's watch and patches,
 # its Jobs (get: the uid of one that exists already), Services of multi-node trials, the trial
-# records' ConfigMaps, pods' termination messages, Events. tests/e2e runs the operator with exactly
-# these rights.
+# records' ConfigMaps, pods' termination messages and dry runs, Events. tests/e2e runs the
+# operator with exactly these rights.
 NEEDED = [("isoflop.dev", "scalingsweeps", verb) for verb in ("list", "watch", "patch")] + [
     ("isoflop.dev", "scalingsweeps/status", "patch"),
     ("batch", "jobs", "get"),
@@ -208,6 +208,7 @@ NEEDED = [("isoflop.dev", "scalingsweeps", verb) for verb in ("list", "watch", "
     ("", "configmaps", "create"),
     ("", "configmaps", "patch"),
     ("", "pods", "list"),
+    ("", "pods", "create"),  # dry runs only: the server judges a trial's pod before its Job
     ("", "events", "create"),
     ("kueue.x-k8s.io", "workloads", "list"),  # why a queued trial waits (cluster/queue.py)
 ]

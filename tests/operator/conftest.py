@@ -18,7 +18,12 @@ from typing import Any
 import kmock
 import pytest
 
-from tests.operator.emulator import SWEEPS, load_operator, operator_thread, prepare
+from tests.operator.emulator import SWEEPS, Emulator, load_operator, operator_thread, prepare
+
+
+@pytest.fixture
+def kmock_options(kmock_options: dict[str, Any]) -> dict[str, Any]:
+    return {**kmock_options, "cls": Emulator}  # dry runs store nothing
 
 
 @pytest.fixture

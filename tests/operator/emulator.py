@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp.web
 import kmock
 import kopf
 
@@ -23,6 +24,16 @@ import isoflop.cluster.handlers
 SWEEPS = "isoflop.dev/v1alpha1/scalingsweeps"
 SWEEPS_URL = "/apis/isoflop.dev/v1alpha1/namespaces/default/scalingsweeps"
 WORKLOADS = "kueue.x-k8s.io/v1beta2/workloads"
+
+
+class Emulator(kmock.KubernetesEmulator):
+    """kmock's emulator, with dry runs (isoflop.cluster.dryrun) answered as the API server
+    answers one it takes: the object back, nothing stored (kmock stores every create)."""
+
+    async def _handle(self, request: Any) -> aiohttp.web.StreamResponse:
+        if request.action == kmock.action.CREATE and request.params.get("dryRun") == "All":
+            return aiohttp.web.json_response(request.data)
+        return await super()._handle(request)
 
 
 def prepare(k8s: Any, kubeconfig: Path) -> None:

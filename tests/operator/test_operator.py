@@ -39,6 +39,15 @@ def manifest(**spec: Any) -> dict[str, Any]:
     return obj
 
 
+def real_create(request: Any, resource: Any) -> bool:
+    """A create of `resource` that stores it (not one of the operator's dry runs)."""
+    return bool(
+        request.action == kmock.action.CREATE
+        and request.resource == resource
+        and not request.params.get("dryRun")
+    )
+
+
 def jobs(k8s: Any) -> dict[str, dict[str, Any]]:
     return {
         key[2]: obj for key, obj in list(k8s.objects.items()) if key[0] == JOBS and not obj.deleted
@@ -97,11 +106,7 @@ async def test_a_sweep_runs_its_trials_within_parallelism_to_fitted_laws(k8s: An
     assert len(status["fit"]["budgetFits"]) == 3
     conditions = {c["type"]: c["status"] for c in status["conditions"]}
     assert conditions["Ready"] == "True"
-    creates = Counter(
-        r.data["metadata"]["name"]
-        for r in k8s
-        if r.action == kmock.action.CREATE and r.resource == JOBS
-    )
+    creates = Counter(r.data["metadata"]["name"] for r in k8s if real_create(r, JOBS))
     assert len(creates) == len(trials)
     assert set(creates.values()) == {1}  # every Job created exactly once
     labels = {"namespace": "default", "sweep": "qs"}
@@ -732,7 +737,7 @@ async def test_a_confirmation_starts_after_the_final_fit_and_a_restarted_operato
         if r.resource == kmock.resource(SWEEPS)
         else ("job", r.data["metadata"]["name"])
         for r in k8s
-        if (r.action == kmock.action.CREATE and r.resource == JOBS)
+        if (real_create(r, JOBS))
         or (
             r.action == kmock.action.UPDATE
             and r.resource == kmock.resource(SWEEPS)
@@ -753,11 +758,7 @@ async def test_a_confirmation_starts_after_the_final_fit_and_a_restarted_operato
     assert got["message"].startswith(f"measured {measured:.4f}, predicted")
     confirmed = next(x for x in status["conditions"] if x["type"] == "Confirmed")
     assert confirmed["status"] == ("True" if got["inside"] else "False")
-    creates = Counter(
-        r.data["metadata"]["name"]
-        for r in k8s
-        if r.action == kmock.action.CREATE and r.resource == JOBS
-    )
+    creates = Counter(r.data["metadata"]["name"] for r in k8s if real_create(r, JOBS))
     assert creates[confirm_job] == 1
     assert set(creates.values()) == {1}
 
@@ -832,11 +833,7 @@ async def test_the_tuning_stage_runs_first_survives_a_restart_and_sets_the_grids
     law = status["tuning"]["law"]
     assert law["form"] == "params"  # one budget: D's exponent is not identified
     assert "tokensExponent" not in law
-    creates = Counter(
-        r.data["metadata"]["name"]
-        for r in k8s
-        if r.action == kmock.action.CREATE and r.resource == JOBS
-    )
+    creates = Counter(r.data["metadata"]["name"] for r in k8s if real_create(r, JOBS))
     assert set(creates.values()) == {1}  # no Job twice, across the restart
     order = [name for name in creates]  # in the order the operator created them
     first_grid = next(i for i, n in enumerate(order) if not n.startswith("qs-tune-"))
@@ -902,8 +899,7 @@ async def test_the_tuning_stage_tunes_batches_after_each_rungs_rate_and_the_grid
     law, batch_law = stage["law"], stage["batchLaw"]
     assert batch_law["form"] == "tokens"
     best = {(g["budget"], g["rung"]): g["bestLearningRate"] for g in stage["groups"]}
-    created = [r.data["metadata"]["name"] for r in k8s
-               if r.action == kmock.action.CREATE and r.resource == JOBS]  # fmt: skip
+    created = [r.data["metadata"]["name"] for r in k8s if real_create(r, JOBS)]
     assert len(created) == len(set(created))
     for name in created:
         t, cfg = trials[name], job_config(jobs(k8s)[name])

@@ -4,6 +4,7 @@ AdmissionError code and sentence). The real server's answers are in tests/e2e/te
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 from typing import Any
 
@@ -32,11 +33,42 @@ class Authorization:
         )
 
 
+class DryRuns:
+    """The API server's batch and core APIs as the webhook's dry runs meet them: each create is
+    recorded (kind, its dry-run flag); `refuse` maps a kind to the ApiException it answers."""
+
+    def __init__(self, refuse: dict[str, Any] | None = None) -> None:
+        self.created: list[tuple[str, str | None]] = []
+        self.refuse = refuse or {}
+
+    def _create(self, kind: str, body: dict[str, Any], dry_run: str | None) -> dict[str, Any]:
+        self.created.append((kind, dry_run))
+        if kind in self.refuse:
+            raise self.refuse[kind]
+        return body
+
+    def create_namespaced_job(self, namespace: str, body: Any, dry_run: str | None = None) -> Any:
+        return self._create("Job", body, dry_run)
+
+    def create_namespaced_pod(self, namespace: str, body: Any, dry_run: str | None = None) -> Any:
+        return self._create("Pod", body, dry_run)
+
+    def create_namespaced_service(
+        self, namespace: str, body: Any, dry_run: str | None = None
+    ) -> Any:
+        return self._create("Service", body, dry_run)
+
+
 def call(
-    auth: Authorization, spec: dict[str, Any], operation: str = "CREATE", old: Any = None
+    auth: Authorization,
+    spec: dict[str, Any],
+    operation: str = "CREATE",
+    old: Any = None,
+    server: DryRuns | None = None,
 ) -> None:
+    server = server or DryRuns()
     memo = SimpleNamespace(
-        clients=Clients(batch=None, core=None, authorization=auth),
+        clients=Clients(batch=server, core=server, authorization=auth),
         policy=policy.Policy(),
     )
     handlers.validate(
@@ -114,7 +146,8 @@ def test_annotations_that_leave_no_room_for_the_operators_copy_are_refused() -> 
     spec = base_manifest()["spec"]
     auth = Authorization(("create", "jobs", None))
     memo = SimpleNamespace(
-        clients=Clients(batch=None, core=None, authorization=auth), policy=policy.Policy()
+        clients=Clients(batch=DryRuns(), core=DryRuns(), authorization=auth),
+        policy=policy.Policy(),
     )
 
     def review(annotations: dict[str, str], operation: str = "CREATE", old: Any = None) -> None:
@@ -155,3 +188,36 @@ def test_a_workload_priority_without_a_queue_is_refused_where_no_default_queue_e
         "workloadPriorityClass": "high", "queueName": "mine"}})  # fmt: skip
     monkeypatch.setenv("ISOFLOP_DEFAULT_QUEUE", "team-a")
     call(Authorization(("create", "jobs", None)), spec)  # the installation's queue takes it
+
+
+def test_the_children_are_dry_run_once_per_shape_and_a_refusal_is_the_servers_sentence() -> None:
+    """After the offline rules and the sender's rights, the webhook asks the API server (dryRun
+    All) for one object of each distinct shape: the quickstart's 36 trials are one (a Job and
+    its pod), a 2-node sweep's adds its headless Service, and a refusal comes back as a 422
+    with the server's own words."""
+    from kubernetes.client.rest import ApiException
+
+    spec = base_manifest()["spec"]
+    server = DryRuns()
+    call(Authorization(("create", "jobs", None)), spec, server=server)
+    assert server.created == [("Job", "All"), ("Pod", "All")]  # never created for real
+    multi = DryRuns()
+    call(Authorization(("create", "jobs", None)), {**spec, "resources": {"nodes": 2}}, server=multi)
+    assert [kind for kind, _ in multi.created] == ["Job", "Pod", "Service"]
+    refused = ApiException(status=403, reason="Forbidden")
+    refused.body = json.dumps(
+        {"message": 'pods "qs-3e10-d2w40-" is forbidden: no PriorityClass with name nope was found'}
+    )
+    with pytest.raises(kopf.AdmissionError) as err:
+        call(Authorization(("create", "jobs", None)), spec, server=DryRuns({"Pod": refused}))
+    assert err.value.code == 422
+    assert str(err.value) == (
+        'the API server would refuse a trial\'s pod: pods "qs-3e10-d2w40-" is forbidden: no '
+        "PriorityClass with name nope was found"
+    )
+    # the checker's own missing rights say nothing about the sweep: it is admitted
+    mine = ApiException(status=403, reason="Forbidden")
+    mine.body = json.dumps(
+        {"message": 'pods is forbidden: User "system:serviceaccount:x:op" cannot create resource'}
+    )
+    call(Authorization(("create", "jobs", None)), spec, server=DryRuns({"Pod": mine}))

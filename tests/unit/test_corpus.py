@@ -69,3 +69,14 @@ def test_a_whole_number_is_an_integer_as_json_has_it() -> None:
     assert spec.training.global_batch_size == 16
     assert isinstance(spec.training.global_batch_size, int)
     assert spec.data.latent_shape == [3, 16, 16]
+
+
+def test_the_child_corpus_passes_the_offline_rules() -> None:
+    """What only the API server's dry run refuses (tests/e2e/test_corpus.py): the offline rules
+    take it, so the operator's dry run is what stops it."""
+    from tests.corpus import child_corpus
+
+    corpus = child_corpus()
+    assert len(corpus) >= 7
+    for _, manifest in corpus:
+        runnable_plan(api.parse_sweep(manifest).spec)

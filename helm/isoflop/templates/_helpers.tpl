@@ -50,9 +50,11 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 - apiGroups: [""]
   resources: [configmaps]
   verbs: [list, create, patch]
+# create: only with dryRun=All (isoflop.cluster.dryrun), for the server to judge a trial's pod
+# (its PriorityClass, ServiceAccount, Pod Security) before its Job exists; Jobs make the pods
 - apiGroups: [""]
   resources: [pods]
-  verbs: [list]
+  verbs: [list, create]
 - apiGroups: [""]
   resources: [events]
   verbs: [create]

@@ -457,6 +457,12 @@ class ScalingSweepStatus(Model):
         description="spec.confirm's runs: the predicted optimum at each budget above the grid, "
         "the loss to beat, and what it measured.",
     )
+    children_checked: str | None = Field(
+        default=None,
+        max_length=64,
+        description="A digest of the spec whose children (a trial's Job, pod and Service, the "
+        "check and confirmation Jobs) the API server took in a dry run, before the first launch.",
+    )
     admitted: dict[str, str] | None = Field(
         default=None,
         description="A digest of each field that defines the sweep (model.family, "

@@ -22,6 +22,18 @@ def register(sub: Subparsers) -> None:
     p.add_argument(
         "--no-data", action="store_true", help="check the manifest only, not its data source"
     )
+    p.add_argument(
+        "--server",
+        action="store_true",
+        help="also ask the API server of your kubeconfig (dryRun=All, nothing is created) "
+        "whether it takes the sweep, and each distinct child the operator will make of it: a "
+        "trial's Job, pod and Service, the check and confirmation Jobs",
+    )
+    p.add_argument("--context", help="with --server: the kubeconfig context (default: current)")
+    p.add_argument(
+        "--namespace", "-n",
+        help="with --server: where (default: the manifest's, else the context's, else default)",
+    )  # fmt: skip
     p.set_defaults(func=command)
 
 
@@ -65,6 +77,10 @@ def check(args: argparse.Namespace, where: str, doc: Document) -> None:
     spec = model_checked(sweep.spec)
     planned = runnable_plan(spec)
     report = None if args.no_data else check_data(spec, planned)
+    if getattr(args, "server", False):
+        from isoflop.cli.server import server_check
+
+        print(server_check(doc.obj, sweep.model_copy(update={"spec": spec}), planned, args))
     print(f"{where}: ScalingSweep '{sweep.name}' is valid.")
     if report is not None:
         print(report.text())

@@ -33,8 +33,9 @@ from prometheus_client import start_http_server
 from pydantic import ValidationError
 
 from isoflop import api
-from isoflop.cluster import admission, policy
+from isoflop.cluster import admission, dryrun, policy
 from isoflop.cluster.clients import make_clients, server_message
+from isoflop.cluster.manifests import DEFAULT_QUEUE_ENV
 from isoflop.cluster.metrics import ERRORS, LATENCY, forget
 from isoflop.cluster.modeljob import model_check, plan_after_check
 from isoflop.cluster.reconcile import Sweep, now, reconcile_sweep
@@ -142,7 +143,7 @@ def validate(
     if not admission.spec_changed(operation, old, new or {}):
         return  # metadata only (kopf's annotations, a label): nothing new can run
     try:
-        parsed = admissible(name, spec, memo)[0]
+        parsed, plan = admissible(name, spec, memo)
     except api.ManifestError as err:
         raise kopf.AdmissionError(str(err), code=422) from None
     if not namespace:  # the API server fills it in; never guess where rights are checked
@@ -153,6 +154,12 @@ def validate(
     )
     if refused is not None:
         raise kopf.AdmissionError(refused, code=403)
+    # what the API server would say of the children, one dry run per distinct shape
+    sweep = api.ScalingSweep(metadata=api.ObjectMeta(name=name, namespace=namespace), spec=parsed)
+    queue = os.environ.get(DEFAULT_QUEUE_ENV)
+    refused = dryrun.refusal(sweep, plan, namespace, memo.clients, queue)
+    if refused is not None:
+        raise kopf.AdmissionError(refused, code=422)
 
 
 if WEBHOOK_PORT:  # kopf refuses to start with admission handlers and no server to serve them
@@ -233,6 +240,14 @@ def reconcile(
                     refuse_once(status, patch, planned)
                 return
             sweep, p = planned
+        checked = dryrun.digest(sweep.spec)
+        if status.get("childrenChecked") != checked:  # once per spec, before anything runs
+            queue = os.environ.get(DEFAULT_QUEUE_ENV)
+            refused = dryrun.refusal(sweep, p, namespace, memo.clients, queue)
+            if refused is not None:
+                refuse_once(status, patch, refused)
+                return
+            patch.status["childrenChecked"] = checked
         s = Sweep(
             sweep, p, uid, namespace, dict(status), meta.get("generation"), body, memo.clients,
             model_check=check,

@@ -239,7 +239,9 @@ def observe_jobs(s: Sweep, jobs: list[Any], states: dict[str, TrialState]) -> No
             said = message_of(s.pods_of(job.metadata.name)) or {}
             attempts = max(failures, 1)
             error = str(said.get("error") or f"the Job failed after {attempts} attempts")
-            states[tid] = TrialState("Failed", attempts, error=error)
+            # failed for good: the Job's own backoff is the retry, and it is spent (or its
+            # podFailurePolicy failed it at once)
+            states[tid] = TrialState("Failed", attempts, error=error, permanent=True)
             s.warn("TrialFailed", f"{tid}: {error}")
         else:
             suspended = bool(job.spec and job.spec.suspend)
@@ -254,7 +256,7 @@ def failed_attempts(s: Sweep, job: str, st: Any, ranks: int) -> int:
     failed."""
     if not st.failed:
         return 0
-    counted = max(st.failed - ignored_failures(s.pods_of(job)), 0)
+    counted: int = max(int(st.failed) - ignored_failures(s.pods_of(job)), 0)
     return math.ceil(counted / max(ranks, 1))
 
 
