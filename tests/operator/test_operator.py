@@ -303,6 +303,46 @@ async def test_attempts_are_counted_per_attempt_and_kept_in_the_record(k8s: Any)
     assert record["attempts"] == 2
 
 
+async def test_a_trial_whose_pod_no_node_takes_says_so_and_is_not_running(k8s: Any) -> None:
+    """The Job's `active` counts a pod that waits for a node: the trial is starting, not
+    running, and the sweep's message and an event give the scheduler's words; no failure."""
+    obj = manifest(parallelism=1)
+    why = "0/3 nodes are available: 3 Insufficient cpu. preemption: 0/3 nodes are available"
+    async with running_operator(k8s):
+        await k8s.post("/apis/isoflop.dev/v1alpha1/namespaces/default/scalingsweeps", json=obj)
+        await wait_for(lambda: "qs-3e10-d01" in jobs(k8s))
+        await k8s.patch(
+            "/apis/batch/v1/namespaces/default/jobs/qs-3e10-d01/status",
+            json={"status": {"active": 1}},
+        )
+        await k8s.post("/api/v1/namespaces/default/pods", json={
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "qs-3e10-d01-p", "namespace": "default",
+                         "labels": {"job-name": "qs-3e10-d01", "isoflop.dev/sweep": "qs"}},
+            "spec": {"containers": [{"name": "trainer", "image": "t"}]},
+            "status": {"phase": "Pending", "conditions": [{
+                "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                "message": why}]},
+        })  # fmt: skip
+
+        def ready() -> str:
+            conditions = sweep_status(k8s).get("conditions") or []
+            return next((c["message"] for c in conditions if c["type"] == "Ready"), "")
+
+        await wait_for(lambda: "cannot be scheduled" in ready())
+        status = sweep_status(k8s)
+        assert ready().endswith(f"; 1 trial cannot be scheduled (3e10-d01: {why})")
+        assert status["counts"]["running"] == 0
+        assert status["counts"]["starting"] == 1
+        assert status["counts"]["failed"] == 0
+        events = [
+            r.data for r in k8s
+            if r.action == kmock.action.CREATE and r.resource == kmock.resource("v1/events")
+        ]  # fmt: skip
+        said = [e for e in events if e.get("reason") == "TrialUnschedulable"]
+        assert [e["message"] for e in said] == [f"3e10-d01: {why}"]  # once, not per reconcile
+
+
 async def test_adding_a_budget_to_a_running_sweep_adds_only_its_trials(k8s: Any) -> None:
     obj = manifest(parallelism=20)
     trials = {f"qs-{t.id}": t for t in plan(api.parse_sweep(obj).spec).trials}

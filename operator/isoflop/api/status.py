@@ -89,6 +89,11 @@ class TrialCounts(Model):
     total: int = 0
     pending: int = 0
     running: int = 0
+    starting: int = Field(
+        default=0,
+        description="Trials launched whose pods do not run yet: being created, pulling their "
+        "image, or waiting for a node (the sweep's message says when none can take them).",
+    )
     queued: int = Field(
         default=0,
         description="Trials whose Job waits in the cluster's queue (Kueue): created, suspended, "

@@ -14,7 +14,7 @@ from isoflop.sweep.plan import Plan
 def server_check(obj: dict[str, Any], sweep: api.ScalingSweep, plan: Plan, args: Any) -> str:
     """The line saying what the server took; ValueError with its sentence when it refuses."""
     import kubernetes  # only here: validate works with no cluster in reach
-    import urllib3
+    import urllib3  # type: ignore[import-untyped]
     from kubernetes.client.rest import ApiException
 
     from isoflop.cluster import dryrun

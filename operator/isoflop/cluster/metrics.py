@@ -13,7 +13,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from isoflop import api
 
-PHASES = ("pending", "queued", "running", "succeeded", "failed")  # queued: waiting in Kueue
+PHASES = ("pending", "queued", "starting", "running", "succeeded", "failed")  # queued: in Kueue
 LAWS = ("params", "tokens", "loss")
 METRIC_LAWS = ("fid", "bpd")  # the evaluator's metrics, when a sweep asks for them
 BOUNDS = ("estimate", "low", "high")

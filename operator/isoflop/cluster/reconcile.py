@@ -72,6 +72,7 @@ class Sweep:
     given_up: list[str] = field(default_factory=list)  # Jobs of trials failed for good
     pods: dict[str, list[Any]] | None = None  # the sweep's pods by Job, listed once when needed
     model_check: api.ModelCheckStatus | None = None  # a class family's measures, kept in status
+    unschedulable: dict[str, str] = field(default_factory=dict)  # trial: the scheduler's words
 
     @property
     def spec(self) -> api.ScalingSweepSpec:
@@ -131,7 +132,7 @@ def reconcile_sweep(s: Sweep, patch: kopf.Patch) -> None:
     if decision.confirm_due:  # stored in this status patch; launched by the next reconcile
         confirmations += predict_confirmations(s, states, fitted, confirmations, analysis)
         decision = replace(decide(), launches=())
-    decision = say_why_queued(s, states, decision)
+    decision = say_why_unscheduled(s, say_why_queued(s, states, decision))
     previous = [api.Condition.model_validate(c) for c in s.status.get("conditions") or []]
     full = sweep_status(
         s.spec, s.plan, states, decision, fit_result, fitted, s.generation, now(), previous, data,
@@ -289,7 +290,40 @@ def running_trial(
         return TrialState("Failed", attempts, error=error, permanent=True)
     if suspended:
         return TrialState("Queued", attempts)
-    return TrialState("Running" if st.active else "Starting", attempts)
+    if not st.active:
+        return TrialState("Starting", attempts)
+    # the Job's `active` counts pods that wait too: a trial runs once a pod of it does
+    live = [p for p in s.pods_of(job) if p.status and p.status.phase in ("Pending", "Running")]
+    if live and all(p.status.phase == "Pending" for p in live):
+        why = next(filter(None, (unschedulable(p) for p in live)), None)
+        if why is not None:
+            s.unschedulable[tid] = why
+        return TrialState("Starting", attempts)
+    return TrialState("Running", attempts)
+
+
+def unschedulable(pod: Any) -> str | None:
+    """The scheduler's sentence for a pod it cannot place (PodScheduled False, Unschedulable)."""
+    for c in pod.status.conditions or []:
+        if c.type == "PodScheduled" and c.status == "False" and c.reason == "Unschedulable":
+            return str(c.message or "the scheduler finds no node for it")
+    return None
+
+
+def say_why_unscheduled(s: Sweep, decision: engine.Decision) -> engine.Decision:
+    """Trials whose pods no node can take say so in the sweep's message, in the scheduler's
+    words, and once in an event per trial (when the message did not say it yet)."""
+    if not s.unschedulable or decision.phase not in ("Pending", "Running", "Confirming"):
+        return decision
+    conditions: list[dict[str, Any]] = s.status.get("conditions") or []
+    ready = next((c for c in conditions if c.get("type") == "Ready"), {})
+    for tid, why in s.unschedulable.items():
+        if tid not in (ready.get("message") or ""):
+            s.warn("TrialUnschedulable", f"{tid}: {why}")
+    first, why = next(iter(s.unschedulable.items()))
+    n = len(s.unschedulable)
+    said = f"{n} trial{'s' if n > 1 else ''} cannot be scheduled ({first}: {why})"
+    return replace(decision, message=f"{decision.message}; {said}")
 
 
 def say_why_queued(

@@ -204,12 +204,14 @@ def tally(spec: api.ScalingSweepSpec, plan: Plan, sweep: Sweep) -> Tally:
     active = [n.id for n in nodes if state(n.id).phase in ACTIVE]
     active += [t for t, s in older.items() if s.phase == "Running"]
     queued = [tid for tid in active if state(tid).phase == "Queued"]
+    starting = [tid for tid in active if state(tid).phase == "Starting"]
     succeeded = [t for t in grid if state(t.id).phase == "Succeeded"]
     failed = [t.id for t in grid if state(t.id).exhausted(limit)]
     counts = {
         "total": len(grid),
         "pending": sum(state(t.id).phase == "Pending" for t in grid),
-        "running": len(active) - len(queued),  # stable segments train too
+        "running": len(active) - len(queued) - len(starting),  # stable segments train too
+        "starting": len(starting),  # launched, no pod running yet (created, pulling, unplaced)
         "queued": len(queued),  # launched, waiting for the cluster's queue to admit them
         "succeeded": len(succeeded),
         "failed": len(failed),
