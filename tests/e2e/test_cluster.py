@@ -663,3 +663,36 @@ def test_the_local_clusters_quickstart_is_one_the_server_and_validate_take_as_pr
     assert sweep.spec.budgets == plain.spec.budgets
     out = cluster.kubectl("apply", "--dry-run=server", "-n", "default", "-f", str(path))
     assert "created (server dry run)" in out.stdout
+
+
+def test_a_sweep_no_node_can_take_says_why_and_spends_no_failures(
+    cluster: Cluster, installed: Path, tmp_path: Path
+) -> None:
+    """Trials asking more CPU than any node has: the real scheduler leaves their pods Pending,
+    and the sweep says so within a reconcile, in the scheduler's words; none counts as running
+    and none as failed."""
+    manifest = small_sweep("huge")
+    manifest["spec"]["resources"] = {"cpu": "5000", "memory": "1Gi", "gpusPerNode": 0}
+    operator = Operator(installed, tmp_path / "operator.log")
+    log = (tmp_path / "operator.log").read_text
+    try:
+        cluster.kubectl("create", "-f", "-", stdin=json.dumps(manifest))
+
+        def ready() -> str:
+            conditions = sweep(cluster, "huge").get("status", {}).get("conditions") or []
+            return next((c["message"] for c in conditions if c["type"] == "Ready"), "")
+
+        cluster.wait_for(lambda: "cannot be scheduled" in ready(), 90, "the reason: " + log())
+        assert "Insufficient cpu" in ready(), ready()
+        counts = sweep(cluster, "huge")["status"]["counts"]
+        assert counts["running"] == 0, counts
+        assert counts["starting"] == manifest["spec"]["parallelism"], counts
+        assert counts["failed"] == 0, counts
+        events = cluster.kubectl(
+            "get", "events", "-n", "default", "--field-selector",
+            "reason=TrialUnschedulable,involvedObject.name=huge", "-o", "json",
+        ).stdout  # fmt: skip
+        assert json.loads(events)["items"], "no TrialUnschedulable event"
+    finally:
+        cluster.kubectl("delete", "scalingsweep", "huge", check=False)
+        operator.stop()
