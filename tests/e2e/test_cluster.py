@@ -307,14 +307,14 @@ def test_the_api_server_itself_refuses_an_edit_of_an_immutable_field(
     cluster.kubectl("delete", "scalingsweep", "frozen", "-n", "default")
 
 
-def test_a_job_the_server_refuses_puts_its_message_on_the_sweep(
+def test_a_job_the_server_refuses_ends_the_sweep_before_any_trial_runs(
     cluster: Cluster, installed: Path, tmp_path: Path
 ) -> None:
-    """What the sweep's own rules do not check, the API server may still refuse when the Job is
-    created: node affinity's Gt takes exactly one value, which the CRD (like validate) does not
-    count (a Job with Gt and two values is refused, 422). No retry can mend that: the
-    trial fails for good with the server's words, and the sweep's Failed condition says them.
-    (Label keys, tolerations and images are refused before anything is stored: test_corpus.)"""
+    """What the sweep's own rules do not check, the API server may still refuse: node affinity's
+    Gt takes exactly one value, which the CRD (like validate) does not count. The operator's dry
+    run of a trial's Job finds it before the first launch: InvalidSpec in the server's words,
+    no Job, no trial failed, no failure budget spent (it used to fail trial after trial until
+    TooManyFailedTrials). The whole child corpus: tests/e2e/test_corpus.py."""
     manifest = small_sweep("refused")
     term = {"matchExpressions": [{"key": "gpu-count", "operator": "Gt", "values": ["1", "2"]}]}
     required = {"nodeSelectorTerms": [term]}
@@ -333,19 +333,14 @@ def test_a_job_the_server_refuses_puts_its_message_on_the_sweep(
         )
         status = sweep(cluster, "refused")["status"]
         failed = next(c for c in status["conditions"] if c["type"] == "Failed")
-        assert failed["reason"] == "TooManyFailedTrials"
-        assert "the API server refused its Job" in failed["message"]
+        assert failed["reason"] == "InvalidSpec"
+        assert failed["message"].startswith("the API server would refuse a trial's Job")
         assert "single value" in failed["message"]  # the server's own explanation
-        records = [t for t in trial_records(cluster, "refused") if t["phase"] == "Failed"]
-        assert len(records) == 2  # maxFailedTrials + 1, each tried once: never retried
-        assert all(r["attempts"] == 1 for r in records)
-        assert all("the API server refused its Job" in r["error"] for r in records)
+        assert trial_records(cluster, "refused") == []
         jobs = cluster.kubectl(
             "get", "jobs", "-n", "default", "-l", "isoflop.dev/sweep=refused", "-o", "name"
         ).stdout
         assert not jobs.strip()
-        described = cluster.kubectl("describe", "scalingsweep", "refused", "-n", "default").stdout
-        assert "TrialRejected" in described
     finally:
         # the operator's finalizer goes with the operator's own deletion handler: delete first
         cluster.kubectl("delete", "scalingsweep", "refused", "-n", "default", check=False)
@@ -470,14 +465,15 @@ def test_the_api_server_and_isoflop_validate_refuse_too_few_resamples_alike(
         ({"training": {"learningRateScaling": "width"}}, "learningRateScaling must be none"),
         (
             {"training": {"microBatchSize": 8}, "tuning": {"globalBatchSizes": [8, 12, 16]}},
-            "must be a multiple of training.microBatchSize",
+            "globalBatchSizes entry must be a multiple of",
         ),
     ],
 )
 def test_the_api_server_and_isoflop_validate_refuse_the_tuning_stages_contradictions(
     cluster: Cluster, installed: Path, tmp_path: Path, change: dict[str, Any], said: str
 ) -> None:
-    """spec.tuning's cross-field rules are CEL rules of the CRD too, with the same sentence."""
+    """spec.tuning's cross-field rules are CEL rules of the CRD too, with the same sentence
+    (validate names the fields from spec.)."""
     manifest = small_sweep("tuned")
     manifest["spec"]["tuning"] = {}
     for key, value in change.items():

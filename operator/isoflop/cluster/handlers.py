@@ -241,7 +241,8 @@ def reconcile(
                 return
             sweep, p = planned
         checked = dryrun.digest(sweep.spec)
-        if status.get("childrenChecked") != checked:  # once per spec, before anything runs
+        done = status.get("phase") == "Succeeded"  # it creates nothing any more
+        if status.get("childrenChecked") != checked and not done:  # once per spec
             queue = os.environ.get(DEFAULT_QUEUE_ENV)
             refused = dryrun.refusal(sweep, p, namespace, memo.clients, queue)
             if refused is not None:
