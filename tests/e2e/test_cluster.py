@@ -692,3 +692,57 @@ def test_a_sweep_no_node_can_take_says_why_and_spends_no_failures(
     finally:
         cluster.kubectl("delete", "scalingsweep", "huge", check=False)
         operator.stop()
+
+
+def test_two_operators_never_reconcile_one_sweep_at_once(
+    cluster: Cluster, installed: Path, tmp_path: Path
+) -> None:
+    """A deleted operator pod stays Terminating (up to 30 s) while its replacement starts.
+    Standalone, both reconcile the same sweep; peered (the chart's default, its peering object
+    installed with it), the one of lower priority pauses until the other has gone, then takes
+    over in the same second. Both run with the chart's rights."""
+    manifest = small_sweep("peered")
+    manifest["spec"]["parallelism"] = 1
+    cluster.kubectl("create", "-f", "-", stdin=json.dumps(manifest))
+
+    def reconciles(log: Path) -> int:
+        return log.read_text().count("[default/peered] Timer 'reconcile' succeeded")
+
+    logs = {n: tmp_path / f"{n}.log" for n in ("a", "b", "old", "new")}
+    running: list[Operator] = []
+    try:
+        # standalone: two operators, two reconcilers of one sweep
+        both = [Operator(installed, logs[n]) for n in ("a", "b")]
+        running += both
+        cluster.wait_for(lambda: all(reconciles(logs[n]) >= 2 for n in ("a", "b")), 60, "both")
+        for op in both:
+            op.stop()
+        peer = {"ISOFLOP_PEERING": "isoflop"}
+        old = Operator(installed, logs["old"], peer | {"ISOFLOP_PEERING_PRIORITY": "200"})
+        running.append(old)
+        cluster.wait_for(lambda: reconciles(logs["old"]) >= 2, 60, logs["old"].read_text())
+        new = Operator(installed, logs["new"], peer | {"ISOFLOP_PEERING_PRIORITY": "100"})
+        running.append(new)
+        cluster.wait_for(
+            lambda: "Pausing operations in favour of" in logs["new"].read_text(), 60,
+            "the replacement's pause: " + logs["new"].read_text()[-2000:],
+        )  # fmt: skip
+        time.sleep(3)  # the old one reconciles on; the new one does not
+        assert reconciles(logs["new"]) == 0, logs["new"].read_text()[-2000:]
+        assert new.proc.poll() is None
+        before = reconciles(logs["old"])
+        time.sleep(2)
+        assert reconciles(logs["old"]) > before
+        old.stop()  # SIGTERM, as a deleted pod gets: it leaves the peering on its way out
+        cluster.wait_for(lambda: reconciles(logs["new"]) >= 1, 30, logs["new"].read_text())
+        assert "Resuming operations after the pause" in logs["new"].read_text()
+        jobs = cluster.kubectl(
+            "get", "jobs", "-n", "default", "-l", "isoflop.dev/sweep=peered", "-o", "name"
+        ).stdout.split()
+        assert len(jobs) == 1  # parallelism 1, each Job once
+    finally:
+        # deleted while an operator runs: its deletion handler lets the sweep go
+        cluster.kubectl("delete", "scalingsweep", "peered", "--timeout=30s", check=False)
+        for op in running:
+            if op.proc.poll() is None:
+                op.stop()

@@ -213,6 +213,7 @@ NEEDED = [("isoflop.dev", "scalingsweeps", verb) for verb in ("list", "watch", "
     ("kueue.x-k8s.io", "workloads", "list"),  # why a queued trial waits (cluster/queue.py)
 ]
 KOPF = {("apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("get", "list", "watch")}
+PEERING = {("kopf.dev", "clusterkopfpeerings", v) for v in ("get", "list", "watch", "patch")}
 WEBHOOK = {("authorization.k8s.io", "subjectaccessreviews", "create")}  # cluster-scoped
 
 
@@ -230,7 +231,7 @@ def test_cluster_wide_rbac_by_default(helm: str) -> None:
         for r in rule["resources"]
         for v in rule["verbs"]
     ]
-    assert set(flat) == set(NEEDED) | KOPF | WEBHOOK  # no verb the code never uses
+    assert set(flat) == set(NEEDED) | KOPF | WEBHOOK | PEERING  # no verb the code never uses
     assert all("*" not in item for item in flat)  # no wildcards
     assert not any(r == "secrets" for _, r, _ in flat)  # trials get S3 keys by reference only
     binding = one(objs, "ClusterRoleBinding")
@@ -276,7 +277,9 @@ def test_operator_pod_is_restricted_and_serves_metrics_and_health(helm: str) -> 
     deploy = one(objs, "Deployment")
     pod = deploy["spec"]["template"]["spec"]
     assert deploy["spec"]["replicas"] == 1
-    assert deploy["spec"]["strategy"]["type"] == "Recreate"  # never two operators unpeered
+    assert deploy["spec"]["strategy"]["type"] == "RollingUpdate"  # peered: the new one waits
+    unpeered = one(render(helm, ["peering.enabled=false"]), "Deployment")
+    assert unpeered["spec"]["strategy"]["type"] == "Recreate"  # never two operators unpeered
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
     (container,) = pod["containers"]
@@ -286,7 +289,9 @@ def test_operator_pod_is_restricted_and_serves_metrics_and_health(helm: str) -> 
     assert sc["readOnlyRootFilesystem"] is True
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["ISOFLOP_METRICS_PORT"] == "8080"
-    assert "ISOFLOP_PEERING" not in env
+    # peered by default: a deleted pod's replacement pauses while the old one terminates
+    assert env["ISOFLOP_PEERING"] == "isoflop"
+    assert one(objs, "ClusterKopfPeering")["metadata"]["name"] == "isoflop"
     assert container["resources"]["limits"]["memory"] == "1Gi"
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"metrics": 8080, "health": 8081, "webhook": 9443}

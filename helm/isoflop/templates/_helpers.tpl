@@ -61,7 +61,7 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 - apiGroups: [kueue.x-k8s.io]
   resources: [workloads]
   verbs: [list]
-{{- if include "isoflop.peering" . }}
+{{- if and (include "isoflop.peering" .) .Values.watch.namespaces }}
 - apiGroups: [kopf.dev]
   resources: [kopfpeerings]
   verbs: [get, list, watch, patch]

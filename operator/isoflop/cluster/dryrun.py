@@ -115,9 +115,13 @@ def _shape(obj: dict[str, Any]) -> str:
 
 
 def _unowned(obj: dict[str, Any]) -> dict[str, Any]:
-    """The object without owners: the sweep (at admission) or its Job does not exist yet."""
+    """The object without owners (the sweep, at admission, or its Job does not exist yet); a
+    Job under a generated name, so that the trial's own Job, once it exists, does not answer
+    for it (a conflict says nothing); its name's rules are the sweep's (isoflop.api)."""
     out = copy.deepcopy(obj)
     out["metadata"].pop("ownerReferences", None)
+    if obj["kind"] == "Job":
+        out["metadata"]["generateName"] = out["metadata"].pop("name")[:52] + "-"
     return out
 
 
@@ -156,7 +160,8 @@ def refusal(
             create(clients, namespace, obj)
         except ApiException as err:
             if says_nothing(err):
-                log.warning("dry run of %s not judged: %s", what, server_message(err))
+                level = logging.DEBUG if err.status == 409 else logging.WARNING
+                log.log(level, "dry run of %s not judged: %s", what, server_message(err))
                 continue
             return f"the API server would refuse {what}: {server_message(err)}"
     return None

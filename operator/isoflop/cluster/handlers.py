@@ -66,6 +66,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         )
     memo.clients = make_clients()
     memo.policy = policy.Policy.from_env()
+    memo.children_checked = {}  # sweep uid: the spec digest its children's dry run took
     if WEBHOOK_PORT:
         settings.admission.server = kopf.WebhookServer(
             addr=os.environ.get("ISOFLOP_WEBHOOK_ADDRESS", "0.0.0.0"),
@@ -242,13 +243,16 @@ def reconcile(
             sweep, p = planned
         checked = dryrun.digest(sweep.spec)
         done = status.get("phase") == "Succeeded"  # it creates nothing any more
-        if status.get("childrenChecked") != checked and not done:  # once per spec
+        # once per spec: kept in the status, and in memory where a CRD from before the field
+        # (helm upgrade never updates CRDs) prunes it
+        known: dict[str, str] = memo.children_checked
+        if checked not in (status.get("childrenChecked"), known.get(uid)) and not done:
             queue = os.environ.get(DEFAULT_QUEUE_ENV)
             refused = dryrun.refusal(sweep, p, namespace, memo.clients, queue)
             if refused is not None:
                 refuse_once(status, patch, refused)
                 return
-            patch.status["childrenChecked"] = checked
+            patch.status["childrenChecked"] = known[uid] = checked
         s = Sweep(
             sweep, p, uid, namespace, dict(status), meta.get("generation"), body, memo.clients,
             model_check=check,
