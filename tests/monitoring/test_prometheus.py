@@ -26,7 +26,7 @@ from isoflop import api
 from isoflop.sweep.plan import plan
 from isoflop.sweep.trials import train_config
 from tests.monitoring.conftest import DASHBOARD, RULES, Prometheus, start_prometheus
-from tests.operator.conftest import k8s, operator_process, wait_for  # noqa: F401
+from tests.operator.conftest import k8s, kmock_options, operator_process, wait_for  # noqa: F401
 from tests.operator.emulator import SWEEPS_URL, finish, trial_records
 from tests.operator.test_operator import jobs, loss_of
 from tests.trainer.helpers import env, free_port, train_command
