@@ -275,7 +275,8 @@ async def test_a_permanent_failure_fails_its_trial_once_whatever_the_pod_exited_
 async def test_attempts_are_counted_per_attempt_and_kept_in_the_record(k8s: Any) -> None:
     """A trial that succeeded after a failed pod records 2 attempts (it said 1 whenever it
     succeeded); a 2-node trial whose two ranks failed together is on its 2nd attempt, not its
-    3rd, and its failed-attempts metric says 1."""
+    3rd, and its failed-attempts metric says 1. A failure whose pod is gone (deleted: it cannot
+    say whether the Job's policy ignored it, as a preempted one) counts no attempt."""
     obj = manifest(parallelism=2, resources={"gpusPerNode": 1, "nodes": 2})
     lost = {"status": "failed", "error": "rank 1 was killed"}
     metric = "isoflop_operator_trial_failed_attempts"
@@ -298,9 +299,18 @@ async def test_attempts_are_counted_per_attempt_and_kept_in_the_record(k8s: Any)
         )  # fmt: skip
         await ended_pod(k8s, "qs-3e10-d01", {"status": "succeeded", "eval_loss": 0.5}, 0, "ok")
         await wait_for(lambda: any(r["id"] == "3e10-d01" for r in trial_records(k8s)))
-    (record,) = [r for r in trial_records(k8s) if r["id"] == "3e10-d01"]
-    assert record["phase"] == "Succeeded"
-    assert record["attempts"] == 2
+        await wait_for(lambda: "qs-3e10-d02" in jobs(k8s))
+        await k8s.patch(  # a pod failed and was deleted since; the retry succeeds
+            "/apis/batch/v1/namespaces/default/jobs/qs-3e10-d02/status",
+            json={"status": {"active": 0, "failed": 1, "succeeded": 2,
+                             "conditions": [{"type": "Complete", "status": "True"}]}},
+        )  # fmt: skip
+        await ended_pod(k8s, "qs-3e10-d02", {"status": "succeeded", "eval_loss": 0.4}, 0, "ok")
+        await wait_for(lambda: any(r["id"] == "3e10-d02" for r in trial_records(k8s)))
+    records = {r["id"]: r for r in trial_records(k8s)}
+    assert records["3e10-d01"]["phase"] == "Succeeded"
+    assert records["3e10-d01"]["attempts"] == 2
+    assert records["3e10-d02"]["attempts"] == 1
 
 
 async def test_a_trial_whose_pod_no_node_takes_says_so_and_is_not_running(k8s: Any) -> None:

@@ -238,7 +238,8 @@ def observe_jobs(s: Sweep, jobs: list[Any], states: dict[str, TrialState]) -> No
             states[tid] = finished_trial(s, tid, job.metadata.name, 1 + failures)
         elif failed:
             said = message_of(s.pods_of(job.metadata.name)) or {}
-            attempts = max(failures, 1)
+            spent = any(c.reason == "BackoffLimitExceeded" for c in st.conditions or [])
+            attempts = 1 + s.spec.retries.per_trial if spent else max(failures, 1)
             error = str(said.get("error") or f"the Job failed after {attempts} attempts")
             # failed for good: the Job's own backoff is the retry, and it is spent (or its
             # podFailurePolicy failed it at once)
@@ -250,14 +251,17 @@ def observe_jobs(s: Sweep, jobs: list[Any], states: dict[str, TrialState]) -> No
 
 
 def failed_attempts(s: Sweep, job: str, st: Any, ranks: int) -> int:
-    """The failed attempts of a trial's Job, each counted once. The Job's `failed` counts pods:
-    less those its podFailurePolicy ignores (preempted, disrupted), and a multi-node trial's
-    ranks of one attempt fail together (one rank lost ends the others' rendezvous), so its
-    failed pods are divided among its ranks, rounded up. Its pods are listed only when some
-    failed."""
+    """The failed attempts of a trial's Job, each counted once: its failed pods, less those its
+    podFailurePolicy ignores (preempted, disrupted), and a multi-node trial's ranks of one
+    attempt fail together (one rank lost ends the others' rendezvous), so its failed pods are
+    divided among its ranks, rounded up. The pods counted are those still there: the Job's
+    `failed` counts ignored pods too, and one deleted (a drained node's, a user's kubectl
+    delete) can no longer say whether it was. Listed only when the Job counts a failure."""
     if not st.failed:
         return 0
-    counted: int = max(int(st.failed) - ignored_failures(s.pods_of(job)), 0)
+    pods = s.pods_of(job)
+    failed = sum(1 for p in pods if p.status is not None and p.status.phase == "Failed")
+    counted: int = max(min(int(st.failed), failed) - ignored_failures(pods), 0)
     return math.ceil(counted / max(ranks, 1))
 
 
