@@ -27,7 +27,7 @@ from isoflop.sweep.plan import plan
 from isoflop.sweep.trials import train_config
 from tests.monitoring.conftest import DASHBOARD, RULES, Prometheus, start_prometheus
 from tests.operator.conftest import k8s, kmock_options, operator_process, wait_for  # noqa: F401
-from tests.operator.emulator import SWEEPS_URL, finish, trial_records
+from tests.operator.emulator import SWEEPS_URL, ended_pod, finish, trial_records
 from tests.operator.test_operator import jobs, loss_of
 from tests.trainer.helpers import env, free_port, train_command
 
@@ -172,6 +172,7 @@ async def test_prometheus_serves_results_dashboard_and_alerts(
             f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs/{flaky}/status",
             json={"status": {"active": 1, "failed": 1}},
         )
+        await ended_pod(k8s, flaky, {"status": "failed", "error": "flaky"}, 1, suffix="f")
         selector = f'sweep="{SWEEP}",trial="{trials[1].id}"'
         failing = f"isoflop_operator_trial_failed_attempts{{{selector}}} == 1"
         await asyncio.to_thread(prom.wait_for, failing, 30)
