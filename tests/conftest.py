@@ -54,3 +54,16 @@ def bucket(s3_endpoint: str, request: pytest.FixtureRequest) -> str:
     name = "isoflop-" + request.node.name.lower().replace("_", "-")[:40].strip("-")
     boto3.client("s3").create_bucket(Bucket=name)
     return name
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real MLflow tracking server (SQLite store, local artifact root) on 127.0.0.1, shared by
+    the session's tests (each logs into an experiment of its own); its URL."""
+    from tests.mlflow_server import MlflowServer
+
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow")).start()
+    try:
+        yield server.url
+    finally:
+        server.stop()

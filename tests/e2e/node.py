@@ -23,15 +23,14 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tests.e2e.cluster import BIN, NODE_HOST_IP, ROOT, Cluster, free_port, kubeconfig
+from tests.net import Forwarder
 
 NETNS = "isoflop-node"
 NODE = "isoflop-node"
@@ -89,53 +88,6 @@ def run(
     if check and out.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)}: {out.stderr.strip() or out.stdout.strip()}")
     return out
-
-
-# ------------------------------------------------------------------------------------------------
-# a TCP forwarder: the node reaches the API server (which listens on 127.0.0.1 only) through it
-
-
-class Forwarder:
-    """Accepts on (host, port) and copies bytes both ways to 127.0.0.1:target."""
-
-    def __init__(self, host: str, target: int) -> None:
-        self.target = target
-        self.server = socket.create_server((host, 0))
-        self.port = int(self.server.getsockname()[1])
-        self.closed = False
-        threading.Thread(target=self._accept, daemon=True, name="forwarder").start()
-
-    def _accept(self) -> None:
-        while not self.closed:
-            try:
-                client, _ = self.server.accept()
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection(("127.0.0.1", self.target), timeout=10)
-            except OSError:
-                client.close()
-                continue
-            upstream.settimeout(None)
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-                s.close()
-
-    def close(self) -> None:
-        self.closed = True
-        self.server.close()
 
 
 # ------------------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ the counter reports for the math SDPA kernel.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from isoflop_trainer.counts import Accounting, FlopCount, ParamCount
@@ -280,6 +280,14 @@ class TrainConfig:
     sweep: str = ""
     trial: str = ""
     budget: float = 0.0
+    # MLflow (components.tracking): the server, the sweep's experiment, the budget's parent run,
+    # and the tags that find this trial's run again (isoflop.key: the sweep's uid and the trial)
+    tracking_uri: str | None = None
+    tracking_experiment: str | None = None
+    tracking_parent: str | None = None
+    tracking_tags: dict[str, str] = field(default_factory=dict, hash=False)
+    tracking_params: dict[str, str] = field(default_factory=dict, hash=False)  # beside its own
+    tracking_flush_seconds: float = 10.0  # the longest a trial's end waits for the tracker
     divergence_factor: float = 10.0  # loss above this many times its best EMA: diverged
     log_every: int = 10
     num_workers: int = 0
@@ -315,6 +323,12 @@ class TrainConfig:
             raise ValueError(
                 "low_precision_residual is the built-in DiT's; a class family's "
                 "model keeps its own residual stream"
+            )
+        if self.tracking_uri and not self.tracking_experiment:
+            raise ValueError("tracking_uri needs tracking_experiment: the run's experiment")
+        if self.tracking_flush_seconds < 0:
+            raise ValueError(
+                f"tracking_flush_seconds must be 0 or more, got {self.tracking_flush_seconds}"
             )
         if self.branch_from is not None and not 0 < self.branch_step < self.steps:
             raise ValueError(f"branch_step must lie in 1..steps-1 ({self.steps - 1})")

@@ -6,6 +6,7 @@
     components.losses       the loss read back in batches: EMA, curve, NaN and divergence
     components.throughput   samples/s over logging windows, warm-up left out
     components.telemetry    Prometheus gauges on rank 0, the result file
+    components.tracking     the trial's MLflow run on rank 0 (continued on resume), never waited on
     components.preemption   SIGTERM: stop at the next step on every rank, checkpoint, exit 143
     evaluation.evaluate     validation loss, bits/dim, FID once training ends
 
@@ -38,6 +39,7 @@ from isoflop_trainer.components.runtime import Runtime, peak_flops
 from isoflop_trainer.components.step import Precision, Step, loader
 from isoflop_trainer.components.telemetry import Telemetry
 from isoflop_trainer.components.throughput import Throughput
+from isoflop_trainer.components.tracking import Tracker, trial_params
 from isoflop_trainer.config import TrainConfig
 from isoflop_trainer.data.datasets import TRAIN, atomic_write, open_trial_data
 from isoflop_trainer.evaluation.evaluate import evaluate
@@ -45,13 +47,19 @@ from isoflop_trainer.models import adapters, mup
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, rt: Runtime, telemetry: Telemetry | None) -> None:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        rt: Runtime,
+        telemetry: Telemetry | None,
+        tracker: Tracker | None = None,
+    ) -> None:
         if cfg.global_batch_size % rt.world:
             raise TrialFailed(
                 f"global batch {cfg.global_batch_size} does not split evenly over {rt.world} "
                 "processes"
             )
-        self.cfg, self.rt, self.telemetry = cfg, rt, telemetry
+        self.cfg, self.rt, self.telemetry, self.tracker = cfg, rt, telemetry, tracker
         self.precision = Precision(cfg, rt)
         self.model = self.build_model()
         self.ddp, forward = self.parallelize()
@@ -74,6 +82,9 @@ class Trainer:
             cfg, rt, self.model, self.opt, self.precision.scaler, self.ema
         )
         self.state = self.checkpointing.restore()
+        if tracker is not None:  # the run of this trial's first attempt, if it kept one
+            tracker.params(trial_params(cfg))
+            tracker.start(self.state.tracking.get(tracker.key))
         self.compile_cache: CompileCache | None = None
         if cfg.compile:
             if cfg.compile_cache:
@@ -167,6 +178,8 @@ class Trainer:
         cache = self.compile_cache
         if cache is not None and first and not cache.hit and self.rt.main:
             cache.save()  # the first step compiled forward and backward: share the kernels
+        if self.tracker is not None and self.tracker.run_id is not None:
+            state.tracking[self.tracker.key] = self.tracker.run_id  # kept with the checkpoint
         if save:
             self.checkpointing.save(state)
         if branch:  # kept for the cooldown branches that start here
@@ -180,7 +193,7 @@ class Trainer:
         if self.telemetry is None:
             return
         state, cfg = self.state, self.cfg
-        self.telemetry.set(
+        values = dict(
             train_loss=value,
             train_loss_ema=state.loss_ema,
             step=state.step,
@@ -193,6 +206,9 @@ class Trainer:
             mfu=self.mfu(rate),
             epochs=state.samples / len(self.data),
         )
+        self.telemetry.set(**values)
+        if self.tracker is not None:
+            self.tracker.metrics(state.step, values)
         if cfg.progress:
             write_progress(cfg.progress, state.step, cfg.steps, state.loss_ema)
 
@@ -206,13 +222,13 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         model = self.ema.module if self.ema is not None else self.model
         metrics = evaluate(self.cfg, model, self.rt, self.precision.autocast)
+        measured = {
+            k: metrics.get(k) for k in ("eval_loss", "eval_bpd", "eval_fid", "eval_loss_se")
+        }
         if self.telemetry is not None:
-            self.telemetry.set(
-                eval_loss=metrics.get("eval_loss"),
-                eval_bpd=metrics.get("eval_bpd"),
-                eval_fid=metrics.get("eval_fid"),
-                eval_loss_se=metrics.get("eval_loss_se"),
-            )
+            self.telemetry.set(**measured)
+        if self.tracker is not None:
+            self.tracker.metrics(self.state.step, measured)
         return metrics
 
     def result(self, metrics: dict[str, float]) -> dict[str, Any]:

@@ -860,6 +860,45 @@ class MetricsSpec(SpecModel):
     )
 
 
+# An MLflow experiment name: printable, no control characters (MLflow's own limit is 500)
+EXPERIMENT_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+
+
+class MlflowSpec(SpecModel):
+    """An MLflow tracking server: the sweep is an experiment, each budget a parent run, each
+    trial a child run, the fitted laws a run of their own."""
+
+    tracking_uri: str | None = Field(
+        default=None,
+        alias="trackingUri",
+        pattern=HTTP_URL_PATTERN,
+        max_length=2048,
+        description="The tracking server (http or https). Unset: the installation's default "
+        "(the chart's tracking.mlflow.trackingUri), or MLFLOW_TRACKING_URI for `isoflop run`.",
+    )
+    experiment: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=500,
+        pattern=EXPERIMENT_PATTERN,
+        description="The experiment's name. Unset: isoflop/NAMESPACE/SWEEP on a cluster, "
+        "isoflop/SWEEP on one machine.",
+    )
+    credentials_secret: Name | None = Field(
+        default=None,
+        description="Secret with MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD or "
+        "MLFLOW_TRACKING_TOKEN, given to the trial pods and used by the operator.",
+    )
+
+
+class TrackingSpec(SpecModel):
+    """Where a sweep's runs are tracked besides Prometheus and the status."""
+
+    mlflow: MlflowSpec | None = None
+    """Unset: no tracker (unless the installation sets a default, or MLFLOW_TRACKING_URI is set
+    for `isoflop run`)."""
+
+
 def _resamples(value: int) -> int:
     if 0 < value < 100:
         raise ValueError(f"{value} resamples are too few for an interval's tails; use 0 or 100+")
@@ -1124,6 +1163,7 @@ class ScalingSweepSpec(SpecModel):
     retries: RetrySpec = Field(default_factory=RetrySpec)
     storage: StorageSpec = Field(default_factory=StorageSpec)
     metrics: MetricsSpec = Field(default_factory=MetricsSpec)
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     fit: FitSpec = Field(default_factory=FitSpec)
     strategy: StrategySpec = Field(default_factory=StrategySpec)
     tuning: TuningSpec | None = Field(

@@ -428,6 +428,23 @@ class TuningStatus(Model):
     )
 
 
+class TrackingStatus(Model):
+    """Where the sweep's runs are tracked (spec.tracking), and what the tracker did not take."""
+
+    experiment: str = Field(description="The MLflow experiment's name.")
+    experiment_id: str | None = None
+    experiment_url: str | None = Field(
+        default=None, description="The experiment in the tracking server's UI."
+    )
+    fit_run_id: str | None = Field(default=None, description="The run of the fitted laws.")
+    not_logged: list[str] = Field(
+        default_factory=list,
+        max_length=64,
+        description="What the tracker never took (it was down, or refused): the sweep itself "
+        "succeeds without it.",
+    )
+
+
 class ScalingSweepStatus(Model):
     """The status both the operator and the local runner write."""
 
@@ -461,6 +478,9 @@ class ScalingSweepStatus(Model):
         default_factory=list,
         description="spec.confirm's runs: the predicted optimum at each budget above the grid, "
         "the loss to beat, and what it measured.",
+    )
+    tracking: TrackingStatus | None = Field(
+        default=None, description="The sweep's MLflow experiment (spec.tracking.mlflow)."
     )
     children_checked: str | None = Field(
         default=None,

@@ -90,6 +90,11 @@ def execute(args: argparse.Namespace, sweep: api.ScalingSweep, directory: Path) 
         print()
     for c in run.state.confirmations:
         print(f"isoflop: confirmation {c.trial}: {c.message or c.phase}")
+    if run.tracking is not None:
+        tracked = run.tracking.status()
+        print(f"isoflop: MLflow experiment {tracked.experiment!r}: {tracked.experiment_url or '-'}")
+        for line in tracked.not_logged:
+            print(f"isoflop: not logged in MLflow: {line}")
     print(f"isoflop: {decision.phase}: {decision.message}. Report: {directory / 'report.md'}")
     return 0 if decision.phase == "Succeeded" else 1
 

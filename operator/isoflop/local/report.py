@@ -79,6 +79,7 @@ def report_markdown(
         "",
     ]
     lines += tuning_lines(status.tuning)
+    lines += tracking_lines(status.tracking)
     if fit_text is not None:
         lines += ["## Fitted laws", "", "```", fit_text, "```", ""]
         lines += ["![isoFLOP curves](plots/isoflop.png)", "", "![laws](plots/laws.png)", ""]
@@ -107,6 +108,18 @@ def report_markdown(
             f"| {loss} | {how} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def tracking_lines(st: api.TrackingStatus | None) -> list[str]:
+    """Where the runs are in MLflow, and what the tracker did not take."""
+    if st is None:
+        return []
+    where = st.experiment_url or st.experiment_id or "not reached"
+    lines = [f"- MLflow experiment `{st.experiment}`: {where}", ""]
+    if st.not_logged:
+        lines += ["Not logged in MLflow (the sweep went on without it):", ""]
+        lines += [f"- {line}" for line in st.not_logged] + [""]
+    return lines
 
 
 def tuning_lines(st: api.TuningStatus | None) -> list[str]:

@@ -17,6 +17,7 @@ Every file is written whole (write, then rename), so a crash leaves the last com
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,8 @@ class RunState:
     elapsed_before: float = 0.0  # seconds spent by earlier sessions of this run
     # spec.confirm's runs as predicted after the final fit (before any starts), with verdicts
     confirmations: list[api.Confirmation] = field(default_factory=list)
+    # this run's identity, as a cluster sweep's metadata.uid: its MLflow runs are found by it
+    uid: str = field(default_factory=lambda: str(uuid.uuid4()))
 
     def to_json(self, sweep: str, elapsed: float) -> dict[str, Any]:
         return {
@@ -58,6 +61,7 @@ class RunState:
             "conditions": [c.to_wire() for c in self.conditions],
             "confirmations": [c.to_wire() for c in self.confirmations],
             "elapsed_seconds": elapsed,
+            "uid": self.uid,
         }
 
     @classmethod
@@ -82,6 +86,7 @@ class RunState:
             confirmations=[
                 api.Confirmation.model_validate(c) for c in saved.get("confirmations", [])
             ],
+            **({"uid": str(saved["uid"])} if saved.get("uid") else {}),
         )
 
 

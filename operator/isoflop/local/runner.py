@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from isoflop import api
-from isoflop.local.backends import Backend, Observation, SimulatedBackend
+from isoflop.local.backends import Backend, Observation, SimulatedBackend, read_json
 from isoflop.local.display import Display
 from isoflop.local.report import confirm_points, fit_key, report_markdown, write_trials_csv
 from isoflop.local.rundir import RunDirectory, RunError, RunState
@@ -32,6 +32,7 @@ from isoflop.sweep.plan import Plan, format_flops, plan
 from isoflop.sweep.status import results_table, sweep_status
 from isoflop.sweep.strategy import graph
 from isoflop.sweep.trials import fit, node_config
+from isoflop.tracking.experiment import SweepTracking, experiment_name, resolve_uri
 from isoflop_trainer.data.store import atomic_write
 
 __all__ = ["Display", "Run", "RunError"]
@@ -71,6 +72,7 @@ class Run:
         self.plots: list[Path] = []
         self.state: RunState = self.rundir.open()
         try:
+            self.tracking = self.open_tracking()
             self.rundir.write_manifest(sweep)
             finished = {t for t, s in self.state.trials.items() if s.phase == "Succeeded"}
             # what a runner killed before this one left: its trainers stopped, its results kept
@@ -82,6 +84,22 @@ class Run:
     def close(self) -> None:
         """Let another run use the directory (the process's end does the same)."""
         self.rundir.release()
+
+    def open_tracking(self) -> SweepTracking | None:
+        """The sweep's MLflow experiment (spec.tracking.mlflow or MLFLOW_TRACKING_URI), its runs
+        begun in the background; None when untracked, or simulated (its results are not
+        measurements, and stay out of the tracker)."""
+        try:
+            uri = resolve_uri(self.spec)
+        except ValueError as err:
+            raise RunError(str(err)) from None
+        if uri is None or isinstance(self.backend, SimulatedBackend):
+            return None
+        name = self.sweep.name
+        tracking = SweepTracking(uri, experiment_name(self.spec, name, None), name, self.state.uid)
+        budgets = [*self.spec.budgets, *self.spec.confirm]
+        tracking.open(budgets)
+        return tracking
 
     def save(self) -> None:
         self.rundir.save(self.state, self.elapsed)
@@ -157,6 +175,10 @@ class Run:
             if not self.backend.can_start(share):
                 break
             workdir = self.rundir.trials / t.id
+            tracked = {}
+            if self.tracking is not None:
+                extra = self.confirmation_params(t.id) if confirming else None
+                tracked = self.tracking.trial_fields(t.id, t.budget, extra)
             cfg = node_config(
                 resources_spec(self.engine_spec) if confirming else self.engine_spec,
                 self.sweep.name,
@@ -167,6 +189,7 @@ class Run:
                 checkpoint=str(workdir / "checkpoint"),
                 termination_log=None,
                 checkpoint_every=max(t.steps // 10, 50),
+                **tracked,
             )
             self.backend.launch(t, launch.attempt, cfg, workdir, share)
             self.state.trials[t.id] = TrialState(phase="Starting", attempts=launch.attempt)
@@ -184,6 +207,8 @@ class Run:
         finally:
             self.fitting = False
         self.state.fitted = budgets
+        if self.tracking is not None and self.state.fit is not None:
+            self.tracking.log_fit(self.state.fit, budgets, final)
         self.state.fit_text = None if self.analysis is None else format_text(self.analysis)
         self.state.fit_key = fit_key(self.spec, rows, budgets, final)
 
@@ -198,7 +223,16 @@ class Run:
         points = Points.from_rows([r for r in rows if r["budget"] in self.state.fitted])
         have = {c.budget for c in self.state.confirmations}
         wanted = sorted(b for b in self.spec.confirm if b not in have)
-        self.state.confirmations += predict(self.spec, self.analysis, points, wanted)
+        added = predict(self.spec, self.analysis, points, wanted)
+        self.state.confirmations += added
+        if self.tracking is not None:
+            for c in added:
+                self.tracking.log_confirmation(c)
+
+    def confirmation_params(self, trial_id: str) -> dict[str, float | None]:
+        """A confirmation's own MLflow params: the loss its laws predicted."""
+        c = next((c for c in self.state.confirmations if c.trial == trial_id), None)
+        return {} if c is None else {"predicted_loss": c.predicted_loss}
 
     def write_status(self, decision: engine.Decision) -> api.ScalingSweepStatus:
         status = sweep_status(
@@ -211,7 +245,12 @@ class Run:
             now=now(),
             previous=self.state.conditions,
             confirmations=self.state.confirmations,
-        ).model_copy(update={"model_check": check_status(self.spec)})
+        ).model_copy(
+            update={
+                "model_check": check_status(self.spec),
+                "tracking": self.tracking.status() if self.tracking is not None else None,
+            }
+        )
         self.state.conditions = status.conditions
         self.state.confirmations = status.confirmations  # with their verdicts
         self.rundir.write_status(status)
@@ -264,6 +303,8 @@ class Run:
 
     def stop_trials(self) -> None:
         self.backend.shutdown()
+        if self.tracking is not None:  # its runs go on when the run resumes
+            self.tracking.close(None)
         for tid, s in self.state.trials.items():
             if s.phase in engine.ACTIVE:
                 self.state.trials[tid] = TrialState(
@@ -318,4 +359,26 @@ class Run:
             self.plots.append(self.plot_rates(status.tuning))
         markdown = report_markdown(self.sweep, status, self.state.fit_text, self.elapsed)
         atomic_write(self.dir / "report.md", markdown)
+        if self.tracking is not None:
+            self.finish_tracking(decision, status)
         return self.analysis
+
+    def finish_tracking(self, decision: engine.Decision, status: api.ScalingSweepStatus) -> None:
+        """The report, the trial table and the plots as the fit run's artifacts, the measured
+        confirmations, and every run of the sweep's ended; then the status says what the
+        tracker did not take (report.md too)."""
+        tracking = self.tracking
+        assert tracking is not None
+        for c in status.confirmations:
+            if c.measured_loss is not None:
+                tracking.log_confirmation(c)
+        tracking.artifacts([str(self.dir / "report.md"), str(self.dir / "trials.csv")])
+        tracking.artifacts([str(p) for p in self.plots], "plots")
+        for tid in sorted(self.state.trials):
+            result = read_json(self.rundir.trials / tid / "result.json")
+            tracking.trial_record(tid, result.get("tracking"))
+        tracking.close("FINISHED" if decision.phase == "Succeeded" else "FAILED")
+        status = status.model_copy(update={"tracking": tracking.status()})
+        self.rundir.write_status(status)
+        markdown = report_markdown(self.sweep, status, self.state.fit_text, self.elapsed)
+        atomic_write(self.dir / "report.md", markdown)

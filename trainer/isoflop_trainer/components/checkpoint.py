@@ -50,6 +50,9 @@ class LoopState:
     # compilation and the warm-up of kernels and allocator (tens of seconds on a GPU)
     steady_seconds: float = 0.0
     steady_samples: int = 0
+    # the MLflow run of each trial that trained this checkpoint, by its key (a stable run's
+    # segments and branches share checkpoints; each has a run of its own)
+    tracking: dict[str, str] = field(default_factory=dict)
 
 
 class Checkpointer:
