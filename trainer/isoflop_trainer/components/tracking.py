@@ -19,6 +19,7 @@ mlflow-skinny is imported in the thread, on first use: a trial without a tracker
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
@@ -48,9 +49,9 @@ def client_for(uri: str) -> Any:
     """An MlflowClient for the URI, its requests tried once (CLIENT_ENV, unless already set)."""
     for name, value in CLIENT_ENV.items():
         os.environ.setdefault(name, value)
-    with _IMPORT:
-        import mlflow.entities
-        import mlflow.exceptions
+    with _IMPORT:  # what the thread uses later, loaded at once
+        for module in ("mlflow.entities", "mlflow.exceptions"):
+            importlib.import_module(module)
         from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=uri)
