@@ -6,6 +6,7 @@ import fcntl
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from isoflop import api
 from isoflop.local.backends import SimulatedBackend
 from isoflop.local.runner import Display, Run
 from isoflop.sweep.forecast import Law, forecast
+from tests.mlflow_server import assert_sweep_tracked
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -122,11 +124,19 @@ def isoflop(*args: str) -> list[str]:
     return [sys.executable, "-m", "isoflop.cli", *args]
 
 
-def test_a_local_sweep_survives_an_interrupt_and_never_retrains(tmp_path: Path) -> None:
+def test_a_local_sweep_survives_an_interrupt_and_never_retrains(
+    tmp_path: Path, mlflow_server: str
+) -> None:
+    """Interrupted and resumed: no trial trains twice, and the sweep's MLflow experiment (a real
+    server) still has one run per trial, equal to trials.csv (the interrupted trials resumed
+    into the runs they began)."""
     manifest = write_tiny(tmp_path / "tiny.yaml")
     run_dir = tmp_path / "run"
     cmd = isoflop("run", str(manifest), "--run-dir", str(run_dir), "--plain")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    tracked = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server}
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=tracked
+    )
     deadline = time.time() + 300
     finished: dict[str, float] = {}
     while time.time() < deadline:
@@ -155,7 +165,8 @@ def test_a_local_sweep_survives_an_interrupt_and_never_retrains(tmp_path: Path) 
     for log in run_dir.glob("trials/*/log.txt"):  # stopped trials: a line, not a traceback
         assert "Traceback" not in log.read_text(), log
 
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    interrupted = [tid for tid, s in state["trials"].items() if s["phase"] != "Succeeded"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False, env=tracked)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "resuming with" in out.stdout
     status = json.loads((run_dir / "status.json").read_text())
@@ -169,6 +180,20 @@ def test_a_local_sweep_survives_an_interrupt_and_never_retrains(tmp_path: Path) 
         assert log.count("--- attempt") == 1
     assert (run_dir / "trials.csv").exists()
     assert "isoFLOP parabolas" in out.stdout
+    runs = assert_sweep_tracked(mlflow_server, run_dir, "isoflop/tiny")
+    assert "MLflow experiment 'isoflop/tiny': " in out.stdout
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=mlflow_server)
+    trials = {r.info.run_name: r for r in runs["trial"]}
+    for tid in interrupted:  # a trial resumed from its checkpoint went on in the run it began
+        said = re.search(
+            r"resumed from step (\d+)", (run_dir / "trials" / tid / "log.txt").read_text()
+        )
+        if said:
+            run = trials[tid]
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")]
+            assert min(steps) < int(said.group(1)) < max(steps) == int(run.data.params["steps"])
 
 
 @pytest.mark.parametrize(
