@@ -13,6 +13,7 @@ import pytest
 
 from isoflop.cluster import handlers, policy
 from isoflop.cluster.clients import Clients
+from isoflop.cluster.validation import CLUSTER_UNTRACKED
 from tests.corpus import base_manifest
 
 ALICE = {"username": "alice", "uid": "u-1", "groups": ["team-a", "system:authenticated"]}
@@ -188,6 +189,17 @@ def test_a_workload_priority_without_a_queue_is_refused_where_no_default_queue_e
         "workloadPriorityClass": "high", "queueName": "mine"}})  # fmt: skip
     monkeypatch.setenv("ISOFLOP_DEFAULT_QUEUE", "team-a")
     call(Authorization(("create", "jobs", None)), spec)  # the installation's queue takes it
+
+
+def test_a_cluster_sweep_that_asks_for_mlflow_is_told_it_is_not_tracked_yet() -> None:
+    """The operator does not log into MLflow yet: a sweep asking for it is refused with that
+    sentence, never silently left untracked."""
+    spec = {**base_manifest()["spec"], "tracking": {"mlflow": {"trackingUri": "http://m:5000"}}}
+    with pytest.raises(kopf.AdmissionError) as refused:
+        call(Authorization(("create", "jobs", None)), spec)
+    assert refused.value.code == 422
+    assert str(refused.value) == CLUSTER_UNTRACKED
+    call(Authorization(("create", "jobs", None)), {**spec, "tracking": {}})
 
 
 def test_the_children_are_dry_run_once_per_shape_and_a_refusal_is_the_servers_sentence() -> None:
