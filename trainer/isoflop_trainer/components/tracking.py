@@ -33,6 +33,8 @@ from isoflop_trainer.config import DiTConfig, TrainConfig
 
 KEY_TAG = "isoflop.key"
 PARENT_TAG = "isoflop.parent"  # the key of the run a run nests under
+# the MLflow UI shows a sweep's experiment as model training (runs, charts), not as GenAI traces
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 ATTEMPTS = 4  # tries of one request before its batch is dropped
 PAUSES = (0.5, 1.0, 2.0, 4.0)  # seconds between tries, then the last one again
 MAX_BUFFERED = 100_000  # metric values held while the tracker is down; older ones are dropped
@@ -292,7 +294,9 @@ class Tracker:
                     closing = self._closing
                 if closing and self._down and self._failures > 1:
                     return  # down as the run ends: wait() counts what is left
-                time.sleep(PAUSES[min(self._failures, len(PAUSES)) - 1])
+                with self._lock:  # the pause ends early when the run ends: one last try
+                    if not self._closing:
+                        self._lock.wait(PAUSES[min(self._failures, len(PAUSES)) - 1])
 
     def _pending(self) -> bool:
         return bool(self._metrics or self._params or self._new_tags or self._artifacts)
@@ -300,7 +304,7 @@ class Tracker:
     def _resolve(self, client: Any) -> None:
         """The experiment, then the run: the kept id, else the one with this key, else a new
         one; a continued run is RUNNING again."""
-        exp = experiment_id(client, self.experiment)
+        exp = experiment_id(client, self.experiment, EXPERIMENT_TAGS)
         run_id = self.record.run_id
         if run_id is not None:
             try:
