@@ -123,10 +123,10 @@ def test_a_tracker_cut_mid_trial_costs_values_not_the_trial(
 
 
 def test_a_refused_batch_is_dropped_and_the_rest_logged(mlflow_server: str) -> None:
-    tracker = Tracker(mlflow_server, "trainer-refused", "uid-3/refused")
+    tracker = Tracker(mlflow_server, "trainer-refused", "uid-3/refused", flush_seconds=60)
     tracker.params({"lr": 0.1})
     tracker.metrics(1, {"loss": 1.0})
-    tracker.close(None)
+    assert tracker.close(None).dropped == 0
     again = Tracker(mlflow_server, "trainer-refused", "uid-3/refused", flush_seconds=30)
     again.params({"lr": 0.2})  # MLflow refuses to change a logged param (HTTP 400)
     record = again.close()

@@ -14,7 +14,8 @@ key tag (`isoflop.key`, the sweep's uid and the trial), else created. A resumed 
 the run of its first attempt. A trial's parent (its budget's run, made by the controller) is
 given by id, or found by its key when the controller could not say it yet.
 
-mlflow-skinny is imported in the thread, on first use: a trial without a tracker never imports it.
+A trial without a tracker never imports mlflow-skinny; a trial with one imports it before it trains
+(`preload`), and a controller's trackers in their thread, one at a time.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 ATTEMPTS = 4  # tries of one request before its batch is dropped
 PAUSES = (0.5, 1.0, 2.0, 4.0)  # seconds between tries, then the last one again
 MAX_BUFFERED = 100_000  # metric values held while the tracker is down; older ones are dropped
+SEND_EVERY = 1.0  # seconds between batches while values keep coming (sooner at 1000 values)
 # MLflow's client retries a failed request 7 times over minutes by default; here the thread
 # retries, so each request is tried once, for a few seconds
 CLIENT_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
@@ -47,14 +49,20 @@ _SAFE = re.compile(r"^[A-Za-z0-9._/:+-]+$")
 _IMPORT = threading.Lock()  # mlflow imported by two trackers' threads at once breaks protobuf
 
 
+def preload() -> None:
+    """Import what a tracker's thread uses (about 1.6 s of Python on one core): a trial does it
+    before it trains, where a thread importing it would hold the GIL against the first steps."""
+    with _IMPORT:
+        for module in ("mlflow.entities", "mlflow.exceptions", "mlflow.tracking"):
+            importlib.import_module(module)
+
+
 def client_for(uri: str) -> Any:
     """An MlflowClient for the URI, its requests tried once (CLIENT_ENV, unless already set)."""
     for name, value in CLIENT_ENV.items():
         os.environ.setdefault(name, value)
-    with _IMPORT:  # what the thread uses later, loaded at once
-        for module in ("mlflow.entities", "mlflow.exceptions"):
-            importlib.import_module(module)
-        from mlflow.tracking import MlflowClient
+    preload()
+    from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=uri)
 
@@ -174,6 +182,7 @@ class Tracker:
         self._end: str | None = None  # the status to end the run with
         self._ended = False  # the server took it
         self._closing = False
+        self._closed = threading.Event()  # set with _closing: ends a pause between requests
         self._failures = 0  # consecutive failed requests
         self._down = False  # the last request found no server (rather than a refusal)
         self._last_error = ""
@@ -228,6 +237,7 @@ class Tracker:
         self.start()  # a tracker never started still sends what it holds
         with self._lock:
             self._end, self._closing = status, True
+            self._closed.set()
             self._lock.notify()
 
     def wait(self, seconds: float | None = None) -> Record:
@@ -280,6 +290,8 @@ class Tracker:
                 if not self._send(client):
                     return  # everything sent and the run ended
                 tries, self._failures, self._down = 0, 0, False
+                if len(self._metrics) < 1000:  # a batch a second, not a request per log call
+                    self._closed.wait(SEND_EVERY)
             except Exception as err:  # the server down, refusing, or answering nonsense
                 with self._lock:
                     self._failures += 1
@@ -294,9 +306,9 @@ class Tracker:
                     closing = self._closing
                 if closing and self._down and self._failures > 1:
                     return  # down as the run ends: wait() counts what is left
-                with self._lock:  # the pause ends early when the run ends: one last try
-                    if not self._closing:
-                        self._lock.wait(PAUSES[min(self._failures, len(PAUSES)) - 1])
+                # new values do not end the pause (a retry per log call would load the trainer);
+                # the run's end does: one last try
+                self._closed.wait(PAUSES[min(self._failures, len(PAUSES)) - 1])
 
     def _pending(self) -> bool:
         return bool(self._metrics or self._params or self._new_tags or self._artifacts)
@@ -391,6 +403,7 @@ def for_trial(cfg: TrainConfig) -> Tracker | None:
     checkpoint kept); None without a tracking URI."""
     if not cfg.tracking_uri or not cfg.tracking_experiment:
         return None
+    preload()
     key = cfg.tracking_tags.get(KEY_TAG) or f"{cfg.sweep}/{cfg.trial}"
     tags = {
         "isoflop.sweep": cfg.sweep,
