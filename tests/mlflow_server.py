@@ -50,7 +50,12 @@ class MlflowServer:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            env={**os.environ, "MLFLOW_TRACKING_URI": ""},
+            # no job runner (its eight huey workers serve GenAI jobs, none of a sweep's)
+            env={
+                **os.environ,
+                "MLFLOW_TRACKING_URI": "",
+                "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+            },
         )
         deadline = time.time() + timeout
         while time.time() < deadline:
