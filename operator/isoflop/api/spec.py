@@ -873,8 +873,8 @@ class MlflowSpec(SpecModel):
         alias="trackingUri",
         pattern=HTTP_URL_PATTERN,
         max_length=2048,
-        description="The tracking server (http or https). Unset: the installation's default "
-        "(the chart's tracking.mlflow.trackingUri), or MLFLOW_TRACKING_URI for `isoflop run`.",
+        description="The tracking server (http or https). Unset: MLFLOW_TRACKING_URI (`isoflop "
+        "run`).",
     )
     experiment: str | None = Field(
         default=None,
@@ -887,7 +887,8 @@ class MlflowSpec(SpecModel):
     credentials_secret: Name | None = Field(
         default=None,
         description="Secret with MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD or "
-        "MLFLOW_TRACKING_TOKEN, given to the trial pods and used by the operator.",
+        "MLFLOW_TRACKING_TOKEN, for a cluster sweep's pods (the operator does not track cluster "
+        "sweeps yet); `isoflop run` takes them from its environment.",
     )
 
 
@@ -895,8 +896,8 @@ class TrackingSpec(SpecModel):
     """Where a sweep's runs are tracked besides Prometheus and the status."""
 
     mlflow: MlflowSpec | None = None
-    """Unset: no tracker (unless the installation sets a default, or MLFLOW_TRACKING_URI is set
-    for `isoflop run`)."""
+    """Unset: no tracker (for `isoflop run`, unless MLFLOW_TRACKING_URI is set). A cluster sweep
+    that sets it is refused for now: the operator does not log into MLflow yet."""
 
 
 def _resamples(value: int) -> int:
