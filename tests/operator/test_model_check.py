@@ -80,7 +80,14 @@ async def test_a_class_family_is_planned_from_its_model_check_job(k8s: Any, tmp_
         )
         said = run_check(job, tmp_path)
         await finish(k8s, "qs-model-check", said)
-        await wait_for(lambda: len(jobs(k8s)) == 3)  # the check, then trials within parallelism
+        # the check, then trials within parallelism; the status that says the check is ready is
+        # patched after the reconcile that creates their Jobs, so both are waited for
+        await wait_for(
+            lambda: (
+                len(jobs(k8s)) == 3
+                and (sweep_status(k8s).get("modelCheck") or {}).get("ready") is True
+            )
+        )
         check = api.ModelCheckStatus.model_validate(sweep_status(k8s)["modelCheck"])
         assert check.ready is True
         assert list(check.rungs) == ["d01", "d02", "d03", "d04"]
