@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -90,7 +91,7 @@ def main() -> None:
                 "logged_median": statistics.median(s["logged"] for s in runs),
                 "dropped_median": statistics.median(s["dropped"] for s in runs),
                 "machine": platform.machine(),
-                "cpus": __import__("os").cpu_count(),
+                "cpus": os.cpu_count(),
             }
         )
     text = "\n".join(json.dumps(line) for line in lines)

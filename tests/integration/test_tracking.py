@@ -5,6 +5,7 @@ equal to its trials.csv across an interrupt and a resume: tests/integration/test
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -20,7 +21,7 @@ from tests.net import Forwarder
 
 def isoflop_run(manifest: Path, run_dir: Path, uri: str, **kw: Any) -> subprocess.Popen[str]:
     cmd = [sys.executable, "-m", "isoflop.cli", "run", str(manifest), "--run-dir", str(run_dir)]
-    env = {**__import__("os").environ, "MLFLOW_TRACKING_URI": uri}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
     return subprocess.Popen(
         [*cmd, "--plain"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw
     )

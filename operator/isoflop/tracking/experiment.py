@@ -12,6 +12,7 @@ controller, or a resumed `isoflop run`, continues the same runs rather than maki
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -214,13 +215,10 @@ class SweepTracking:
     def close(self, status: str | None) -> None:
         """End every run of the controller's with `status` (None: they go on, as an interrupted
         run resumes), waiting `flush_seconds` in all at most."""
-        import time
-
-        trackers = [*self.budgets.values(), *([self.fit_run] if self.fit_run else [])]
-        for t in trackers:
+        for t in self.trackers:
             t.end(status)
         deadline = time.monotonic() + self.flush_seconds
-        for t in trackers:
+        for t in self.trackers:
             record: Record = t.wait(deadline - time.monotonic())
             for warning in record.warnings:
                 self.note(f"run {t.run_name}: {warning}")

@@ -27,7 +27,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from isoflop_trainer.config import DiTConfig, TrainConfig
@@ -140,13 +140,7 @@ class Record:
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "run_id": self.run_id,
-            "experiment_id": self.experiment_id,
-            "logged": self.logged,
-            "dropped": self.dropped,
-            "warnings": list(self.warnings),
-        }
+        return asdict(self)
 
 
 class Tracker:
