@@ -97,7 +97,7 @@ def test_the_fitted_laws_become_metrics_with_their_intervals() -> None:
     assert (metrics["params_exponent_low"], metrics["params_exponent_high"]) == (0.4, 0.6)
     assert metrics["loss_exponent"] == -0.05
     assert "loss_exponent_low" not in metrics  # no interval: none invented
-    assert metrics["predicted_params_at_1e+21"] == 1e9
+    assert metrics["predicted_params_at_1e21"] == 1e9
     assert "tokens_exponent" not in metrics
 
 

@@ -51,6 +51,11 @@ def experiment_url(uri: str, experiment_id: str | None) -> str | None:
     return f"{uri.rstrip('/')}/#/experiments/{experiment_id}"
 
 
+def metric_budget(budget: float) -> str:
+    """A budget in a metric's name, which MLflow keeps to alphanumerics, `_-. /`: 1e12, 3e22."""
+    return f"{budget:g}".replace("e+", "e")
+
+
 def fit_metrics(fit: api.FitResult) -> dict[str, float]:
     """The fitted laws as MLflow metrics: each law's exponent and coefficient with their
     intervals, the parametric law, and the predictions (N*, D*, loss) at each budget asked."""
@@ -80,7 +85,7 @@ def fit_metrics(fit: api.FitResult) -> dict[str, float]:
         for name in ("params", "tokens", "loss"):
             estimate: api.Estimate | None = getattr(p, name)
             if estimate is not None:
-                out[f"predicted_{name}_at_{p.budget:g}"] = estimate.value
+                out[f"predicted_{name}_at_{metric_budget(p.budget)}"] = estimate.value
     out["budgets_fitted"] = float(len(fit.budget_fits))
     return out
 
@@ -189,7 +194,7 @@ class SweepTracking:
         """A confirmation run's predicted loss, and what it measured once it has."""
         self.open(())
         assert self.fit_run is not None
-        at = f"{c.budget:g}"
+        at = metric_budget(c.budget)
         values: dict[str, float | None] = {f"confirm_predicted_loss_at_{at}": c.predicted_loss}
         if c.measured_loss is not None:
             values[f"confirm_measured_loss_at_{at}"] = c.measured_loss
@@ -230,6 +235,7 @@ class SweepTracking:
             experiment_id=exp,
             experiment_url=experiment_url(self.uri, exp),
             fit_run_id=self.fit_run.run_id if self.fit_run else None,
+            refits=self.refits,
             not_logged=list(self.not_logged),
         )
 
