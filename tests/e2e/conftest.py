@@ -123,6 +123,8 @@ def deployed(cluster: Cluster, node: Node, images: dict[str, tuple[str, Path]]) 
          "--set", "operator.reconcileSeconds=1",
          # sweeps may read results from a Prometheus the tests start where pods reach them
          "--set", f"policy.prometheusUrls={{http://{NODE_HOST_IP}:*}}",
+         # and log to an MLflow server the tests start there (tests/e2e/test_pods.py)
+         "--set", f"policy.mlflowTrackingUris={{http://{NODE_HOST_IP}:*}}",
          "--set", "nodeSelector.kubernetes\\.io/hostname=isoflop-node",
          "--wait", "--timeout=300s"],
         capture_output=True, text=True, timeout=360, check=False,

@@ -9,9 +9,11 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from isoflop import api
@@ -19,6 +21,7 @@ from isoflop.sweep.plan import plan
 from tests.e2e.cluster import NODE_HOST_IP, Cluster, free_port, trial_records
 from tests.e2e.conftest import HELM, TRIALS_NAMESPACE
 from tests.e2e.node import NODE, Node
+from tests.mlflow_server import MlflowServer, assert_sweep_tracked, experiment_runs
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -40,6 +43,23 @@ def pod_sweep(name: str, image: str) -> dict[str, Any]:
     }
     spec["storage"] = {"sharedMemory": "256Mi"}
     return manifest  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def node_mlflow(node: Node, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real MLflow server where the node's pods (the trials, the operator's) reach it."""
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow"), host=NODE_HOST_IP).start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+def runs_by_kind(url: str, experiment: str) -> dict[str, list[Any]]:
+    by_kind: dict[str, list[Any]] = {}
+    for r in experiment_runs(url, experiment)[1]:
+        by_kind.setdefault(r.data.tags["isoflop.kind"], []).append(r)
+    return by_kind
 
 
 def get(cluster: Cluster, kind: str, name: str, namespace: str) -> dict[str, Any]:
@@ -131,9 +151,16 @@ def apply_until_done(
 
 
 def test_a_sweep_applied_with_kubectl_trains_every_trial_in_a_real_pod(
-    cluster: Cluster, node: Node, deployed: dict[str, str], images: dict[str, Any], tmp_path: Path
+    cluster: Cluster,
+    node: Node,
+    deployed: dict[str, str],
+    images: dict[str, Any],
+    tmp_path: Path,
+    node_mlflow: str,
 ) -> None:
+    """Each trial logs its MLflow run from its pod, the operator its budgets' and the fit's."""
     manifest = pod_sweep("pods", images["trainer"][0])
+    manifest["spec"]["tracking"] = {"mlflow": {"trackingUri": node_mlflow}}
     trials = {t.id: t for t in plan(api.parse_sweep(manifest).spec).trials}
     path = tmp_path / "sweep.yaml"
     status, records, pods, wall = apply_until_done(cluster, deployed, manifest, path)
@@ -165,6 +192,24 @@ def test_a_sweep_applied_with_kubectl_trains_every_trial_in_a_real_pod(
     local_wall = time.monotonic() - local_started
     for tid, record in records.items():
         assert record["loss"] == local_loss[tid], tid
+    # MLflow: one run per trial, logged from its pod, equal to its record, under its budget's run
+    runs = runs_by_kind(node_mlflow, f"isoflop/{TRIALS_NAMESPACE}/pods")
+    budgets = {r.data.tags["isoflop.budget"]: r.info.run_id for r in runs["budget"]}
+    trial_runs = {r.info.run_name: r for r in runs["trial"]}
+    assert sorted(trial_runs) == sorted(trials)
+    for tid, run in trial_runs.items():
+        assert run.info.status == "FINISHED"
+        assert run.data.metrics["eval_loss"] == records[tid]["loss"]
+        assert run.data.metrics["step"] == trials[tid].steps
+        assert run.data.params["N"] == str(trials[tid].params)
+        assert run.data.tags["isoflop.namespace"] == TRIALS_NAMESPACE
+        assert run.data.tags["mlflow.parentRunId"] == budgets[f"{trials[tid].budget:g}"]
+    (fit,) = runs["fit"]
+    assert fit.data.metrics["params_exponent"] == status["fit"]["laws"]["params"]["exponent"]
+    assert status["tracking"]["fitRunId"] == fit.info.run_id
+    assert status["tracking"]["notLogged"] == []
+    # the same sweep run locally logs its own experiment, equal to its trials.csv
+    assert_sweep_tracked(node_mlflow, local, "isoflop/pods")
     starts = sorted(_start_latency(p) for p in pods)
     median = starts[len(starts) // 2]
     print(
@@ -192,13 +237,19 @@ def _csv(path: Path) -> list[dict[str, str]]:
 
 
 def test_a_deleted_trial_pod_resumes_from_s3_and_a_deleted_operator_pod_loses_nothing(
-    cluster: Cluster, node: Node, deployed: dict[str, str], images: dict[str, Any], tmp_path: Path
+    cluster: Cluster,
+    node: Node,
+    deployed: dict[str, str],
+    images: dict[str, Any],
+    tmp_path: Path,
+    node_mlflow: str,
 ) -> None:
     """Checkpoints in S3 (moto, where pods reach it) through the Secret's credentials; results
     from a real Prometheus scraping the trial pods that the chart's PodMonitor selects. Mid-sweep
     the longest trial's pod is deleted (SIGTERM: it saves a checkpoint and exits 143), then the
     operator's own pod: the trial resumes in a new pod of the same Job, no retry is counted, and
-    every trial has one Job and one result."""
+    every trial has one Job and one result, and one MLflow run: the resumed pod continues its
+    first pod's run, the restarted operator its budgets' and fit's."""
     import boto3
     from moto.server import ThreadedMotoServer
 
@@ -242,6 +293,7 @@ def test_a_deleted_trial_pod_resumes_from_s3_and_a_deleted_operator_pod_loses_no
     manifest["spec"]["resources"]["s3CredentialsSecret"] = "s3"
     manifest["spec"]["storage"]["checkpoints"] = "s3://ckpt/sweeps"
     manifest["spec"]["metrics"] = {"prometheusUrl": prom.url, "lookback": "30m"}
+    manifest["spec"]["tracking"] = {"mlflow": {"trackingUri": node_mlflow}}
     trials = {t.id for t in plan(api.parse_sweep(manifest).spec).trials}
     longest = "1e11-d01"  # 2,651 steps: long enough to stop half way
     path = tmp_path / "sweep.yaml"
@@ -312,6 +364,19 @@ def test_a_deleted_trial_pod_resumes_from_s3_and_a_deleted_operator_pod_loses_no
     (log,) = logs
     assert f"trial {longest} resumed from step" in log, log[-2000:]
     assert saved.get("KeyCount", 0) > 0
+    # one run per trial, per budget and for the fit, though a pod and the operator restarted
+    runs = runs_by_kind(node_mlflow, f"isoflop/{TRIALS_NAMESPACE}/resume")
+    assert sorted(r.info.run_name for r in runs["trial"]) == sorted(trials)
+    assert len(runs["budget"]) == 2
+    assert len(runs["fit"]) == 1
+    (resumed,) = [r for r in runs["trial"] if r.info.run_name == longest]
+    assert resumed.info.status == "FINISHED"
+    from mlflow.tracking import MlflowClient
+
+    steps = [m.step for m in MlflowClient(node_mlflow).get_metric_history(
+        resumed.info.run_id, "train_loss")]  # fmt: skip
+    assert steps[0] < 300 < steps[-1]  # both pods' losses, in the one run
+    assert status["tracking"]["notLogged"] == []
 
 
 def test_a_two_node_trial_rendezvouses_over_its_headless_service_and_trains_like_two_processes(

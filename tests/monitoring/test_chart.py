@@ -461,6 +461,24 @@ def test_policy_allowlists_reach_the_operator_as_environment_variables(helm: str
     assert chosen["ISOFLOP_ALLOWED_IMAGES"] == "ghcr.io/isoflop/*,registry.corp/ml/*"
     assert chosen["ISOFLOP_ALLOWED_SERVICE_ACCOUNTS"] == "default"
     assert chosen["ISOFLOP_ALLOWED_PROMETHEUS_URLS"] == "http://prometheus-operated.monitoring:9090"
+    assert "ISOFLOP_MLFLOW_TRACKING_URI" not in default  # no default server: sweeps name theirs
+    assert default["ISOFLOP_ALLOWED_MLFLOW_URIS"] == ""  # and none is allowed
+    tracked = [
+        "tracking.mlflow.trackingUri=http://mlflow.mlflow:5000",
+        "tracking.mlflow.credentialsSecret=isoflop-mlflow",
+        "policy.mlflowTrackingUris={https://mlflow.team-a.corp/*}",
+    ]
+    assert env(tracked)["ISOFLOP_MLFLOW_TRACKING_URI"] == "http://mlflow.mlflow:5000"
+    assert env(tracked)["ISOFLOP_ALLOWED_MLFLOW_URIS"] == (
+        "https://mlflow.team-a.corp/*,http://mlflow.mlflow:5000"
+    )
+    # the operator's own MLflow credentials, renamed so MLflow's client never sends them itself
+    container = one(render(helm, tracked), "Deployment")["spec"]["template"]["spec"]
+    assert container["containers"][0]["envFrom"] == [
+        {"prefix": "ISOFLOP_", "secretRef": {"name": "isoflop-mlflow"}}
+    ]
+    plain = one(render(helm, []), "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert "envFrom" not in plain
 
 
 # ------------------------------------------------------------------------------------------------

@@ -40,6 +40,23 @@ def test_objects_validate_strictly(version: str, nodes: int) -> None:
         kubernetes_validate.validate(copy.deepcopy(obj), version, strict=True)
 
 
+def test_a_tracked_trials_pod_gets_the_mlflow_secret_beside_the_s3_one() -> None:
+    """The trainer's S3 and MLflow clients each read their own variables from the pod's
+    environment: both Secrets, S3's first, each once."""
+    sweep = paper()
+    wire = sweep.to_wire()
+    wire["spec"]["tracking"] = {
+        "mlflow": {"trackingUri": "http://m:5000", "credentialsSecret": "mf"}
+    }
+    (job,) = objects(api.parse_sweep(wire))
+    (c,) = job["spec"]["template"]["spec"]["containers"]
+    assert c["envFrom"] == [{"secretRef": {"name": "isoflop-s3"}}, {"secretRef": {"name": "mf"}}]
+    wire["spec"]["tracking"]["mlflow"]["credentialsSecret"] = "isoflop-s3"  # one Secret for both
+    (job,) = objects(api.parse_sweep(wire))
+    (c,) = job["spec"]["template"]["spec"]["containers"]
+    assert c["envFrom"] == [{"secretRef": {"name": "isoflop-s3"}}]
+
+
 def test_single_node_job_pod_spec() -> None:
     (job,) = objects(
         paper(

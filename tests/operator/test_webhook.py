@@ -13,7 +13,6 @@ import pytest
 
 from isoflop.cluster import handlers, policy
 from isoflop.cluster.clients import Clients
-from isoflop.cluster.validation import CLUSTER_UNTRACKED
 from tests.corpus import base_manifest
 
 ALICE = {"username": "alice", "uid": "u-1", "groups": ["team-a", "system:authenticated"]}
@@ -191,15 +190,33 @@ def test_a_workload_priority_without_a_queue_is_refused_where_no_default_queue_e
     call(Authorization(("create", "jobs", None)), spec)  # the installation's queue takes it
 
 
-def test_a_cluster_sweep_that_asks_for_mlflow_is_told_it_is_not_tracked_yet() -> None:
-    """The operator does not log into MLflow yet: a sweep asking for it is refused with that
-    sentence, never silently left untracked."""
-    spec = {**base_manifest()["spec"], "tracking": {"mlflow": {"trackingUri": "http://m:5000"}}}
+def test_an_mlflow_sweep_needs_a_server_and_its_creator_must_read_its_credentials(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A sweep asking for MLflow with no server anywhere is refused (never silently left
+    untracked); its credentials Secret goes to its pods, so its creator must be able to get it."""
+    monkeypatch.delenv("ISOFLOP_MLFLOW_TRACKING_URI", raising=False)
+    spec = {**base_manifest()["spec"], "tracking": {"mlflow": {"experiment": "mine"}}}
+    jobs = Authorization(("create", "jobs", None))
     with pytest.raises(kopf.AdmissionError) as refused:
-        call(Authorization(("create", "jobs", None)), spec)
+        call(jobs, spec)
     assert refused.value.code == 422
-    assert str(refused.value) == CLUSTER_UNTRACKED
-    call(Authorization(("create", "jobs", None)), {**spec, "tracking": {}})
+    assert str(refused.value) == (
+        "spec.tracking.mlflow names no trackingUri and this installation has no default MLflow "
+        "server (tracking.mlflow.trackingUri)"
+    )
+    monkeypatch.setenv("ISOFLOP_MLFLOW_TRACKING_URI", "http://mlflow.ml:5000")
+    call(jobs, spec)  # the installation's server takes it
+    mlflow = {"trackingUri": "http://m:5000", "credentialsSecret": "mlflow-token"}
+    secret = {**spec, "tracking": {"mlflow": mlflow}}
+    with pytest.raises(kopf.AdmissionError) as refused:
+        call(jobs, secret)
+    assert refused.value.code == 403
+    assert str(refused.value) == (
+        "alice may not get the Secret 'mlflow-token' (spec.tracking.mlflow.credentialsSecret) in "
+        "namespace 'ml'; a sweep runs only what its creator could run"
+    )
+    call(Authorization(("create", "jobs", None), ("get", "secrets", "mlflow-token")), secret)
 
 
 def test_the_children_are_dry_run_once_per_shape_and_a_refusal_is_the_servers_sentence() -> None:

@@ -65,3 +65,28 @@ def test_prometheus_urls_by_pattern() -> None:
     assert check(spec(metrics=ok), policy) is None
     other = {"prometheusUrl": "http://kube-apiserver.default:443"}
     assert check(spec(metrics=other), policy) is not None
+
+
+def tracked(uri: str) -> api.ScalingSweepSpec:
+    obj = base_manifest()
+    obj["spec"]["tracking"] = {"mlflow": {"trackingUri": uri}}
+    return api.parse_sweep(obj).spec
+
+
+def test_mlflow_servers_by_pattern_and_never_a_metadata_address() -> None:
+    """The operator logs a sweep's budget and fit runs to its trackingUri: only where the
+    installation allows, and never a link-local address in any spelling."""
+    policy = Policy.from_env({"ISOFLOP_ALLOWED_MLFLOW_URIS": "http://mlflow.ml:5000*"})
+    assert check(tracked("http://mlflow.ml:5000"), policy) is None
+    assert check(tracked("http://mlflow.ml:5000/"), policy) is None
+    assert check(tracked("http://attacker.example:5000"), policy) == (
+        "spec.tracking.mlflow.trackingUri 'http://attacker.example:5000' is not allowed by this "
+        "installation (allowed: http://mlflow.ml:5000*)"
+    )
+    for uri in ("http://169.254.169.254/", "http://2852039166:80", "http://[::ffff:a9fe:a9fe]"):
+        said = check(tracked(uri), Policy())
+        assert said == (
+            f"spec.tracking.mlflow.trackingUri {uri!r} is a link-local or cloud metadata "
+            "address, never an MLflow server"
+        )
+    assert check(spec(), Policy(mlflow_uris=())) is None  # no server asked: the installation's

@@ -873,8 +873,10 @@ class MlflowSpec(SpecModel):
         alias="trackingUri",
         pattern=HTTP_URL_PATTERN,
         max_length=2048,
-        description="The tracking server (http or https). Unset: MLFLOW_TRACKING_URI (`isoflop "
-        "run`).",
+        description="The tracking server (http or https). Unset: the installation's default "
+        "(the chart's tracking.mlflow.trackingUri) on a cluster, MLFLOW_TRACKING_URI for "
+        "`isoflop run`. On a cluster it must be one the installation allows "
+        "(policy.mlflowTrackingUris).",
     )
     experiment: str | None = Field(
         default=None,
@@ -887,8 +889,9 @@ class MlflowSpec(SpecModel):
     credentials_secret: Name | None = Field(
         default=None,
         description="Secret with MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD or "
-        "MLFLOW_TRACKING_TOKEN, for a cluster sweep's pods (the operator does not track cluster "
-        "sweeps yet); `isoflop run` takes them from its environment.",
+        "MLFLOW_TRACKING_TOKEN (or MLFLOW_TRACKING_AUTH), given to a cluster sweep's trial pods as "
+        "environment variables: its creator must be allowed to get it. `isoflop run` takes them "
+        "from its environment.",
     )
 
 
@@ -896,8 +899,8 @@ class TrackingSpec(SpecModel):
     """Where a sweep's runs are tracked besides Prometheus and the status."""
 
     mlflow: MlflowSpec | None = None
-    """Unset: no tracker (for `isoflop run`, unless MLFLOW_TRACKING_URI is set). A cluster sweep
-    that sets it is refused for now: the operator does not log into MLflow yet."""
+    """Unset: no tracker, unless the installation has a default server (a cluster) or
+    MLFLOW_TRACKING_URI is set (`isoflop run`)."""
 
 
 def _resamples(value: int) -> int:

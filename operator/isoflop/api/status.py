@@ -437,6 +437,12 @@ class TrackingStatus(Model):
         default=None, description="The experiment in the tracking server's UI."
     )
     fit_run_id: str | None = Field(default=None, description="The run of the fitted laws.")
+    refits: int = Field(
+        default=0,
+        ge=0,
+        description="Fits logged so far: the fit run's step (a restarted "
+        "operator goes on from it).",
+    )
     not_logged: list[str] = Field(
         default_factory=list,
         max_length=64,

@@ -8,7 +8,7 @@ one SubjectAccessReview per question, whether the requesting user may:
 - create Jobs (`create` on `jobs.batch`) in the sweep's namespace: every sweep;
 - use its ServiceAccount (`use` or `impersonate` on that `serviceaccounts` name): when the spec
   names one (unnamed, pods run as the namespace's `default`, which creating Jobs already allows);
-- read its S3 credentials (`get` on that `secrets` name): when the spec names them.
+- read its S3 and MLflow credentials (`get` on those `secrets` names): when the spec names them.
 
 `use` is a verb no built-in role grants: a Role with `verbs: [use]` on one ServiceAccount lets a
 team run sweeps as it without being able to act as it through the API; the built-in `edit` and
@@ -63,14 +63,17 @@ def needs(spec: api.ScalingSweepSpec) -> list[Need]:
                 ),
             )
         )
-    if res.s3_credentials_secret:
-        name = res.s3_credentials_secret
-        out.append(
-            Need(
-                f"get the Secret {name!r} (spec.resources.s3CredentialsSecret)",
-                (Access("get", "", "secrets", name),),
+    mlflow = spec.tracking.mlflow
+    for field, secret in (
+        ("spec.resources.s3CredentialsSecret", res.s3_credentials_secret),
+        ("spec.tracking.mlflow.credentialsSecret", mlflow.credentials_secret if mlflow else None),
+    ):
+        if secret:
+            out.append(
+                Need(
+                    f"get the Secret {secret!r} ({field})", (Access("get", "", "secrets", secret),)
+                )
             )
-        )
     return out
 
 

@@ -67,14 +67,20 @@ def literal_address(host: str) -> Address | None:
         return None
 
 
-def open_checked(host: str, port: int, timeout: float) -> socket.socket:
-    """A TCP connection to `host`, refused before any packet if any address it resolves to is
-    forbidden (so no spelling and no DNS answer reaches the metadata service)."""
+def checked_addresses(host: str, port: int) -> list[Any]:
+    """getaddrinfo's answers for `host`, Refused if any is forbidden."""
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     for *_, sockaddr in infos:
         ip = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
         if forbidden(ip):
             raise Refused(f"{host} is {ip}, a link-local or cloud metadata address")
+    return infos
+
+
+def open_checked(host: str, port: int, timeout: float) -> socket.socket:
+    """A TCP connection to `host`, refused before any packet if any address it resolves to is
+    forbidden (so no spelling and no DNS answer reaches the metadata service)."""
+    infos = checked_addresses(host, port)
     error: OSError | None = None
     for family, kind, proto, _, sockaddr in infos:
         sock = socket.socket(family, kind, proto)

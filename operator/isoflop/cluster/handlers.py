@@ -33,7 +33,7 @@ from prometheus_client import start_http_server
 from pydantic import ValidationError
 
 from isoflop import api
-from isoflop.cluster import admission, dryrun, policy
+from isoflop.cluster import admission, dryrun, policy, tracking
 from isoflop.cluster.clients import make_clients, server_message
 from isoflop.cluster.manifests import DEFAULT_QUEUE_ENV
 from isoflop.cluster.metrics import ERRORS, LATENCY, forget
@@ -47,6 +47,7 @@ from isoflop.cluster.validation import (
     get_path,
     identity,
 )
+from isoflop.tracking.auth import operator_environment
 
 RECONCILE_SECONDS = float(os.environ.get("ISOFLOP_RECONCILE_SECONDS", "10"))
 WEBHOOK_PORT = os.environ.get("ISOFLOP_WEBHOOK_PORT")
@@ -66,6 +67,12 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         )
     memo.clients = make_clients()
     memo.policy = policy.Policy.from_env()
+    moved = operator_environment()  # the operator's MLflow credentials: its own server only
+    if moved:
+        logging.getLogger(__name__).warning(
+            "%s: kept for the installation's MLflow server only (renamed ISOFLOP_*)",
+            ", ".join(moved),
+        )
     memo.children_checked = {}  # sweep uid: the spec digest its children's dry run took
     if WEBHOOK_PORT:
         settings.admission.server = kopf.WebhookServer(
@@ -83,6 +90,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
 
 @kopf.on.cleanup()
 def stop_metrics(memo: kopf.Memo, **_: Any) -> None:
+    tracking.close_all()  # what the trackers hold, sent (bounded); the runs go on
     server = getattr(memo, "metrics_server", None)
     if server is not None:
         server.shutdown()
@@ -195,9 +203,10 @@ def update(
 
 
 @kopf.on.delete(api.GROUP, api.VERSION, api.PLURAL, optional=True)
-def delete(name: str, namespace: str | None, **_: Any) -> None:
-    """Children go with their owner (ownerReferences); forget the sweep's metrics."""
+def delete(name: str, namespace: str | None, uid: str, **_: Any) -> None:
+    """Children go with their owner (ownerReferences); forget the sweep's metrics and tracking."""
     forget(namespace or "", name)
+    tracking.forget(uid)
 
 
 @kopf.timer(api.GROUP, api.VERSION, api.PLURAL, interval=RECONCILE_SECONDS, initial_delay=0.5)

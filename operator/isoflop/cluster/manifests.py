@@ -200,8 +200,12 @@ def trainer_container(
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": CONTAINER_SECURITY,
     }
-    if res.s3_credentials_secret:
-        container["envFrom"] = [{"secretRef": {"name": res.s3_credentials_secret}}]
+    mlflow = spec.tracking.mlflow
+    secrets = [res.s3_credentials_secret, mlflow.credentials_secret if mlflow else None]
+    if any(secrets):  # S3's, then MLflow's: the trainer's clients read their own variables
+        container["envFrom"] = [
+            {"secretRef": {"name": n}} for n in dict.fromkeys(filter(None, secrets))
+        ]
     return container
 
 

@@ -1,8 +1,10 @@
-"""What an operator installation lets sweeps ask for: images, ServiceAccounts, Prometheus URLs.
+"""What an operator installation lets sweeps ask for: images, ServiceAccounts, Prometheus and MLflow
+URLs.
 
 A sweep becomes pods that run with the operator's rights to create them: without a policy, anyone
 who may create a ScalingSweep may run any image as any ServiceAccount of the namespace, and have
-the operator GET any URL as "Prometheus" (a cloud metadata address included). The chart sets the
+the operator GET any URL as "Prometheus" or log to any URL as "MLflow" (a cloud metadata address
+included). The chart sets the
 allowlists (`policy.*` values, environment variables here); a sweep outside them is InvalidSpec,
 with a sentence, and nothing is created for it. Patterns are shell globs (`fnmatch`).
 """
@@ -22,6 +24,7 @@ ENV = {
     "images": "ISOFLOP_ALLOWED_IMAGES",
     "service_accounts": "ISOFLOP_ALLOWED_SERVICE_ACCOUNTS",
     "prometheus_urls": "ISOFLOP_ALLOWED_PROMETHEUS_URLS",
+    "mlflow_uris": "ISOFLOP_ALLOWED_MLFLOW_URIS",
 }
 
 
@@ -32,6 +35,7 @@ class Policy:
     images: tuple[str, ...] | None = None
     service_accounts: tuple[str, ...] | None = None
     prometheus_urls: tuple[str, ...] | None = None
+    mlflow_uris: tuple[str, ...] | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Policy:
@@ -71,16 +75,23 @@ def check(spec: api.ScalingSweepSpec, policy: Policy) -> str | None:
             f"spec.resources.serviceAccountName {account!r} is not allowed by this installation "
             f"(allowed: {', '.join(policy.service_accounts or ()) or 'none'})"
         )
-    url = spec.metrics.prometheus_url
-    if url is not None:
+    mlflow = spec.tracking.mlflow
+    for field, url, patterns in (
+        ("spec.metrics.prometheusUrl", spec.metrics.prometheus_url, policy.prometheus_urls),
+        (
+            "spec.tracking.mlflow.trackingUri",
+            mlflow.tracking_uri if mlflow else None,
+            policy.mlflow_uris,
+        ),
+    ):
+        if url is None:
+            continue
         if _link_local(url):
+            what = "Prometheus" if "metrics" in field else "an MLflow server"
+            return f"{field} {url!r} is a link-local or cloud metadata address, never {what}"
+        if not _allowed(url, patterns):
             return (
-                f"spec.metrics.prometheusUrl {url!r} is a link-local or cloud metadata address, "
-                "never Prometheus"
-            )
-        if not _allowed(url, policy.prometheus_urls):
-            return (
-                f"spec.metrics.prometheusUrl {url!r} is not allowed by this installation "
-                f"(allowed: {', '.join(policy.prometheus_urls or ()) or 'none'})"
+                f"{field} {url!r} is not allowed by this installation "
+                f"(allowed: {', '.join(patterns or ()) or 'none'})"
             )
     return None

@@ -27,7 +27,7 @@ import kubernetes
 from kubernetes.client.rest import ApiException
 
 from isoflop import api
-from isoflop.cluster import metrics, records
+from isoflop.cluster import metrics, records, tracking
 from isoflop.cluster.clients import Clients, delete_job, list_raw, pods_by_job, server_message
 from isoflop.cluster.datajob import data_status
 from isoflop.cluster.manifests import (
@@ -50,6 +50,7 @@ from isoflop.sweep.plan import Plan
 from isoflop.sweep.status import results_table, sweep_status, trial_records
 from isoflop.sweep.strategy import graph
 from isoflop.sweep.trials import fit, node_config
+from isoflop.tracking.experiment import SweepTracking
 
 
 def now() -> str:
@@ -73,6 +74,8 @@ class Sweep:
     pods: dict[str, list[Any]] | None = None  # the sweep's pods by Job, listed once when needed
     model_check: api.ModelCheckStatus | None = None  # a class family's measures, kept in status
     unschedulable: dict[str, str] = field(default_factory=dict)  # trial: the scheduler's words
+    tracking: SweepTracking | None = None  # its MLflow runs (isoflop.cluster.tracking)
+    confirmations: list[api.Confirmation] = field(default_factory=list)  # as in the status
 
     @property
     def spec(self) -> api.ScalingSweepSpec:
@@ -94,10 +97,13 @@ class Sweep:
 
 
 def reconcile_sweep(s: Sweep, patch: kopf.Patch) -> None:
+    if s.status.get("phase") not in ("Succeeded", "Failed"):  # an ended sweep logs no more
+        s.tracking = tracking.tracking_for(s.uid, s.name, s.namespace, s.spec, s.status, os.environ)
     states = observe(s)
     confirmations = [
         api.Confirmation.model_validate(c) for c in s.status.get("confirmations") or []
     ]
+    s.confirmations = confirmations
     states |= confirmation_states(confirmations)
     jobs = sweep_jobs(s)
     data = data_status(s.sweep, s.uid, s.namespace, s.status, jobs, s.plan, s.clients)
@@ -126,6 +132,8 @@ def reconcile_sweep(s: Sweep, patch: kopf.Patch) -> None:
             fitted,
             final=decision.phase == "Fitting",
         )
+        if s.tracking is not None and fit_result is not None:
+            s.tracking.log_fit(fit_result, fitted, final=decision.phase == "Fitting")
         message = f"laws fitted on {len(fitted)} budgets"
         kopf.event(s.body, type="Normal", reason="BudgetsFitted", message=message)
         decision = decide()
@@ -134,10 +142,15 @@ def reconcile_sweep(s: Sweep, patch: kopf.Patch) -> None:
         decision = replace(decide(), launches=())
     decision = say_why_unscheduled(s, say_why_queued(s, states, decision))
     previous = [api.Condition.model_validate(c) for c in s.status.get("conditions") or []]
+    if s.tracking is not None and decision.phase in ("Succeeded", "Failed"):
+        wire = fit_result.to_wire() if fit_result is not None else None
+        tracking.finish(s.uid, decision.phase, confirmations, wire)
     full = sweep_status(
         s.spec, s.plan, states, decision, fit_result, fitted, s.generation, now(), previous, data,
         confirmations,
     ).model_copy(update={"model_check": s.model_check})  # fmt: skip
+    if s.tracking is not None:
+        full = full.model_copy(update={"tracking": s.tracking.status()})
     record(s, full, decision, patch)
     metrics.record(
         s.namespace,
@@ -270,6 +283,8 @@ def finished_trial(s: Sweep, tid: str, job: str, attempts: int = 1) -> TrialStat
     result = read_result(lambda: s.pods_of(job), s.spec, s.name, s.namespace, tid)
     if result is None:
         return TrialState("Running", attempts)  # finished, result not readable yet
+    if s.tracking is not None:  # what its tracker could not log, said in its message
+        tracking.dropped(s.tracking, tid, message_of(s.pods_of(job)))
     loss, source, note, measured = result
     if loss is None:
         s.warn("TrialFailed", f"{tid}: {note}")
@@ -369,7 +384,8 @@ def launch_trial(s: Sweep, launch: engine.Launch) -> TrialState:
         sweep = sweep.model_copy(update={"spec": resources_spec(s.spec)})
     scraped = bool(s.spec.metrics.prometheus_url or os.environ.get("ISOFLOP_PROMETHEUS_URL"))
     paths = cluster_config(sweep, t, scraped)
-    cfg = node_config(sweep.spec, s.name, launch.node, stable_root(sweep), **paths)
+    tracked = tracking.trial_fields(s.tracking, t.id, t.budget, s.confirmations)
+    cfg = node_config(sweep.spec, s.name, launch.node, stable_root(sweep), **paths, **tracked)
     job_uid = ""
     queue = os.environ.get(DEFAULT_QUEUE_ENV)
     for obj in trial_objects(sweep, s.uid, s.namespace, t, cfg, queue):

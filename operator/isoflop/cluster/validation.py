@@ -17,12 +17,7 @@ from isoflop.cluster.clients import Clients
 from isoflop.cluster.manifests import DEFAULT_QUEUE_ENV
 from isoflop.sweep.check import runnable_plan
 from isoflop.sweep.plan import Plan
-
-# said rather than ignored: a sweep that asks for MLflow and would get none
-CLUSTER_UNTRACKED = (
-    "spec.tracking.mlflow: the operator does not log a cluster sweep into MLflow yet (`isoflop "
-    "run` does, on one machine); leave spec.tracking unset on a cluster"
-)
+from isoflop.tracking.auth import DEFAULT_URI_ENV
 
 IMMUTABLE = (  # what defines a sweep
     ("model", "family"),
@@ -59,8 +54,12 @@ def admissible(name: str, spec: Any, memo: Any) -> tuple[api.ScalingSweepSpec, P
             "spec.resources.workloadPriorityClass needs a Kueue queue: set "
             "spec.resources.queueName (this installation has no default queue, queue.default)"
         )
-    if parsed.tracking.mlflow is not None:
-        raise api.ManifestError(CLUSTER_UNTRACKED)
+    mlflow = parsed.tracking.mlflow
+    if mlflow is not None and not (mlflow.tracking_uri or os.environ.get(DEFAULT_URI_ENV)):
+        raise api.ManifestError(
+            "spec.tracking.mlflow names no trackingUri and this installation has no default "
+            "MLflow server (tracking.mlflow.trackingUri)"
+        )
     refused = policy.check(parsed, getattr(memo, "policy", None) or policy.Policy())
     if refused is not None:
         raise api.ManifestError(refused)
