@@ -10,6 +10,7 @@ import math
 import uuid
 from typing import Any
 
+import kmock
 from mlflow.tracking import MlflowClient
 
 from isoflop import api
@@ -17,6 +18,8 @@ from isoflop.sweep.plan import plan
 from tests.operator.conftest import running_operator, wait_for
 from tests.operator.emulator import finish
 from tests.operator.test_operator import jobs, loss_of, manifest, sweep_status
+
+EVENTS = kmock.resource("v1/events")
 
 
 def config_of(job: dict[str, Any]) -> dict[str, Any]:
@@ -104,6 +107,12 @@ async def test_a_tracked_sweep_logs_its_budgets_and_laws_and_links_the_experimen
         assert run.data.metrics["loss_opt"] == b["lossOpt"]
     tracking = status["tracking"]
     assert tracking["experiment"] == experiment
+    said = [
+        r.data["message"] for r in k8s
+        if r.action == kmock.action.CREATE and r.resource == EVENTS
+        and r.data.get("reason") == "Tracked"
+    ]  # fmt: skip
+    assert said == [f"MLflow experiment {experiment!r}: {tracking['experimentUrl']}"]  # once
     assert tracking["experimentUrl"] == f"{mlflow_server}/#/experiments/{exp.experiment_id}"
     assert tracking["fitRunId"] == fit_run.info.run_id
     assert tracking["notLogged"] == [

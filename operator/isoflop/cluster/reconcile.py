@@ -150,7 +150,12 @@ def reconcile_sweep(s: Sweep, patch: kopf.Patch) -> None:
         confirmations,
     ).model_copy(update={"model_check": s.model_check})  # fmt: skip
     if s.tracking is not None:
-        full = full.model_copy(update={"tracking": s.tracking.status()})
+        tracked = s.tracking.status()
+        full = full.model_copy(update={"tracking": tracked})
+        linked = (s.status.get("tracking") or {}).get("experimentUrl")
+        if tracked.experiment_url and tracked.experiment_url != linked:  # once: kubectl describe
+            message = f"MLflow experiment {tracked.experiment!r}: {tracked.experiment_url}"
+            kopf.event(s.body, type="Normal", reason="Tracked", message=message)
     record(s, full, decision, patch)
     metrics.record(
         s.namespace,
