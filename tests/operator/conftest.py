@@ -32,6 +32,9 @@ def k8s(kmock: kmock.KubernetesEmulator, tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
     monkeypatch.setenv("ISOFLOP_RECONCILE_SECONDS", "0.2")
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    # what the operator's startup sets for its MLflow client (isoflop.tracking.auth), undone after
+    for name in ("MLFLOW_TRACKING_AUTH", "MLFLOW_ALLOW_HTTP_REDIRECTS"):
+        monkeypatch.setenv(name, "")
     return kmock
 
 
