@@ -131,3 +131,28 @@ async def test_an_untracked_sweep_gives_its_trials_no_tracker(k8s: Any) -> None:
         cfg = config_of(next(iter(jobs(k8s).values())))
     assert cfg.get("tracking_uri") is None
     assert "tracking" not in sweep_status(k8s)
+
+
+def test_a_sweep_moved_to_another_server_or_untracked_stops_its_old_trackers() -> None:
+    """One SweepTracking per uid: a spec that names another server replaces it (the old one's
+    threads stopped, not left running), and one that drops tracking forgets it."""
+    from isoflop.cluster import tracking
+
+    def down(uri: str) -> Any:
+        raise OSError(f"{uri} is down")
+
+    spec = api.parse_sweep(manifest(tracking={"mlflow": {"trackingUri": "http://a:5000"}})).spec
+    first = tracking.tracking_for("uid-m", "qs", "default", spec, {}, {}, client=down)
+    assert first is not None
+    assert tracking.tracking_for("uid-m", "qs", "default", spec, {}, {}, client=down) is first
+    moved = spec.model_copy(update={"tracking": api.parse_sweep(manifest(tracking={
+        "mlflow": {"trackingUri": "http://b:5000"}})).spec.tracking})  # fmt: skip
+    second = tracking.tracking_for("uid-m", "qs", "default", moved, {}, {}, client=down)
+    assert second is not None
+    assert second is not first
+    assert second.uri == "http://b:5000"
+    assert all(not t._thread.is_alive() for t in first.trackers)  # stopped
+    untracked = api.parse_sweep(manifest()).spec
+    assert tracking.tracking_for("uid-m", "qs", "default", untracked, {}, {}, client=down) is None
+    assert all(not t._thread.is_alive() for t in second.trackers)
+    assert "uid-m" not in tracking._open

@@ -1,12 +1,12 @@
-"""What an operator installation lets sweeps ask for: images, ServiceAccounts, Prometheus and MLflow
-URLs.
+"""What an operator installation lets sweeps ask for: images, ServiceAccounts, Prometheus and
+MLflow URLs.
 
 A sweep becomes pods that run with the operator's rights to create them: without a policy, anyone
 who may create a ScalingSweep may run any image as any ServiceAccount of the namespace, and have
 the operator GET any URL as "Prometheus" or log to any URL as "MLflow" (a cloud metadata address
-included). The chart sets the
-allowlists (`policy.*` values, environment variables here); a sweep outside them is InvalidSpec,
-with a sentence, and nothing is created for it. Patterns are shell globs (`fnmatch`).
+included). The chart sets the allowlists (`policy.*` values, environment variables here); a sweep
+outside them is InvalidSpec, with a sentence, and nothing is created for it. Patterns are shell
+globs (`fnmatch`).
 """
 
 from __future__ import annotations

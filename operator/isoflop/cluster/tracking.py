@@ -66,13 +66,15 @@ def tracking_for(
     """The sweep's tracking, made on its first reconcile (or after a restart: its runs found
     again by key) with its budgets' runs begun; None when the sweep is not tracked."""
     uri = uri_of(spec, env)
-    if uri is None:
+    if uri is None:  # untracked, or no longer: the runs it had go on where they are
+        forget(uid)
         return None
     experiment = experiment_name(spec, sweep, namespace)
     with _lock:
         tracking = _open.get(uid)
         if tracking is not None and (tracking.uri, tracking.experiment) == (uri, experiment):
             return tracking
+        replaced = tracking  # the spec moved it: its runs go on where they are
         stored = status.get("tracking") or {}
         tracking = SweepTracking(
             uri,
@@ -86,7 +88,9 @@ def tracking_for(
         )
         tracking.open([*spec.budgets, *spec.confirm])
         _open[uid] = tracking
-        return tracking
+    if replaced is not None:  # outside the lock: its bounded wait holds up no other sweep
+        replaced.close(None)
+    return tracking
 
 
 def trial_fields(
