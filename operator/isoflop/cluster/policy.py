@@ -76,10 +76,16 @@ def check(spec: api.ScalingSweepSpec, policy: Policy) -> str | None:
             f"(allowed: {', '.join(policy.service_accounts or ()) or 'none'})"
         )
     mlflow = spec.tracking.mlflow
-    for field, url, patterns in (
-        ("spec.metrics.prometheusUrl", spec.metrics.prometheus_url, policy.prometheus_urls),
+    for field, what, url, patterns in (
+        (
+            "spec.metrics.prometheusUrl",
+            "Prometheus",
+            spec.metrics.prometheus_url,
+            policy.prometheus_urls,
+        ),
         (
             "spec.tracking.mlflow.trackingUri",
+            "an MLflow server",
             mlflow.tracking_uri if mlflow else None,
             policy.mlflow_uris,
         ),
@@ -87,7 +93,6 @@ def check(spec: api.ScalingSweepSpec, policy: Policy) -> str | None:
         if url is None:
             continue
         if _link_local(url):
-            what = "Prometheus" if "metrics" in field else "an MLflow server"
             return f"{field} {url!r} is a link-local or cloud metadata address, never {what}"
         if not _allowed(url, patterns):
             return (

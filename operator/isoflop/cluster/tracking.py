@@ -28,18 +28,12 @@ from urllib.parse import urlsplit
 from isoflop import api
 from isoflop.cluster import egress
 from isoflop.tracking.auth import DEFAULT_URI_ENV, operator_environment
-from isoflop.tracking.experiment import SweepTracking, experiment_name
+from isoflop.tracking.experiment import SweepTracking, experiment_name, tracking_uri
 from isoflop_trainer.components.tracking import client_for
 
 log = logging.getLogger(__name__)
 _open: dict[str, SweepTracking] = {}  # sweep uid: its tracking, while the sweep runs
 _lock = threading.Lock()
-
-
-def uri_of(spec: api.ScalingSweepSpec, env: Mapping[str, str]) -> str | None:
-    """The sweep's server: its own, else the installation's default; None: not tracked."""
-    mlflow = spec.tracking.mlflow
-    return (mlflow.tracking_uri if mlflow else None) or env.get(DEFAULT_URI_ENV) or None
 
 
 def operator_client(uri: str) -> Any:
@@ -65,7 +59,7 @@ def tracking_for(
 ) -> SweepTracking | None:
     """The sweep's tracking, made on its first reconcile (or after a restart: its runs found
     again by key) with its budgets' runs begun; None when the sweep is not tracked."""
-    uri = uri_of(spec, env)
+    uri = tracking_uri(spec, env, DEFAULT_URI_ENV)  # its own, else the installation's
     if uri is None:  # untracked, or no longer: the runs it had go on where they are
         forget(uid)
         return None

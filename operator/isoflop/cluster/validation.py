@@ -18,6 +18,7 @@ from isoflop.cluster.manifests import DEFAULT_QUEUE_ENV
 from isoflop.sweep.check import runnable_plan
 from isoflop.sweep.plan import Plan
 from isoflop.tracking.auth import DEFAULT_URI_ENV
+from isoflop.tracking.experiment import tracking_uri
 
 IMMUTABLE = (  # what defines a sweep
     ("model", "family"),
@@ -54,8 +55,7 @@ def admissible(name: str, spec: Any, memo: Any) -> tuple[api.ScalingSweepSpec, P
             "spec.resources.workloadPriorityClass needs a Kueue queue: set "
             "spec.resources.queueName (this installation has no default queue, queue.default)"
         )
-    mlflow = parsed.tracking.mlflow
-    if mlflow is not None and not (mlflow.tracking_uri or os.environ.get(DEFAULT_URI_ENV)):
+    if parsed.tracking.mlflow is not None and not tracking_uri(parsed, os.environ, DEFAULT_URI_ENV):
         raise api.ManifestError(
             "spec.tracking.mlflow names no trackingUri and this installation has no default "
             "MLflow server (tracking.mlflow.trackingUri)"

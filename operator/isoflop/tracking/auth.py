@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import base64
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -84,7 +84,7 @@ class InstallationAuthProvider:
         return InstallationAuth()
 
 
-def operator_environment(env: dict[str, str] | os._Environ[str] = os.environ) -> list[str]:
+def operator_environment(env: MutableMapping[str, str] = os.environ) -> list[str]:
     """Set the operator process's MLflow client up: this provider, no redirects, no MLflow
     credentials of its own in the environment (they would go to any server: moved under the
     ISOFLOP_ prefix). Returns the variables moved."""

@@ -23,13 +23,20 @@ from isoflop_trainer.components.tracking import KEY_TAG, PARENT_TAG, Record, Tra
 NOT_LOGGED_LIMIT = 64  # lines of status.tracking.notLogged (the status stays small)
 
 
-def resolve_uri(spec: api.ScalingSweepSpec, environ: Mapping[str, str] = os.environ) -> str | None:
-    """The tracking server of a local sweep: spec.tracking.mlflow.trackingUri, else
-    MLFLOW_TRACKING_URI; None: not tracked. ValueError when the spec asks for MLflow and names
-    no server anywhere."""
+def tracking_uri(
+    spec: api.ScalingSweepSpec, environ: Mapping[str, str], variable: str
+) -> str | None:
+    """spec.tracking.mlflow.trackingUri, else the environment's `variable` (MLFLOW_TRACKING_URI
+    locally, the installation's default on a cluster); None: not tracked."""
     mlflow = spec.tracking.mlflow
-    uri = (mlflow.tracking_uri if mlflow else None) or environ.get("MLFLOW_TRACKING_URI") or None
-    if mlflow is not None and uri is None:
+    return (mlflow.tracking_uri if mlflow else None) or environ.get(variable) or None
+
+
+def resolve_uri(spec: api.ScalingSweepSpec, environ: Mapping[str, str] = os.environ) -> str | None:
+    """The tracking server of a local sweep (`tracking_uri` with MLFLOW_TRACKING_URI); ValueError
+    when the spec asks for MLflow and names no server anywhere."""
+    uri = tracking_uri(spec, environ, "MLFLOW_TRACKING_URI")
+    if spec.tracking.mlflow is not None and uri is None:
         raise ValueError(
             "spec.tracking.mlflow names no trackingUri and MLFLOW_TRACKING_URI is not set"
         )
